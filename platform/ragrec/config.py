@@ -1,0 +1,276 @@
+"""Typed experiment configuration.
+
+One YAML file per experiment (``configs/*.yaml``) parsed into :class:`RunConfig`; every number of
+the methods is a field here with the paper's default. Overrides from the command line use dotted
+paths: ``--set retrieval.k=20 --set lora.train_samples=256``.
+
+Unknown keys are an error (``extra="forbid"``) so that a typo in a config never silently falls
+back to a default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class GenericColumns(_Strict):
+    """Column names of a user's own interactions / items files (the ``generic`` dataset)."""
+
+    user_id: str = "user_id"
+    item_id: str = "item_id"
+    rating: str | None = "rating"
+    label: str | None = None
+    timestamp: str = "timestamp"
+    title: str = "title"
+    genres: str | None = "genres"
+    genres_sep: str = "|"
+
+
+class SyntheticConfig(_Strict):
+    n_users: int = 300
+    n_items: int = 400
+    n_genres: int = 12
+    ratings_per_user: int = 40
+    seed: int = 0
+
+
+class DataConfig(_Strict):
+    """Which dataset to load and how to turn it into samples."""
+
+    name: Literal["ml-100k", "ml-1m", "generic", "synthetic"] = "ml-100k"
+    path: str | None = Field(
+        None,
+        description="Folder with the raw files. Default: $RAGREC_DATA_DIR/<name> (ml-100k, ml-1m).",
+    )
+    protocol: Literal["rallrec"] = "rallrec"
+    min_history: int = Field(5, ge=1, description="Drop samples with fewer earlier ratings.")
+    max_history: int | None = Field(
+        None, description="Keep at most this many most recent history items per sample (None = all)."
+    )
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    label_threshold: float = Field(3.0, description="label = rating > threshold")
+    interactions_file: str | None = Field(None, description="generic: interactions .parquet/.csv")
+    items_file: str | None = Field(None, description="generic: items .parquet/.csv")
+    users_file: str | None = Field(None, description="generic: optional users .parquet/.csv")
+    columns: GenericColumns = GenericColumns()
+    synthetic: SyntheticConfig = SyntheticConfig()
+
+    @model_validator(mode="after")
+    def _check_split(self) -> "DataConfig":
+        if abs(sum(self.split) - 1.0) > 1e-6 or min(self.split) < 0:
+            raise ValueError(f"data.split must be three non-negative fractions summing to 1, got {self.split}")
+        return self
+
+    def resolved_path(self) -> Path | None:
+        if self.path:
+            return Path(os.path.expandvars(os.path.expanduser(self.path)))
+        if self.name in ("ml-100k", "ml-1m"):
+            root = os.environ.get("RAGREC_DATA_DIR")
+            if not root:
+                raise ValueError(
+                    f"data.path is not set and RAGREC_DATA_DIR is empty: point RAGREC_DATA_DIR at the folder "
+                    f"holding '{self.name}/' (e.g. RAGREC_DATA_DIR=../shared/data) or run "
+                    f"`ragrec data fetch {self.name}`"
+                )
+            return Path(root) / self.name
+        return None
+
+
+class LLMConfig(_Strict):
+    """The LLM used for descriptions, text embeddings and the CTR prediction."""
+
+    model: str = Field("smollm2-135m-instruct", description="registry name, HF id or local path")
+    engine: Literal["hf", "vllm"] = "hf"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: str = Field("auto", description="auto | cpu | cuda")
+    batch_size: int = Field(8, ge=1)
+    max_prompt_tokens: int = Field(1024, ge=16, description="prompts are truncated from the left")
+    num_gpus_per_actor: float = 0.0
+    actors: int = Field(1, ge=1, description="Ray Data actor pool size")
+    load_in_8bit: bool = Field(False, description="bitsandbytes 8-bit (GPU only)")
+
+
+class DescriptionConfig(_Strict):
+    """Step 1: LLM-written item descriptions."""
+
+    enabled: bool = True
+    template: str = (
+        "Write a concise description of the film {title} of genre {genre}. Cover the plot without "
+        "spoilers, its themes, setting, main characters or actors, director, tone and impact. "
+        "Use under 80 words."
+    )
+    temperature: float = 0.8
+    top_p: float = 0.9
+    max_new_tokens: int = Field(96, ge=1)
+    block_size: int = Field(64, ge=1, description="items per checkpointed generation block")
+    max_items: int | None = Field(None, description="describe only the first N items (tests)")
+
+
+class EmbeddingConfig(_Strict):
+    """Step 2: text embeddings of title and description."""
+
+    model: str | None = Field(None, description="encoder; None = the LLM (mean-pooled last hidden state)")
+    pooling: Literal["mean", "last"] = "mean"
+    pca_dim: int | None = Field(128, description="PCA output dimension (None = keep)")
+    batch_size: int = 16
+    max_tokens: int = 256
+
+
+class LightGCNConfig(_Strict):
+    """Step 3: collaborative embeddings."""
+
+    dim: int = 64
+    num_layers: int = 3
+    epochs: int = 20
+    lr: float = 1e-3
+    batch_size: int = 2048
+    weight_decay: float = 1e-4
+    positive_threshold: float | None = Field(
+        None, description="only interactions with rating > threshold are graph edges (None = all)"
+    )
+
+
+class ProjectorConfig(_Strict):
+    """Step 4: SSL alignment projector (Eq. 5)."""
+
+    hidden_dim: int = 256
+    epochs: int = 50
+    lr: float = 1e-3
+    batch_size: int = 256
+    temperature: float = 1.0
+
+
+class RetrievalConfig(_Strict):
+    """Steps 5-6: history retrieval and the alpha/beta reranker."""
+
+    k: int = Field(30, ge=1, description="history items in the prompt")
+    embedding: Literal["mixed", "text", "colla", "ssl", "concat", "title"] = "mixed"
+    strategy: Literal["rerank", "relevance", "recent", "hybrid"] = "rerank"
+    alpha: float = Field(2 / 3, ge=0.0, le=1.0)
+    beta: float = Field(1.0, ge=0.0)
+
+
+class PromptConfig(_Strict):
+    augmentation: bool = Field(True, description="mixed views: relevance order, time order, recent-K")
+    max_title_chars: int = 80
+
+
+class LoRAConfig(_Strict):
+    """Step 8: instruction tuning."""
+
+    enabled: bool = True
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = ["q_proj", "v_proj"]
+    lr: float = 5e-4
+    epochs: int = 1
+    batch_size: int = 4
+    grad_accum: int = 1
+    train_samples: int = Field(8192, ge=1, description="sampled training subset (before augmentation)")
+    max_tokens: int = 512
+
+
+class EvalConfig(_Strict):
+    max_test_samples: int | None = Field(10000, description="first N test samples (reference: 10,000)")
+    max_valid_samples: int | None = 1000
+    bootstrap: int = 1000
+
+
+class RayConfig(_Strict):
+    address: str | None = Field(None, description="None: $RAY_ADDRESS, else a local Ray")
+    num_cpus: int | None = None
+    num_workers: int = Field(1, ge=1, description="Ray Train workers")
+    use_gpu: bool = False
+
+
+class RunConfig(_Strict):
+    method: Literal["rallrec"] = "rallrec"
+    name: str = "run"
+    seed: int = 42
+    artifacts_dir: str = Field("artifacts", description="content-addressed cache (local path or s3://...)")
+    output_dir: str = Field("runs", description="reports go to <output_dir>/<name>/")
+    data: DataConfig = DataConfig()
+    llm: LLMConfig = LLMConfig()
+    description: DescriptionConfig = DescriptionConfig()
+    embedding: EmbeddingConfig = EmbeddingConfig()
+    lightgcn: LightGCNConfig = LightGCNConfig()
+    projector: ProjectorConfig = ProjectorConfig()
+    retrieval: RetrievalConfig = RetrievalConfig()
+    prompt: PromptConfig = PromptConfig()
+    lora: LoRAConfig = LoRAConfig()
+    eval: EvalConfig = EvalConfig()
+    ray: RayConfig = RayConfig()
+
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the file and the field."""
+
+
+def _parse_scalar(text: str) -> Any:
+    return yaml.safe_load(text)
+
+
+def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a nested dict, returning a copy."""
+    out = json.loads(json.dumps(raw))
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like section.field=value")
+        key, value = item.split("=", 1)
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}': '{p}' is not a section")
+        node[parts[-1]] = _parse_scalar(value)
+    return out
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config (or the defaults when ``path`` is None) and apply overrides."""
+    raw: dict = {}
+    where = "<defaults>"
+    if path is not None:
+        where = str(path)
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from e
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of sections")
+    raw = apply_overrides(raw, overrides)
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            loc = ".".join(str(x) for x in err["loc"])
+            lines.append(f"  {loc}: {err['msg']}")
+        raise ConfigError(f"{where}: invalid config\n" + "\n".join(lines)) from None
+
+
+def config_hash(obj: Any) -> str:
+    """Stable short hash of any JSON-able value (pydantic models are dumped first)."""
+    if isinstance(obj, BaseModel):
+        obj = obj.model_dump(mode="json")
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

@@ -1,0 +1,81 @@
+"""Ray runtime, devices, seeding and logging: the one place that calls ``ray.init``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import sys
+
+import numpy as np
+
+log = logging.getLogger("ragrec")
+
+
+def setup_logging(level: str | int = None) -> None:
+    level = level or os.environ.get("RAGREC_LOG", "INFO")
+    root = logging.getLogger("ragrec")
+    if not root.handlers:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        root.addHandler(h)
+    root.setLevel(level)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    try:
+        import torch
+
+        torch.manual_seed(seed)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def init(address: str | None = None, num_cpus: int | None = None, **kwargs) -> None:
+    """Connect to ``address`` / ``$RAY_ADDRESS`` if given, else start a local Ray on this machine.
+
+    Idempotent: does nothing when Ray is already initialised (tests share one session).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    if address:
+        log.info("connecting to Ray at %s", address)
+        ray.init(address=address, log_to_driver=True, **kwargs)
+        return
+    num_cpus = num_cpus or os.cpu_count()
+    log.info("starting a local Ray with %d CPUs", num_cpus)
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, **kwargs)
+    _quiet_ray_data()
+
+
+def _quiet_ray_data() -> None:
+    try:
+        import ray.data
+
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = sys.stderr.isatty()
+        ctx.print_on_execution_start = False
+    except Exception:  # pragma: no cover - cosmetic only
+        pass
+
+
+def device(preferred: str = "auto") -> str:
+    import torch
+
+    if preferred != "auto":
+        return preferred
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def cpus_available() -> int:
+    import ray
+
+    if ray.is_initialized():
+        return int(ray.available_resources().get("CPU", 1))
+    return os.cpu_count() or 1

@@ -1,0 +1,47 @@
+"""Shared fixtures. One Ray session for the whole test run; tests that need no Ray never start it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A single local Ray (2 CPUs) shared by every test that asks for it."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            object_store_memory=512 * 1024**2,
+            log_to_driver=False,
+            runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "RAGREC_CACHE": os.environ.get("RAGREC_CACHE", "")}},
+        )
+        import ray.data
+
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+    yield ray
+    # the session ends with the process; ray.shutdown() here would race late actor teardown
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """$RAGREC_DATA_DIR (the shared raw datasets); tests needing real data skip without it."""
+    root = os.environ.get("RAGREC_DATA_DIR")
+    if not root or not (Path(root) / "ml-100k" / "u.data").exists():
+        pytest.skip("RAGREC_DATA_DIR with ml-100k/ is not set (CI sets RAGREC_DATA_DIR=../shared/data)")
+    return Path(root)
+
+
+@pytest.fixture()
+def store(tmp_path):
+    from ragrec.artifacts import ArtifactStore
+
+    return ArtifactStore(tmp_path / "artifacts")

@@ -1,0 +1,8 @@
+"""Ray Data stages: generation, embedding and yes/no scoring over an actor pool, block-checkpointed."""
+
+from .base import StageOutput, run_llm_stage
+from .embed import embed_stage, from_numpy, to_numpy
+from .generate import generate_stage
+from .score import score_stage
+
+__all__ = ["StageOutput", "run_llm_stage", "generate_stage", "embed_stage", "score_stage", "to_numpy", "from_numpy"]

@@ -1,0 +1,195 @@
+"""The one generic LLM stage: a table of texts -> a table of outputs, on a Ray Data actor pool.
+
+``run_llm_stage`` splits its input into checkpoint blocks of ``block_size`` rows. Each block is one
+Ray Data block and one ``map_batches`` call on an actor that holds the engine (``hf`` in-process
+transformers, or a sentence encoder); results stream back to the driver and every finished block is
+written atomically to ``<artifact>.partial/blocks/``. A resumed run reads the finished blocks and
+sends only the missing ones to Ray, so a crash after 90% of the LLM calls loses at most one block
+per actor. Sampling is seeded per block (``seed + block_index``), so the output does not depend on
+how the work was split between runs or actors.
+
+The ``vllm`` engine goes through ``ray.data.llm`` processors instead (``ragrec.llm.vllm_engine``);
+the block bookkeeping is the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+
+from ..artifacts import Artifact
+from ..config import LLMConfig
+
+log = logging.getLogger("ragrec.stages")
+
+Op = Literal["generate", "score", "embed"]
+
+
+class LLMWorker:
+    """Ray Data actor: loads the engine once, then maps blocks of texts to outputs."""
+
+    def __init__(self, op: Op, llm_cfg: dict, params: dict, adapter_path: str | None = None,
+                 encoder: str | None = None, threads: int | None = None):
+        import torch
+
+        torch.set_num_threads(threads or os.cpu_count() or 1)
+        self.op = op
+        self.params = params
+        cfg = LLMConfig.model_validate(llm_cfg)
+        if op == "embed" and encoder:
+            from ..encoders import load_encoder
+
+            self.encoder = load_encoder(encoder, cfg)
+            self.engine = None
+        else:
+            from ..llm import load_engine
+
+            self.engine = load_engine(cfg, adapter_path=adapter_path)
+            self.encoder = None
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        texts = batch.column("text").to_pylist()
+        block = int(batch.column("block")[0].as_py())
+        p = self.params
+        if self.op == "generate":
+            out = self.engine.generate(texts, max_new_tokens=p["max_new_tokens"], temperature=p["temperature"],
+                                       top_p=p["top_p"], seed=int(p.get("seed", 0)) + block)
+            col = pa.array(out, pa.string())
+        elif self.op == "score":
+            col = pa.array(np.asarray(self.engine.score_yes_no(texts), dtype=np.float32), pa.float32())
+        else:
+            if self.encoder is not None:
+                emb = np.asarray(self.encoder.encode(texts), dtype=np.float32)
+            else:
+                emb = np.asarray(self.engine.embed(texts, pooling=p.get("pooling", "mean"),
+                                                   max_tokens=p.get("max_tokens", 256)), dtype=np.float32)
+            col = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1), pa.float32()), emb.shape[1])
+        return pa.table({"row": batch.column("row"), "block": batch.column("block"), "output": col})
+
+
+@dataclass
+class StageOutput:
+    values: pa.Array
+    reused: list[int] = field(default_factory=list)
+    computed: list[int] = field(default_factory=list)
+
+    def manifest(self) -> dict:
+        return {"rows": len(self.values), "blocks_reused": self.reused, "blocks_computed": self.computed}
+
+
+def _blocks(n: int, block_size: int) -> list[tuple[int, int, int]]:
+    return [(b, s, min(s + block_size, n)) for b, s in enumerate(range(0, n, block_size))]
+
+
+def run_llm_stage(
+    art: Artifact,
+    texts: list[str] | pa.Array,
+    *,
+    op: Op,
+    llm_cfg: LLMConfig,
+    params: dict[str, Any] | None = None,
+    block_size: int = 64,
+    adapter_path: str | None = None,
+    encoder: str | None = None,
+    desc: str | None = None,
+) -> StageOutput:
+    """Map ``texts`` through the LLM op with block checkpoints in ``art``.
+
+    ``values`` is in input order: a string array (generate), float32 array (score) or
+    fixed-size-list<float32> (embed). ``reused`` / ``computed`` list the block indices a resumed run
+    took from its checkpoints / sent to the engine; :meth:`StageOutput.manifest` puts them in the
+    artifact manifest.
+    """
+    import ray
+
+    from ..runtime import init
+
+    params = dict(params or {})
+    texts = pa.array(texts, pa.string()) if not isinstance(texts, pa.Array) else texts
+    n = len(texts)
+    blocks = _blocks(n, block_size)
+    done = art.finished_blocks()
+    todo = [b for b in blocks if b[0] not in done]
+    if todo:
+        init()
+        if llm_cfg.engine == "vllm":
+            _run_vllm(art, texts, todo, op=op, llm_cfg=llm_cfg, params=params)
+        else:
+            _run_actor_pool(art, texts, todo, op=op, llm_cfg=llm_cfg, params=params,
+                            adapter_path=adapter_path, encoder=encoder, desc=desc or f"{art.stage}")
+    table = art.read_blocks()
+    table = table.sort_by("row")
+    if table.num_rows != n or not np.array_equal(table.column("row").to_numpy(), np.arange(n)):
+        raise RuntimeError(f"stage {art.stage}: block checkpoints in {art.staging} are inconsistent "
+                           f"({table.num_rows} rows for {n} inputs); rerun with --force {art.stage}")
+    return StageOutput(table.column("output").combine_chunks(), reused=sorted(done & {b[0] for b in blocks}),
+                       computed=[b[0] for b in todo])
+
+
+def _block_tables(texts: pa.Array, todo: list[tuple[int, int, int]]) -> list[pa.Table]:
+    return [
+        pa.table({"row": pa.array(np.arange(s, e), pa.int64()), "block": pa.array(np.full(e - s, b), pa.int64()),
+                  "text": texts.slice(s, e - s)})
+        for b, s, e in todo
+    ]
+
+
+def _run_actor_pool(art, texts, todo, *, op, llm_cfg, params, adapter_path, encoder, desc) -> None:
+    import ray
+    from tqdm.auto import tqdm
+
+    ds = ray.data.from_arrow(_block_tables(texts, todo))
+    cpus = max(1, int(ray.available_resources().get("CPU", 1)))
+    ds = ds.map_batches(
+        LLMWorker,
+        fn_constructor_kwargs=dict(op=op, llm_cfg=llm_cfg.model_dump(), params=params, adapter_path=adapter_path,
+                                   encoder=encoder, threads=cpus if llm_cfg.num_gpus_per_actor == 0 else None),
+        batch_size=None,  # one checkpoint block = one Ray block = one call
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=llm_cfg.actors),
+        num_cpus=1,
+        num_gpus=llm_cfg.num_gpus_per_actor or None,
+    )
+    _collect(art, ds.iter_batches(batch_size=None, batch_format="pyarrow"), todo, desc)
+
+
+def _collect(art: Artifact, batches, todo, desc: str) -> None:
+    """Group streamed rows by block and write each block the moment it is complete."""
+    from tqdm.auto import tqdm
+
+    expected = {b: e - s for b, s, e in todo}
+    pending: dict[int, list[pa.Table]] = {}
+    t0 = time.perf_counter()
+    with tqdm(total=sum(expected.values()), desc=desc, unit="row", disable=not sys.stderr.isatty()) as bar:
+        for batch in batches:
+            for b in np.unique(batch.column("block").to_numpy()):
+                part = batch.filter(pa.compute.equal(batch.column("block"), b))
+                pending.setdefault(int(b), []).append(part)
+                bar.update(part.num_rows)
+                if sum(t.num_rows for t in pending[int(b)]) == expected[int(b)]:
+                    art.write_block(int(b), pa.concat_tables(pending.pop(int(b))))
+    if pending:
+        raise RuntimeError(f"stage {art.stage}: blocks {sorted(pending)} came back incomplete")
+    log.info("%s: %d blocks in %.1fs", desc, len(todo), time.perf_counter() - t0)
+
+
+def _run_vllm(art, texts, todo, *, op, llm_cfg, params) -> None:
+    import ray
+
+    from ..llm import vllm_engine
+
+    ds = ray.data.from_arrow(_block_tables(texts, todo))
+    if op == "generate":
+        processor = vllm_engine.build_generation_processor(llm_cfg, params)
+    elif op == "score":
+        processor = vllm_engine.build_scoring_processor(llm_cfg)
+    else:
+        raise NotImplementedError("embedding with the vllm engine: set embedding.model to a sentence encoder")
+    _collect(art, vllm_engine.iter_outputs(processor(ds), op), todo, f"{art.stage} (vllm)")

@@ -1,0 +1,58 @@
+"""Embedding stage: ``(key, text)`` rows -> ``(key, embedding)`` (fixed-size list<float32>).
+
+With ``encoder=None`` the LLM itself embeds (mean-pooled final hidden state, the input of
+``lm_head``, as in RALLRec/ReLLa); otherwise a registry sentence encoder (e.g. ``minilm-l6``).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+import pyarrow as pa
+
+from ..artifacts import Artifact, ArtifactStore
+from ..config import LLMConfig
+from .base import run_llm_stage
+from .generate import _digest, _engine_spec
+
+VERSION = "1"
+
+
+def embed_stage(
+    store: ArtifactStore,
+    name: str,
+    rows: pa.Table,
+    *,
+    key: str,
+    text: str,
+    llm_cfg: LLMConfig,
+    encoder: str | None,
+    pooling: str = "mean",
+    max_tokens: int = 256,
+    block_size: int = 256,
+    inputs: Iterable[Artifact] = (),
+) -> Artifact:
+    spec = {"llm": _engine_spec(llm_cfg) if encoder is None else None, "encoder": encoder, "pooling": pooling,
+            "max_tokens": max_tokens, "n": rows.num_rows, "texts": _digest(rows.column(text))}
+
+    def compute(art: Artifact):
+        out = run_llm_stage(art, rows.column(text).combine_chunks(), op="embed", llm_cfg=llm_cfg,
+                            params={"pooling": pooling, "max_tokens": max_tokens}, block_size=block_size,
+                            encoder=encoder, desc=name)
+        art.write_table(pa.table({key: rows.column(key), "embedding": out.values}))
+        return out.manifest()
+
+    return store.run(name, spec, inputs, compute, version=VERSION)
+
+
+def to_numpy(col: pa.ChunkedArray | pa.FixedSizeListArray) -> np.ndarray:
+    """A fixed-size-list<float32> column as an (n, d) float32 matrix (zero-copy where possible)."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    d = arr.type.list_size
+    return arr.flatten().to_numpy(zero_copy_only=False).reshape(-1, d).astype(np.float32, copy=False)
+
+
+def from_numpy(x: np.ndarray) -> pa.FixedSizeListArray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1), pa.float32()), x.shape[1])

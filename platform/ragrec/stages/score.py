@@ -1,0 +1,40 @@
+"""Scoring stage: CTR prompts -> P(yes) from one forward pass per batch (no ``generate``)."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import pyarrow as pa
+
+from ..artifacts import Artifact, ArtifactStore
+from ..config import LLMConfig
+from .base import run_llm_stage
+from .generate import _digest, _engine_spec
+
+VERSION = "1"
+
+
+def score_stage(
+    store: ArtifactStore,
+    name: str,
+    rows: pa.Table,
+    *,
+    key: str,
+    prompt: str,
+    llm_cfg: LLMConfig,
+    adapter: Artifact | None,
+    block_size: int = 64,
+    inputs: Iterable[Artifact] = (),
+) -> Artifact:
+    """The artifact's table is ``(key, prob)`` with prob = softmax([yes, no])[0] at the answer position."""
+    spec = {"llm": _engine_spec(llm_cfg), "adapter": adapter.key if adapter else None, "n": rows.num_rows,
+            "prompts": _digest(rows.column(prompt))}
+    adapter_path = str(adapter.path / "adapter") if adapter is not None else None
+
+    def compute(art: Artifact):
+        out = run_llm_stage(art, rows.column(prompt).combine_chunks(), op="score", llm_cfg=llm_cfg,
+                            block_size=block_size, adapter_path=adapter_path, desc=name)
+        art.write_table(pa.table({key: rows.column(key), "prob": out.values}))
+        return out.manifest()
+
+    return store.run(name, spec, list(inputs) + ([adapter] if adapter else []), compute, version=VERSION)

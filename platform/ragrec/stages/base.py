@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -166,6 +167,7 @@ def _collect(art: Artifact, batches, todo, desc: str) -> None:
 
     expected = {b: e - s for b, s, e in todo}
     pending: dict[int, list[pa.Table]] = {}
+    written, kill_after = 0, int(os.environ.get("RAGREC_FAULT_KILL_AFTER_BLOCKS", "0"))
     t0 = time.perf_counter()
     with tqdm(total=sum(expected.values()), desc=desc, unit="row", disable=not sys.stderr.isatty()) as bar:
         for batch in batches:
@@ -175,6 +177,9 @@ def _collect(art: Artifact, batches, todo, desc: str) -> None:
                 bar.update(part.num_rows)
                 if sum(t.num_rows for t in pending[int(b)]) == expected[int(b)]:
                     art.write_block(int(b), pa.concat_tables(pending.pop(int(b))))
+                    written += 1
+                    if kill_after and written >= kill_after:  # fault injection for the resume test
+                        os.kill(os.getpid(), signal.SIGKILL)
     if pending:
         raise RuntimeError(f"stage {art.stage}: blocks {sorted(pending)} came back incomplete")
     log.info("%s: %d blocks in %.1fs", desc, len(todo), time.perf_counter() - t0)

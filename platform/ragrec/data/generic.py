@@ -1,0 +1,286 @@
+"""The ``generic`` dataset: a user's own interactions + items (+ users) files with declared columns.
+
+Files are ``.parquet`` or ``.csv`` (``.tsv`` tab-separated); column names come from
+``cfg.columns`` (:class:`ragrec.config.GenericColumns`). Labels are either derived from a rating
+column (``label = rating > cfg.label_threshold``) or read from a 0/1 label column. Raw ids (strings
+or integers) become dense ids ``0..n-1`` in ascending raw-id order; the raw ids are kept in
+``raw_item_id`` / ``raw_user_id``. Item columns other than the declared ones pass through as extras.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from ..config import DataConfig
+from ._ids import dense_index, first_duplicate, sorted_unique, year_from_title
+from ._io import cast_numeric
+from .dataset import Dataset
+from .errors import DataError
+from .schemas import INTERACTIONS, with_label_source
+
+_CANONICAL = {"item_id", "user_id", "title", "genres", "year", "raw_item_id", "raw_user_id"}
+
+
+class _File:
+    """A generic input file read into Arrow, with row -> line translation for messages."""
+
+    def __init__(self, path: Path, role: str):
+        self.path = path
+        self.role = role
+        self.is_csv = path.suffix.lower() in (".csv", ".tsv")
+        self.table = self._read()
+
+    def _read(self) -> pa.Table:
+        if not self.path.is_file():
+            raise DataError(
+                f"{self.role} file not found",
+                file=self.path,
+                fix=f"set data.{self.role}_file to an existing .parquet or .csv file (relative paths resolve against data.path)",
+            )
+        suffix = self.path.suffix.lower()
+        try:
+            if suffix in (".parquet", ".pq"):
+                return pq.read_table(self.path)
+            if self.is_csv:
+                delim = "\t" if suffix == ".tsv" else ","
+                return pacsv.read_csv(self.path, parse_options=pacsv.ParseOptions(delimiter=delim))
+        except (pa.ArrowInvalid, OSError) as e:
+            raise DataError(
+                f"cannot read {self.role} file: {e}",
+                file=self.path,
+                fix="write it as Parquet, or as CSV with a header line and ',' separators",
+            ) from None
+        raise DataError(
+            f"unsupported {self.role} file type '{suffix}'",
+            file=self.path,
+            fix="use a .parquet, .csv or .tsv file",
+        )
+
+    @property
+    def line_word(self) -> str:
+        return "line" if self.is_csv else "row"
+
+    def line_of(self, row: int) -> int:
+        """CSV: physical line (header is line 1); Parquet: 1-based row number."""
+        return row + 2 if self.is_csv else row + 1
+
+    def column(self, name: str, key: str, *, optional: bool = False) -> pa.Array:
+        """Declared column ``name`` (config field ``data.columns.<key>``), as one array."""
+        if name not in self.table.schema.names:
+            alt = " or null" if optional else ""
+            raise DataError(
+                f"column '{name}' (data.columns.{key}) not found; available columns: "
+                + ", ".join(self.table.schema.names),
+                file=self.path,
+                field=name,
+                fix=f"set data.columns.{key} to one of the available columns{alt}",
+            )
+        return self.table.column(name).combine_chunks()
+
+    def error(self, problem: str, row: int | None, field: str, fix: str) -> DataError:
+        return DataError(
+            problem,
+            file=self.path,
+            line=None if row is None else self.line_of(row),
+            field=field,
+            fix=fix,
+            line_word=self.line_word,
+        )
+
+    def numeric(self, col: pa.Array, typ: pa.DataType, field: str) -> pa.Array:
+        return cast_numeric(
+            col, typ, file=self.path, field=field, line_of=self.line_of, line_word=self.line_word,
+            fix=f"make every value of column '{field}' numeric",
+        )
+
+    def ids(self, name: str, key: str) -> pa.Array:
+        col = self.column(name, key)
+        if col.null_count:
+            row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+            raise self.error(f"{name} is empty", row, name, f"give every row of {self.path.name} a {name}")
+        if pa.types.is_floating(col.type):
+            col = self.numeric(col, pa.int64(), name)
+        return col
+
+
+def _resolve(cfg: DataConfig, name: str | None) -> Path | None:
+    if name is None:
+        return None
+    p = Path(name).expanduser()
+    if not p.is_absolute() and cfg.path:
+        p = (cfg.resolved_path() or Path(".")) / p
+    return p
+
+
+def _timestamps(f: _File, col: pa.Array, field: str) -> pa.Array:
+    """``(n,) int64`` seconds since the epoch from integer, float, timestamp, date or ISO-string columns."""
+    if pa.types.is_timestamp(col.type) or pa.types.is_date(col.type):
+        return pc.cast(pc.cast(col, pa.timestamp("s")), pa.int64())
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        try:
+            return f.numeric(col, pa.int64(), field)
+        except DataError:
+            pass
+        try:
+            return pc.cast(pc.cast(col, pa.timestamp("s")), pa.int64())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            import pandas as pd
+
+            bad = pd.to_datetime(pd.Series(col.to_numpy(zero_copy_only=False)), errors="coerce", format="ISO8601").isna()
+            row = int(np.flatnonzero(bad.to_numpy())[0]) if bad.any() else None
+            shown = f" {col[row].as_py()!r}" if row is not None else ""
+            raise f.error(
+                f"{field}{shown} is neither seconds since the epoch nor an ISO date/time", row, field,
+                f"write column '{field}' as integer seconds or ISO 8601 (2020-01-31T12:00:00)",
+            ) from None
+    return f.numeric(col, pa.int64(), field)
+
+
+def _genres(col: pa.Array | None, sep: str, n: int) -> pa.ListArray:
+    """``(n,) list<string>`` genres from a separated string column or a list column; empties dropped."""
+    if col is None:
+        return pa.ListArray.from_arrays(pa.array(np.zeros(n + 1, dtype=np.int32)), pa.array([], pa.string()))
+    lists = col if pa.types.is_list(col.type) else pc.split_pattern(pc.fill_null(pc.cast(col, pa.string()), ""), sep)
+    lists = pc.fill_null(lists, pa.scalar([], lists.type))
+    flat = pc.utf8_trim_whitespace(pc.cast(pc.list_flatten(lists), pa.string()))
+    parents = pc.list_parent_indices(lists).to_numpy()
+    keep = pc.fill_null(pc.not_equal(flat, ""), False).to_numpy(zero_copy_only=False)
+    counts = np.bincount(parents[keep], minlength=n)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), flat.filter(pa.array(keep)))
+
+
+def _items(f: _File, cfg: DataConfig) -> tuple[pa.Table, pa.Array]:
+    c = cfg.columns
+    raw = f.ids(c.item_id, "item_id")
+    dup = first_duplicate(raw)
+    if dup is not None:
+        raise f.error(f"item id {raw[dup].as_py()!r} appears twice", dup, c.item_id, "give each item one row in the items file")
+    order = pc.sort_indices(raw)
+    t = f.table.take(order)
+    raw = raw.take(order)
+    title = pc.cast(f.column(c.title, "title").take(order), pa.string())
+    genres = _genres(f.column(c.genres, "genres", optional=True).take(order) if c.genres else None, c.genres_sep, len(raw))
+    if "year" in t.schema.names and c.title != "year":
+        year = f.numeric(f.table.column("year"), pa.int32(), "year").take(order)
+    else:
+        year = year_from_title(title)
+    cols = {
+        "item_id": pa.array(np.arange(len(raw), dtype=np.int64)),
+        "title": title,
+        "genres": genres,
+        "year": year,
+        "raw_item_id": raw,
+    }
+    used = {c.item_id, c.title, c.genres, "year"}
+    for name in t.schema.names:
+        if name not in used and name not in _CANONICAL:
+            cols[name] = t.column(name)
+    return pa.table(cols), raw
+
+
+def _users(f: _File, cfg: DataConfig) -> tuple[pa.Table, pa.Array]:
+    key = cfg.columns.user_id
+    raw = f.ids(key, "user_id")
+    dup = first_duplicate(raw)
+    if dup is not None:
+        raise f.error(f"user id {raw[dup].as_py()!r} appears twice", dup, key, "give each user one row in the users file")
+    order = pc.sort_indices(raw)
+    t = f.table.take(order)
+    cols = {"user_id": pa.array(np.arange(len(raw), dtype=np.int64)), "raw_user_id": raw.take(order)}
+    for name in t.schema.names:
+        if name != key and name not in _CANONICAL:
+            cols[name] = t.column(name)
+    return pa.table(cols), raw.take(order)
+
+
+def _check_known(f: _File, dense: np.ndarray, raw: pa.Array, field: str, other: Path) -> None:
+    bad = np.flatnonzero(dense < 0)
+    if len(bad):
+        row = int(bad[0])
+        raise f.error(
+            f"{field} {raw[row].as_py()!r} is not in {other} ({len(bad)} interactions refer to unknown ids)",
+            row,
+            field,
+            f"add the missing rows to {other.name} or drop those interactions",
+        )
+
+
+def _labels(f: _File, cfg: DataConfig, rating: pa.Array | None) -> pa.Array:
+    """``(n,) int8`` labels: the declared 0/1 label column, else ``rating > cfg.label_threshold``."""
+    c = cfg.columns
+    if c.label is None:
+        assert rating is not None
+        if rating.null_count:
+            row = int(np.flatnonzero(rating.is_null().to_numpy(zero_copy_only=False))[0])
+            raise f.error(f"{c.rating} is empty", row, c.rating, "give every interaction a rating, or declare data.columns.label")
+        return pc.cast(pc.greater(rating, pa.scalar(cfg.label_threshold, pa.float32())), pa.int8())
+    col = f.column(c.label, "label")
+    if pa.types.is_boolean(col.type):
+        col = pc.cast(col, pa.int8())
+    col = f.numeric(col, pa.float64(), c.label)
+    ok = pc.fill_null(pc.is_in(col, value_set=pa.array([0.0, 1.0])), False).to_numpy(zero_copy_only=False)
+    if not ok.all():
+        row = int(np.flatnonzero(~ok)[0])
+        raise f.error(f"{c.label} {col[row].as_py()!r} is not 0 or 1", row, c.label, "labels must be 0/1 (or true/false)")
+    return pc.cast(col, pa.int8())
+
+
+def load_generic(cfg: DataConfig) -> Dataset:
+    """Load the user's own files named by ``cfg.interactions_file``, ``items_file``, ``users_file``.
+
+    Returns:
+        Dataset ``generic``: interactions ``(n_ratings,)`` with ``rating`` null where only labels
+        were given; items ``(n_items,)`` with ``raw_item_id`` and extras; users ``(n_users,)`` with
+        ``raw_user_id`` (+ profile columns) when a users file is given, else None.
+
+    Raises:
+        DataError: missing file or declared column (listing the available columns), non-numeric
+            rating/label/timestamp (with its line), duplicate ids, interactions with unknown items.
+    """
+    c = cfg.columns
+    if cfg.interactions_file is None or cfg.items_file is None:
+        raise DataError(
+            "the generic dataset needs an interactions file and an items file",
+            field="data.interactions_file / data.items_file",
+            fix="set data.interactions_file and data.items_file (.parquet or .csv)",
+        )
+    if c.rating is None and c.label is None:
+        raise DataError("neither a rating nor a label column is declared", field="data.columns", fix="set data.columns.rating or data.columns.label")
+    inter_f = _File(_resolve(cfg, cfg.interactions_file), "interactions")
+    items_f = _File(_resolve(cfg, cfg.items_file), "items")
+    items, item_raw = _items(items_f, cfg)
+    users, user_raw = None, None
+    if cfg.users_file is not None:
+        users_f = _File(_resolve(cfg, cfg.users_file), "users")
+        users, user_raw = _users(users_f, cfg)
+
+    u_raw = inter_f.ids(c.user_id, "user_id")
+    i_raw = inter_f.ids(c.item_id, "item_id")
+    item_dense = dense_index(i_raw, item_raw)
+    _check_known(inter_f, item_dense, i_raw, c.item_id, items_f.path)
+    if user_raw is None:
+        user_raw = sorted_unique(u_raw)
+    user_dense = dense_index(u_raw, user_raw)
+    if users is not None:
+        _check_known(inter_f, user_dense, u_raw, c.user_id, users_f.path)
+    ts = _timestamps(inter_f, inter_f.column(c.timestamp, "timestamp"), c.timestamp)
+    if ts.null_count:
+        row = int(np.flatnonzero(ts.is_null().to_numpy(zero_copy_only=False))[0])
+        raise inter_f.error(f"{c.timestamp} is empty", row, c.timestamp, "give every interaction a timestamp")
+    rating = None
+    if c.rating is not None:
+        rating = inter_f.numeric(inter_f.column(c.rating, "rating", optional=c.label is not None), pa.float32(), c.rating)
+    label = _labels(inter_f, cfg, rating)
+    if rating is None:
+        rating = pa.nulls(len(label), pa.float32())
+    inter = pa.Table.from_arrays(
+        [pa.array(user_dense), pa.array(item_dense), rating, ts, label], schema=INTERACTIONS
+    )
+    return Dataset(name="generic", interactions=with_label_source(inter, given=c.label is not None), items=items, users=users)

@@ -37,7 +37,7 @@ SCRIPT = textwrap.dedent(f"""
     from ragrec.stages import generate_stage
     rows = pa.table({{"item_id": pa.array(range({N_PROMPTS}), pa.int64()),
                      "prompt": [f"Describe the film number {{i}} in a few words." for i in range({N_PROMPTS})]}})
-    generate_stage(ArtifactStore({{root!r}}), "descriptions", rows, key="item_id", prompt="prompt",
+    generate_stage(ArtifactStore(__ROOT__), "descriptions", rows, key="item_id", prompt="prompt",
                    llm_cfg=LLMConfig(model="tiny-random-llama", batch_size=2), sampling={SAMPLING!r}, block_size={BLOCK})
 """)
 
@@ -47,7 +47,7 @@ def test_killed_generation_resumes_without_redoing_finished_blocks(ray_session, 
 
     root = tmp_path / "artifacts"
     env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address, RAGREC_FAULT_KILL_AFTER_BLOCKS="3")
-    proc = subprocess.run([sys.executable, "-c", SCRIPT.format(root=str(root))], env=env, capture_output=True,
+    proc = subprocess.run([sys.executable, "-c", SCRIPT.replace("__ROOT__", repr(str(root)))], env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr[-3000:]  # SIGKILLed mid-stage
 

@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 
 from ..artifacts import Artifact
 from ..config import LLMConfig
@@ -56,8 +57,15 @@ class LLMWorker:
             self.encoder = None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        texts = batch.column("text").to_pylist()
-        block = int(batch.column("block")[0].as_py())
+        # Ray may hand over several checkpoint blocks in one batch: each is processed on its own so
+        # that its seed, and therefore its output, does not depend on how the blocks were bundled.
+        blocks = batch.column("block").to_numpy()
+        parts = [self._block(batch.filter(pa.compute.equal(batch.column("block"), b)), int(b))
+                 for b in np.unique(blocks)]
+        return pa.concat_tables(parts)
+
+    def _block(self, part: pa.Table, block: int) -> pa.Table:
+        texts = part.column("text").to_pylist()
         p = self.params
         if self.op == "generate":
             out = self.engine.generate(texts, max_new_tokens=p["max_new_tokens"], temperature=p["temperature"],
@@ -72,7 +80,7 @@ class LLMWorker:
                 emb = np.asarray(self.engine.embed(texts, pooling=p.get("pooling", "mean"),
                                                    max_tokens=p.get("max_tokens", 256)), dtype=np.float32)
             col = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1), pa.float32()), emb.shape[1])
-        return pa.table({"row": batch.column("row"), "block": batch.column("block"), "output": col})
+        return pa.table({"row": part.column("row"), "block": part.column("block"), "output": col})
 
 
 @dataclass

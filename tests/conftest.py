@@ -18,7 +18,7 @@ def ray_session():
     if not ray.is_initialized():
         ray.init(
             num_cpus=2,
-            include_dashboard=False,
+            include_dashboard=True,  # hosts the State API that Ray Train V2's cleaner polls
             object_store_memory=512 * 1024**2,
             log_to_driver=False,
             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "RAGREC_CACHE": os.environ.get("RAGREC_CACHE", "")}},

@@ -50,7 +50,10 @@ def init(address: str | None = None, num_cpus: int | None = None, **kwargs) -> N
         return
     num_cpus = num_cpus or os.cpu_count()
     log.info("starting a local Ray with %d CPUs", num_cpus)
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, **kwargs)
+    # The dashboard hosts the State API; without it Ray Train V2's placement-group cleaner logs a
+    # warning every second ("Failed to query Ray Train Controller actor state").
+    kwargs.setdefault("include_dashboard", True)
+    ray.init(num_cpus=num_cpus, log_to_driver=True, **kwargs)
     _quiet_ray_data()
 
 

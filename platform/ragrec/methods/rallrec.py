@@ -81,13 +81,14 @@ def split(samples: pa.Table, name: str, limit: int | None = None) -> pa.Table:
     return part.slice(0, limit) if limit else part
 
 
+def _cut_timestamp(samples: pa.Table) -> int:
+    held = samples.filter(pc.not_equal(samples.column("split"), "train"))
+    return pc.min(held.column("timestamp")).as_py() if held.num_rows else np.iinfo(np.int64).max
+
+
 def train_interactions(interactions: pa.Table, samples: pa.Table) -> pa.Table:
     """Interactions strictly before the first valid/test sample: the only ones models may learn from."""
-    held = samples.filter(pc.not_equal(samples.column("split"), "train"))
-    if held.num_rows == 0:
-        return interactions
-    cut = pc.min(held.column("timestamp")).as_py()
-    return interactions.filter(pc.less(interactions.column("timestamp"), cut))
+    return interactions.filter(pc.less(interactions.column("timestamp"), _cut_timestamp(samples)))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -153,14 +154,19 @@ def lightgcn_stage(store: ArtifactStore, cfg: RunConfig, ds_art: Artifact, sampl
     from ..training.lightgcn import train_lightgcn
 
     def compute(art: Artifact):
-        inter = train_interactions(ds_art.read_table("interactions"), samples_art.read_table("samples"))
-        thr = cfg.lightgcn.positive_threshold
-        if thr is not None:
-            inter = inter.filter(pc.greater(inter.column("rating"), thr))
-        n_users = ds_art.manifest().get("users") or int(pc.max(inter.column("user_id")).as_py()) + 1
+        interactions = ds_art.read_table("interactions")
+        inter = train_interactions(interactions, samples_art.read_table("samples"))
+        # Recall@20 sanity metric on the held-out period's positive interactions
+        held = interactions.filter(pc.and_(pc.greater_equal(interactions.column("timestamp"),
+                                                           _cut_timestamp(samples_art.read_table("samples"))),
+                                           pc.equal(interactions.column("label"), 1)))
+        n_users = ds_art.manifest().get("users") or int(pc.max(interactions.column("user_id")).as_py()) + 1
         n_items = ds_art.manifest()["items"]
         res = train_lightgcn(inter.column("user_id").to_numpy(), inter.column("item_id").to_numpy(), n_users,
-                             n_items, cfg.lightgcn, use_ray=True, seed=cfg.seed, out_dir=str(art.staging / "train"),
+                             n_items, cfg.lightgcn, ratings=inter.column("rating").to_numpy(),
+                             eval_pairs=(held.column("user_id").to_numpy(), held.column("item_id").to_numpy())
+                             if held.num_rows else None,
+                             use_ray=True, seed=cfg.seed, out_dir=str(art.staging / "train"),
                              num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu)
         np.save(art.staging / "item_emb.npy", res.item_emb.astype(np.float32))
         np.save(art.staging / "user_emb.npy", res.user_emb.astype(np.float32))
@@ -373,13 +379,13 @@ def run(cfg: RunConfig, force: tuple[str, ...] = ()) -> RunResult:
     counts = dict(pipe.arts["samples"].manifest()["splits"])
     counts["evaluated"] = preds.num_rows
     counts["train_examples"] = pipe.arts["examples"].manifest()["rows"] if adapter else 0
-    plots = {"auc.png": lambda p: plot_auc_bars(rows, p)}
+    plots = {"auc": lambda p: plot_auc_bars(rows, p)}
     for stage in ("lightgcn", "projector", "lora"):
         art = pipe.arts.get(stage)
         if art is not None:
             hist = art.read_json("history")
             if hist and "loss" in hist[0]:
-                plots[f"{stage}_loss.png"] = (lambda h, s: lambda p: plot_curve(
+                plots[f"{stage}_loss"] = (lambda h, s: lambda p: plot_curve(
                     list(range(1, len(h) + 1)), {"loss": [r["loss"] for r in h]}, p, "step", f"{s} loss"))(hist, stage)
     wall = time.perf_counter() - t0
     notes = [f"wall time {wall:.0f} s", f"artifacts: " + ", ".join(f"{k}={v.key}" for k, v in pipe.arts.items() if v)]

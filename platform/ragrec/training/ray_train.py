@@ -1,0 +1,292 @@
+"""The one place that talks to Ray Train (V2, Ray 2.60).
+
+Every trainable in :mod:`ragrec.training` is a plain ``train_loop(config: dict)`` that runs
+
+* standalone: called directly in this process (a GPU box without Ray, unit tests), or
+* as the ``train_loop_per_worker`` of a :class:`ray.train.torch.TorchTrainer` through :func:`fit`.
+
+The loops only use the helpers below, which do the right thing in both cases:
+
+* :func:`in_train_worker`, :func:`world_rank`, :func:`world_size`, :func:`torch_device`
+* :func:`prepare_model` (DDP under Ray) and :func:`epoch_batches` (the rank's shard of a shuffled
+  epoch as index tensors: what ``prepare_data_loader``'s DistributedSampler does, without a
+  per-sample ``__getitem__``/collate for in-memory tensors)
+* :func:`report` / :func:`report_state` (``ray.train.report`` with a checkpoint under Ray; a log line
+  and a local history standalone)
+* :func:`load_state` (resume from ``ray.train.get_checkpoint()`` after a worker failure)
+* :func:`publish` (final outputs: written straight to ``config["out_dir"]`` standalone; reported as
+  the last checkpoint under Ray, then copied into ``config["out_dir"]`` by :func:`fit`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+log = logging.getLogger("ragrec.training")
+
+STATE_FILE = "train_state.pt"
+"""Name of the resumable state (model/optimizer/epoch/history) inside each checkpoint."""
+
+_LOCAL_HISTORY: list[dict] = []
+
+
+# ----------------------------------------------------------------------------- where are we
+
+
+def in_train_worker() -> bool:
+    """True inside a function launched by ``TorchTrainer.fit()`` (a Ray Train V2 worker)."""
+    try:
+        import ray.train
+
+        ray.train.get_context()
+        return True
+    except (RuntimeError, ImportError, DeprecationWarning):
+        return False
+
+
+def world_rank() -> int:
+    if not in_train_worker():
+        return 0
+    import ray.train
+
+    return ray.train.get_context().get_world_rank()
+
+
+def world_size() -> int:
+    if not in_train_worker():
+        return 1
+    import ray.train
+
+    return ray.train.get_context().get_world_size()
+
+
+def torch_device(preferred: str = "auto"):
+    """The worker's device under Ray (``ray.train.torch.get_device``), else ``preferred`` / auto."""
+    if in_train_worker():
+        import ray.train.torch
+
+        return ray.train.torch.get_device()
+    from ragrec.runtime import device
+
+    return torch.device(device(preferred))
+
+
+def progress_disabled() -> bool:
+    """tqdm bars only on an interactive terminal and only on rank 0."""
+    return not sys.stderr.isatty() or world_rank() != 0
+
+
+# ----------------------------------------------------------------------------- model / data
+
+
+def prepare_model(model, device=None):
+    """DDP-wrap ``model`` and move it to the worker's device under Ray; move it to ``device`` else."""
+    if in_train_worker():
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model)
+    return model.to(device if device is not None else torch_device())
+
+
+def unwrap(model):
+    """The underlying module of a DDP-wrapped model (the model itself otherwise)."""
+    return getattr(model, "module", model)
+
+
+def epoch_batches(
+    num_rows: int, batch_size: int, *, seed: int, epoch: int, rank: int = 0, world_size: int = 1
+) -> list[torch.Tensor]:
+    """This rank's shuffled mini-batches of row positions (int64 tensors) for one epoch.
+
+    The permutation depends only on (seed, epoch) so all ranks agree; rank r takes every
+    ``world_size``-th position, trimmed so that every rank gets the same number of batches (DDP).
+    """
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    perm = torch.randperm(num_rows, generator=g)
+    per_rank = num_rows // world_size
+    return list(perm[rank::world_size][:per_rank].split(batch_size))
+
+
+def dataset_shard(name: str = "train"):
+    """This worker's shard (a ``ray.data.DataIterator``) of the dataset passed to :func:`fit`."""
+    import ray.train
+
+    return ray.train.get_dataset_shard(name)
+
+
+# ----------------------------------------------------------------------------- reporting
+
+
+def report(metrics: dict[str, Any], checkpoint_dir: str | os.PathLike | None = None) -> None:
+    """``ray.train.report(metrics, checkpoint)`` inside Ray Train; outside it log and keep history.
+
+    Under Ray every worker must call this the same number of times (it is a barrier). Only rank 0
+    should pass a ``checkpoint_dir`` for replicated state.
+    """
+    if in_train_worker():
+        import ray.train
+
+        ckpt = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        ray.train.report(dict(metrics), checkpoint=ckpt)
+        return
+    _LOCAL_HISTORY.append(dict(metrics))
+    log.info("%s", " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items()))
+
+
+def local_history() -> list[dict]:
+    """Every metrics dict passed to :func:`report` outside Ray Train in this process (a copy)."""
+    return list(_LOCAL_HISTORY)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def report_state(metrics: dict[str, Any], state: dict[str, Any]) -> None:
+    """Report ``metrics`` and, under Ray, a checkpoint holding ``state`` (``torch.save``-able).
+
+    Standalone there is no failure recovery, so the state is not written.
+    """
+    if not in_train_worker():
+        report(metrics)
+        return
+    with tempfile.TemporaryDirectory(prefix="ragrec-ckpt-") as tmp:
+        if world_rank() == 0:
+            torch.save(state, Path(tmp) / STATE_FILE)
+            report(metrics, checkpoint_dir=tmp)
+        else:
+            report(metrics)
+
+
+def report_due(epoch: int, epochs: int, every: int | None = None) -> bool:
+    """Whether 0-based ``epoch`` ends with a :func:`report_state` (metrics + resumable checkpoint).
+
+    Every ``every`` epochs (default ``max(1, epochs // 10)``, i.e. about ten checkpoints per run),
+    never after the last epoch (:func:`publish` reports that one). Under Ray Train V2 a report
+    blocks until the controller polls it (every 2 s), so per-epoch reports of sub-second epochs
+    would dominate the run time. Depends only on the arguments, so all ranks agree (reports are
+    a barrier).
+    """
+    every = every or max(1, epochs // 10)
+    return epoch < epochs - 1 and (epoch + 1) % every == 0
+
+
+def load_state() -> dict[str, Any] | None:
+    """The state saved by the latest :func:`report_state` / :func:`publish` of this run, if any.
+
+    Under Ray this is ``ray.train.get_checkpoint()`` (set after a worker failure and restart);
+    standalone it is always None.
+    """
+    if not in_train_worker():
+        return None
+    import ray.train
+
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None:
+        return None
+    with ckpt.as_directory() as d:
+        path = Path(d) / STATE_FILE
+        if not path.exists():
+            return None
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    log.info("resuming from checkpoint %s (epoch %s)", ckpt.path, state.get("epoch"))
+    return state
+
+
+def publish(
+    config: dict,
+    metrics: dict[str, Any],
+    write: Callable[[Path], None],
+    state: dict[str, Any] | None = None,
+) -> None:
+    """Write the final outputs of a loop.
+
+    ``write(dir)`` writes the output files into ``dir``. Standalone it is called with
+    ``config["out_dir"]``; under Ray rank 0 calls it on a temporary folder that is reported as the
+    final checkpoint (with ``state`` so that a restart after this point is a no-op) and :func:`fit`
+    copies it into ``config["out_dir"]``.
+    """
+    if not in_train_worker():
+        out = Path(config["out_dir"])
+        out.mkdir(parents=True, exist_ok=True)
+        write(out)
+        report(metrics)
+        return
+    with tempfile.TemporaryDirectory(prefix="ragrec-out-") as tmp:
+        if world_rank() == 0:
+            write(Path(tmp))
+            if state is not None:
+                torch.save(state, Path(tmp) / STATE_FILE)
+            report(metrics, checkpoint_dir=tmp)
+        else:
+            report(metrics)
+
+
+# ----------------------------------------------------------------------------- driver side
+
+
+def fit(
+    train_loop: Callable[[dict], Any],
+    config: dict,
+    *,
+    num_workers: int = 1,
+    use_gpu: bool = False,
+    datasets: dict | None = None,
+    storage_path: str | None = None,
+    name: str,
+    max_failures: int = 2,
+) -> dict:
+    """Run ``train_loop(config)`` on ``num_workers`` Ray Train workers (``TorchTrainer``).
+
+    Returns ``{"metrics": last reported metrics (rank 0), "return_value": what rank 0's loop
+    returned, "checkpoint_dir": config["out_dir"] or None, "ray_path": run folder in storage}``.
+    The latest checkpoint's files are copied into ``config["out_dir"]`` when it is set.
+    ``storage_path`` None uses a temporary folder removed afterwards (pass shared storage such as
+    ``s3://...`` on a multi-node cluster). Worker failures restart the loop up to ``max_failures``
+    times; loops resume from :func:`load_state`.
+    """
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    if num_workers < 1:
+        raise ValueError(f"fit(num_workers={num_workers}): need at least one Ray Train worker")
+    tmp_storage = None
+    if storage_path is None:
+        tmp_storage = tempfile.mkdtemp(prefix="ragrec-ray-train-")
+        storage_path = tmp_storage
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=config,
+        scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+        ),
+        datasets=datasets,
+    )
+    try:
+        result = trainer.fit()  # raises TrainingFailedError when the run fails for good
+        out_dir = config.get("out_dir")
+        if out_dir is not None and result.checkpoint is not None:
+            out = Path(out_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            with result.checkpoint.as_directory() as d:
+                shutil.copytree(d, out, dirs_exist_ok=True)
+        return {
+            "metrics": dict(result.metrics or {}),
+            "return_value": result.return_value,
+            "checkpoint_dir": str(out_dir) if out_dir is not None and result.checkpoint else None,
+            "ray_path": None if tmp_storage else result.path,
+        }
+    finally:
+        if tmp_storage:
+            shutil.rmtree(tmp_storage, ignore_errors=True)

@@ -1,0 +1,124 @@
+"""LoRA instruction tuning on tiny-random-llama: label masking, learning, adapter round trip."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from ragrec.config import LoRAConfig
+from ragrec.llm.chat import add_special_tokens, format_prompt
+from ragrec.llm.registry import TINY_LLAMA, load_causal_lm, load_tokenizer
+from ragrec.training.lora import IGNORE_INDEX, encode_batch, train_lora
+
+CFG = LoRAConfig(r=8, alpha=16, dropout=0.0, lr=1e-2, epochs=3, batch_size=4, grad_accum=2, max_tokens=128)
+PROMPTS = [
+    "The user watched Alien (5 stars). Will he like Aliens?",
+    "The user watched Heat (1 star). Will he like Ronin?",
+    "The user watched Fargo (4 stars). Will he like Blood Simple?",
+    "The user watched Cats (1 star). Will he like Evita?",
+]
+ANSWERS = ["Yes.", "No.", "Yes.", "No."]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer(TINY_LLAMA)
+
+
+def test_labels_mask_exactly_the_prompt_tokens(tok):
+    enc = encode_batch(tok, PROMPTS[:2], ANSWERS[:2], max_tokens=512)
+    ids, mask, labels = enc["input_ids"], enc["attention_mask"], enc["labels"]
+    assert ids.shape == labels.shape == mask.shape
+    for b in range(2):
+        prompt_text = format_prompt(tok, PROMPTS[b])
+        p = tok(prompt_text, add_special_tokens=add_special_tokens(tok))["input_ids"]
+        a = tok(ANSWERS[b], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        # the sequence is the tokenisation of prompt_text + answer + eos
+        joint = tok(prompt_text + ANSWERS[b] + tok.eos_token, add_special_tokens=add_special_tokens(tok))["input_ids"]
+        assert p + a == joint
+        n = len(p) + len(a)
+        assert ids[b, :n].tolist() == joint
+        assert mask[b].tolist() == [1] * n + [0] * (ids.shape[1] - n)
+        assert labels[b, : len(p)].tolist() == [IGNORE_INDEX] * len(p)
+        assert labels[b, len(p) : n].tolist() == a
+        assert (labels[b, n:] == IGNORE_INDEX).all()
+    assert ids.shape[1] == max(int(mask[b].sum()) for b in range(2))  # dynamic padding to the longest
+
+
+def test_long_prompts_are_cut_from_the_left_keeping_header_and_question(tok):
+    long = "The user watched " + ", ".join(f"Film number {k} (3 stars)" for k in range(300)) + ". Will he like Up?"
+    enc = encode_batch(tok, [long, PROMPTS[0]], ["No.", "Yes."], max_tokens=64)
+    n = int(enc["attention_mask"][0].sum())
+    assert n <= 64
+    answer_at = int((enc["labels"][0] != IGNORE_INDEX).nonzero()[0])
+    kept = tok.decode(enc["input_ids"][0, :answer_at])
+    header = format_prompt(tok, "X").split("X")[0]
+    assert kept.startswith(header)  # chat template header survives
+    assert "Will he like Up?" in kept and "Film number 299" in kept  # the end (newest) survives
+    assert "Film number 0 " not in kept  # the start (oldest) was dropped
+    with pytest.raises(ValueError, match="lora.max_tokens=8 leaves"):
+        encode_batch(tok, PROMPTS[:1], ANSWERS[:1], max_tokens=8)
+
+
+def _logits(model, tok, prompts):
+    enc = encode_batch(tok, prompts, ["Yes."] * len(prompts), max_tokens=128)
+    with torch.no_grad():
+        return model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits, enc
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("lora")
+    table = pa.table({"prompt": PROMPTS * 4, "answer": ANSWERS * 4})
+    return train_lora(table, TINY_LLAMA, CFG, use_ray=False, seed=0, out_dir=out)
+
+
+def test_loss_decreases_on_a_repeated_tiny_dataset(trained):
+    h = trained.history
+    assert [r["step"] for r in h] == list(range(12))  # 16 rows / batch 4 x 3 epochs
+    first = np.mean([r["loss"] for r in h if r["epoch"] == 0])
+    last = np.mean([r["loss"] for r in h if r["epoch"] == 2])
+    assert last < 0.7 * first
+
+
+def test_adapter_is_written_and_reloads_with_peft_and_changes_logits(trained, tok):
+    from peft import PeftModel
+
+    files = {p.name for p in Path(trained.adapter_dir).iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "history.json"} <= files
+    conf = json.loads((Path(trained.adapter_dir) / "adapter_config.json").read_text())
+    assert conf["r"] == 8 and conf["lora_alpha"] == 16 and set(conf["target_modules"]) == {"q_proj", "v_proj"}
+
+    base, _ = load_causal_lm(TINY_LLAMA, dtype="float32", device="cpu")
+    base_logits, enc = _logits(base, tok, PROMPTS)
+    tuned = PeftModel.from_pretrained(load_causal_lm(TINY_LLAMA, dtype="float32", device="cpu")[0], trained.adapter_dir)
+    tuned.eval()
+    tuned_logits, _ = _logits(tuned, tok, PROMPTS)
+    assert (tuned_logits - base_logits).abs().max() > 1e-2
+    # and it is the trained adapter: lower loss on the training answers than the base model
+    train_enc = encode_batch(tok, PROMPTS, ANSWERS, max_tokens=128)
+    with torch.no_grad():
+        assert tuned(**train_enc).loss < 0.7 * base(**train_enc).loss
+
+
+def test_missing_columns_are_reported(tmp_path):
+    with pytest.raises(ValueError, match=r"lack column\(s\) \['answer'\]"):
+        train_lora(pa.table({"prompt": ["a"]}), TINY_LLAMA, CFG, use_ray=False, out_dir=tmp_path)
+
+
+@pytest.mark.ray
+def test_ray_path_reads_dataset_shard_and_writes_adapter(ray_session, tmp_path):
+    import ray.data
+
+    ds = ray.data.from_items([{"prompt": p, "answer": a} for p, a in zip(PROMPTS * 2, ANSWERS * 2)])
+    cfg = CFG.model_copy(update={"epochs": 1})
+    res = train_lora(ds, TINY_LLAMA, cfg, use_ray=True, seed=0, out_dir=tmp_path / "out",
+                     storage_path=str(tmp_path / "ray"))
+    assert len(res.history) == 2  # 8 rows / batch 4 on one worker
+    assert (tmp_path / "out" / "adapter_model.safetensors").exists()
+    assert all(np.isfinite(r["loss"]) for r in res.history)

@@ -1,0 +1,44 @@
+"""The engine interface shared by the transformers (``hf``) and ``vllm`` backends.
+
+All methods take *raw user texts*; the engine applies :func:`ragrec.llm.chat.format_prompt` and the
+left truncation to ``llm.max_prompt_tokens`` itself (``embed`` embeds the raw text, no template).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from ..config import LLMConfig
+
+
+@runtime_checkable
+class Engine(Protocol):
+    def generate(
+        self, prompts: list[str], *, max_new_tokens: int, temperature: float, top_p: float, seed: int
+    ) -> list[str]:
+        """One completion per prompt, in input order (``temperature == 0``: greedy)."""
+        ...
+
+    def score_yes_no(self, prompts: list[str]) -> np.ndarray:
+        """float32 ``(n,)``: P(yes) = softmax([logit_yes, logit_no])[0] at the answer position."""
+        ...
+
+    def embed(self, texts: list[str], *, pooling: str = "mean", max_tokens: int = 256) -> np.ndarray:
+        """float32 ``(n, hidden)``: final hidden state (the input of ``lm_head``) pooled over tokens."""
+        ...
+
+
+def load_engine(llm_cfg: "LLMConfig", adapter_path: str | None = None) -> Engine:
+    """Build the engine named by ``llm_cfg.engine`` (``hf`` or ``vllm``), optionally with a LoRA adapter."""
+    if llm_cfg.engine == "hf":
+        from .hf_engine import HFEngine
+
+        return HFEngine(llm_cfg, adapter_path=adapter_path)
+    if llm_cfg.engine == "vllm":
+        from .vllm_engine import VLLMEngine
+
+        return VLLMEngine(llm_cfg, adapter_path=adapter_path)
+    raise ValueError(f"llm.engine must be 'hf' or 'vllm', got '{llm_cfg.engine}'")

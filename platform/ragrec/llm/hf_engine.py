@@ -1,0 +1,172 @@
+"""Transformers engine (CPU or GPU): batched generation, one-pass yes/no scoring, hidden-state embeddings.
+
+Batching: prompts are tokenised once, sorted by length (longest first) and cut into batches of
+``llm.batch_size`` so each batch pads little; results are written back in input order. Padding is on
+the left, and ``position_ids`` are computed from the attention mask, so a prompt gets the same
+logits alone or in a batch. Threads: whatever ``torch.get_num_threads()`` says (set it outside).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+import numpy as np
+
+from .chat import add_special_tokens, fit_prompts, yes_no_token_ids
+from .registry import load_causal_lm
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..config import LLMConfig
+
+log = logging.getLogger("ragrec.llm.hf")
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
+    """Index arrays of at most ``batch_size`` items, longest first (stable for equal lengths)."""
+    order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def pad_left(id_lists: Sequence[Sequence[int]], pad_id: int) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """``(input_ids, attention_mask)`` int64 ``(b, max_len)`` with padding on the left."""
+    import torch
+
+    width = max(len(ids) for ids in id_lists)
+    input_ids = torch.full((len(id_lists), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(id_lists), width), dtype=torch.long)
+    for row, ids in enumerate(id_lists):
+        if ids:
+            input_ids[row, width - len(ids) :] = torch.as_tensor(ids, dtype=torch.long)
+            mask[row, width - len(ids) :] = 1
+    return input_ids, mask
+
+
+def position_ids_from_mask(mask: "torch.Tensor") -> "torch.Tensor":
+    """Positions counted over real tokens only (0 at each row's first non-pad token)."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+class HFEngine:
+    """:class:`ragrec.llm.engine.Engine` on transformers; ``adapter_path`` = a peft LoRA folder (merged)."""
+
+    def __init__(self, llm_cfg: "LLMConfig", adapter_path: str | None = None) -> None:
+        from ..runtime import device as pick_device
+
+        self.cfg = llm_cfg
+        self.device = pick_device(llm_cfg.device)
+        kwargs: dict[str, Any] = {}
+        if llm_cfg.load_in_8bit and self.device != "cpu":
+            from transformers import BitsAndBytesConfig
+
+            kwargs = {"quantization_config": BitsAndBytesConfig(load_in_8bit=True), "device_map": self.device}
+        self.model, self.tokenizer = load_causal_lm(llm_cfg.model, dtype=llm_cfg.dtype, device=self.device, **kwargs)
+        self.tokenizer.truncation_side = "left"
+        if adapter_path is not None:
+            from peft import PeftModel
+
+            self.model = PeftModel.from_pretrained(self.model, adapter_path)
+            if not kwargs:  # merging into 8-bit weights would lose precision; keep the adapter separate
+                self.model = self.model.merge_and_unload()
+            self.model.eval()
+        self.yes_id, self.no_id = yes_no_token_ids(self.tokenizer)
+        self._special = add_special_tokens(self.tokenizer)
+
+    # ------------------------------------------------------------------------------------------
+    def _prompt_ids(self, prompts: list[str]) -> list[list[int]]:
+        texts = fit_prompts(self.tokenizer, prompts, self.cfg.max_prompt_tokens)
+        ids = self.tokenizer(texts, add_special_tokens=self._special)["input_ids"]
+        limit = self.cfg.max_prompt_tokens
+        return [x[-limit:] for x in ids]  # fit_prompts leaves a margin; this is only a guard
+
+    def _batches(self, ids: list[list[int]], desc: str) -> Iterator[tuple[np.ndarray, "torch.Tensor", "torch.Tensor"]]:
+        from tqdm.auto import tqdm
+
+        batches = length_sorted_batches([len(x) for x in ids], self.cfg.batch_size)
+        for idx in tqdm(batches, desc=desc, disable=not sys.stderr.isatty() or len(batches) < 2):
+            input_ids, mask = pad_left([ids[i] for i in idx], self.tokenizer.pad_token_id)
+            yield idx, input_ids.to(self.device), mask.to(self.device)
+
+    # ------------------------------------------------------------------------------------------
+    def generate(
+        self, prompts: list[str], *, max_new_tokens: int, temperature: float, top_p: float, seed: int
+    ) -> list[str]:
+        """One completion per prompt (input order); sampling seeded per batch by ``seed``."""
+        import torch
+
+        out: list[str] = [""] * len(prompts)
+        if not prompts:
+            return out
+        sample = temperature > 0
+        kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=sample)
+        if sample:
+            kwargs.update(temperature=temperature, top_p=top_p)
+        else:  # unset the model's sampling defaults so greedy decoding raises no warnings
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        devices = [torch.device(self.device).index or 0] if self.device.startswith("cuda") else []
+        with torch.inference_mode():
+            for b, (idx, input_ids, mask) in enumerate(self._batches(self._prompt_ids(prompts), "generate")):
+                with torch.random.fork_rng(devices=devices):
+                    torch.manual_seed(seed + b)
+                    tokens = self.model.generate(
+                        input_ids=input_ids,
+                        attention_mask=mask,
+                        pad_token_id=self.tokenizer.pad_token_id,
+                        **kwargs,
+                    )
+                texts = self.tokenizer.batch_decode(tokens[:, input_ids.shape[1] :], skip_special_tokens=True)
+                for i, text in zip(idx, texts):
+                    out[i] = text.strip()
+        return out
+
+    def score_yes_no(self, prompts: list[str]) -> np.ndarray:
+        """float32 ``(n,)`` P(yes): one forward per batch, logits of the last prompt position only."""
+        import torch
+
+        probs = np.zeros(len(prompts), dtype=np.float32)
+        if not prompts:
+            return probs
+        pair = torch.tensor([self.yes_id, self.no_id], device=self.device)
+        with torch.inference_mode():
+            for idx, input_ids, mask in self._batches(self._prompt_ids(prompts), "score"):
+                logits = self.model(
+                    input_ids=input_ids,
+                    attention_mask=mask,
+                    position_ids=position_ids_from_mask(mask),
+                    logits_to_keep=1,
+                    use_cache=False,
+                ).logits[:, -1, :]
+                p = torch.softmax(logits.index_select(-1, pair).float(), dim=-1)[:, 0]
+                probs[idx] = p.cpu().numpy()
+        return probs
+
+    def embed(self, texts: list[str], *, pooling: str = "mean", max_tokens: int = 256) -> np.ndarray:
+        """float32 ``(n, hidden)``: mean over non-pad tokens (``"mean"``) or the last token (``"last"``)
+        of the final hidden state (after the final norm = the input of ``lm_head``); raw texts, no
+        template, truncated on the right to ``max_tokens``."""
+        import torch
+
+        if pooling not in ("mean", "last"):
+            raise ValueError(f"embedding.pooling must be 'mean' or 'last', got '{pooling}'")
+        hidden = self.model.config.hidden_size
+        out = np.zeros((len(texts), hidden), dtype=np.float32)
+        if not texts:
+            return out
+        # the tokenizer's truncation_side is "left" (prompts); texts keep their start, so cut here
+        ids = [x[:max_tokens] or [self.tokenizer.pad_token_id] for x in self.tokenizer(list(texts))["input_ids"]]
+        backbone = self.model.base_model
+        with torch.inference_mode():
+            for idx, input_ids, mask in self._batches(ids, "embed"):
+                h = backbone(
+                    input_ids=input_ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False
+                ).last_hidden_state.float()
+                if pooling == "mean":
+                    m = mask.unsqueeze(-1).to(h.dtype)
+                    pooled = (h * m).sum(1) / m.sum(1).clamp(min=1.0)
+                else:
+                    pooled = h[:, -1, :]
+                out[idx] = pooled.cpu().numpy()
+        return out

@@ -129,7 +129,7 @@ def run_llm_stage(
     if todo:
         init()
         if llm_cfg.engine == "vllm":
-            _run_vllm(art, texts, todo, op=op, llm_cfg=llm_cfg, params=params)
+            _run_vllm(art, texts, todo, op=op, llm_cfg=llm_cfg, params=params, adapter_path=adapter_path)
         else:
             _run_actor_pool(art, texts, todo, op=op, llm_cfg=llm_cfg, params=params,
                             adapter_path=adapter_path, encoder=encoder, desc=desc or f"{art.stage}")
@@ -193,16 +193,25 @@ def _collect(art: Artifact, batches, todo, desc: str) -> None:
     log.info("%s: %d blocks in %.1fs", desc, len(todo), time.perf_counter() - t0)
 
 
-def _run_vllm(art, texts, todo, *, op, llm_cfg, params) -> None:
+def _run_vllm(art, texts, todo, *, op, llm_cfg, params, adapter_path=None) -> None:
+    """GPU path: the same blocks through ``ray.data.llm`` processors (vLLM seeds each request)."""
     import ray
 
     from ..llm import vllm_engine
 
     ds = ray.data.from_arrow(_block_tables(texts, todo))
     if op == "generate":
-        processor = vllm_engine.build_generation_processor(llm_cfg, params)
+        sampling = vllm_engine.generation_sampling(params["max_new_tokens"], params["temperature"], params["top_p"],
+                                                   int(params.get("seed", 0)))
+        processor, column, typ = vllm_engine.build_generation_processor(llm_cfg, sampling), \
+            vllm_engine.GENERATED_COLUMN, pa.string()
     elif op == "score":
-        processor = vllm_engine.build_scoring_processor(llm_cfg)
+        processor, column, typ = vllm_engine.build_scoring_processor(llm_cfg, adapter_path=adapter_path), \
+            vllm_engine.SCORE_COLUMN, pa.float32()
     else:
-        raise NotImplementedError("embedding with the vllm engine: set embedding.model to a sentence encoder")
-    _collect(art, vllm_engine.iter_outputs(processor(ds), op), todo, f"{art.stage} (vllm)")
+        raise NotImplementedError("embedding with the vllm engine: set embedding.model to a sentence encoder "
+                                  "(e.g. minilm-l6) or use llm.engine=hf for the embedding stages")
+    out = processor(ds).select_columns(["row", "block", column])
+    batches = (pa.table({"row": b.column("row"), "block": b.column("block"), "output": b.column(column).cast(typ)})
+               for b in out.iter_batches(batch_size=None, batch_format="pyarrow"))
+    _collect(art, batches, todo, f"{art.stage} (vllm)")

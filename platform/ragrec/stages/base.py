@@ -176,7 +176,7 @@ def _collect(art: Artifact, batches, todo, desc: str) -> None:
     expected = {b: e - s for b, s, e in todo}
     pending: dict[int, list[pa.Table]] = {}
     written, kill_after = 0, int(os.environ.get("RAGREC_FAULT_KILL_AFTER_BLOCKS", "0"))
-    t0 = time.perf_counter()
+    t0 = last_log = time.perf_counter()
     with tqdm(total=sum(expected.values()), desc=desc, unit="row", disable=not sys.stderr.isatty()) as bar:
         for batch in batches:
             for b in np.unique(batch.column("block").to_numpy()):
@@ -186,6 +186,9 @@ def _collect(art: Artifact, batches, todo, desc: str) -> None:
                 if sum(t.num_rows for t in pending[int(b)]) == expected[int(b)]:
                     art.write_block(int(b), pa.concat_tables(pending.pop(int(b))))
                     written += 1
+                    if bar.disable and time.perf_counter() - last_log > 30:  # no tty: progress in the log
+                        last_log = time.perf_counter()
+                        log.info("%s: %d/%d blocks (%.0fs)", desc, written, len(todo), last_log - t0)
                     if kill_after and written >= kill_after:  # fault injection for the resume test
                         os.kill(os.getpid(), signal.SIGKILL)
     if pending:

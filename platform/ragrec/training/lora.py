@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from tqdm.auto import tqdm
 from ragrec.config import LoRAConfig
 from ragrec.llm.chat import add_special_tokens, fit_prompts
 from ragrec.training import ray_train as rt
+
+log = logging.getLogger("ragrec.training.lora")
 
 COLUMNS = ("prompt", "answer")
 IGNORE_INDEX = -100
@@ -139,7 +142,19 @@ def train_loop(config: dict) -> list[dict]:
     seed = int(config.get("seed", 0))
     torch.manual_seed(seed)
     dev = rt.torch_device()
-    model, tokenizer = load_causal_lm(config["model_name"], dtype=config.get("dtype", "auto"), device=str(dev))
+    kwargs = {}
+    if config.get("load_in_8bit") and dev.type == "cuda":
+        from transformers import BitsAndBytesConfig  # bitsandbytes is in the `gpu` extra
+
+        kwargs = {"quantization_config": BitsAndBytesConfig(load_in_8bit=True), "device_map": {"": dev.index or 0}}
+    elif config.get("load_in_8bit"):
+        log.warning("llm.load_in_8bit needs a GPU; training the LoRA adapter on a %s model instead", dev.type)
+    model, tokenizer = load_causal_lm(config["model_name"], dtype=config.get("dtype", "auto"), device=str(dev),
+                                      **kwargs)
+    if kwargs:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model)
     peft_cfg = PeftLoraConfig(
         r=cfg.r,
         lora_alpha=cfg.alpha,
@@ -216,6 +231,7 @@ def train_lora(
     use_gpu: bool = False,
     storage_path: str | None = None,
     dtype: str = "auto",
+    load_in_8bit: bool = False,
 ) -> LoRAResult:
     """LoRA instruction tuning on ``examples`` (prompt: str, answer: str; Arrow table or Ray Dataset).
 
@@ -235,7 +251,7 @@ def train_lora(
     else:
         raise TypeError(f"train_lora: examples must be a pyarrow.Table or ray.data.Dataset, got {type(examples).__name__}")
     config = {"model_name": model_name, "cfg": cfg.model_dump(), "seed": int(seed), "out_dir": str(out_dir),
-              "dtype": dtype}
+              "dtype": dtype, "load_in_8bit": bool(load_in_8bit)}
     if use_ray:
         if dataset is None:
             dataset = ray.data.from_arrow(table)

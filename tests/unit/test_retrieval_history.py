@@ -83,6 +83,94 @@ def test_large_catalog_path_equals_reference(strategy, monkeypatch):
     assert got.column("context_item_ids").to_pylist() == want.column("context_item_ids").to_pylist()
 
 
+def assert_same_context(got: pa.Table, want: pa.Table) -> None:
+    assert got.column("context_item_ids").to_pylist() == want.column("context_item_ids").to_pylist()
+    assert got.column("context_ratings").to_pylist() == want.column("context_ratings").to_pylist()
+
+
+@pytest.mark.parametrize("strategy", ["relevance", "rerank", "hybrid"])
+@pytest.mark.parametrize("mode", ["exact", "coarse"])
+def test_key_paths_equal_reference(strategy, mode, monkeypatch):
+    """Both sort-key paths: exact int64 keys only, and int32 keys quantised so coarsely (3 bits of score)
+    that most rows hold different scores under equal codes and must be re-ranked exactly."""
+    exact_rows = []
+    exact = hist_mod._Keys.exact
+
+    def spy(self, targets, items):
+        exact_rows.append(len(targets))
+        return exact(self, targets, items)
+
+    monkeypatch.setattr(hist_mod._Keys, "exact", spy)
+    if mode == "exact":
+        monkeypatch.setattr(hist_mod, "_MIN_QUANTISED_BITS", 99)
+    else:  # int32 keys of 8 bits: 5 for positions (histories up to 25), 3 for the score code
+        monkeypatch.setattr(hist_mod, "_INT32_BITS", 8)
+        monkeypatch.setattr(hist_mod, "_MIN_QUANTISED_BITS", 1)
+    monkeypatch.setattr(hist_mod, "_BLOCK_ENTRIES", 64)  # many blocks, most with padding
+    rng = np.random.default_rng(5)
+    samples = make_samples(rng, 250, 40, max_len=25)
+    emb, emb_b = dyadic_emb(rng, 40, 4, 6), dyadic_emb(rng, 40, 3, 6)
+    cfg = RetrievalConfig(k=6, strategy=strategy, alpha=0.6, beta=0.7)
+    want = reference_select_history_loop(samples, cfg, emb, emb_b)
+    assert_same_context(select_history(samples, cfg, emb, emb_b), want)
+    scored = sum(len(h) > 0 for h in samples.column("history_item_ids").to_pylist()) * (
+        2 if strategy == "hybrid" else 1
+    )  # empty histories are never scored; hybrid scores under A and B
+    if mode == "exact":
+        assert sum(exact_rows) == scored  # every row scored with exact keys
+    else:
+        assert 0 < sum(exact_rows) < scored  # some rows, not all, needed the exact re-rank
+
+
+def test_quantised_keys_are_monotone_and_rarely_need_exact_reranks(monkeypatch):
+    """int32 codes never invert two scores, and with continuous scores (no exact ties) hardly any row
+    needs the exact re-rank; the result is identical to exact int64 keys throughout."""
+    rng = np.random.default_rng(8)
+    samples = make_samples(rng, 400, 500, max_len=60, min_len=40)
+    emb = rng.normal(size=(500, 16)).astype(np.float32)
+    keys = hist_mod._Keys(emb, pos_bits=6)
+    assert keys.quantised is not None and keys.quantised.dtype == np.int32
+    order = np.argsort(keys.sim, kind="stable")  # the scores the codes were made from
+    np.testing.assert_allclose(keys.sim, (emb @ emb.T).ravel(), rtol=1e-5, atol=1e-5)
+    codes = keys.quantised[order] >> 6
+    assert (np.diff(codes) >= 0).all()  # non-decreasing in the score
+    assert codes[0] >= 1 and codes[-1] <= 2**24 - 1  # 24 bits of code (float32-exact) above 6 of position
+
+    exact_rows = []
+    exact = hist_mod._Keys.exact
+    monkeypatch.setattr(hist_mod._Keys, "exact", lambda self, t, i: exact_rows.append(len(t)) or exact(self, t, i))
+    cfg = RetrievalConfig(k=10, strategy="relevance")
+    fast = select_history(samples, cfg, emb)
+    assert sum(exact_rows) < 0.02 * samples.num_rows
+    monkeypatch.setattr(hist_mod, "_MIN_QUANTISED_BITS", 99)  # exact int64 keys only
+    assert_same_context(fast, select_history(samples, cfg, emb))
+
+
+def test_multi_batch_sliced_table_with_null_history(monkeypatch):
+    """Record batches are processed piece by piece (small ones merged); sliced input and null lists work."""
+    monkeypatch.setattr(hist_mod, "_PIECE_ROWS", 50)
+    rng = np.random.default_rng(9)
+    parts = [make_samples(rng, m, 30, max_len=12) for m in (7, 3, 80, 120, 1)]
+    table = pa.concat_tables(parts).slice(4, 200)
+    nulls = pa.array([None] + table.column("history_item_ids").to_pylist()[1:], pa.list_(pa.int64()))
+    null_r = pa.array([None] + table.column("history_ratings").to_pylist()[1:], pa.list_(pa.float32()))
+    table = table.set_column(2, "history_item_ids", nulls).set_column(3, "history_ratings", null_r)
+    assert len(table.to_batches()) > 2  # sliced record batches (list arrays with non-zero offsets)
+    emb = dyadic_emb(rng, 30, 4, 3)
+    for strategy in STRATEGIES:
+        cfg = RetrievalConfig(k=5, strategy=strategy)
+        got = select_history(table, cfg, emb, emb)
+        assert_same_context(got, reference_select_history_loop(table, cfg, emb, emb))
+        assert got.column("context_item_ids")[0].as_py() == []
+        assert got.column("sample_id").equals(table.column("sample_id"))
+
+
+def test_gather_rows_clamps_at_the_end_of_the_flat_array():
+    flat = np.arange(10, dtype=np.int64) * 10
+    out = hist_mod._gather_rows(flat, np.array([0, 6, 8, 9, 3]), 4)
+    assert out.tolist() == [[0, 10, 20, 30], [60, 70, 80, 90], [80, 90, 90, 90], [90, 90, 90, 90], [30, 40, 50, 60]]
+
+
 def one_sample(hist: list[int], target: int) -> pa.Table:
     return pa.table(
         {
@@ -174,7 +262,7 @@ def test_errors_name_the_problem():
     assert out.column("context_item_ids").to_pylist() == [[9, 1]]
 
 
-def test_vectorised_is_20x_faster_than_reference_loop():
+def test_vectorised_is_30x_faster_than_reference_loop():
     rng = np.random.default_rng(0)
     n, n_items, length = 20_000, 1_500, 100
     hist = np.argsort(rng.random((n, n_items)), axis=1)[:, :length]  # distinct items per history
@@ -193,9 +281,10 @@ def test_vectorised_is_20x_faster_than_reference_loop():
     cfg = RetrievalConfig(k=30, strategy="relevance")
     # CPU time of this process (not wall time): the 2 CPUs are shared with other jobs. One BLAS thread,
     # or idle OpenBLAS workers spinning after the item x item matmul would count as CPU time.
+    # Measured 38-47x on the shared 2-CPU machine (the padded-chunk version: 25x); 30x leaves room for load.
     t_fast = float("inf")
     with threadpool_limits(1):
-        for _ in range(5):  # best of 5: the fast path is short
+        for _ in range(7):  # best of 7: the fast path is short
             t0 = time.process_time()
             fast = select_history(samples, cfg, emb)
             t_fast = min(t_fast, time.process_time() - t0)
@@ -203,4 +292,4 @@ def test_vectorised_is_20x_faster_than_reference_loop():
     slow = reference_select_history_loop(samples, cfg, emb)
     t_slow = time.process_time() - t0
     assert fast.column("context_item_ids").to_pylist()[:500] == slow.column("context_item_ids").to_pylist()[:500]
-    assert t_slow / t_fast >= 20, f"vectorised {t_fast:.3f}s vs reference {t_slow:.3f}s"
+    assert t_slow / t_fast >= 30, f"vectorised {t_fast:.3f}s vs reference {t_slow:.3f}s"

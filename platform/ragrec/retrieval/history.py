@@ -1,18 +1,27 @@
 """History retrieval for RALLRec prompts (DESIGN §5 steps 5-6; paper §2.2.4 and §2.4).
 
 For each CTR sample the prompt shows K items of the user's history. :func:`select_history` picks them,
-fully vectorised over chunks of samples:
+fully vectorised, without any per-sample Python and with almost no padding:
 
-1. the chunk's ``history_item_ids`` lists are padded into an (n, L) matrix ``H`` with a mask built from
-   the list lengths (``H[mask] = flat_values``; no per-sample Python);
+1. the history lists stay flat (Arrow's values buffer, zero-copy) with per-sample start offsets and
+   lengths; the samples are ordered by history length (one argsort of the lengths) and cut into blocks
+   of about :data:`_BLOCK_ENTRIES` entries, so a block's (b, W) matrix — W = its longest history — is
+   gathered straight from the flat arrays with hardly any padding (the old fixed chunks were padded to
+   their longest history, ≈7× the real entries on MovieLens); results go back to the input order at
+   the end;
 2. the relevance score of history position j for sample i is the dot product
    ``emb[H[i, j]] · emb[item_id[i]]``. When the catalog has at most :data:`SIM_MATRIX_MAX_ITEMS` items
-   the item×item matrix ``emb @ emb.T`` is computed once per call and the scores are a gather from it
-   (fastest: one BLAS call plus an (n, L) gather; ML-1M's 3,952 items make a 62 MB matrix); larger
-   catalogs compute row-wise dot products of the flat (history, target) pairs in blocks;
-3. a top-K by a packed integer key ``(order-preserving bits of the score) << 32 | position`` — a single
-   unique key per entry, so ``np.partition`` + ``np.sort`` gives an exact ordering with ties broken by
-   recency (the later history position wins).
+   the item×item matrix ``emb @ emb.T`` is computed once per call (one BLAS thread) and the scores are
+   gathers from it; larger catalogs compute row-wise dot products of the (history, target) pairs;
+3. a top-K by a packed integer key ``code << position_bits | position`` — unique per entry, larger is
+   better, ties between equal scores broken by recency (the later history position wins) — via
+   ``np.partition`` / ``np.sort`` along rows (SIMD sorts). The fast code is the score quantised
+   monotonically into the bits an int32 key leaves (half the memory traffic and twice the sort speed
+   of int64 keys); it cannot invert two scores but may merge close ones, so every row whose top K + 1
+   holds two equal codes is re-ranked with exact int64 keys (the float32 score's order-preserving
+   bits) — a few percent of the rows, mostly true ties;
+4. ``rerank`` merges the relevance top-K with the K most recent positions in a (b, 2K) key matrix
+   (score codes from a (rank, recency rank) table) and sorts its rows once.
 
 Strategies (``RetrievalConfig.strategy``), positions counted in the chronological history
 (oldest first); "rank" is 1-based:
@@ -36,12 +45,15 @@ The output columns are ``context_item_ids`` (list<int64>) and ``context_ratings`
 
 from __future__ import annotations
 
+import functools
 import sys
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from threadpoolctl import ThreadpoolController
 from tqdm.auto import tqdm
 
 from ragrec.config import RetrievalConfig
@@ -62,6 +74,13 @@ SIM_MATRIX_MAX_ITEMS = 8192
 
 _SCORE_DECIMALS = 12
 _FLAT_BLOCK = 1 << 18  # (history, target) pairs per block of row-wise dot products (large catalogs)
+_FLAT_BLOCK_FLOATS = 1 << 24  # ... and at most this many gathered embedding floats (64 MiB) per operand
+_BLOCK_ENTRIES = 1 << 16  # padded history entries per vectorised block (int64 arrays of 512 KiB: L2-sized)
+_PIECE_ROWS = 1 << 15  # consecutive Arrow record batches are merged until a piece has this many rows
+_SORT_MAX_WIDTH = 128  # top-K of rows up to this wide by a full row sort, wider ones partition first
+_MIN_QUANTISED_BITS = 16  # int32 keys only when >= this many bits are left for the quantised score
+_INT32_BITS = 31  # value bits of an int32 key (code and position)
+_SINGLE_THREAD_MATMUL_FLOPS = 8e9  # item x item products up to this size run on one BLAS thread
 
 
 def rerank_position_scores(k: int, alpha: float, beta: float) -> tuple[np.ndarray, np.ndarray]:
@@ -77,7 +96,7 @@ def rerank_position_scores(k: int, alpha: float, beta: float) -> tuple[np.ndarra
 
 
 # ----------------------------------------------------------------------------------------------------
-# input checks and padding
+# input checks and flat views
 
 
 def _require(samples: pa.Table, names: list[str]) -> None:
@@ -101,18 +120,6 @@ def _check_emb(emb: np.ndarray | None, name: str, strategy: str) -> np.ndarray:
     return arr
 
 
-@dataclass
-class _Chunk:
-    """A padded chunk of samples: H/R (n, L) item ids / ratings, mask (n, L), lengths (n,), targets (n,)."""
-
-    H: np.ndarray
-    R: np.ndarray
-    mask: np.ndarray
-    lengths: np.ndarray
-    targets: np.ndarray
-    flat_items: np.ndarray
-
-
 def _list_parts(col: pa.ChunkedArray | pa.Array, field: str) -> tuple[np.ndarray, np.ndarray]:
     """Flat values and per-row lengths of a list column (null lists count as empty)."""
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
@@ -125,7 +132,30 @@ def _list_parts(col: pa.ChunkedArray | pa.Array, field: str) -> tuple[np.ndarray
     return flat.to_numpy(zero_copy_only=False), lengths
 
 
-def _pad_chunk(t: pa.Table, n_items: int | None) -> _Chunk:
+@dataclass
+class _Flat:
+    """One piece of the samples table as flat arrays (E history entries of n samples, zero-copy).
+
+    items (E,) int64 / ratings (E,) float32: all histories concatenated; starts (n,) int64: where sample
+    i's history begins in them; lengths (n,) int64; targets (n,) int64: the samples' ``item_id``.
+    """
+
+    items: np.ndarray
+    ratings: np.ndarray
+    starts: np.ndarray
+    lengths: np.ndarray
+    targets: np.ndarray
+
+
+def _check_ids(ids: np.ndarray, name: str, n_items: int) -> None:
+    if ids.size and int(ids.view(np.uint64).max()) >= n_items:  # one pass: negatives wrap to huge values
+        raise ValueError(
+            f"samples column '{name}' has item ids outside [0, {n_items}) of the embedding matrix "
+            f"(min {ids.min()}, max {ids.max()}); embeddings must cover every dense item id"
+        )
+
+
+def _flat_piece(t: pa.Table | pa.RecordBatch, n_items: int | None) -> _Flat:
     items, lengths = _list_parts(t.column("history_item_ids"), "history_item_ids")
     ratings, r_len = _list_parts(t.column("history_ratings"), "history_ratings")
     if not np.array_equal(lengths, r_len):
@@ -135,49 +165,91 @@ def _pad_chunk(t: pa.Table, n_items: int | None) -> _Chunk:
             f"sample_id {sid}: history_item_ids has {lengths[bad]} items but history_ratings has {r_len[bad]}; "
             f"both lists must be aligned"
         )
-    targets = t.column("item_id").to_numpy().astype(np.int64, copy=False)
+    targets = np.asarray(t.column("item_id").to_numpy(zero_copy_only=False)).astype(np.int64, copy=False)
     items = items.astype(np.int64, copy=False)
     if n_items is not None:
-        for name, ids in (("history_item_ids", items), ("item_id", targets)):
-            if ids.size and (ids.min() < 0 or ids.max() >= n_items):
-                raise ValueError(
-                    f"samples column '{name}' has item ids outside [0, {n_items}) of the embedding matrix "
-                    f"(min {ids.min()}, max {ids.max()}); embeddings must cover every dense item id"
-                )
-    n = len(lengths)
-    width = int(lengths.max()) if n else 0
-    mask = np.arange(width)[None, :] < lengths[:, None]
-    H = np.zeros((n, width), dtype=np.int64)
-    R = np.zeros((n, width), dtype=np.float32)
-    H[mask] = items
-    R[mask] = ratings
-    return _Chunk(H, R, mask, lengths, targets, items)
+        _check_ids(items, "history_item_ids", n_items)
+        _check_ids(targets, "item_id", n_items)
+    starts = np.zeros(len(lengths), dtype=np.int64)
+    np.cumsum(lengths[:-1], out=starts[1:])
+    return _Flat(items, ratings, starts, lengths, targets)
+
+
+def _pieces(samples: pa.Table) -> Iterator[pa.Table | pa.RecordBatch]:
+    """The table's record batches (zero-copy); runs of small batches merged to >= _PIECE_ROWS rows."""
+    cols = [c for c in ("sample_id", "item_id", "history_item_ids", "history_ratings") if c in samples.column_names]
+    group: list[pa.RecordBatch] = []
+    rows = 0
+    for batch in samples.select(cols).to_batches():
+        group.append(batch)
+        rows += batch.num_rows
+        if rows >= _PIECE_ROWS:
+            yield group[0] if len(group) == 1 else pa.Table.from_batches(group).combine_chunks()
+            group, rows = [], 0
+    if group:
+        yield group[0] if len(group) == 1 else pa.Table.from_batches(group).combine_chunks()
 
 
 # ----------------------------------------------------------------------------------------------------
-# scoring and top-K
+# blocks of samples of similar history length
 
 
-class _Scorer:
-    """Dot-product similarity of history items to target items (see module docstring for the choice)."""
+@dataclass
+class _Block:
+    """b samples of one block, ascending history length: rows (b,) their indices in the piece; starts,
+    lengths (b,) int64; items (b, W) int64 history item ids, W = lengths[-1] (entries past a sample's
+    length belong to other samples: padding, excluded by ``lengths``)."""
 
-    def __init__(self, emb: np.ndarray) -> None:
-        self.emb = emb
-        self.n_items = emb.shape[0]
-        self.sim = (emb @ emb.T).ravel() if self.n_items <= SIM_MATRIX_MAX_ITEMS else None
+    rows: np.ndarray
+    starts: np.ndarray
+    lengths: np.ndarray
+    items: np.ndarray
 
-    def __call__(self, c: _Chunk) -> np.ndarray:
-        """(n, L) float32 similarities; padding entries hold arbitrary values (the mask excludes them)."""
-        if self.sim is not None:
-            return np.take(self.sim, c.targets[:, None] * self.n_items + c.H)
-        tgt = np.repeat(c.targets, c.lengths)
-        flat = np.empty(len(tgt), dtype=np.float32)
-        for s in range(0, len(tgt), _FLAT_BLOCK):
-            e = slice(s, s + _FLAT_BLOCK)
-            flat[e] = np.einsum("ij,ij->i", self.emb[c.flat_items[e]], self.emb[tgt[e]])
-        out = np.zeros(c.mask.shape, dtype=np.float32)
-        out[c.mask] = flat
-        return out
+
+def _block_bounds(sorted_lengths: np.ndarray, chunk: int) -> np.ndarray:
+    """Cut points of blocks over samples sorted by history length: <= ``chunk`` samples and about
+    ``_BLOCK_ENTRIES`` entries each (a single longer history is a block of its own); empty histories
+    (at the front) are skipped. Returns ascending int64 cut points, first = first non-empty sample."""
+    n = len(sorted_lengths)
+    first = int(np.searchsorted(sorted_lengths, 0, side="right"))
+    cum = np.cumsum(sorted_lengths[first:])
+    total = int(cum[-1]) if cum.size else 0
+    by_entries = first + np.searchsorted(cum, np.arange(_BLOCK_ENTRIES, total, _BLOCK_ENTRIES), side="right")
+    by_rows = np.arange(first, n, chunk)
+    return np.unique(np.concatenate([by_rows, by_entries, [first, n]]))
+
+
+def _gather_rows(flat: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
+    """(b, width) copy of ``flat[starts[i] : starts[i] + width]`` for each row (clamped at the end of flat).
+
+    A fancy index on a read-only strided window view copies each row with one contiguous memcpy —
+    about 3× faster than building and applying an (b, width) index array.
+    """
+    last = len(flat) - width
+    view = np.lib.stride_tricks.as_strided(flat, (last + 1, width), (flat.strides[0],) * 2, writeable=False)
+    out = view[np.minimum(starts, last)]
+    over = np.flatnonzero(starts > last)  # the few rows within `width` of the end: shifted by the clamp
+    if over.size:
+        idx = np.minimum(starts[over, None] + np.arange(width), len(flat) - 1)
+        out[over] = flat[idx]
+    return out
+
+
+def _blocks(p: _Flat, chunk: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(rows, lengths) of each block: sample indices of the piece, ascending history length."""
+    order = np.argsort(p.lengths, kind="stable")
+    lengths = p.lengths[order]
+    bounds = _block_bounds(lengths, chunk).tolist()
+    return [(order[b0:b1], lengths[b0:b1]) for b0, b1 in zip(bounds[:-1], bounds[1:])]
+
+
+def _block(p: _Flat, rows: np.ndarray, lengths: np.ndarray) -> _Block:
+    starts = p.starts[rows]
+    return _Block(rows, starts, lengths, _gather_rows(p.items, starts, int(lengths[-1])))
+
+
+# ----------------------------------------------------------------------------------------------------
+# scoring: packed integer sort keys
 
 
 def _sortable_bits(x: np.ndarray) -> np.ndarray:
@@ -189,81 +261,262 @@ def _sortable_bits(x: np.ndarray) -> np.ndarray:
     return (bits ^ ((bits >> 31) & np.int32(0x7FFFFFFF))).astype(np.int64)
 
 
-_MISSING = np.int64(np.iinfo(np.int64).min)
+@functools.lru_cache(maxsize=1)
+def _threadpools() -> ThreadpoolController:
+    return ThreadpoolController()  # inspects the loaded native libraries once per process
 
 
-def _topk(primary: np.ndarray, mask: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k positions per row by (primary desc, position desc).
+def _similarity_matrix(emb: np.ndarray) -> np.ndarray:
+    """(n, n) float32 ``emb @ emb.T``; small products run on one BLAS thread.
+
+    After a multi-threaded product OpenBLAS's idle workers spin for a while, burning a second CPU
+    (tens of ms of CPU time here) while the single-threaded gathers and sorts that follow run; for a
+    product this small (ML-1M: 4 GFLOP at d = 128) one thread costs little wall time.
+    """
+    n, d = emb.shape
+    if 2.0 * n * n * d > _SINGLE_THREAD_MATMUL_FLOPS:
+        return emb @ emb.T
+    with _threadpools().limit(limits=1, user_api="blas"):
+        return emb @ emb.T
+
+
+def _key_dtype(code_bits: int, pos_bits: int) -> type:
+    return np.int32 if code_bits + pos_bits <= _INT32_BITS else np.int64
+
+
+class _Keys:
+    """Sort keys ``code << pos_bits`` (code >= 1, larger = more similar) of (target, history item) pairs.
+
+    Two codes: ``exact`` — the order-preserving bits of the float32 score (int64 keys, always correct);
+    ``quantised`` — ``floor((score - lo) * scale) + 1`` over the similarity matrix's range [lo, hi],
+    squeezed into the ``31 - pos_bits`` bits an int32 key leaves (half the memory traffic and twice the
+    sort speed of int64 keys). The quantised code is non-decreasing in the score, so it orders entries
+    exactly except within a group of equal codes; :func:`_relevance` re-ranks the rows whose top-K
+    touches such a group with exact keys.
 
     Args:
-        primary: (n, L) int64 codes in [-2**31, 2**31) (larger is better); overwritten.
-        mask: (n, L) which entries are candidates.
-        k: how many to keep.
+        emb: (n_items, d) float32 embeddings.
+        pos_bits: bits of the largest history position (the low bits of a key hold the position).
+    """
+
+    def __init__(self, emb: np.ndarray, pos_bits: int) -> None:
+        self.emb = emb
+        self.n_items = n = emb.shape[0]
+        self.pos_bits = pos_bits
+        self.sim: np.ndarray | None = None
+        self.quantised: np.ndarray | None = None
+        if n > SIM_MATRIX_MAX_ITEMS:
+            return
+        self.sim = _similarity_matrix(emb).ravel()
+        lo, hi = float(self.sim.min()), float(self.sim.max())
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise ValueError("emb @ emb.T overflows float32 (inf); scale the embeddings down (e.g. L2-normalise)")
+        code_bits = min(_INT32_BITS - pos_bits, 24)  # 24: float32 holds every integer code exactly
+        if code_bits >= _MIN_QUANTISED_BITS:
+            top = np.float32(2**code_bits - 1)
+            scale = np.float32((2**code_bits - 2) / (hi - lo) if hi > lo else 0.0)
+            code = np.subtract(self.sim, np.float32(lo))  # every step is monotone in the score
+            code *= scale
+            code += np.float32(1.0)
+            np.minimum(code, top, out=code)  # in [1, 2**code_bits - 1]; int32 conversion truncates = floor
+            self.quantised = code.astype(np.int32)
+            self.quantised <<= pos_bits
+
+    def __call__(self, targets: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """(b, W) int32 quantised keys when available, else exact int64 keys (positions not set)."""
+        if self.quantised is not None:
+            return np.take(self.quantised, np.add(items, (targets * self.n_items)[:, None]))
+        return self.exact(targets, items)
+
+    def exact(self, targets: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """(b, W) int64 keys from the float32 scores of targets (b,) and history items (b, W)."""
+        if self.sim is not None:
+            sims = np.take(self.sim, np.add(items, (targets * self.n_items)[:, None]))
+        else:
+            tgt = np.broadcast_to(targets[:, None], items.shape).ravel()
+            flat_items = items.ravel()
+            sims = np.empty(len(tgt), dtype=np.float32)
+            step = max(1, min(_FLAT_BLOCK, _FLAT_BLOCK_FLOATS // self.emb.shape[1]))  # bounded (step, d) gathers
+            for s in range(0, len(tgt), step):
+                e = slice(s, s + step)
+                sims[e] = np.einsum("ij,ij->i", self.emb[flat_items[e]], self.emb[tgt[e]])
+            sims = sims.reshape(items.shape)
+        return (_sortable_bits(sims) + np.int64(2**31 + 1)) << self.pos_bits
+
+
+# ----------------------------------------------------------------------------------------------------
+# top-K per row and the strategies; every function returns (b, kk) positions whose first
+# min(length, k) entries per row are the selection, kk = min(k, W)
+
+
+def _top_keys(keys: np.ndarray, lengths: np.ndarray, k: int) -> np.ndarray:
+    """The k largest packed keys per row, in ascending order (contiguous: cheap to compare).
+
+    Args:
+        keys: (b, W) ``code << pos_bits`` with code >= 1; overwritten (positions or-ed in, padding zeroed).
+        lengths: (b,) ascending valid entries per row; k: how many to keep.
 
     Returns:
-        ``(pos, valid)``, both (n, min(k, L)); valid entries come first in each row, best first.
+        (b, min(k, W)) keys ascending, best last; rows with fewer than k entries start with zeros.
     """
-    n, width = mask.shape
+    width = keys.shape[1]
+    cols = np.arange(width, dtype=keys.dtype)
+    keys |= cols
+    padded = int(np.searchsorted(lengths, width))  # rows [0, padded) are shorter than the block
+    if padded:
+        keys[:padded] *= cols < lengths[:padded, None]
     kk = min(k, width)
-    if kk == 0:
-        return np.zeros((n, 0), np.int64), np.zeros((n, 0), bool)
-    # unique key per entry: primary in the high 32 bits, the position in the low 32 bits (in place)
-    keys = np.left_shift(primary, 32, out=primary if primary.dtype == np.int64 else None)
-    keys |= np.arange(width, dtype=np.int64)[None, :]
-    keys[~mask] = _MISSING
-    if kk < width:
-        keys = np.partition(keys, width - kk, axis=1)[:, width - kk :]
-    keys = np.sort(keys, axis=1)[:, ::-1][:, :kk]
-    pos = (keys & np.int64(0xFFFFFFFF)).astype(np.int64)
-    return pos, keys != _MISSING
+    if kk == width or width <= _SORT_MAX_WIDTH:  # short rows: one SIMD sort costs what the partition does
+        keys.sort(axis=1)
+        return keys[:, width - kk :]
+    keys.partition(width - kk, axis=1)
+    return np.sort(keys[:, width - kk :], axis=1)
 
 
-def _relevance(c: _Chunk, sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    return _topk(_sortable_bits(sims), c.mask, k)
+def _positions(top: np.ndarray, k: int, pos_bits: int) -> np.ndarray:
+    """(b, min(k, kk)) int64 positions of the k best of the ascending keys top (b, kk), best first."""
+    return (top[:, : -min(k, top.shape[1]) - 1 : -1] & ((1 << pos_bits) - 1)).astype(np.int64)
 
 
-def _recent(c: _Chunk, k: int) -> tuple[np.ndarray, np.ndarray]:
-    kk = min(k, c.mask.shape[1])
-    r = np.arange(kk)[None, :]
-    return np.maximum(c.lengths[:, None] - 1 - r, 0), r < c.lengths[:, None]
+def _relevance(blk: _Block, keys: _Keys, k: int, targets: np.ndarray) -> np.ndarray:
+    """(b, min(k, W)) history positions by similarity (best first; equal scores: later position first)."""
+    tgt = targets[blk.rows]
+    if keys.quantised is None:
+        return _positions(_top_keys(keys.exact(tgt, blk.items), blk.lengths, k), k, keys.pos_bits)
+    top = _top_keys(keys(tgt, blk.items), blk.lengths, k + 1)  # one more: the best one left out
+    # Equal quantised codes inside the top k + 1 may hide different scores in unknown order: such rows
+    # are redone with exact keys. Equal codes => neighbouring keys differ by < 2**pos_bits (a superset test).
+    close = (top[:, 1:] - top[:, :-1]) < (1 << keys.pos_bits)
+    short = int(np.searchsorted(blk.lengths, k + 1))  # rows [0, short) may hold zero (padding) keys
+    if short:
+        close[:short] &= top[:short, :-1] > 0
+    pos = _positions(top, k, keys.pos_bits)
+    redo = np.flatnonzero(close.any(axis=1))
+    if redo.size:
+        exact = _top_keys(keys.exact(tgt[redo], blk.items[redo]), blk.lengths[redo], k)
+        pos[redo] = _positions(exact, k, keys.pos_bits)
+    return pos
 
 
-def _rerank(c: _Chunk, sims: np.ndarray, k: int, alpha: float, beta: float) -> tuple[np.ndarray, np.ndarray]:
-    rel_tab, rec_tab = rerank_position_scores(k, alpha, beta)
-    n, width = c.mask.shape
-    rows = np.broadcast_to(np.arange(n)[:, None], (n, min(k, width)))
-    score = np.full((n, width), -1.0)
-    rel_pos, rel_ok = _relevance(c, sims, k)
-    score[rows[rel_ok], rel_pos[rel_ok]] = np.broadcast_to(rel_tab[: rel_pos.shape[1]], rel_pos.shape)[rel_ok]
-    rec_rank = c.lengths[:, None] - np.arange(width)[None, :]  # 1 = most recent
-    in_rec = c.mask & (rec_rank <= k)
-    rec_score = np.where(in_rec, rec_tab[np.clip(rec_rank, 1, k) - 1], -1.0)
-    score = np.maximum(score, rec_score)
-    values = np.unique(np.concatenate([rel_tab, rec_tab]))
-    code = np.searchsorted(values, score).astype(np.int64)
-    return _topk(code, score >= 0.0, k)
+@dataclass(frozen=True)
+class _RerankCodes:
+    """Eq. 8 score codes for ranks, shifted by ``pos_bits`` (code >= 1, larger = better score).
+
+    merged: (k, k + 1) code of a relevance-rank-r pick whose recency rank is s (s = k: not recent),
+    ``max`` of both channels' scores; recent: (k,) code of recency rank s; dtype: key dtype.
+    """
+
+    merged: np.ndarray
+    recent: np.ndarray
+    dtype: type
+
+    @staticmethod
+    def of(k: int, alpha: float, beta: float, pos_bits: int) -> "_RerankCodes":
+        rel_tab, rec_tab = rerank_position_scores(k, alpha, beta)
+        values = np.unique(np.concatenate([rel_tab, rec_tab]))
+        dtype = _key_dtype(len(values).bit_length(), pos_bits)
+        rel = np.searchsorted(values, rel_tab) + 1
+        rec = np.searchsorted(values, rec_tab) + 1
+        merged = np.maximum(rel[:, None], np.append(rec, 0)[None, :])
+        return _RerankCodes((merged << pos_bits).astype(dtype).ravel(), (rec << pos_bits).astype(dtype), dtype)
 
 
-def _hybrid(c: _Chunk, sims_a: np.ndarray, sims_b: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    n, width = c.mask.shape
+def _rerank(blk: _Block, rel_pos: np.ndarray, k: int, codes: _RerankCodes, pos_bits: int) -> np.ndarray:
+    """Eq. 8 over the <= 2K candidates: the relevance top-K (rel_pos, (b, kk)) and the K most recent.
+
+    Candidates are packed keys ``score code << pos_bits | position`` in a (b, 2kk) matrix: relevance
+    picks first (their code the max of both channels, by a (rank, recency rank) table lookup), then the
+    recency channel, whose slots already picked by relevance are zeroed; one row sort ranks them.
+    """
+    b, kk = rel_pos.shape
+    lengths = blk.lengths[:, None]
+    ranks = np.arange(kk)
+    rec_rank = lengths - 1 - rel_pos  # 0-based rank of each relevance pick in the recency channel, >= 0
+    np.minimum(rec_rank, k, out=rec_rank)  # k: not in the recency channel
+    short = int(np.searchsorted(blk.lengths, k))  # rows [0, short) hold fewer than k history items
+    valid = ranks < lengths[:short]  # (short, kk): their channels hold only `length` positions
+    rec_rank[:short][~valid] = k  # entries past a short row's length are no picks
+    cand = np.empty(b * 2 * kk + 1, dtype=codes.dtype)  # + 1: a dump slot for the zeroing scatter below
+    keys = cand[:-1].reshape(b, 2 * kk)
+    keys[:, :kk] = np.take(codes.merged, rec_rank + ranks * (k + 1)) | rel_pos
+    keys[:, kk:] = codes.recent[:kk] | (lengths - 1 - ranks)
+    slot = rec_rank + (np.arange(b) * (2 * kk) + kk)[:, None]
+    slot[rec_rank >= k] = len(cand) - 1
+    cand[slot] = 0  # the recency copy of a position that relevance picked too
+    if short:
+        keys[:short] *= np.concatenate([valid, valid], axis=1)
+    keys.sort(axis=1)
+    return (keys[:, : -kk - 1 : -1] & ((1 << pos_bits) - 1)).astype(np.int64)
+
+
+def _hybrid(blk: _Block, a_pos: np.ndarray, b_pos: np.ndarray, k: int) -> np.ndarray:
+    """Merge A's relevance list (a_pos, (b, kk)) and B's (b_pos, (b, <= kk)) as the module docstring says."""
+    n, width = blk.items.shape
     k_a = (k + 1) // 2
     k_b = k - k_a
-    a_pos, a_ok = _relevance(c, sims_a, k)
-    b_pos, b_ok = _relevance(c, sims_b, k_b) if k_b else (np.zeros((n, 0), np.int64), np.zeros((n, 0), bool))
     rows = np.arange(n)[:, None]
+    a_ok = np.arange(a_pos.shape[1]) < np.minimum(blk.lengths, k)[:, None]
+    b_ok = np.arange(b_pos.shape[1]) < np.minimum(blk.lengths, k_b)[:, None]
     a_head = a_ok.copy()
     a_head[:, k_a:] = False
     picked = np.zeros((n, width), bool)
     picked[np.broadcast_to(rows, a_pos.shape)[a_head], a_pos[a_head]] = True
     b_only = b_ok & ~picked[rows, b_pos]
     picked[np.broadcast_to(rows, b_pos.shape)[b_only], b_pos[b_only]] = True
-    need = np.minimum(k, c.lengths) - picked.sum(axis=1)
+    need = np.minimum(k, blk.lengths) - picked.sum(axis=1)
     cand = a_ok & ~a_head & ~picked[rows, a_pos]
     fill = cand & (np.cumsum(cand, axis=1) <= need[:, None])
     pos = np.concatenate([a_pos, b_pos], axis=1)
     ok = np.concatenate([a_head | fill, b_only], axis=1)
     order = np.argsort(~ok, axis=1, kind="stable")  # compact: valid entries first, relative order kept
-    return np.take_along_axis(pos, order, 1), np.take_along_axis(ok, order, 1)
+    return np.take_along_axis(pos, order, 1)[:, : a_pos.shape[1]]
+
+
+def _recent_entries(p: _Flat, k: int) -> np.ndarray:
+    """Flat entry indices of the K most recent items of every sample (most recent first)."""
+    ranks = np.arange(k)
+    keep = ranks < np.minimum(p.lengths, k)[:, None]
+    return ((p.starts + p.lengths - 1)[:, None] - ranks)[keep]
+
+
+def _block_positions(
+    blk: _Block,
+    cfg: RetrievalConfig,
+    keys_a: _Keys,
+    keys_b: _Keys | None,
+    codes: _RerankCodes | None,
+    targets: np.ndarray,
+) -> np.ndarray:
+    """(b, <= k) selected history positions of a block's samples (see the section comment)."""
+    k = cfg.k
+    pos = _relevance(blk, keys_a, k, targets)
+    if cfg.strategy == "rerank":
+        return _rerank(blk, pos, k, codes, keys_a.pos_bits)
+    if cfg.strategy == "hybrid":
+        k_b = k - (k + 1) // 2
+        b_pos = _relevance(blk, keys_b, k_b, targets) if k_b else np.zeros((len(pos), 0), np.int64)
+        return _hybrid(blk, pos, b_pos, k)
+    if cfg.strategy != "relevance":  # pragma: no cover - RetrievalConfig validates the literal
+        raise ValueError(f"unknown retrieval.strategy {cfg.strategy!r}")
+    return pos
+
+
+def _selected_entries(
+    p: _Flat, cfg: RetrievalConfig, keys_a: _Keys | None, keys_b: _Keys | None, chunk: int
+) -> np.ndarray:
+    """Flat entry indices (into p.items) of every sample's selection, samples in input order."""
+    k = cfg.k
+    if cfg.strategy == "recent":
+        return _recent_entries(p, k)
+    codes = _RerankCodes.of(k, cfg.alpha, cfg.beta, keys_a.pos_bits) if cfg.strategy == "rerank" else None
+    chosen = np.zeros((len(p.lengths), k), dtype=np.int64)  # row = sample, first min(length, k) valid
+    blocks = _blocks(p, chunk)
+    bar = tqdm(blocks, desc=f"select_history[{cfg.strategy}]", disable=not sys.stderr.isatty(), leave=False)
+    for rows, lengths in bar:
+        blk = _block(p, rows, lengths)
+        pos = _block_positions(blk, cfg, keys_a, keys_b, codes, p.targets)
+        chosen[rows, : pos.shape[1]] = blk.starts[:, None] + pos
+    return chosen[np.arange(k) < np.minimum(p.lengths, k)[:, None]]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -303,7 +556,8 @@ def select_history(
         emb: (n_items, d) item embeddings, row = dense item id (ignored by ``recent``). Scores are plain
             dot products: pass L2-normalised / :func:`~ragrec.retrieval.embeddings.mix`-ed rows for cosine.
         emb_b: (n_items, d_b) second embedding for ``hybrid``.
-        chunk: samples per vectorised block (memory ~ chunk × longest history in the block).
+        chunk: at most this many samples per vectorised block (blocks also hold about ``_BLOCK_ENTRIES``
+            history entries at most; working memory ~ a block plus an (n, K) int64 index).
 
     Returns:
         ``samples`` with ``context_item_ids`` list<int64> and ``context_ratings`` list<float32> appended
@@ -312,36 +566,30 @@ def select_history(
     _require(samples, ["item_id", "history_item_ids", "history_ratings"])
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
-    strategy, k = cfg.strategy, cfg.k
-    scorer_a = scorer_b = None
+    strategy = cfg.strategy
+    keys_a = keys_b = None
     n_items = None
     if strategy != "recent":
         ea = _check_emb(emb, "emb", strategy)
         n_items = ea.shape[0]
-        scorer_a = _Scorer(ea)
-    if strategy == "hybrid":
-        eb = _check_emb(emb_b, "emb_b", strategy)
-        if eb.shape[0] != n_items:
-            raise ValueError(f"hybrid: emb has {n_items} items but emb_b has {eb.shape[0]}; both must cover all items")
-        scorer_b = _Scorer(eb)
+        lengths = pc.list_value_length(samples.column("history_item_ids"))
+        pos_bits = max(int(pc.max(lengths).as_py() or 1) - 1, 1).bit_length()
+        keys_a = _Keys(ea, pos_bits)
+        if strategy == "hybrid":
+            eb = _check_emb(emb_b, "emb_b", strategy)
+            if eb.shape[0] != n_items:
+                raise ValueError(
+                    f"hybrid: emb has {n_items} items but emb_b has {eb.shape[0]}; both must cover all items"
+                )
+            keys_b = _Keys(eb, pos_bits)
 
     ids_out, rat_out, counts_out = [], [], []
-    starts = range(0, samples.num_rows, chunk)
-    for s in tqdm(starts, desc=f"select_history[{strategy}]", disable=not sys.stderr.isatty(), leave=False):
-        c = _pad_chunk(samples.slice(s, chunk), n_items)
-        if strategy == "recent":
-            pos, ok = _recent(c, k)
-        elif strategy == "relevance":
-            pos, ok = _relevance(c, scorer_a(c), k)
-        elif strategy == "rerank":
-            pos, ok = _rerank(c, scorer_a(c), k, cfg.alpha, cfg.beta)
-        elif strategy == "hybrid":
-            pos, ok = _hybrid(c, scorer_a(c), scorer_b(c), k)
-        else:  # pragma: no cover - RetrievalConfig validates the literal
-            raise ValueError(f"unknown retrieval.strategy {strategy!r}")
-        ids_out.append(np.take_along_axis(c.H, pos, 1)[ok])
-        rat_out.append(np.take_along_axis(c.R, pos, 1)[ok])
-        counts_out.append(ok.sum(axis=1))
+    for piece in _pieces(samples):
+        p = _flat_piece(piece, n_items)
+        entries_idx = _selected_entries(p, cfg, keys_a, keys_b, chunk)
+        ids_out.append(np.take(p.items, entries_idx))
+        rat_out.append(np.take(p.ratings, entries_idx))
+        counts_out.append(np.minimum(p.lengths, cfg.k))
     counts = np.concatenate(counts_out) if counts_out else np.zeros(0, np.int64)
     ids = np.concatenate(ids_out) if ids_out else np.zeros(0, np.int64)
     rats = np.concatenate(rat_out) if rat_out else np.zeros(0, np.float32)

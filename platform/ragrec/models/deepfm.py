@@ -157,9 +157,12 @@ def _vocab(values: pa.Array | pa.ChunkedArray) -> tuple:
 
 
 def build_spec(
-    items: pa.Table, users: pa.Table | None, cfg: DeepFMConfig | None = None
+    items: pa.Table, users: pa.Table | None, cfg: DeepFMConfig | None = None, *, n_users: int | None = None
 ) -> FeatureSpec:
-    """Fields of a DeepFM over ``items`` (I rows) and ``users`` (U rows, or None: ids only).
+    """Fields of a DeepFM over ``items`` (I rows) and ``users`` (U rows).
+
+    Without a users table the user side is the id alone and ``n_users`` (ids ``0..n_users-1``) is
+    required.
 
     Raises:
         DataError: a configured column does not exist / has an unusable type, or a table is not
@@ -167,8 +170,10 @@ def build_spec(
     """
     cfg = cfg or DeepFMConfig()
     _check_dense(items, "item_id", "items")
-    n_users = 0
     user_cols: list[str] = []
+    if users is None and n_users is None:
+        raise DataError("no users table and no n_users", file="users table",
+                        fix="pass the users table, or n_users = number of dense user ids")
     if users is not None:
         _check_dense(users, "user_id", "users")
         n_users = users.num_rows
@@ -180,7 +185,7 @@ def build_spec(
     item_names = items.schema.names
     item_cols = [c for c in DEFAULT_ITEM_FIELDS if c in item_names] if cfg.item_fields is None else cfg.item_fields
     fields = [
-        FieldSpec("user_id", "samples", "user_id", "id", max(n_users, 1)),
+        FieldSpec("user_id", "samples", "user_id", "id", n_users),
         FieldSpec("item_id", "samples", "item_id", "id", items.num_rows),
     ]
     fields += [_column_spec(users, "users", c, "user", cfg.bins) for c in user_cols]
@@ -257,7 +262,9 @@ def encode_features(
     Raises:
         DataError: a missing column, non-integer ids or ids outside the tables.
     """
-    spec = spec or build_spec(items, users)
+    if spec is None:
+        n_users = None if users is not None else int(pc.max(samples["user_id"]).as_py() or 0) + 1
+        spec = build_spec(items, users, n_users=n_users)
     uid = _ids(samples, "user_id", spec.n_users, "users")
     iid = _ids(samples, "item_id", spec.n_items, "items")
     if users is not None and users.num_rows != spec.n_users:

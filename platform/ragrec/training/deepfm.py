@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -185,7 +186,10 @@ def train_deepfm(
         DataError: unknown feature column, missing/invalid labels or ids, a one-class validation set.
     """
     conf = config_from(cfg)
-    spec = build_spec(items, users, conf)
+    n_users = None
+    if users is None:  # ids only: the users are those of the training / validation samples
+        n_users = 1 + max(int(pc.max(t["user_id"]).as_py()) for t in (train, valid) if t is not None and t.num_rows)
+    spec = build_spec(items, users, conf, n_users=n_users)
     config: dict[str, Any] = {
         "spec": spec.to_json(),
         "cfg": conf.model_dump(),

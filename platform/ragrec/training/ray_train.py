@@ -69,14 +69,24 @@ def world_size() -> int:
 
 
 def torch_device(preferred: str = "auto"):
-    """The worker's device under Ray (``ray.train.torch.get_device``), else ``preferred`` / auto."""
+    """The worker's device under Ray (``ray.train.torch.get_device``), else ``preferred`` / auto.
+
+    On CPU it also sets torch's thread count: Ray starts a 1-CPU worker with OMP_NUM_THREADS=1,
+    which would leave the other cores idle while the training loop is the only work running.
+    ``RAGREC_TORCH_THREADS`` overrides (default: the cores of this machine / the world size).
+    """
     if in_train_worker():
         import ray.train.torch
 
-        return ray.train.torch.get_device()
-    from ragrec.runtime import device
+        dev = ray.train.torch.get_device()
+    else:
+        from ragrec.runtime import device
 
-    return torch.device(device(preferred))
+        dev = torch.device(device(preferred))
+    if dev.type == "cpu":
+        threads = int(os.environ.get("RAGREC_TORCH_THREADS", 0)) or max(1, (os.cpu_count() or 1) // world_size())
+        torch.set_num_threads(threads)
+    return dev
 
 
 def progress_disabled() -> bool:

@@ -25,7 +25,6 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 import torch
-from tqdm.auto import tqdm
 
 from ragrec.config import LoRAConfig
 from ragrec.llm.chat import add_special_tokens, fit_prompts
@@ -177,12 +176,8 @@ def train_loop(config: dict) -> list[dict]:
 
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
-        bar = tqdm(
-            _epoch_batches(config, cfg, epoch, seed),
-            total=steps_per_epoch,
-            desc=f"lora epoch {epoch}",
-            disable=rt.progress_disabled(),
-        )
+        bar = rt.LogProgress(_epoch_batches(config, cfg, epoch, seed), total=steps_per_epoch,
+                             desc=f"lora epoch {epoch}")
         pending = 0
         optimizer.zero_grad()
         for prompts, answers in bar:

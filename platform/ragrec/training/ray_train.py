@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import shutil
 import sys
 import tempfile
@@ -92,6 +93,44 @@ def torch_device(preferred: str = "auto"):
 def progress_disabled() -> bool:
     """tqdm bars only on an interactive terminal and only on rank 0."""
     return not sys.stderr.isatty() or world_rank() != 0
+
+
+class LogProgress:
+    """Progress for long loops when there is no terminal (Ray workers, jobs): a log line every
+    ``every`` seconds on rank 0 with the step count, rate and the last postfix; a tqdm bar otherwise."""
+
+    def __init__(self, iterable, total: int | None = None, desc: str = "", every: float = 30.0):
+        import logging
+
+        from tqdm.auto import tqdm
+
+        from ragrec.runtime import setup_logging
+
+        setup_logging()  # Ray workers start without ragrec's log handler
+
+        self._tty = not progress_disabled()
+        self._bar = tqdm(iterable, total=total, desc=desc, disable=not self._tty)
+        self._log = logging.getLogger("ragrec.training")
+        self._it, self._total, self._desc, self._every = iterable, total, desc, every
+        self._postfix: dict = {}
+
+    def set_postfix(self, **kw) -> None:
+        self._postfix = kw
+        self._bar.set_postfix(**kw)
+
+    def __iter__(self):
+        if self._tty or world_rank() != 0:
+            yield from self._bar
+            return
+        t0 = last = time.perf_counter()
+        for n, item in enumerate(self._it, 1):
+            yield item
+            now = time.perf_counter()
+            if now - last >= self._every:
+                last = now
+                extra = " ".join(f"{k}={v}" for k, v in self._postfix.items())
+                self._log.info("%s: %d/%s steps, %.2f steps/s %s", self._desc, n, self._total or "?",
+                                  n / (now - t0), extra)
 
 
 # ----------------------------------------------------------------------------- model / data

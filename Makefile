@@ -41,6 +41,7 @@ test-fast: install
 bench: install
 	$(PY) benchmarks/bench_samples.py
 	$(PY) benchmarks/bench_retrieval.py
+	$(PY) benchmarks/bench_lightgcn.py
 
 bench-quick: install
 	$(PY) benchmarks/bench_samples.py --quick --no-write

@@ -42,10 +42,15 @@ bench: install
 	$(PY) benchmarks/bench_samples.py
 	$(PY) benchmarks/bench_retrieval.py
 	$(PY) benchmarks/bench_lightgcn.py
+	$(PY) benchmarks/bench_scoring.py
+	$(PY) benchmarks/bench_generation.py
 
 bench-quick: install
 	$(PY) benchmarks/bench_samples.py --quick --no-write
 	$(PY) benchmarks/bench_retrieval.py --quick --no-write
+	$(PY) benchmarks/bench_lightgcn.py --quick --no-write
+	$(PY) benchmarks/bench_scoring.py --quick --no-write
+	$(PY) benchmarks/bench_generation.py --quick --no-write
 
 clean:
 	rm -rf artifacts runs .pytest_cache

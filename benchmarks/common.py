@@ -124,6 +124,66 @@ def peak_memory(fn: Callable[[], T]) -> tuple[T, int]:
     return result, int(py_peak) + max(0, peak_arrow - base_arrow)
 
 
+def _rss_bytes() -> int | None:
+    """Resident set size of this process (Linux ``/proc/self/statm``), or None where unavailable."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError, AttributeError):  # pragma: no cover - not Linux
+        return None
+
+
+def _release_freed_memory() -> None:
+    """``gc.collect()`` and glibc ``malloc_trim(0)``, so freed heap pages leave the RSS before a baseline."""
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # pragma: no cover - not glibc
+        pass
+
+
+def peak_rss_growth(fn: Callable[[], T], interval_s: float = _SAMPLE_INTERVAL_S) -> tuple[T, int | None]:
+    """Run ``fn()`` once and return ``(result, peak RSS growth in bytes)`` (None where RSS is unreadable).
+
+    For torch code, whose CPU tensors :func:`peak_memory` cannot see: the resident set size is sampled
+    every ``interval_s`` by a background thread, and the figure is its peak minus its value at the start
+    of the call (after releasing freed heap pages), i.e. the working memory of the call on top of what
+    was already resident (model weights loaded before the call are not counted). Cheap enough (one
+    small ``/proc`` read per sample) to run alongside a timing. It is an estimate: a peak shorter than
+    ``interval_s`` can be missed, and memory that the allocator kept from earlier calls and reuses is
+    not growth.
+    """
+    _release_freed_memory()
+    base = _rss_bytes()
+    if base is None:  # pragma: no cover - not Linux
+        return fn(), None
+    peak = base
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.wait(interval_s):
+            peak = max(peak, _rss_bytes() or 0)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        result = fn()
+        peak = max(peak, _rss_bytes() or 0)
+    finally:
+        stop.set()
+        sampler.join()
+    return result, peak - base
+
+
+def timed_with_rss(fn: Callable[[], T], interval_s: float = _SAMPLE_INTERVAL_S) -> tuple[T, Timing, int | None]:
+    """``(fn(), Timing, peak RSS growth)`` of one call: :func:`timed` inside :func:`peak_rss_growth`."""
+    (out, timing), grown = peak_rss_growth(lambda: timed(fn), interval_s)
+    return out, timing, grown
+
+
 @functools.lru_cache(maxsize=None)
 def matmul_peak_gflops(n: int = 2048, repeat: int = 10) -> float:
     """Measured float32 ``torch.mm`` throughput of this machine, GFLOP/s (2·n³ FLOPs per (n, n) product).
@@ -137,6 +197,23 @@ def matmul_peak_gflops(n: int = 2048, repeat: int = 10) -> float:
     b = torch.randn(n, n, dtype=torch.float32)
     seconds = timeit(lambda: torch.mm(a, b), repeat=repeat, warmup=1)
     return 2.0 * n**3 / seconds / 1e9
+
+
+def lm_matmul_params(model: Any) -> int:
+    """Parameters of a causal LM that every processed token multiplies through.
+
+    All parameters minus the input embedding table (a lookup, no FLOPs); a tied output head is the same
+    tensor and so is not counted either (it runs on one position per prompt when scoring). For
+    SmolLM2-135M: 135M parameters, ~106M of them in the decoder layers.
+    """
+    total = sum(p.numel() for p in model.parameters())
+    return int(total - model.get_input_embeddings().weight.numel())
+
+
+def lm_peak_fraction(n_params: int, tokens: int, seconds: float, peak_gflops: float | None = None) -> float:
+    """Fraction of ``peak_gflops`` (default :func:`matmul_peak_gflops`) reached by ``2 * n_params * tokens``
+    FLOPs in ``seconds``."""
+    return 2.0 * n_params * tokens / seconds / 1e9 / (peak_gflops or matmul_peak_gflops())
 
 
 def machine() -> str:

@@ -45,3 +45,10 @@ def store(tmp_path):
     from ragrec.artifacts import ArtifactStore
 
     return ArtifactStore(tmp_path / "artifacts")
+
+
+@pytest.fixture(scope="session")
+def slice_artifacts(tmp_path_factory) -> Path:
+    """One artifact store for every test that runs configs/rallrec_ml100k_slice.yaml (pipeline, serve,
+    evaluate): the real SmolLM2 stages of the slice are computed once per test session."""
+    return tmp_path_factory.mktemp("slice") / "artifacts"

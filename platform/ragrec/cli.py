@@ -1,6 +1,9 @@
 """``ragrec`` command line: run a method, fetch a dataset, show a config.
 
     ragrec run configs/rallrec_ml100k.yaml [--set retrieval.k=20] [--force lora]
+    ragrec evaluate configs/rallrec_ml100k.yaml [--set eval.max_test_samples=300]
+    ragrec sweep configs/sweep_rallrec_ml100k.yaml
+    ragrec serve runs/rallrec_ml100k [--port 8000] [--no-batching]
     ragrec data fetch ml-100k [--dest DIR]
     ragrec data verify ml-100k [--path DIR]
     ragrec config show configs/rallrec_ml100k.yaml [--set ...]
@@ -29,6 +32,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a method end to end (cached stages are reused)")
     _add_config_args(p)
     p.add_argument("--force", action="append", default=[], metavar="STAGE", help="recompute STAGE; repeatable")
+
+    e = sub.add_parser("evaluate", help="the paper's evaluation: variants, baselines, K and alpha sweeps")
+    _add_config_args(e)
+    e.add_argument("--force", action="append", default=[], metavar="STAGE", help="recompute STAGE; repeatable")
+
+    w = sub.add_parser("sweep", help="Ray Tune search over a sweep config (objective on the validation split)")
+    _add_config_args(w)
+
+    v = sub.add_parser("serve", help="serve a finished run with Ray Serve (POST /predict, GET /healthz)")
+    v.add_argument("run_dir", help="output folder of a finished `ragrec run` (holds run.json)")
+    v.add_argument("--host", default="127.0.0.1")
+    v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--no-batching", action="store_true", help="score each request alone (no @serve.batch)")
 
     d = sub.add_parser("data", help="datasets")
     dsub = d.add_subparsers(dest="data_command", required=True)
@@ -61,6 +77,24 @@ def main(argv: list[str] | None = None) -> int:
             result = run(cfg, force=tuple(args.force))
             print(json.dumps(result.metrics["rows"][0], indent=2))
             print(f"report: {result.run_dir / 'report.md'}")
+        elif args.command == "evaluate":
+            from .evaluation.report import format_rows
+            from .methods import evaluate
+
+            cfg = load_config(args.config, args.overrides)
+            result = evaluate(cfg, force=tuple(args.force))
+            print(format_rows(result.metrics["rows"], "RALLRec"))
+            print(f"report: {result.run_dir / 'report.md'}")
+        elif args.command == "sweep":
+            from .tuning import run_sweep
+
+            res = run_sweep(args.config, args.overrides)
+            print(json.dumps({"best": res.best_config, "valid": res.valid, "test": res.test}, indent=2))
+            print(f"results: {res.out_dir / 'results.md'}")
+        elif args.command == "serve":
+            from .serving import serve_run
+
+            serve_run(args.run_dir, host=args.host, port=args.port, batching=not args.no_batching, blocking=True)
         elif args.command == "config":
             cfg = load_config(args.config, args.overrides)
             print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class _Strict(BaseModel):
@@ -183,10 +183,45 @@ class LoRAConfig(_Strict):
     max_tokens: int = 512
 
 
+EVAL_VARIANTS = ("zero_shot", "recent", "rella", "hybrid", "concat", "concat_ssl", "rallrec", "no_aug", "deepfm")
+
+
 class EvalConfig(_Strict):
     max_test_samples: int | None = Field(10000, description="first N test samples (reference: 10,000)")
     max_valid_samples: int | None = 1000
     bootstrap: int = 1000
+    variants: list[str] = Field(
+        list(EVAL_VARIANTS),
+        description="`ragrec evaluate` rows: zero_shot (w/o IT), recent (w/o retrieval), rella (text retrieval), "
+                    "hybrid, concat (w/o SSL), concat_ssl, rallrec (full), no_aug, deepfm")
+    k_sweep: list[int] = Field([5, 10, 20, 30], description="`ragrec evaluate` K sweep (full RALLRec)")
+    alpha_sweep: list[float] = Field([1 / 2, 2 / 3, 4 / 5], description="`ragrec evaluate` reranker alpha sweep (beta=1)")
+    sweep_adapter: Literal["shared", "retrain"] = Field(
+        "shared", description="K/alpha sweeps: score with the full variant's adapter (shared) or tune one per point")
+    deepfm: dict[str, Any] = Field(
+        default_factory=dict, description="DeepFM baseline hyper-parameters (ragrec.models.deepfm.DeepFMConfig fields)")
+
+    @field_validator("variants")
+    @classmethod
+    def _known_variants(cls, v: list[str]) -> list[str]:
+        bad = [x for x in v if x not in EVAL_VARIANTS]
+        if bad:
+            raise ValueError(f"unknown eval variants {bad}; choose from {list(EVAL_VARIANTS)}")
+        return v
+
+    @field_validator("k_sweep")
+    @classmethod
+    def _positive_k(cls, v: list[int]) -> list[int]:
+        if any(k < 1 for k in v):
+            raise ValueError(f"k_sweep values must be >= 1, got {v}")
+        return v
+
+    @field_validator("alpha_sweep")
+    @classmethod
+    def _alpha_range(cls, v: list[float]) -> list[float]:
+        if any(not 0.0 <= a <= 1.0 for a in v):
+            raise ValueError(f"alpha_sweep values must lie in [0, 1], got {v}")
+        return v
 
 
 class RayConfig(_Strict):

@@ -17,9 +17,9 @@ STAGES = ["dataset", "samples", "descriptions", "embed_title", "embed_desc", "te
           "projector", "examples", "lora", "scores"]
 
 
-def _cfg(tmp_path, *extra):
+def _cfg(artifacts, tmp_path, *extra):
     return load_config(REPO / "configs" / "rallrec_ml100k_slice.yaml",
-                       [f"artifacts_dir={tmp_path / 'artifacts'}", f"output_dir={tmp_path / 'runs'}", *extra])
+                       [f"artifacts_dir={artifacts}", f"output_dir={tmp_path / 'runs'}", *extra])
 
 
 def _keys(root: Path) -> dict[str, set[str]]:
@@ -27,8 +27,10 @@ def _keys(root: Path) -> dict[str, set[str]]:
             if (root / s).exists()}
 
 
-def test_rallrec_end_to_end_and_cache(ray_session, data_dir, tmp_path):
-    cfg = _cfg(tmp_path)
+def test_rallrec_end_to_end_and_cache(ray_session, data_dir, slice_artifacts, tmp_path):
+    # the store is shared with the serve/evaluate tests of this session: they only ever add artifacts
+    # of the same config (same keys) or of other stages, so the counts below hold in any test order
+    cfg = _cfg(slice_artifacts, tmp_path)
     result = run(cfg)
     run_dir = result.run_dir
 
@@ -52,9 +54,14 @@ def test_rallrec_end_to_end_and_cache(ray_session, data_dir, tmp_path):
     assert all(1 <= len(c) <= cfg.retrieval.k for c in ctx)
 
     # artifacts: every stage published exactly once, the adapter and item embeddings exist
-    root = tmp_path / "artifacts"
+    root = slice_artifacts
     keys = _keys(root)
-    assert set(keys) == set(STAGES) and all(len(v) == 1 for v in keys.values())
+    assert set(keys) == set(STAGES)
+    assert all(result.artifacts[s].key in keys[s] for s in STAGES if s in result.artifacts)
+    # no other test of the session builds other upstream artifacts for the slice
+    for s in ("dataset", "samples", "descriptions", "text_features", "lightgcn", "projector"):
+        assert keys[s] == {result.artifacts[s].key}, s
+    assert len(keys["embed_title"]) == len(keys["embed_desc"]) == 1
     lora = result.artifacts["lora"]
     assert (lora.path / "adapter" / "adapter_config.json").exists()
     lg = np.load(result.artifacts["lightgcn"].file("item_emb.npy"))
@@ -64,7 +71,7 @@ def test_rallrec_end_to_end_and_cache(ray_session, data_dir, tmp_path):
     again = run(cfg)
     assert _keys(root) == keys
     assert again.metrics["rows"][0]["auc"] == pytest.approx(result.metrics["rows"][0]["auc"])
-    run(_cfg(tmp_path, "retrieval.k=3"))
+    run(_cfg(slice_artifacts, tmp_path, "retrieval.k=3"))
     after = _keys(root)
     changed = {s for s in STAGES if after[s] != keys[s]}
     assert changed == {"examples", "lora", "scores"}

@@ -17,7 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-__all__ = ["write_report", "plot_auc_bars", "plot_curve", "format_rows"]
+__all__ = ["write_report", "plot_auc_bars", "plot_curve", "plot_sweep", "format_rows"]
 
 ROW_KEYS = ("name", "auc", "auc_lo", "auc_hi", "logloss", "acc", "n")
 
@@ -39,15 +39,33 @@ def _num(x) -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"
 
 
-def format_rows(rows: Sequence[Mapping]) -> str:
-    """Markdown table of result rows (keys: name, auc, auc_lo, auc_hi, logloss, acc, n)."""
-    out = ["| variant | AUC [95% CI] | LogLoss | ACC | n |", "|---|---|---|---|---|"]
+def format_rows(rows: Sequence[Mapping], reference: str | None = None) -> str:
+    """Markdown table of result rows (keys: name, auc, auc_lo, auc_hi, logloss, acc, n).
+
+    Rows may carry ``delta, delta_lo, delta_hi`` (paired-bootstrap AUC difference against
+    ``reference``) and ``examples`` (instruction-tuning examples); the columns appear when any row has them.
+    """
+    has_delta = any("delta" in r for r in rows)
+    has_ex = any("examples" in r for r in rows)
+    head = ["variant", "AUC [95% CI]"]
+    if has_delta:
+        head.append(f"ΔAUC vs {reference or 'reference'} [95% CI]")
+    head += ["LogLoss", "ACC", "n"] + (["IT examples"] if has_ex else [])
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         missing = [k for k in ROW_KEYS if k not in r]
         if missing:
             raise ValueError(f"report row {r.get('name', r)!r} lacks {missing}; rows need {list(ROW_KEYS)}")
         ci = f" [{_num(r['auc_lo'])}, {_num(r['auc_hi'])}]" if r["auc_lo"] is not None else ""
-        out.append(f"| {r['name']} | {_num(r['auc'])}{ci} | {_num(r['logloss'])} | {_num(r['acc'])} | {r['n']} |")
+        cells = [str(r["name"]), f"{_num(r['auc'])}{ci}"]
+        if has_delta:
+            d = r.get("delta")
+            cells.append("—" if d is None else f"{d:+.4f} [{r['delta_lo']:+.4f}, {r['delta_hi']:+.4f}]"
+                         + (" *" if r["delta_lo"] > 0 or r["delta_hi"] < 0 else ""))
+        cells += [_num(r["logloss"]), _num(r["acc"]), str(r["n"])]
+        if has_ex:
+            cells.append("—" if r.get("examples") is None else f"{r['examples']:,}")
+        out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
@@ -103,6 +121,32 @@ def plot_curve(
         plt.close(fig)
 
 
+def plot_sweep(
+    xs: Sequence[float], rows: Sequence[Mapping], path: str | os.PathLike, xlabel: str,
+    baselines: Mapping[str, float] | None = None,
+) -> None:
+    """AUC with its 95% CI band over a swept parameter (one row per x); dashed lines for reference AUCs."""
+    auc = [float(r["auc"]) for r in rows]
+    lo = [float(r["auc_lo"]) if r.get("auc_lo") is not None else a for a, r in zip(auc, rows)]
+    hi = [float(r["auc_hi"]) if r.get("auc_hi") is not None else a for a, r in zip(auc, rows)]
+    if len(xs) != len(rows):
+        raise ValueError(f"plot_sweep: {len(rows)} rows for {len(xs)} x values")
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    try:
+        ax.fill_between(list(xs), lo, hi, alpha=0.25, color="tab:blue", label="95% CI")
+        ax.plot(list(xs), auc, marker="o", color="tab:blue", label="AUC")
+        for i, (name, value) in enumerate((baselines or {}).items()):
+            ax.axhline(value, ls="--", lw=0.9, color=f"C{i + 1}", label=name)
+        ax.set_xticks(list(xs), [f"{x:g}" if isinstance(x, int) else f"{x:.3g}" for x in xs])
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("AUC")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(path, format="png", dpi=120)
+    finally:
+        plt.close(fig)
+
+
 def write_report(
     run_dir: str | os.PathLike,
     *,
@@ -112,6 +156,9 @@ def write_report(
     rows: list[dict],
     notes: list[str],
     plots: Mapping[str, Callable[[Path], None]],
+    sections: Mapping[str, str] | None = None,
+    reference: str | None = None,
+    extra: Mapping | None = None,
 ) -> Path:
     """Write ``report.md``, ``metrics.json`` and ``<name>.png`` for each plot into ``run_dir``.
 
@@ -124,17 +171,25 @@ def write_report(
         notes: free-text lines (e.g. whether the method beats the trivial baselines).
         plots: ``name -> fn(path)``; each fn writes a PNG to the path it is given,
             e.g. ``{"auc": lambda p: plot_auc_bars(rows, p)}``.
+        sections: extra ``heading -> markdown`` blocks printed after the results table (e.g. sweeps).
+        reference: name of the row the ``delta`` columns compare against.
+        extra: more JSON-able fields for ``metrics.json`` (e.g. sweep rows).
 
     Returns:
         the path of ``report.md``. Every file is written to a temporary name and renamed.
     """
     out = Path(run_dir)
-    table = format_rows(rows)
+    table = format_rows(rows, reference)
     for name, fn in plots.items():
         if not name or "/" in name or name.startswith("."):
             raise ValueError(f"plot name {name!r} must be a plain file stem")
         _atomic_write(out / f"{name}.png", fn)
     lines = [f"# {title}", "", "## Results", "", table, ""]
+    if any("delta" in r for r in rows):
+        lines += [f"ΔAUC: paired bootstrap against {reference or 'the reference row'} on the same samples; "
+                  "* = the 95% interval excludes 0 (a real gap, not noise).", ""]
+    for heading, body in (sections or {}).items():
+        lines += [f"## {heading}", "", body, ""]
     lines += ["## Samples", "", *[f"- {k}: {v}" for k, v in counts.items()], ""]
     if notes:
         lines += ["## Notes", "", *[f"- {n}" for n in notes], ""]
@@ -143,7 +198,7 @@ def write_report(
     lines += ["## Config", "", "```json", json.dumps(_json_safe(config), indent=2, sort_keys=True), "```", ""]
     text = "\n".join(lines)
     _atomic_write(out / "report.md", lambda p: p.write_text(text))
-    payload = {"title": title, "rows": rows, "counts": counts, "notes": notes, "config": config}
+    payload = {"title": title, "rows": rows, "counts": counts, "notes": notes, "config": config, **(extra or {})}
     blob = json.dumps(_json_safe(payload), indent=2, sort_keys=True)
     _atomic_write(out / "metrics.json", lambda p: p.write_text(blob))
     return out / "report.md"

@@ -11,3 +11,12 @@ def run(cfg: RunConfig, force: tuple[str, ...] = ()):
 
         return run_rallrec(cfg, force=force)
     raise ValueError(f"method '{cfg.method}' is not implemented yet")
+
+
+def evaluate(cfg: RunConfig, force: tuple[str, ...] = ()):
+    """The method's paper evaluation (variants, baselines, sweeps) on ``cfg``'s test samples."""
+    if cfg.method == "rallrec":
+        from .rallrec_evaluate import evaluate as evaluate_rallrec
+
+        return evaluate_rallrec(cfg, force=force)
+    raise ValueError(f"`ragrec evaluate` is not implemented for method '{cfg.method}' yet")

@@ -314,8 +314,9 @@ class Pipeline:
             ssl=np.load(a["projector"].file("ssl_emb.npy")),
         )
 
-    def examples(self, views: ItemViews) -> Artifact:
-        cfg, a = self.cfg, self.arts
+    def examples(self, views: ItemViews, cfg: RunConfig | None = None) -> Artifact:
+        """Instruction-tuning examples of ``cfg`` (default: the pipeline's config; variants pass theirs)."""
+        cfg, a = cfg or self.cfg, self.arts
         items, users = a["dataset"].read_table("items"), read_users(a["dataset"])
         spec = {"retrieval": cfg.retrieval.model_dump(), "prompt": cfg.prompt.model_dump(),
                 "train_samples": cfg.lora.train_samples, "seed": cfg.seed}
@@ -326,16 +327,29 @@ class Pipeline:
             return table.num_rows
 
         inputs = [a["samples"], a["text_features"], a["lightgcn"], a["projector"]]
-        a["examples"] = self.store.run("examples", spec, inputs, compute)
-        return a["examples"]
+        return self.store.run("examples", spec, inputs, compute)
+
+    def adapter(self, views: ItemViews, cfg: RunConfig | None = None) -> Artifact | None:
+        """The LoRA adapter of ``cfg`` (None when ``lora.enabled`` is false): examples -> Ray Train."""
+        cfg = cfg or self.cfg
+        if not cfg.lora.enabled:
+            return None
+        ex = self.examples(views, cfg)
+        if cfg is self.cfg:
+            self.arts["examples"] = ex
+        return lora_stage(self.store, cfg, ex)
 
     def eval_samples(self, split_name: str = "test") -> pa.Table:
         limit = self.cfg.eval.max_test_samples if split_name == "test" else self.cfg.eval.max_valid_samples
         return split(self.arts["samples"].read_table("samples"), split_name, limit)
 
     def predict(self, views: ItemViews, rcfg: RetrievalConfig, adapter: Artifact | None, split_name: str = "test",
-                name: str = "scores") -> tuple[pa.Table, Artifact]:
-        cfg, a = self.cfg, self.arts
+                name: str = "scores", cfg: RunConfig | None = None) -> tuple[pa.Table, Artifact]:
+        """Score the ``split_name`` samples with the context chosen by ``rcfg``: ``(predictions, scores artifact)``.
+
+        ``predictions`` = the samples (without history lists) + ``context_item_ids`` + ``prob`` float32.
+        """
+        cfg, a = cfg or self.cfg, self.arts
         samples = with_context(self.eval_samples(split_name), views, rcfg)
         prompts = prompts_for(samples, a["dataset"].read_table("items"), read_users(a["dataset"]), cfg)
         rows = pa.table({"sample_id": samples.column("sample_id"), "prompt": prompts})
@@ -344,6 +358,74 @@ class Pipeline:
         probs = art.read_table().column("prob")
         return samples.drop_columns([c for c in ("history_item_ids", "history_ratings") if c in samples.column_names]) \
             .append_column("prob", probs), art
+
+
+def evaluate_split(cfg: RunConfig, split_name: str = "valid", force: tuple[str, ...] = ()) -> dict:
+    """Train what ``cfg`` needs (cached stages are reused) and score one split: the Tune objective.
+
+    Returns ``{"auc", "logloss", "acc", "n", "split"}`` of RALLRec on ``split_name``.
+    """
+    from ..evaluation.metrics import ctr_metrics
+
+    pipe = Pipeline(cfg, force)
+    views = pipe.upstream()
+    adapter = pipe.adapter(views)
+    preds, _ = pipe.predict(views, cfg.retrieval, adapter, split_name)
+    m = ctr_metrics(preds.column("label").to_numpy(), preds.column("prob").to_numpy())
+    return {**{k: float(v) for k, v in m.items()}, "n": preds.num_rows, "split": split_name}
+
+
+RUN_FILE = "run.json"
+
+
+def write_run_file(run_dir: Path, cfg: RunConfig, arts: dict[str, Artifact | None]) -> Path:
+    """``run.json``: the exact config and the artifact of every stage, so a finished run can be served."""
+    store_root = next(a.store.root for a in arts.values() if a is not None)
+    payload = {"method": cfg.method, "name": cfg.name, "artifacts_dir": store_root,
+               "artifacts": {k: {"stage": v.stage, "key": v.key} for k, v in arts.items() if v is not None},
+               "config": cfg.model_dump(mode="json")}
+    out = run_dir / RUN_FILE
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    tmp.replace(out)
+    return out
+
+
+@dataclass
+class LoadedRun:
+    """A finished run read back from its ``run.json``: config, store and the stage artifacts by name."""
+
+    run_dir: Path
+    cfg: RunConfig
+    store: ArtifactStore
+    arts: dict[str, Artifact]
+
+    def views(self) -> ItemViews:
+        a = self.arts
+        return ItemViews(title=np.load(a["text_features"].file("title.npy")),
+                         text=np.load(a["text_features"].file("text.npy")),
+                         colla=np.load(a["lightgcn"].file("item_emb.npy")),
+                         ssl=np.load(a["projector"].file("ssl_emb.npy")))
+
+
+def load_run(run_dir: str | Path) -> LoadedRun:
+    """Open the run written by :func:`run` in ``run_dir`` (raises with the fix when it is not one)."""
+    run_dir = Path(run_dir)
+    path = run_dir / RUN_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: RUN_DIR must be the output folder of a finished "
+                                f"`ragrec run` (runs/<name>/); run the config first")
+    payload = json.loads(path.read_text())
+    cfg = RunConfig.model_validate(payload["config"])
+    store = ArtifactStore(payload["artifacts_dir"])
+    arts = {}
+    for name, ref in payload["artifacts"].items():
+        art = Artifact(store, ref["stage"], ref["key"])
+        if not art.done:
+            raise FileNotFoundError(f"{path}: artifact {name} ({art.uri}) is missing; rerun `ragrec run` with "
+                                    f"this run's config to rebuild it")
+        arts[name] = art
+    return LoadedRun(run_dir, cfg, store, arts)
 
 
 def run(cfg: RunConfig, force: tuple[str, ...] = ()) -> RunResult:
@@ -355,11 +437,8 @@ def run(cfg: RunConfig, force: tuple[str, ...] = ()) -> RunResult:
     t0 = time.perf_counter()
     pipe = Pipeline(cfg, force)
     views = pipe.upstream()
-    adapter = None
-    if cfg.lora.enabled:
-        ex = pipe.examples(views)
-        adapter = lora_stage(pipe.store, cfg, ex)
-        pipe.arts["lora"] = adapter
+    adapter = pipe.adapter(views)
+    pipe.arts["lora"] = adapter
     preds, score_art = pipe.predict(views, cfg.retrieval, adapter)
     pipe.arts["scores"] = score_art
 
@@ -376,6 +455,7 @@ def run(cfg: RunConfig, force: tuple[str, ...] = ()) -> RunResult:
     import pyarrow.parquet as pq
 
     pq.write_table(preds, run_dir / "predictions.parquet")
+    write_run_file(run_dir, cfg, pipe.arts)
     counts = dict(pipe.arts["samples"].manifest()["splits"])
     counts["evaluated"] = preds.num_rows
     counts["train_examples"] = pipe.arts["examples"].manifest()["rows"] if adapter else 0

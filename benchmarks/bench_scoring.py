@@ -1,0 +1,316 @@
+"""Yes/no CTR scoring: ragrec's batched one-forward scoring vs the reference per-prompt ``generate`` loop.
+
+    python benchmarks/bench_scoring.py [--quick] [--prompts N] [--batch-size B] [--model NAME] [--no-stage]
+
+Inputs: ReLLa-style CTR prompts (:func:`ragrec.llm.prompts_ctr.build_ctr_prompts`) of the first N test
+samples of MovieLens-100K (``$RAGREC_DATA_DIR/ml-100k``; else the synthetic catalog), each with the
+K = 10 most recent history items (``select_history(strategy="recent")``: the prompt has the shape of a
+retrieved one without needing item embeddings). Model: SmolLM2-135M-Instruct from the registry, float32
+on CPU (``--quick``: tiny-random-llama on a small synthetic catalog).
+
+* reference: how the reference code scores: one prompt at a time, the chat-formatted prompt through
+  ``model.generate(max_new_tokens=2, output_logits=True, return_dict_in_generate=True)`` (greedy), then
+  P(yes) = softmax over the [yes, no] logits of the first generated position.
+* ragrec, two rows: ``HFEngine.score_yes_no`` alone (length-sorted left-padded batches of
+  ``llm.batch_size``, one forward per batch, logits of the last position only), and
+  ``ragrec.stages.score_stage`` end to end (Ray Data, one actor; includes starting the actor, loading
+  the model in it and writing the artifact: the row shows the overhead of the stage machinery).
+
+Both use the same model object (the reference runs on the engine's model and tokenizer) and the same
+prompt texts. Verified: max |P_ragrec - P_reference| < 1e-3 over all prompts, for both rows.
+
+Fraction of matmul peak: ``2 * n_params * prompt tokens / seconds`` against ``matmul_peak_gflops()``,
+n_params = the LM's parameters without the input embedding (:func:`benchmarks.common.lm_matmul_params`);
+attention score FLOPs, padding and the one-position output head are not counted.
+Peak memory: the growth of the process RSS during the call (:func:`benchmarks.common.peak_rss_growth`;
+the model is loaded before); n/a for the Ray row, whose work happens in the actor process.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import (
+    Measurement,
+    Result,
+    Timing,
+    lm_matmul_params,
+    lm_peak_fraction,
+    machine,
+    matmul_peak_gflops,
+    parse_args,
+    report,
+    timed_with_rss,
+)
+from ragrec.config import DataConfig, LLMConfig, RetrievalConfig, SyntheticConfig
+from ragrec.llm.chat import add_special_tokens, format_prompt
+
+BENCH = "scoring"
+GOAL = 5.0
+K_HISTORY = 10
+FULL_PROMPTS = 32
+QUICK_PROMPTS = 12
+FULL_MODEL = "smollm2-135m-instruct"
+QUICK_MODEL = "tiny-random-llama"
+QUICK_DATA = SyntheticConfig(n_users=40, n_items=60, ratings_per_user=25)
+PROB_ATOL = 1e-3
+"""Largest allowed |P_ragrec - P_reference|: same model, float32; batching only changes summation order."""
+RSS_INTERVAL_S = 0.005
+
+
+def peak_gflops(quick: bool) -> float:
+    """The machine's measured matmul peak (:func:`matmul_peak_gflops`; quick: a smaller, cheaper product)."""
+    return matmul_peak_gflops(1024, repeat=3) if quick else matmul_peak_gflops()
+
+
+def ml100k_available() -> bool:
+    root = os.environ.get("RAGREC_DATA_DIR")
+    return bool(root) and (Path(root) / "ml-100k" / "u.data").exists()
+
+
+def ctr_prompts(n: int, quick: bool = False) -> tuple[list[str], str]:
+    """``(prompts, source)``: ReLLa prompts of the first ``n`` test samples with the K=10 recent history items.
+
+    MovieLens-100K when ``$RAGREC_DATA_DIR`` has it (and not ``quick``), else the synthetic catalog.
+
+    Raises:
+        ValueError: the test split has fewer than ``n`` samples.
+    """
+    from ragrec.data import load_dataset, rallrec_samples
+    from ragrec.llm.prompts_ctr import build_ctr_prompts
+    from ragrec.retrieval.history import select_history
+
+    if not quick and ml100k_available():
+        cfg, source = DataConfig(name="ml-100k"), "MovieLens-100K"
+    else:
+        shape = QUICK_DATA if quick else SyntheticConfig()
+        cfg = DataConfig(name="synthetic", synthetic=shape)
+        source = f"synthetic {shape.n_users} users x {shape.n_items} items" + (
+            " (quick)" if quick else " (RAGREC_DATA_DIR has no ml-100k)")
+    ds = load_dataset(cfg)
+    samples = rallrec_samples(ds.interactions, cfg)
+    test = samples.filter(pc.equal(samples.column("split"), "test"))
+    if test.num_rows < n:
+        raise ValueError(f"{source}: the test split has {test.num_rows} samples, fewer than the {n} asked for; "
+                         f"lower --prompts")
+    test = select_history(test.slice(0, n), RetrievalConfig(k=K_HISTORY, strategy="recent"), None)
+    prompts = build_ctr_prompts(test, ds.items, ds.users)
+    return prompts, f"{source}: first {n} test samples, K={K_HISTORY} most recent history items"
+
+
+def prompt_token_ids(tokenizer, prompts: list[str]) -> list[list[int]]:
+    """Token ids of each chat-formatted prompt (what both implementations feed the model)."""
+    texts = [format_prompt(tokenizer, p) for p in prompts]
+    return tokenizer(texts, add_special_tokens=add_special_tokens(tokenizer))["input_ids"]
+
+
+def reference_scores(model, tokenizer, prompts: list[str], yes_id: int, no_id: int) -> np.ndarray:
+    """float32 ``(n,)`` P(yes), the reference code's way: one ``generate`` call per prompt.
+
+    ``generate(max_new_tokens=2, output_logits=True, return_dict_in_generate=True)``, greedy; P(yes) =
+    softmax([logit_yes, logit_no]) of the first generated position (``out.logits[0]``).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    probs = np.zeros(len(prompts), dtype=np.float32)
+    with torch.inference_mode():
+        for i, ids in enumerate(tqdm(prompt_token_ids(tokenizer, prompts), desc="reference generate",
+                                     disable=not sys.stderr.isatty())):
+            input_ids = torch.tensor([ids], dtype=torch.long, device=model.device)
+            out = model.generate(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                max_new_tokens=2,
+                do_sample=False,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                output_logits=True,
+                return_dict_in_generate=True,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            first = out.logits[0][0]
+            probs[i] = torch.softmax(first[[yes_id, no_id]].float(), dim=-1)[0].item()
+    return probs
+
+
+def stage_scores(prompts: list[str], llm_cfg: LLMConfig) -> np.ndarray:
+    """float32 ``(n,)`` P(yes) from ``score_stage`` (Ray Data, ``llm_cfg.actors`` actors) in a fresh store."""
+    from ragrec.artifacts import ArtifactStore
+    from ragrec.stages import score_stage
+
+    rows = pa.table({"sample_id": pa.array(np.arange(len(prompts)), pa.int64()),
+                     "prompt": pa.array(prompts, pa.string())})
+    with tempfile.TemporaryDirectory(prefix="bench-scoring-") as d:
+        art = score_stage(ArtifactStore(Path(d) / "artifacts"), "bench_scores", rows, key="sample_id",
+                          prompt="prompt", llm_cfg=llm_cfg, adapter=None)
+        out = art.read_table()
+    if not np.array_equal(out.column("sample_id").to_numpy(), np.arange(len(prompts))):
+        raise RuntimeError("score_stage returned its rows out of order")
+    return out.column("prob").to_numpy().astype(np.float32)
+
+
+@dataclass
+class Scoring:
+    """One comparison on ``n`` prompts: the probabilities and timings of every implementation.
+
+    ``stage_*`` are None when the Ray row was skipped; ``*_rss`` = peak RSS growth in bytes.
+    """
+
+    source: str
+    model: str
+    batch_size: int
+    n_params: int
+    peak_gflops: float
+    prompt_tokens: int
+    padded_tokens: int
+    ref_probs: np.ndarray
+    engine_probs: np.ndarray
+    ref_timing: Timing
+    engine_timing: Timing
+    ref_rss: int | None
+    engine_rss: int | None
+    stage_probs: np.ndarray | None = None
+    stage_timing: Timing | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.ref_probs)
+
+    @property
+    def engine_diff(self) -> float:
+        return float(np.max(np.abs(self.engine_probs - self.ref_probs)))
+
+    @property
+    def stage_diff(self) -> float | None:
+        return None if self.stage_probs is None else float(np.max(np.abs(self.stage_probs - self.ref_probs)))
+
+
+def padded_token_count(lengths: list[int], batch_size: int) -> int:
+    """Tokens the engine's forward passes process: length-sorted batches padded to their longest prompt."""
+    from ragrec.llm.hf_engine import length_sorted_batches
+
+    arr = np.asarray(lengths)
+    return int(sum(len(b) * arr[b].max() for b in length_sorted_batches(lengths, batch_size)))
+
+
+def compare(quick: bool = False, n_prompts: int | None = None, batch_size: int | None = None,
+            model: str | None = None, with_stage: bool = True) -> Scoring:
+    """Score the same prompts with the reference loop, the engine and (``with_stage``) the Ray stage.
+
+    Untimed warm-ups first (one prompt through the reference, one batch through the engine), so lazy
+    initialisation is charged to neither side. The Ray stage needs Ray: it is started here
+    (``ragrec.runtime.init(num_cpus=2)``: 2 CPUs, dashboard on) unless already initialised.
+    """
+    from ragrec.llm.hf_engine import HFEngine
+
+    n = n_prompts or (QUICK_PROMPTS if quick else FULL_PROMPTS)
+    name = model or (QUICK_MODEL if quick else FULL_MODEL)
+    llm_cfg = LLMConfig(model=name, device="cpu", **({"batch_size": batch_size} if batch_size else {}))
+    prompts, source = ctr_prompts(n, quick)
+    engine = HFEngine(llm_cfg)
+    lengths = [len(x) for x in prompt_token_ids(engine.tokenizer, prompts)]
+    if max(lengths) > llm_cfg.max_prompt_tokens:
+        raise ValueError(f"a prompt has {max(lengths)} tokens > llm.max_prompt_tokens={llm_cfg.max_prompt_tokens}: "
+                         f"the engine would truncate it and the two sides would score different inputs")
+    peak = peak_gflops(quick)  # measured before the runs, so it is not disturbed by them
+
+    ref_fn = lambda p: reference_scores(engine.model, engine.tokenizer, p, engine.yes_id, engine.no_id)  # noqa: E731
+    ref_fn(prompts[:1])
+    engine.score_yes_no(prompts[: llm_cfg.batch_size])
+    ref_probs, ref_timing, ref_rss = timed_with_rss(lambda: ref_fn(prompts), RSS_INTERVAL_S)
+    engine_probs, engine_timing, engine_rss = timed_with_rss(lambda: engine.score_yes_no(prompts), RSS_INTERVAL_S)
+    out = Scoring(source, name, llm_cfg.batch_size, lm_matmul_params(engine.model), peak, int(sum(lengths)),
+                  padded_token_count(lengths, llm_cfg.batch_size), ref_probs, np.asarray(engine_probs, np.float32),
+                  ref_timing, engine_timing, ref_rss, engine_rss)
+    if with_stage:
+        from ragrec.runtime import init
+
+        init(num_cpus=2)
+        out.stage_probs, out.stage_timing, _ = timed_with_rss(lambda: stage_scores(prompts, llm_cfg), RSS_INTERVAL_S)
+    return out
+
+
+def to_results(s: Scoring) -> list[Result]:
+    """One :class:`Result` per ragrec row (engine; Ray stage when it ran), both against the reference loop."""
+    ref = Measurement.of("per-prompt generate(max_new_tokens=2)", s.n, s.ref_timing, s.ref_rss)
+    frac = lambda t: lm_peak_fraction(s.n_params, s.prompt_tokens, t.wall, s.peak_gflops)  # noqa: E731
+    common = {
+        "inputs": f"{s.n} prompts, {s.source}; {s.prompt_tokens:,} prompt tokens "
+                  f"(mean {s.prompt_tokens / s.n:.0f}, chat template included)",
+        "model": f"{s.model}, float32 on CPU, {s.n_params / 1e6:.1f}M parameters without the input embedding; "
+                 f"the reference runs on the engine's model object",
+        "fraction of matmul peak (2 x params x prompt tokens / s)": (
+            f"reference {frac(s.ref_timing):.1%}, engine {frac(s.engine_timing):.1%}"
+            + (f", Ray stage {frac(s.stage_timing):.1%}" if s.stage_timing else "")
+            + f" of {s.peak_gflops:.0f} GFLOP/s (torch.mm float32); the engine also computes "
+              f"{s.padded_tokens - s.prompt_tokens:,} padding tokens ({s.padded_tokens / s.prompt_tokens - 1:.1%})"),
+        "ceiling": (f"the reference already runs at {frac(s.ref_timing):.0%} of the matmul peak, so no implementation "
+                    f"doing the same FLOPs on this machine can be more than {1 / frac(s.ref_timing):.1f}x faster: on CPU "
+                    f"batching removes per-call overhead only (the prefill of a ~300-token prompt is already a "
+                    f"large matmul)"),
+        "peak memory": "growth of the process RSS during the call, sampled every 5 ms (model weights excluded)",
+        "machine": machine(),
+    }
+    results = []
+    rows = [(f"HFEngine.score_yes_no, batch {s.batch_size}", s.engine_timing, s.engine_rss, s.engine_diff, True)]
+    if s.stage_timing is not None:
+        rows.append((f"score_stage (Ray Data, 1 actor), batch {s.batch_size}", s.stage_timing, None, s.stage_diff,
+                     False))
+    for case, timing, rss, diff, in_process in rows:
+        verified = diff < PROB_ATOL
+        details = dict(common)
+        details["verified"] = (f"max |P(yes) ragrec - reference| = {diff:.1e} over {s.n} prompts "
+                               f"(tolerance {PROB_ATOL:g}); P(yes) range {s.ref_probs.min():.3f}..{s.ref_probs.max():.3f}")
+        details["times"] = f"reference {s.ref_timing.wall:.1f} s, this row {timing.wall:.1f} s wall"
+        if not in_process:
+            details["times"] += (f"; engine alone {s.engine_timing.wall:.1f} s -> stage overhead "
+                                 f"{timing.wall - s.engine_timing.wall:.1f} s (actor start, model load in the actor, "
+                                 f"Ray Data, artifact write)")
+        rag = (Measurement.of(case, s.n, timing, rss) if in_process
+               else Measurement(case, s.n, timing.wall, None, cpu_seconds=None))  # CPU time is in the actor
+        results.append(Result(
+            bench=BENCH, case=case, unit="prompts", reference=ref, ragrec=rag, verified=verified, goal=GOAL,
+            details=details,
+            notes=[] if verified else [f"MISMATCH: max |P(yes) difference| {diff:.1e} >= {PROB_ATOL:g}"],
+        ))
+    return results
+
+
+def run(quick: bool = False, n_prompts: int | None = None, batch_size: int | None = None, model: str | None = None,
+        with_stage: bool = True) -> list[Result]:
+    """:func:`compare` then :func:`to_results`."""
+    return to_results(compare(quick, n_prompts, batch_size, model, with_stage))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(
+        __doc__.splitlines()[0],
+        argv,
+        **{
+            "--prompts": {"type": int, "default": None, "help": f"prompts (default {FULL_PROMPTS}, quick {QUICK_PROMPTS})"},
+            "--batch-size": {"type": int, "default": None, "help": "llm.batch_size (default: the config default)"},
+            "--model": {"default": None, "help": f"registry name (default {FULL_MODEL}, quick {QUICK_MODEL})"},
+            "--no-stage": {"action": "store_true", "help": "skip the Ray Data score_stage row"},
+        },
+    )
+    results = run(args.quick, args.prompts, args.batch_size, args.model, not args.no_stage)
+    for r in results:
+        print(f"{r.case}: {r.ratio:.2f}x the reference prompts/s; {r.details['verified']}")
+    report(results, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,214 @@
+"""Ray Serve application of a finished RALLRec run: FastAPI ingress -> Retriever -> Reranker -> Predictor.
+
+Routes: ``POST /predict`` (:class:`~ragrec.serving.schemas.PredictRequest` ->
+:class:`~ragrec.serving.schemas.PredictResponse`) and ``GET /healthz``. Bad requests never reach the
+model: pydantic (strict) rejects malformed JSON and wrong types with 422, :func:`check_request` unknown
+ids (404) and oversized lists (413); every error body is ``{"detail": "<what is wrong>"}``.
+
+The Predictor scores with ``@serve.batch`` (requests arriving within ``batch_wait_timeout_s`` share one
+engine call of up to ``max_batch_size`` requests) or, with ``batching=False``, one request at a time.
+Each replica reads the run from ``run_dir`` itself (the folder must be visible to every node).
+"""
+
+# no `from __future__ import annotations`: FastAPI reads the route signatures' real types
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray import serve
+
+from .schemas import Catalog, Health, PredictRequest, PredictResponse, RequestError, check_request
+
+__all__ = ["ServeOptions", "build_app", "serve_run", "APP_NAME"]
+
+log = logging.getLogger("ragrec.serving")
+APP_NAME = "ragrec"
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """Deployment knobs. CPUs are fractional so that all replicas fit next to other Ray work."""
+
+    batching: bool = True
+    max_batch_size: int = 16
+    batch_wait_timeout_s: float = 0.01
+    max_items: int = 100
+    predictor_cpus: float = 1.0
+    light_cpus: float = 0.1
+    torch_threads: int | None = None
+    max_ongoing_requests: int = 64
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "body"
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+    return "invalid request: " + "; ".join(parts)
+
+
+def make_api() -> FastAPI:
+    """The FastAPI app with error handlers turning bad input into 4xx ``{"detail": message}``."""
+    api = FastAPI(title="ragrec RALLRec service")
+
+    @api.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"detail": _validation_message(exc)})
+
+    @api.exception_handler(RequestError)
+    async def _rejected(_: Request, exc: RequestError) -> JSONResponse:
+        return JSONResponse(status_code=exc.status, content={"detail": exc.message})
+
+    return api
+
+
+api = make_api()
+
+
+@serve.deployment
+class RetrieverDeployment:
+    """User histories + faiss: the candidate histories of a request's targets."""
+
+    def __init__(self, run_dir: str) -> None:
+        from .chain import Retriever, retrieval_matrices
+        from .state import load_state
+
+        state = load_state(run_dir)
+        self.histories = state.histories
+        self.retriever = Retriever(retrieval_matrices(state.views, state.cfg.retrieval), state.cfg.retrieval.k)
+
+    def __call__(self, user_id: int, item_ids: list[int], as_of: int | None):
+        w = self.histories.window(user_id, np.asarray(item_ids, dtype=np.int64), as_of)
+        return self.retriever.candidates(w)
+
+
+@serve.deployment
+class RerankerDeployment:
+    """The alpha/beta reranker (the run's ``retrieval`` config) over the candidates."""
+
+    def __init__(self, run_dir: str) -> None:
+        from .chain import Reranker
+        from .state import load_state
+
+        state = load_state(run_dir)
+        self.reranker = Reranker(state.views, state.cfg.retrieval)
+
+    def __call__(self, candidates):
+        return self.reranker.rerank(candidates)
+
+
+@serve.deployment
+class PredictorDeployment:
+    """The LoRA-tuned LLM: prompts + yes/no scoring, batched across requests with ``@serve.batch``."""
+
+    def __init__(self, run_dir: str, options: dict) -> None:
+        import torch
+
+        from ..llm import load_engine
+        from .chain import Predictor
+        from .state import load_state
+
+        opts = ServeOptions(**options)
+        torch.set_num_threads(opts.torch_threads or os.cpu_count() or 1)
+        state = load_state(run_dir)
+        self.predictor = Predictor(state.cfg, state.items, state.users,
+                                   load_engine(state.cfg.llm, adapter_path=state.adapter_path))
+        self.batching = opts.batching
+        self._batched.set_max_batch_size(opts.max_batch_size)
+        self._batched.set_batch_wait_timeout_s(opts.batch_wait_timeout_s)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def _batched(self, contexts: list) -> list[np.ndarray]:
+        return self.predictor.score(contexts)
+
+    async def __call__(self, contexts) -> np.ndarray:
+        if self.batching:
+            return await self._batched(contexts)
+        return self.predictor.score([contexts])[0]
+
+
+@serve.deployment
+@serve.ingress(api)
+class Ingress:
+    """HTTP front: validates, then retrieve -> rerank -> predict through deployment handles."""
+
+    def __init__(self, retriever, reranker, predictor, catalog: dict, run: str, batching: bool) -> None:
+        self.retriever, self.reranker, self.predictor = retriever, reranker, predictor
+        self.catalog = Catalog(**catalog)
+        self.run, self.batching = run, batching
+
+    @api.get("/healthz")
+    async def healthz(self) -> Health:
+        return Health(status="ok", run=self.run, n_users=self.catalog.n_users, n_items=self.catalog.n_items,
+                      batching=self.batching)
+
+    @api.post("/predict")
+    async def predict(self, req: PredictRequest) -> PredictResponse:
+        from .chain import response
+
+        check_request(req, self.catalog)
+        candidates = self.retriever.remote(req.user_id, req.item_ids, req.as_of)
+        contexts = await self.reranker.remote(candidates)
+        probs = await self.predictor.remote(contexts)
+        return response(req, contexts, probs)
+
+
+def catalog_of(run_dir: str, max_items: int) -> tuple[Catalog, str]:
+    """Id ranges of the run (from its dataset tables) and the run's name."""
+    from ..methods.rallrec import load_run, read_users
+    from .state import n_users_of
+
+    run = load_run(run_dir)
+    ds = run.arts["dataset"]
+    n_users = n_users_of(ds.read_table("interactions"), read_users(ds))
+    return Catalog(n_users, ds.read_table("items").num_rows, max_items), run.cfg.name
+
+
+def build_app(run_dir: str, batching: bool = True, **options) -> serve.Application:
+    """The bound Serve application for the run in ``run_dir``; ``options``: :class:`ServeOptions` fields.
+
+    Raises:
+        FileNotFoundError: ``run_dir`` holds no finished run (no ``run.json`` / missing artifacts).
+    """
+    opts = ServeOptions(batching=batching, **options)
+    run_dir = str(os.path.abspath(run_dir))
+    catalog, name = catalog_of(run_dir, opts.max_items)
+    light = {"num_cpus": opts.light_cpus}
+    ongoing = opts.max_ongoing_requests
+    retriever = RetrieverDeployment.options(ray_actor_options=light, max_ongoing_requests=ongoing).bind(run_dir)
+    reranker = RerankerDeployment.options(ray_actor_options=light, max_ongoing_requests=ongoing).bind(run_dir)
+    predictor = PredictorDeployment.options(ray_actor_options={"num_cpus": opts.predictor_cpus},
+                                            max_ongoing_requests=max(ongoing, 2 * opts.max_batch_size)) \
+        .bind(run_dir, asdict(opts))
+    return Ingress.options(ray_actor_options=light, max_ongoing_requests=ongoing) \
+        .bind(retriever, reranker, predictor, asdict(catalog), name, batching)
+
+
+def serve_run(run_dir: str, *, host: str = "127.0.0.1", port: int = 8000, batching: bool = True,
+              blocking: bool = True) -> str:
+    """Start the service for ``run_dir`` on ``http://host:port`` and return that URL.
+
+    Connects to ``RAY_ADDRESS`` or starts a local Ray (``ragrec.runtime.init``). ``blocking=True`` keeps
+    serving until Ctrl-C, then shuts Serve down; ``blocking=False`` returns once the app is up.
+    """
+    from ..runtime import init
+
+    init()
+    app = build_app(run_dir, batching=batching)
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(app, name=APP_NAME, route_prefix="/")
+    url = f"http://{host}:{port}"
+    log.info("serving %s at %s (POST /predict, GET /healthz)", run_dir, url)
+    if blocking:
+        print(f"ragrec serve: {url}  (POST /predict, GET /healthz); Ctrl-C stops", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            serve.shutdown()
+    return url

@@ -1,0 +1,143 @@
+"""What the service holds in memory, read from a finished run: user histories, item views, tables.
+
+:class:`UserHistories` keeps every user's ratings in the ``rallrec`` protocol's order (stable sort by
+(timestamp, user_id, item_id), :func:`ragrec.data.protocols.time_order`) as flat arrays with per-user
+offsets. :meth:`UserHistories.window` gives, for one user and a list of target items, the slice of
+that user's ratings each target sees as its history: the whole list by default, or with ``as_of`` what
+the protocol gives a rating of the target at ``as_of`` — ratings earlier in protocol order, i.e. with
+``timestamp < as_of``, or ``timestamp == as_of`` and a smaller item id — truncated to the last
+``data.max_history`` like the samples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from ..config import RunConfig
+from ..data.protocols import time_order
+
+__all__ = ["HistoryWindow", "UserHistories", "ServingState", "load_state"]
+
+
+@dataclass(frozen=True)
+class HistoryWindow:
+    """The histories of n targets of one user, as ranges of that user's L ratings (protocol order).
+
+    items (L,) int64, ratings (L,) float32, timestamps (L,) int64: the user's ratings, oldest first;
+    start, stop (n,) int64: target j's history is ``items[start[j]:stop[j]]``.
+    """
+
+    user_id: int
+    item_ids: np.ndarray
+    items: np.ndarray
+    ratings: np.ndarray
+    timestamps: np.ndarray
+    start: np.ndarray
+    stop: np.ndarray
+
+    def to_samples(self) -> pa.Table:
+        """n rows (user_id, item_id, history_item_ids, history_ratings): the full histories as samples."""
+        lengths = self.stop - self.start
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+        np.cumsum(lengths, out=offsets[1:])
+        flat = np.repeat(self.start - offsets[:-1], lengths) + np.arange(int(offsets[-1]))
+        return samples_table(self.user_id, self.item_ids, self.items[flat], self.ratings[flat], offsets)
+
+
+def samples_table(user_id: int, item_ids: np.ndarray, items: np.ndarray, ratings: np.ndarray,
+                  offsets: np.ndarray) -> pa.Table:
+    """Samples-like table of n targets: ``offsets`` (n + 1,) int32 cut the flat ``items`` / ``ratings``."""
+    off = pa.array(np.asarray(offsets, dtype=np.int32))
+    return pa.table({
+        "user_id": pa.array(np.full(len(item_ids), user_id, dtype=np.int64)),
+        "item_id": pa.array(np.asarray(item_ids, dtype=np.int64)),
+        "history_item_ids": pa.ListArray.from_arrays(off, pa.array(np.asarray(items, dtype=np.int64))),
+        "history_ratings": pa.ListArray.from_arrays(off, pa.array(np.asarray(ratings, dtype=np.float32))),
+    })
+
+
+class UserHistories:
+    """Every user's ratings in protocol order, flat: user u owns ``[offsets[u], offsets[u + 1])``.
+
+    Args:
+        interactions: canonical interactions (user_id, item_id, rating, timestamp).
+        n_users: number of dense user ids (users without ratings have empty histories).
+        max_history: keep at most this many most recent ratings per history (``data.max_history``).
+    """
+
+    def __init__(self, interactions: pa.Table, n_users: int, max_history: int | None = None) -> None:
+        user = interactions.column("user_id").to_numpy().astype(np.int64)
+        item = interactions.column("item_id").to_numpy().astype(np.int64)
+        ts = interactions.column("timestamp").to_numpy().astype(np.int64)
+        rating = interactions.column("rating").to_numpy(zero_copy_only=False).astype(np.float32)
+        if user.size and (user.min() < 0 or user.max() >= n_users):
+            raise ValueError(f"interactions hold user ids outside [0, {n_users}); the users table and the "
+                             f"interactions of the run disagree")
+        order = time_order(user, item, ts)
+        order = order[np.argsort(user[order], kind="stable")]  # user by user, protocol order inside
+        self.items, self.ratings, self.timestamps = item[order], rating[order], ts[order]
+        self.offsets = np.zeros(n_users + 1, dtype=np.int64)
+        np.cumsum(np.bincount(user, minlength=n_users), out=self.offsets[1:])
+        self.n_users = n_users
+        self.max_history = max_history
+
+    def window(self, user_id: int, item_ids: np.ndarray, as_of: int | None = None) -> HistoryWindow:
+        """The history ranges of ``item_ids`` (n,) for ``user_id`` (see the module docstring)."""
+        if not 0 <= user_id < self.n_users:
+            raise ValueError(f"unknown user_id {user_id}: users are 0..{self.n_users - 1}")
+        item_ids = np.asarray(item_ids, dtype=np.int64)
+        a, b = self.offsets[user_id], self.offsets[user_id + 1]
+        items, ts = self.items[a:b], self.timestamps[a:b]
+        if as_of is None:
+            stop = np.full(len(item_ids), b - a, dtype=np.int64)
+        else:
+            lo, hi = np.searchsorted(ts, as_of, "left"), np.searchsorted(ts, as_of, "right")
+            stop = lo + np.searchsorted(items[lo:hi], item_ids, "left")  # same second: smaller item ids first
+        start = np.zeros_like(stop) if self.max_history is None else np.maximum(stop - self.max_history, 0)
+        return HistoryWindow(int(user_id), item_ids, items, self.ratings[a:b], ts, start, stop)
+
+
+@dataclass
+class ServingState:
+    """A finished run in memory: config, histories, item views, items/users tables, adapter folder."""
+
+    cfg: RunConfig
+    histories: UserHistories
+    views: "ItemViews"  # noqa: F821  (ragrec.methods.rallrec.ItemViews)
+    items: pa.Table
+    users: pa.Table | None
+    adapter_path: str | None
+    name: str = "run"
+
+    @property
+    def n_users(self) -> int:
+        return self.histories.n_users
+
+    @property
+    def n_items(self) -> int:
+        return self.items.num_rows
+
+
+def n_users_of(interactions: pa.Table, users: pa.Table | None) -> int:
+    """Dense user count: the users table's rows, or max user id + 1 without one."""
+    if users is not None:
+        return users.num_rows
+    ids = interactions.column("user_id").to_numpy()
+    return int(ids.max()) + 1 if ids.size else 0
+
+
+def load_state(run_dir: str | Path) -> ServingState:
+    """Read the run written by ``ragrec run`` in ``run_dir`` (its ``run.json``) into memory."""
+    from ..methods.rallrec import load_run, read_users
+
+    run = load_run(run_dir)
+    ds = run.arts["dataset"]
+    interactions, items, users = ds.read_table("interactions"), ds.read_table("items"), read_users(ds)
+    lora = run.arts.get("lora")
+    adapter = str(lora.path / "adapter") if lora is not None and run.cfg.lora.enabled else None
+    histories = UserHistories(interactions, n_users_of(interactions, users), run.cfg.data.max_history)
+    return ServingState(run.cfg, histories, run.views(), items, users, adapter, name=run.cfg.name)

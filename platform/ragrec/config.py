@@ -278,21 +278,26 @@ def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
     return out
 
 
+def read_yaml_mapping(p: Path, what: str) -> dict:
+    """The top-level mapping of the YAML file ``p``; ConfigError naming the file when it is missing or bad."""
+    if not p.is_file():
+        raise ConfigError(f"{what} {p} does not exist")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of sections")
+    return raw
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML config (or the defaults when ``path`` is None) and apply overrides."""
     raw: dict = {}
     where = "<defaults>"
     if path is not None:
         where = str(path)
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from e
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{p}: the top level must be a mapping of sections")
+        raw = read_yaml_mapping(Path(path), "config file")
     raw = apply_overrides(raw, overrides)
     try:
         return RunConfig.model_validate(raw)

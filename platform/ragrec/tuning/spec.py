@@ -29,7 +29,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from ..config import ConfigError, RunConfig, _Strict, apply_overrides
+from ..config import ConfigError, RunConfig, _Strict, apply_overrides, read_yaml_mapping
 
 METRICS = ("auc", "logloss", "acc")
 DEFAULT_MODE = {"auc": "max", "acc": "max", "logloss": "min"}
@@ -202,15 +202,7 @@ def _absolute(raw: dict, cwd: Path) -> dict:
 
 
 def _read_yaml(p: Path, what: str) -> dict:
-    if not p.is_file():
-        raise ConfigError(f"{what} {p} does not exist")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from e
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{p}: the top level must be a mapping")
-    return raw
+    return read_yaml_mapping(p, what)
 
 
 def split_overrides(overrides: list[str] | None) -> tuple[list[str], list[str]]:

@@ -1,0 +1,78 @@
+"""Pure parts of `ragrec evaluate`: variant configs, the paired bootstrap, the report's difference column."""
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from ragrec.config import load_config
+from ragrec.evaluation.metrics import bootstrap_ci, bootstrap_delta_ci
+from ragrec.evaluation.report import format_rows
+from ragrec.methods.rallrec_evaluate import FULL, REFERENCE, VARIANTS, _reading, _same, variant_config
+
+
+def test_variant_configs_change_only_their_fields():
+    base = load_config(None, ["retrieval.strategy=relevance", "retrieval.k=12", "prompt.augmentation=true"])
+    full = variant_config(base, VARIANTS[REFERENCE].overrides)
+    assert (full.retrieval.strategy, full.retrieval.embedding, full.lora.enabled) == ("rerank", "mixed", True)
+    assert full.retrieval.k == 12 and full.prompt.augmentation
+    zs = variant_config(base, VARIANTS["zero_shot"].overrides)
+    assert not zs.lora.enabled and zs.retrieval == full.retrieval
+    rella = variant_config(base, VARIANTS["rella"].overrides)
+    assert (rella.retrieval.strategy, rella.retrieval.embedding) == ("relevance", "text")
+    assert variant_config(base, VARIANTS["recent"].overrides).prompt.augmentation is False
+    assert variant_config(base, VARIANTS["no_aug"].overrides).retrieval == full.retrieval
+    assert base.retrieval.strategy == "relevance", "the base config must not be mutated"
+    with pytest.raises(KeyError, match="retrieval.kk"):
+        variant_config(base, {"retrieval.kk": 3})
+    # every paper variant differs from the full one in at least one field, except the full one itself
+    for name, v in VARIANTS.items():
+        same = variant_config(base, v.overrides).model_dump() == full.model_dump()
+        assert same == (name == REFERENCE), name
+
+
+def test_same_retrieval_tolerates_yaml_rounding_of_two_thirds():
+    a = load_config(None, ["retrieval.alpha=0.6666667"]).retrieval.model_dump()
+    b = variant_config(load_config(None), {**FULL, "retrieval.alpha": 2 / 3}).retrieval.model_dump()
+    assert _same(a, b)
+    assert not _same(a, {**b, "alpha": 0.5}) and not _same(a, {**b, "k": 5})
+
+
+def test_paired_delta_matches_auc_difference_and_detects_a_real_gap():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    good = np.clip(0.5 + 0.3 * (y - 0.5) + 0.2 * rng.standard_normal(400), 0, 1)
+    bad = rng.random(400)
+    d, lo, hi = bootstrap_delta_ci(y, good, bad, n=300, seed=1)
+    assert d == pytest.approx(roc_auc_score(y, good) - roc_auc_score(y, bad), abs=1e-12)
+    assert 0 < lo <= d <= hi  # a real gap: the interval excludes 0
+    # identical predictors: zero difference with a zero-width interval
+    assert bootstrap_delta_ci(y, good, good, n=100) == (0.0, 0.0, 0.0)
+    # pairing: a small shift on the same samples is resolved far better than by the separate intervals
+    noisy = np.clip(good + 0.05 * rng.standard_normal(400), 0, 1)
+    d2, lo2, hi2 = bootstrap_delta_ci(y, good, noisy, n=300, seed=1)
+    alo, ahi = bootstrap_ci(y, good, n=300, seed=1)
+    assert hi2 - lo2 < 0.5 * (ahi - alo)
+    with pytest.raises(ValueError, match="same length"):
+        bootstrap_delta_ci(y, good, bad[:-1])
+
+
+def _row(name, auc, delta=None, key=""):
+    r = {"name": name, "key": key, "group": "", "auc": auc, "auc_lo": auc - 0.1, "auc_hi": auc + 0.1,
+         "logloss": 0.69, "acc": 0.5, "n": 10, "examples": None}
+    if delta is not None:
+        r.update(delta=delta[0], delta_lo=delta[1], delta_hi=delta[2])
+    return r
+
+
+def test_report_marks_only_significant_gaps_and_reading_says_which():
+    rows = [_row("RALLRec", 0.70, key=REFERENCE) | {"delta": None}, _row("A", 0.60, (-0.1, -0.15, -0.05)),
+            _row("B", 0.69, (-0.01, -0.05, 0.03))]
+    rows.append(_row("item rate", 0.75, (0.05, 0.01, 0.09)) | {"group": "trivial"})
+    table = format_rows(rows, "RALLRec")
+    lines = table.splitlines()
+    assert "ΔAUC vs RALLRec" in lines[0]
+    assert lines[3].count("*") == 1 and "-0.1000 [-0.1500, -0.0500] *" in lines[3]
+    assert "*" not in lines[4] and "| — |" in lines[2]
+    text = "\n".join(_reading(rows))
+    assert "significantly better than: A" in text and "not distinguishable" in text and "B" in text
+    assert "does NOT beat the best trivial baseline (AUC 0.7500)" in text

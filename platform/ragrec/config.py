@@ -189,6 +189,8 @@ EVAL_VARIANTS = ("zero_shot", "recent", "rella", "hybrid", "concat", "concat_ssl
 class EvalConfig(_Strict):
     max_test_samples: int | None = Field(10000, description="first N test samples (reference: 10,000)")
     max_valid_samples: int | None = 1000
+    subset: Literal["first", "random"] = Field(
+        "first", description="which max_*_samples rows: the first ones (reference) or a seeded random subset")
     bootstrap: int = 1000
     variants: list[str] = Field(
         list(EVAL_VARIANTS),

@@ -76,3 +76,18 @@ def test_report_marks_only_significant_gaps_and_reading_says_which():
     text = "\n".join(_reading(rows))
     assert "significantly better than: A" in text and "not distinguishable" in text and "B" in text
     assert "does NOT beat the best trivial baseline (AUC 0.7500)" in text
+
+
+def test_eval_subset_first_or_seeded_random_in_split_order():
+    import pyarrow as pa
+
+    from ragrec.methods.rallrec import eval_subset
+
+    part = pa.table({"sample_id": pa.array(range(100), pa.int64()), "user_id": pa.array([i // 25 for i in range(100)])})
+    assert eval_subset(part, 10, "first", 0).column("sample_id").to_pylist() == list(range(10))
+    r = eval_subset(part, 40, "random", 3).column("sample_id").to_pylist()
+    assert len(set(r)) == 40 and r == sorted(r)
+    assert r == eval_subset(part, 40, "random", 3).column("sample_id").to_pylist()  # seeded
+    assert r != eval_subset(part, 40, "random", 4).column("sample_id").to_pylist()
+    assert set(eval_subset(part, 40, "random", 3).column("user_id").to_pylist()) == {0, 1, 2, 3}
+    assert eval_subset(part, None, "random", 0).num_rows == 100 and eval_subset(part, 500, "first", 0).num_rows == 100

@@ -81,6 +81,17 @@ def split(samples: pa.Table, name: str, limit: int | None = None) -> pa.Table:
     return part.slice(0, limit) if limit else part
 
 
+def eval_subset(part: pa.Table, limit: int | None, how: str, seed: int) -> pa.Table:
+    """``limit`` rows of a split: the first ones (the reference's protocol) or a seeded random subset
+    kept in split order (a time split's first rows come from few users; a random subset spans them all)."""
+    if not limit or limit >= part.num_rows:
+        return part
+    if how == "first":
+        return part.slice(0, limit)
+    idx = np.sort(np.random.default_rng(seed).choice(part.num_rows, size=limit, replace=False))
+    return part.take(pa.array(idx))
+
+
 def _cut_timestamp(samples: pa.Table) -> int:
     held = samples.filter(pc.not_equal(samples.column("split"), "train"))
     return pc.min(held.column("timestamp")).as_py() if held.num_rows else np.iinfo(np.int64).max
@@ -341,7 +352,8 @@ class Pipeline:
 
     def eval_samples(self, split_name: str = "test") -> pa.Table:
         limit = self.cfg.eval.max_test_samples if split_name == "test" else self.cfg.eval.max_valid_samples
-        return split(self.arts["samples"].read_table("samples"), split_name, limit)
+        return eval_subset(split(self.arts["samples"].read_table("samples"), split_name), limit,
+                           self.cfg.eval.subset, self.cfg.seed)
 
     def predict(self, views: ItemViews, rcfg: RetrievalConfig, adapter: Artifact | None, split_name: str = "test",
                 name: str = "scores", cfg: RunConfig | None = None) -> tuple[pa.Table, Artifact]:

@@ -33,8 +33,11 @@ class GenericColumns(_Strict):
     label: str | None = None
     timestamp: str = "timestamp"
     title: str = "title"
-    genres: str | None = "genres"
+    genres: str | None = Field("genres", description="None: the items file has no genres (e.g. item_id, title only)")
     genres_sep: str = "|"
+    split: str | None = Field(
+        None, description="optional column of the interactions file holding train/valid/test: your own splits "
+                          "(used by the temporal protocol instead of its calendar windows)")
 
 
 class SyntheticConfig(_Strict):
@@ -45,6 +48,15 @@ class SyntheticConfig(_Strict):
     seed: int = 0
 
 
+class TemporalConfig(_Strict):
+    """The ``temporal`` protocol (CoLLM / SCoRe): consecutive calendar windows ending at the last timestamp."""
+
+    unit: Literal["month", "day"] = Field("month", description="calendar months (UTC) or days")
+    windows: tuple[int, int, int] = Field(
+        (10, 5, 5), description="train / valid / test window lengths in `unit`s; the last sum(windows) units are "
+                                "kept (SCoRe ML-1M: the last 20 months, 10/5/5)")
+
+
 class DataConfig(_Strict):
     """Which dataset to load and how to turn it into samples."""
 
@@ -53,7 +65,9 @@ class DataConfig(_Strict):
         None,
         description="Folder with the raw files. Default: $RAGREC_DATA_DIR/<name> (ml-100k, ml-1m).",
     )
-    protocol: Literal["rallrec"] = "rallrec"
+    protocol: Literal["rallrec", "temporal"] = Field(
+        "rallrec", description="rallrec: global 80/10/10 time split of all ratings; temporal: calendar windows")
+    temporal: TemporalConfig = TemporalConfig()
     min_history: int = Field(5, ge=1, description="Drop samples with fewer earlier ratings.")
     max_history: int | None = Field(
         None, description="Keep at most this many most recent history items per sample (None = all)."
@@ -183,7 +197,87 @@ class LoRAConfig(_Strict):
     max_tokens: int = 512
 
 
+ALL_PROJ = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class SASRecConfig(_Strict):
+    """SCoRe step 1: the collaborative model (CRM) over users' training sequences."""
+
+    dim: int = 64
+    num_layers: int = 2
+    num_heads: int = 1
+    max_len: int = Field(50, ge=2, description="most recent items of a sequence")
+    dropout: float = 0.2
+    epochs: int = 200
+    lr: float = 1e-3
+    batch_size: int = 128
+    weight_decay: float = 0.0
+    eval_negatives: int = Field(100, description="sanity metric: leave-one-out with this many sampled negatives")
+
+
+class UserTextConfig(_Strict):
+    """d(H(u)): a user's liked training items written out as text (SCoRe's behaviour documents)."""
+
+    max_items: int = Field(10, ge=1, description="most recent liked items per user document")
+    max_title_chars: int = 80
+
+
+class CARConfig(_Strict):
+    """SCoRe step 2: the collaborative retriever, a sentence encoder tuned with InfoNCE on SASRec neighbours."""
+
+    encoder: str = Field("minilm-l6", description="sentence-transformers model (reference: mpnet-base)")
+    enabled: bool = Field(True, description="False: SCoRe-base, the untuned encoder")
+    kc: int = Field(5, ge=1, description="positives: the top-Kc SASRec neighbours of each user")
+    temperature: float = 0.1
+    epochs: int = 2
+    lr: float = 2e-5
+    batch_size: int = 32
+    max_tokens: int = 256
+
+
+class RationaleConfig(_Strict):
+    """SCoRe step 3: the LLM's self-assessment of which behaviours would help (prompt P^r)."""
+
+    template: str = (
+        "The user has watched the following movies: {history}. However, based on this list alone, it is not "
+        "possible to confidently predict whether they would enjoy the movie {target}. What other genres or "
+        "characteristics related to their preferences, apart from the given history, could help in making a "
+        "more informed decision?"
+    )
+    pairs: int = Field(256, ge=1, description="(user, item) training pairs assessed (they supervise SARE)")
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: int = Field(96, ge=1)
+    block_size: int = 64
+
+
+class SAREConfig(_Strict):
+    """SCoRe step 5: the self-assessing reranker, a cross-encoder tuned with InfoNCE on the rationale ranking."""
+
+    model: str = Field("minilm-l6", description="cross-encoder base (reference: bge-reranker-large)")
+    enabled: bool = Field(True, description="False: SCoRe-rerank (CAR order, no SARE)")
+    k1: int = Field(5, ge=1, description="negatives are sampled from ranks after K1")
+    k2: int = Field(3, ge=1, description="negatives per query")
+    temperature: float = 0.02
+    epochs: int = 2
+    lr: float = 2e-5
+    batch_size: int = 8
+    max_tokens: int = 384
+
+
+class CIConfig(_Strict):
+    """SCoRe steps 4 and 6: which similar users' behaviours go into the prompt (P^s)."""
+
+    retriever: Literal["car", "base", "cf"] = Field(
+        "car", description="car: tuned encoder; base: untuned encoder (SCoRe-base); cf: SASRec neighbours (SCoRe-cf)")
+    ke: int = Field(10, ge=1, description="users retrieved per target user")
+    ks: int = Field(2, ge=0, description="users whose liked items go into the prompt (0: no CI, TALLRec-style)")
+
+
 EVAL_VARIANTS = ("zero_shot", "recent", "rella", "hybrid", "concat", "concat_ssl", "rallrec", "no_aug", "deepfm")
+
+
+SCORE_EVAL_VARIANTS = ("zero_shot", "no_ci", "score_base", "score_cf", "score_rerank", "score")
 
 
 class EvalConfig(_Strict):
@@ -192,26 +286,41 @@ class EvalConfig(_Strict):
     subset: Literal["first", "random"] = Field(
         "first", description="which max_*_samples rows: the first ones (reference) or a seeded random subset")
     bootstrap: int = 1000
-    variants: list[str] = Field(
-        list(EVAL_VARIANTS),
-        description="`ragrec evaluate` rows: zero_shot (w/o IT), recent (w/o retrieval), rella (text retrieval), "
-                    "hybrid, concat (w/o SSL), concat_ssl, rallrec (full), no_aug, deepfm")
+    variants: list[str] | None = Field(
+        None,
+        description="`ragrec evaluate` rows (None: all of the method's). rallrec: zero_shot (w/o IT), recent (w/o "
+                    "retrieval), rella (text retrieval), hybrid, concat (w/o SSL), concat_ssl, rallrec (full), no_aug, "
+                    "deepfm. score: zero_shot, no_ci (TALLRec-style prompt), score_base, score_cf, score_rerank, score")
     k_sweep: list[int] = Field([5, 10, 20, 30], description="`ragrec evaluate` K sweep (full RALLRec)")
     alpha_sweep: list[float] = Field([1 / 2, 2 / 3, 4 / 5], description="`ragrec evaluate` reranker alpha sweep (beta=1)")
     sweep_adapter: Literal["shared", "retrain"] = Field(
         "shared", description="K/alpha sweeps: score with the full variant's adapter (shared) or tune one per point")
+    ke_sweep: list[int] = Field([5, 10, 15, 20], description="SCoRe: users retrieved by CAR before SARE (Figure 4)")
+    ks_sweep: list[int] = Field([1, 2, 3, 4], description="SCoRe: users whose behaviours enter the prompt (Figure 4)")
     deepfm: dict[str, Any] = Field(
         default_factory=dict, description="DeepFM baseline hyper-parameters (ragrec.models.deepfm.DeepFMConfig fields)")
 
     @field_validator("variants")
     @classmethod
-    def _known_variants(cls, v: list[str]) -> list[str]:
-        bad = [x for x in v if x not in EVAL_VARIANTS]
+    def _known_variants(cls, v: list[str] | None) -> list[str] | None:
+        known = EVAL_VARIANTS + SCORE_EVAL_VARIANTS
+        bad = [x for x in v or [] if x not in known]
         if bad:
-            raise ValueError(f"unknown eval variants {bad}; choose from {list(EVAL_VARIANTS)}")
+            raise ValueError(f"unknown eval variants {bad}; rallrec: {list(EVAL_VARIANTS)}, "
+                             f"score: {list(SCORE_EVAL_VARIANTS)}")
         return v
 
-    @field_validator("k_sweep")
+    def variants_for(self, method: str) -> list[str]:
+        """The rows ``ragrec evaluate`` computes for ``method``, in the order given."""
+        known = SCORE_EVAL_VARIANTS if method == "score" else EVAL_VARIANTS
+        if self.variants is None:
+            return list(known)
+        bad = [x for x in self.variants if x not in known]
+        if bad:
+            raise ValueError(f"eval.variants {bad} do not apply to method '{method}'; choose from {list(known)}")
+        return list(self.variants)
+
+    @field_validator("k_sweep", "ke_sweep")
     @classmethod
     def _positive_k(cls, v: list[int]) -> list[int]:
         if any(k < 1 for k in v):
@@ -234,7 +343,7 @@ class RayConfig(_Strict):
 
 
 class RunConfig(_Strict):
-    method: Literal["rallrec"] = "rallrec"
+    method: Literal["rallrec", "score"] = "rallrec"
     name: str = "run"
     seed: int = 42
     artifacts_dir: str = Field("artifacts", description="content-addressed cache (local path or s3://...)")
@@ -248,6 +357,13 @@ class RunConfig(_Strict):
     retrieval: RetrievalConfig = RetrievalConfig()
     prompt: PromptConfig = PromptConfig()
     lora: LoRAConfig = LoRAConfig()
+    # SCoRe (method: score)
+    sasrec: SASRecConfig = SASRecConfig()
+    user_text: UserTextConfig = UserTextConfig()
+    car: CARConfig = CARConfig()
+    rationale: RationaleConfig = RationaleConfig()
+    sare: SAREConfig = SAREConfig()
+    ci: CIConfig = CIConfig()
     eval: EvalConfig = EvalConfig()
     ray: RayConfig = RayConfig()
 

@@ -34,7 +34,9 @@ log = logging.getLogger("ragrec.rallrec")
 def dataset_stage(store: ArtifactStore, cfg: RunConfig) -> Artifact:
     from ..data import load_dataset
 
-    data_cfg = cfg.data.model_dump(mode="json", exclude={"min_history", "max_history", "split", "protocol"})
+    data_cfg = cfg.data.model_dump(mode="json", exclude={"min_history", "max_history", "split", "protocol", "temporal"})
+    if data_cfg["columns"].get("split") is None:  # keys added later stay out of the hash until used
+        data_cfg["columns"].pop("split", None)
     path = cfg.data.resolved_path()
     if path is not None:
         data_cfg["files"] = sorted((p.name, p.stat().st_size) for p in Path(path).glob("*") if p.is_file())

@@ -179,14 +179,14 @@ class Evaluation:
         cfg = self.cfg
         self.views = self.pipe.upstream()
         self.test = self.pipe.eval_samples("test")
-        order = [n for n in cfg.eval.variants if n in VARIANTS]
+        order = [n for n in cfg.eval.variants_for("rallrec") if n in VARIANTS]
         if REFERENCE in order:  # the reference first: every other row's delta is computed against it
             order.remove(REFERENCE)
             order.insert(0, REFERENCE)
         for name in order:
             self.scored[name] = self.run_variant(VARIANTS[name])
             self.write()
-        if "deepfm" in cfg.eval.variants:
+        if "deepfm" in cfg.eval.variants_for("rallrec"):
             log.info("evaluate: DeepFM baseline (Ray Train)")
             self.scored["deepfm"] = _Scored("deepfm", "DeepFM (ID-based CTR)", "Table 1",
                                             deepfm_probs(self.pipe, self.test).astype(np.float64),

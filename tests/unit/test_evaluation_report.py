@@ -52,3 +52,14 @@ def test_failed_plot_leaves_no_partial_file(tmp_path):
     except RuntimeError:
         pass
     assert list(tmp_path.iterdir()) == []
+
+
+def test_uauc_column_appears_only_when_rows_carry_it():
+    from ragrec.evaluation.report import format_rows
+
+    base = {"name": "a", "auc": 0.7, "auc_lo": 0.6, "auc_hi": 0.8, "logloss": 0.5, "acc": 0.6, "n": 10}
+    assert "UAUC" not in format_rows([base])
+    table = format_rows([{**base, "uauc": 0.6512}, {**base, "name": "b"}])
+    lines = table.splitlines()
+    assert lines[0].startswith("| variant | AUC [95% CI] | UAUC |")
+    assert "| 0.6512 |" in lines[2] and lines[3].split("|")[3].strip() == "—"

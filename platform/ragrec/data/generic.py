@@ -156,6 +156,20 @@ def _genres(col: pa.Array | None, sep: str, n: int) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(offsets), flat.filter(pa.array(keep)))
 
 
+def _has_genres(f: _File, cfg: DataConfig) -> bool:
+    """Whether to read a genres column: ``data.columns.genres`` is set and, when it is only the default
+    name ``genres``, the file has that column. A file with no genres column at all (e.g. item_id, title)
+    then gets empty genre lists; an explicitly declared column, or one whose name looks like a genre
+    column, that is missing stays an error (see :meth:`_File.column`)."""
+    c = cfg.columns
+    if c.genres is None:
+        return False
+    names = f.table.schema.names
+    if c.genres in names or "genres" in c.model_fields_set:
+        return True
+    return any("genre" in n.lower() for n in names)
+
+
 def _items(f: _File, cfg: DataConfig) -> tuple[pa.Table, pa.Array]:
     c = cfg.columns
     raw = f.ids(c.item_id, "item_id")
@@ -166,7 +180,8 @@ def _items(f: _File, cfg: DataConfig) -> tuple[pa.Table, pa.Array]:
     t = f.table.take(order)
     raw = raw.take(order)
     title = pc.cast(f.column(c.title, "title").take(order), pa.string())
-    genres = _genres(f.column(c.genres, "genres", optional=True).take(order) if c.genres else None, c.genres_sep, len(raw))
+    genres_col = f.column(c.genres, "genres", optional=True).take(order) if _has_genres(f, cfg) else None
+    genres = _genres(genres_col, c.genres_sep, len(raw))
     if "year" in t.schema.names and c.title != "year":
         year = f.numeric(f.table.column("year"), pa.int32(), "year").take(order)
     else:
@@ -232,17 +247,53 @@ def _labels(f: _File, cfg: DataConfig, rating: pa.Array | None) -> pa.Array:
     return pc.cast(col, pa.int8())
 
 
+_SPLIT_VALUES = ("train", "valid", "test")
+
+
+def _split(f: _File, cfg: DataConfig) -> pa.Array:
+    """``(n,) string`` train / valid / test from the declared split column (trimmed, lower-cased).
+
+    Empty cells become null: such interactions only serve as history, they are no samples.
+
+    Raises:
+        DataError: any other value, with the file, line and the allowed values.
+    """
+    name = cfg.columns.split
+    col = f.column(name, "split")
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        col = pc.cast(col, pa.string())
+    col = pc.utf8_lower(pc.utf8_trim_whitespace(col))
+    col = pc.if_else(pc.equal(col, ""), pa.scalar(None, col.type), col)
+    ok = pc.or_kleene(pc.is_null(col), pc.is_in(col, value_set=pa.array(_SPLIT_VALUES, col.type)))
+    bad = np.flatnonzero(~ok.to_numpy(zero_copy_only=False))
+    if len(bad):
+        row = int(bad[0])
+        raw = f.table.column(name).combine_chunks()[row].as_py()
+        raise f.error(
+            f"{name} {raw!r} is not one of {', '.join(_SPLIT_VALUES)} ({len(bad)} rows have other values)",
+            row,
+            name,
+            f"write train, valid or test in column '{name}' (data.columns.split); leave it empty for "
+            "interactions that only serve as history",
+        )
+    return pc.cast(col, pa.string())
+
+
 def load_generic(cfg: DataConfig) -> Dataset:
     """Load the user's own files named by ``cfg.interactions_file``, ``items_file``, ``users_file``.
 
     Returns:
         Dataset ``generic``: interactions ``(n_ratings,)`` with ``rating`` null where only labels
-        were given; items ``(n_items,)`` with ``raw_item_id`` and extras; users ``(n_users,)`` with
-        ``raw_user_id`` (+ profile columns) when a users file is given, else None.
+        were given, plus a ``split`` string column (train / valid / test / null) when
+        ``data.columns.split`` is set (the ``temporal`` protocol then uses it); items ``(n_items,)``
+        with ``raw_item_id`` and extras (empty genre lists when the file has no genres column);
+        users ``(n_users,)`` with ``raw_user_id`` (+ profile columns) when a users file is given,
+        else None.
 
     Raises:
         DataError: missing file or declared column (listing the available columns), non-numeric
-            rating/label/timestamp (with its line), duplicate ids, interactions with unknown items.
+            rating/label/timestamp (with its line), a split value other than train/valid/test,
+            duplicate ids, interactions with unknown items.
     """
     c = cfg.columns
     if cfg.interactions_file is None or cfg.items_file is None:
@@ -283,4 +334,6 @@ def load_generic(cfg: DataConfig) -> Dataset:
     inter = pa.Table.from_arrays(
         [pa.array(user_dense), pa.array(item_dense), rating, ts, label], schema=INTERACTIONS
     )
+    if c.split is not None:
+        inter = inter.append_column(pa.field("split", pa.string()), _split(inter_f, cfg))
     return Dataset(name="generic", interactions=with_label_source(inter, given=c.label is not None), items=items, users=users)

@@ -54,6 +54,12 @@ SAMPLES = pa.schema(
     ]
 )
 
+# the ``temporal`` protocol appends the label of every history interaction (labelled data has null
+# ratings, and SCoRe's prompt lists the user's liked items)
+TEMPORAL_SAMPLES = pa.schema(
+    list(SAMPLES) + [pa.field("history_labels", pa.list_(pa.int8()))]  # aligned with history_item_ids
+)
+
 SPLITS = ("train", "valid", "test")
 
 

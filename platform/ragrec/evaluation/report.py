@@ -43,11 +43,13 @@ def format_rows(rows: Sequence[Mapping], reference: str | None = None) -> str:
     """Markdown table of result rows (keys: name, auc, auc_lo, auc_hi, logloss, acc, n).
 
     Rows may carry ``delta, delta_lo, delta_hi`` (paired-bootstrap AUC difference against
-    ``reference``) and ``examples`` (instruction-tuning examples); the columns appear when any row has them.
+    ``reference``), ``uauc`` (per-user AUC) and ``examples`` (instruction-tuning examples); the columns
+    appear when any row has them.
     """
     has_delta = any("delta" in r for r in rows)
     has_ex = any("examples" in r for r in rows)
-    head = ["variant", "AUC [95% CI]"]
+    has_uauc = any("uauc" in r for r in rows)
+    head = ["variant", "AUC [95% CI]"] + (["UAUC"] if has_uauc else [])
     if has_delta:
         head.append(f"ΔAUC vs {reference or 'reference'} [95% CI]")
     head += ["LogLoss", "ACC", "n"] + (["IT examples"] if has_ex else [])
@@ -57,7 +59,7 @@ def format_rows(rows: Sequence[Mapping], reference: str | None = None) -> str:
         if missing:
             raise ValueError(f"report row {r.get('name', r)!r} lacks {missing}; rows need {list(ROW_KEYS)}")
         ci = f" [{_num(r['auc_lo'])}, {_num(r['auc_hi'])}]" if r["auc_lo"] is not None else ""
-        cells = [str(r["name"]), f"{_num(r['auc'])}{ci}"]
+        cells = [str(r["name"]), f"{_num(r['auc'])}{ci}"] + ([_num(r.get("uauc"))] if has_uauc else [])
         if has_delta:
             d = r.get("delta")
             cells.append("—" if d is None else f"{d:+.4f} [{r['delta_lo']:+.4f}, {r['delta_hi']:+.4f}]"

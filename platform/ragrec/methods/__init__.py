@@ -10,6 +10,10 @@ def run(cfg: RunConfig, force: tuple[str, ...] = ()):
         from .rallrec import run as run_rallrec
 
         return run_rallrec(cfg, force=force)
+    if cfg.method == "score":
+        from .score import run as run_score
+
+        return run_score(cfg, force=force)
     raise ValueError(f"method '{cfg.method}' is not implemented yet")
 
 
@@ -19,4 +23,8 @@ def evaluate(cfg: RunConfig, force: tuple[str, ...] = ()):
         from .rallrec_evaluate import evaluate as evaluate_rallrec
 
         return evaluate_rallrec(cfg, force=force)
+    if cfg.method == "score":
+        from .score_evaluate import evaluate as evaluate_score
+
+        return evaluate_score(cfg, force=force)
     raise ValueError(f"`ragrec evaluate` is not implemented for method '{cfg.method}' yet")

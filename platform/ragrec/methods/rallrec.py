@@ -58,13 +58,16 @@ def dataset_stage(store: ArtifactStore, cfg: RunConfig) -> Artifact:
 
 
 def samples_stage(store: ArtifactStore, cfg: RunConfig, ds_art: Artifact) -> Artifact:
-    from ..data import rallrec_samples
-
     spec = cfg.data.model_dump(mode="json", include={"protocol", "min_history", "max_history", "split",
                                                      "label_threshold"})
+    if cfg.data.protocol == "temporal":  # (rallrec keys unchanged so existing caches stay valid)
+        spec["temporal"] = cfg.data.temporal.model_dump(mode="json")
+        spec["own_split_column"] = cfg.data.columns.split
 
     def compute(art: Artifact):
-        samples = rallrec_samples(ds_art.read_table("interactions"), cfg.data)
+        from ..data import build_samples
+
+        samples = build_samples(ds_art.read_table("interactions"), cfg.data)
         art.write_table(samples, "samples")
         counts = {s: int(pc.sum(pc.equal(samples.column("split"), s)).as_py() or 0) for s in ("train", "valid", "test")}
         return {"rows": samples.num_rows, "splits": counts}
@@ -430,6 +433,9 @@ def load_run(run_dir: str | Path) -> LoadedRun:
         raise FileNotFoundError(f"{path} not found: RUN_DIR must be the output folder of a finished "
                                 f"`ragrec run` (runs/<name>/); run the config first")
     payload = json.loads(path.read_text())
+    if payload.get("method", "rallrec") != "rallrec":
+        raise ValueError(f"{path}: this is a {payload['method']!r} run; serving needs a RALLRec run "
+                         f"(method: rallrec), e.g. runs/rallrec_ml100k")
     cfg = RunConfig.model_validate(payload["config"])
     store = ArtifactStore(payload["artifacts_dir"])
     arts = {}

@@ -277,13 +277,15 @@ def _same(a: dict, b: dict) -> bool:
 
 
 def _row(name: str, labels: np.ndarray, probs: np.ndarray, ref: _Scored | None, cfg: RunConfig, *,
-         examples: int | None = None, group: str = "", key: str = "") -> dict:
-    from ..evaluation.metrics import bootstrap_ci, bootstrap_delta_ci, ctr_metrics
+         examples: int | None = None, group: str = "", key: str = "", user_ids: np.ndarray | None = None) -> dict:
+    from ..evaluation.metrics import bootstrap_ci, bootstrap_delta_ci, ctr_metrics, uauc
 
     m = ctr_metrics(labels, probs)
     lo, hi = bootstrap_ci(labels, probs, metric="auc", n=cfg.eval.bootstrap, seed=cfg.seed)
     row = {"name": name, "key": key, "group": group, **{k: float(v) for k, v in m.items()},
            "auc_lo": float(lo), "auc_hi": float(hi), "n": int(len(labels)), "examples": examples}
+    if user_ids is not None:
+        row["uauc"] = float(uauc(user_ids, labels, probs))
     if ref is not None and ref.probs is not probs:
         d, dlo, dhi = bootstrap_delta_ci(labels, probs, ref.probs, n=cfg.eval.bootstrap, seed=cfg.seed)
         row.update(delta=d, delta_lo=dlo, delta_hi=dhi)
@@ -292,9 +294,9 @@ def _row(name: str, labels: np.ndarray, probs: np.ndarray, ref: _Scored | None, 
     return row
 
 
-def _reading(rows: list[dict]) -> list[str]:
-    """Plain-language lines: does full RALLRec beat each row, and the trivial baselines?"""
-    ref = next((r for r in rows if r["key"] == REFERENCE), None)
+def _reading(rows: list[dict], reference: str = REFERENCE, method: str = "RALLRec") -> list[str]:
+    """Plain-language lines: does the full method (row key ``reference``) beat each row, and the trivial baselines?"""
+    ref = next((r for r in rows if r["key"] == reference), None)
     if ref is None:
         return []
     out = []
@@ -302,14 +304,14 @@ def _reading(rows: list[dict]) -> list[str]:
     worse = [r["name"] for r in rows if r.get("delta") is not None and r["delta_hi"] < 0]
     tied = [r["name"] for r in rows if r.get("delta") is not None and r["delta_lo"] <= 0 <= r["delta_hi"]]
     if worse:
-        out.append("RALLRec is significantly better than: " + ", ".join(worse))
+        out.append(f"{method} is significantly better than: " + ", ".join(worse))
     if better:
-        out.append("significantly better than RALLRec: " + ", ".join(better))
+        out.append(f"significantly better than {method}: " + ", ".join(better))
     if tied:
-        out.append("not distinguishable from RALLRec at 95% (interval contains 0): " + ", ".join(tied))
+        out.append(f"not distinguishable from {method} at 95% (interval contains 0): " + ", ".join(tied))
     trivial = [r for r in rows if r["group"] == "trivial"]
     if trivial and ref["auc"] < max(r["auc"] for r in trivial):
-        out.append(f"RALLRec does NOT beat the best trivial baseline (AUC {max(r['auc'] for r in trivial):.4f}).")
+        out.append(f"{method} does NOT beat the best trivial baseline (AUC {max(r['auc'] for r in trivial):.4f}).")
     return out
 
 

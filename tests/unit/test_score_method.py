@@ -1,0 +1,53 @@
+"""SCoRe's method wiring without models: variant configs, dispatch, clear errors."""
+
+import json
+
+import pytest
+
+from ragrec.config import ConfigError, load_config
+from ragrec.methods.rallrec import load_run
+from ragrec.methods.rallrec_evaluate import variant_config
+from ragrec.methods.score import Pipeline
+from ragrec.methods.score_evaluate import FULL, VARIANTS
+
+
+def test_variants_change_only_what_the_paper_ablates():
+    base = load_config("configs/score_ml100k.yaml")
+    got = {name: variant_config(base, v.overrides) for name, v in VARIANTS.items()}
+    assert list(got) == list(base.eval.variants_for("score"))
+    full = got["score"]
+    assert (full.ci.retriever, full.sare.enabled, full.lora.enabled, full.ci.ks) == ("car", True, True, 2)
+    assert got["score_base"].ci.retriever == "base" and got["score_base"].sare.enabled
+    assert got["score_cf"].ci.retriever == "cf" and got["score_cf"].sare.enabled
+    assert got["score_rerank"].ci.retriever == "car" and not got["score_rerank"].sare.enabled
+    assert got["no_ci"].ci.ks == 0 and got["no_ci"].lora.enabled
+    assert got["zero_shot"].ci.ks == 0 and not got["zero_shot"].lora.enabled
+    for cfg in got.values():  # everything else is the base config
+        assert cfg.sasrec == base.sasrec and cfg.car.model_dump(exclude={"enabled"}) == base.car.model_dump(
+            exclude={"enabled"}) and cfg.lora.r == 8 and cfg.lora.alpha == 32
+    assert set(FULL) == {"ci.retriever", "sare.enabled", "lora.enabled"}
+
+
+def test_score_config_has_the_paper_defaults():
+    cfg = load_config("configs/score_ml100k.yaml")
+    assert (cfg.car.kc, cfg.car.temperature, cfg.ci.ke, cfg.ci.ks) == (5, 0.1, 10, 2)
+    assert (cfg.sare.k1, cfg.sare.k2, cfg.sare.temperature) == (5, 3, 0.02)
+    assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout) == (8, 32, 0.1)
+    assert set(cfg.lora.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert cfg.data.protocol == "temporal" and cfg.data.temporal.unit == "month"
+
+
+def test_variant_lists_are_checked_per_method():
+    cfg = load_config("configs/score_ml100k.yaml", ["eval.variants=[score,rella]"])
+    with pytest.raises(ValueError, match=r"\['rella'\] do not apply to method 'score'"):
+        cfg.eval.variants_for("score")
+    with pytest.raises(ConfigError, match="unknown eval variants"):
+        load_config("configs/score_ml100k.yaml", ["eval.variants=[nope]"])
+
+
+def test_pipeline_and_serving_refuse_the_wrong_method(tmp_path):
+    with pytest.raises(ValueError, match="method: score"):
+        Pipeline(load_config("configs/rallrec_ml100k.yaml"))
+    (tmp_path / "run.json").write_text(json.dumps({"method": "score", "config": {}}))
+    with pytest.raises(ValueError, match="serving needs a RALLRec run"):
+        load_run(tmp_path)

@@ -56,6 +56,13 @@ class TemporalConfig(_Strict):
         (10, 5, 5), description="train / valid / test window lengths in `unit`s; the last sum(windows) units are "
                                 "kept (SCoRe ML-1M: the last 20 months, 10/5/5)")
 
+    @field_validator("windows")
+    @classmethod
+    def _windows(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
+        if min(v) < 0 or v[0] == 0 or v[2] == 0:
+            raise ValueError(f"data.temporal.windows must be non-negative with train and test > 0, got {list(v)}")
+        return v
+
 
 class DataConfig(_Strict):
     """Which dataset to load and how to turn it into samples."""

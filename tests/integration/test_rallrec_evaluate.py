@@ -22,7 +22,7 @@ def _count(root: Path) -> dict[str, int]:
 
 def test_evaluate_variants_share_stages_and_match_the_pipeline(ray_session, data_dir, slice_artifacts, tmp_path):
     sets = [f"artifacts_dir={slice_artifacts}", f"output_dir={tmp_path / 'runs'}",
-            "eval.variants=[zero_shot,recent,rallrec,deepfm]", "eval.k_sweep=[3,5]", "eval.alpha_sweep=[0.5]"]
+            "eval.variants=[zero_shot,rallrec,deepfm]", "eval.k_sweep=[3,5]", "eval.alpha_sweep=[0.5]"]
     cfg = load_config(REPO / "configs" / "rallrec_ml100k_slice.yaml", sets)
     assert cfg.retrieval.k == 5, "the K=5 sweep point must be the reference itself"
     base = run(cfg)  # the plain pipeline on the same config (shares its stages with the evaluation)
@@ -32,7 +32,7 @@ def test_evaluate_variants_share_stages_and_match_the_pipeline(ray_session, data
     out = res.run_dir
     metrics = json.loads((out / "metrics.json").read_text())
     rows = {r["key"]: r for r in metrics["rows"]}
-    assert set(rows) == {"zero_shot", "recent", "rallrec", "deepfm", "item_rate", "item_user_logit"}
+    assert set(rows) == {"zero_shot", "rallrec", "deepfm", "item_rate", "item_user_logit"}
     assert metrics["rows"][0]["key"] == "rallrec" and rows["rallrec"]["delta"] is None
     for key, r in rows.items():
         assert r["n"] == cfg.eval.max_test_samples
@@ -41,7 +41,6 @@ def test_evaluate_variants_share_stages_and_match_the_pipeline(ray_session, data
             assert r["delta"] == pytest.approx(r["auc"] - rows["rallrec"]["auc"], abs=1e-9)
             assert r["delta_lo"] <= r["delta"] <= r["delta_hi"]
     assert rows["rallrec"]["examples"] == 3 * cfg.lora.train_samples  # mixed views
-    assert rows["recent"]["examples"] == cfg.lora.train_samples  # one view: recent-K has nothing to mix
     assert rows["zero_shot"]["examples"] is None
 
     # the full variant is the plain pipeline's run: same probabilities on the same samples
@@ -61,13 +60,13 @@ def test_evaluate_variants_share_stages_and_match_the_pipeline(ray_session, data
     report = (out / "report.md").read_text()
     assert "K sweep" in report and "ΔAUC" in report and "DeepFM" in report and "finished" in report
 
-    # shared stages computed once: only the recent-K adapter is new; upstream untouched
+    # shared stages computed once: no new adapter (zero-shot has none, the sweeps share the full one)
     after = _count(slice_artifacts)
     new = {s: after.get(s, 0) - before.get(s, 0) for s in after}
-    assert new["lora"] == 1 and new["examples"] == 1 and new["deepfm"] == 1
+    assert new["lora"] == 0 and new["examples"] == 0 and new["deepfm"] == 1
     for s in ("dataset", "samples", "descriptions", "text_features", "lightgcn", "projector"):
         assert new[s] == 0, s
-    assert new["scores"] == 4  # zero-shot, recent, K=3, alpha=0.5 (the full variant was cached)
+    assert new["scores"] == 3  # zero-shot, K=3, alpha=0.5 (the full variant was cached)
 
     # a rerun computes nothing and reports the same numbers
     again = evaluate(cfg)

@@ -1,0 +1,268 @@
+"""SCoRe step 5: the Self-Assessing REranker (SARE), a cross-encoder tuned with InfoNCE.
+
+Paper §3.3: ``L_SARE = -log g(p_t, e_pi(1)) / (g(p_t, e_pi(1)) + sum_{u_i in O_bar} g(p_t, e_i))`` with
+``g = exp(score / tau)``. A training query is the basic prompt text ``P^b`` of a (user, item) pair;
+its candidates are the documents of its Ke CAR-retrieved users, ORDERED by the self-assessment
+ranking (:func:`ragrec.retrieval.users.rank_by_rationale`). The positive is the candidate at rank 0;
+each epoch draws K2 negatives uniformly without replacement from ranks >= K1.
+(The paper's formula writes ``Sample_K1(O[K2:])``; this module follows the config's naming:
+``sare.k1`` = first negative rank, ``sare.k2`` = negatives per query, as in DESIGN §5.)
+
+Model: ``transformers.AutoModelForSequenceClassification(num_labels=1)`` loaded offline from
+``ragrec.llm.registry.model_path(cfg.model)``. For ``minilm-l6`` (a sentence-transformers BERT
+folder) this is ``BertForSequenceClassification`` with the pretrained encoder and pooler and a new
+1-logit head; any HF reranker folder (e.g. ``BAAI/bge-reranker-large``) loads the same way. The
+tuned folder (``out_dir/model``) is a plain HF sequence-classification folder with its tokenizer
+(``model_max_length`` = ``sare.max_tokens``), so ``sentence_transformers.CrossEncoder(model_dir)``
+loads it too (its ``predict`` applies a sigmoid to the same logit). Inputs are
+``[CLS] query [SEP] doc [SEP]`` truncated ``longest_first`` to ``max_tokens``.
+
+``train_loop(config)`` runs standalone or as a ``TorchTrainer`` worker (see :mod:`ray_train`);
+:func:`train_sare` is the public entry point.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ragrec.config import SAREConfig
+from ragrec.training import ray_train as rt
+
+MODEL_SUBDIR = "model"
+
+
+@dataclass
+class SAREResult:
+    model_dir: Path  # HF sequence-classification folder (1 logit) + tokenizer
+    history: list[dict]  # one dict per epoch: epoch, loss, acc (positive above all sampled negatives), seconds
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def load_cross_encoder(name_or_dir: str | Path, device: str | torch.device = "cpu", seed: int = 0):
+    """``(tokenizer, model)``: a 1-logit sequence-classification model from a folder or registry name, offline.
+
+    A head missing from the checkpoint (a bi-encoder folder such as ``minilm-l6``) is initialised
+    from ``seed`` without touching the global torch RNG, so an untuned reranker is reproducible.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from ragrec.llm.registry import model_path
+
+    path = Path(name_or_dir)
+    source = str(path) if path.is_dir() else model_path(str(name_or_dir))
+    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, local_files_only=True)
+    return tokenizer, model.to(device)
+
+
+def encode_pairs(tokenizer, queries: Sequence[str], docs: Sequence[str], max_tokens: int, device) -> dict:
+    """Tokenised ``(query, doc)`` pairs, truncated ``longest_first`` to ``max_tokens``, padded, on ``device``."""
+    enc = tokenizer(list(queries), list(docs), truncation="longest_first", max_length=int(max_tokens),
+                    padding=True, return_tensors="pt")
+    return {k: v.to(device) for k, v in enc.items()}
+
+
+def candidate_lengths(candidates: Sequence[Sequence[str]], k1: int, k2: int) -> np.ndarray:
+    """(P,) int64 candidates per query; raises when one has fewer than ``k1 + k2`` (rank 0 + K2 from ranks >= K1)."""
+    lengths = np.fromiter((len(c) for c in candidates), dtype=np.int64, count=len(candidates))
+    short = np.flatnonzero(lengths < k1 + k2)
+    if short.size:
+        q = int(short[0])
+        raise ValueError(
+            f"sare: query {q} has {int(lengths[q])} candidates but sare.k1 + sare.k2 = {k1} + {k2} = {k1 + k2} "
+            "are needed "
+            f"(positive = rank 0, {k2} negatives from ranks >= {k1}); {short.size} queries are short. "
+            "Retrieve more users (ci.ke) or lower sare.k1 / sare.k2"
+        )
+    return lengths
+
+
+def sample_negatives(lengths: np.ndarray, k1: int, k2: int, rng: np.random.Generator) -> np.ndarray:
+    """(P, k2) int64 ranks drawn uniformly without replacement from ``k1 .. lengths[p]-1`` per row."""
+    cols = np.arange(int(lengths.max()))[None, :]
+    keys = rng.random((len(lengths), cols.shape[1]))
+    keys[(cols < k1) | (cols >= lengths[:, None])] = np.inf  # never drawn
+    return np.argsort(keys, axis=1)[:, :k2].astype(np.int64)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def train_loop(config: dict) -> list[dict]:
+    """Tune the reranker with InfoNCE. ``config`` keys:
+
+    ``queries`` list[str] (P,); ``docs`` list[str] all candidates flattened query by query (rank
+    order); ``offsets`` (P,) int64 start of each query's candidates in ``docs``; ``lengths`` (P,)
+    int64; ``cfg`` (SAREConfig as dict); ``seed``; ``out_dir``; optional ``report_every``.
+    Returns the per-epoch history (rank 0's under Ray).
+    """
+    cfg = SAREConfig.model_validate(config["cfg"])
+    queries: list[str] = list(config["queries"])
+    docs: list[str] = list(config["docs"])
+    offsets = np.asarray(config["offsets"], dtype=np.int64)
+    lengths = np.asarray(config["lengths"], dtype=np.int64)
+    seed = int(config.get("seed", 0))
+    rank, world = rt.world_rank(), rt.world_size()
+    torch.manual_seed(seed)  # dropout; the new head's init is seeded too: the same on every rank
+    dev = rt.torch_device()
+
+    tokenizer, net = load_cross_encoder(cfg.model, seed=seed)
+    model = rt.prepare_model(net, dev)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    start_epoch, history = 0, []
+    state = rt.load_state()
+    if state is not None:
+        rt.unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, history = state["epoch"] + 1, state["history"]
+    group = 1 + cfg.k2  # pairs per query: positive first
+
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        negs = sample_negatives(lengths, cfg.k1, cfg.k2, np.random.default_rng([seed, epoch]))  # (P, k2)
+        ranks = np.concatenate([np.zeros((len(queries), 1), dtype=np.int64), negs], axis=1)  # (P, 1 + k2)
+        flat = offsets[:, None] + ranks  # (P, 1 + k2) positions in docs
+        batches = rt.epoch_batches(len(queries), cfg.batch_size, seed=seed, epoch=epoch, rank=rank, world_size=world)
+        total, hits, count = 0.0, 0, 0
+        progress = rt.LogProgress(batches, total=len(batches), desc=f"sare epoch {epoch}")
+        for idx in progress:
+            sel = idx.numpy()
+            q_text = [queries[q] for q in np.repeat(sel, group)]
+            d_text = [docs[i] for i in flat[sel].ravel()]
+            logits = model(**encode_pairs(tokenizer, q_text, d_text, cfg.max_tokens, dev)).logits.view(len(sel), group)
+            loss = F.cross_entropy(logits / cfg.temperature, torch.zeros(len(sel), dtype=torch.long, device=dev))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(sel)
+            hits += int((logits[:, :1] > logits[:, 1:]).all(dim=1).sum())
+            count += len(sel)
+            progress.set_postfix(loss=f"{loss.item():.4f}")
+        row = {"epoch": epoch, "loss": total / max(count, 1), "acc": hits / max(count, 1),
+               "seconds": time.perf_counter() - t0}
+        history.append(row)
+        if rt.report_due(epoch, cfg.epochs, config.get("report_every")):
+            state = {"model": rt.unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                     "epoch": epoch, "history": history}
+            rt.report_state(row, state)
+
+    def write(out: Path) -> None:
+        folder = out / MODEL_SUBDIR
+        rt.unwrap(model).save_pretrained(str(folder))
+        tokenizer.model_max_length = int(cfg.max_tokens)  # score_pairs' default truncation
+        tokenizer.save_pretrained(str(folder))
+        (out / "history.json").write_text(json.dumps(history, indent=1))
+
+    rt.publish(config, history[-1] if history else {"epoch": -1}, write, state=None)
+    return history
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def train_sare(
+    queries: list[str],
+    candidates: list[list[str]],
+    cfg: SAREConfig,
+    *,
+    use_ray: bool = True,
+    seed: int = 0,
+    out_dir: str | Path,
+    num_workers: int = 1,
+    use_gpu: bool = False,
+    storage_path: str | None = None,
+) -> SAREResult:
+    """Tune ``cfg.model`` to put each query's rank-0 candidate above candidates ranked >= K1.
+
+    Args:
+        queries: (P,) basic prompts ``P^b`` of the training (user, item) pairs.
+        candidates: (P,) lists of retrieved users' documents, each already ordered by the rationale
+            ranking (best first), each with at least ``cfg.k1 + cfg.k2`` entries.
+        use_ray: run the loop under ``TorchTrainer`` with ``num_workers`` workers (Ray must be
+            initialised), else in this process.
+
+    Returns the tuned model's folder (``out_dir/model``) and the per-epoch history.
+    """
+    if len(queries) != len(candidates):
+        raise ValueError(f"sare: {len(queries)} queries but {len(candidates)} candidate lists; give one list per query")
+    if len(queries) == 0:
+        raise ValueError("sare: no training queries (rationale.pairs produced none)")
+    lengths = candidate_lengths(candidates, cfg.k1, cfg.k2)
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    config = {
+        "queries": list(queries),
+        "docs": [d for c in candidates for d in c],
+        "offsets": offsets,
+        "lengths": lengths,
+        "cfg": cfg.model_dump(),
+        "seed": int(seed),
+        "out_dir": str(out_dir),
+    }
+    if use_ray:
+        res = rt.fit(
+            train_loop, config, num_workers=num_workers, use_gpu=use_gpu, storage_path=storage_path, name="sare"
+        )
+        history = res["return_value"]
+    else:
+        history = train_loop(config)
+    return SAREResult(model_dir=Path(out_dir) / MODEL_SUBDIR, history=history)
+
+
+@torch.inference_mode()
+def score_pairs(
+    model_dir: str | Path,
+    queries: list[str],
+    docs: list[list[str]],
+    batch_size: int = 64,
+    max_tokens: int | None = None,
+    *,
+    device: str = "auto",
+) -> np.ndarray:
+    """(Q, K) float32 reranker logits of ``(queries[q], docs[q][k])`` (higher = more useful).
+
+    All Q*K pairs are flattened, sorted by length (less padding) and scored in batches of
+    ``batch_size``; results do not depend on the batch size beyond float rounding. ``max_tokens``
+    None uses the folder's ``model_max_length`` (``sare.max_tokens`` for a tuned folder), capped
+    at the model's position limit. ``model_dir`` may also be a registry name (an untuned head).
+    """
+    from ragrec.runtime import device as pick_device
+
+    if len(queries) != len(docs):
+        raise ValueError(f"score_pairs: {len(queries)} queries but {len(docs)} candidate lists")
+    widths = {len(d) for d in docs}
+    if len(widths) > 1:
+        raise ValueError(f"score_pairs: every query needs the same number of candidates, got {sorted(widths)}")
+    num_q, num_k = len(queries), (widths.pop() if widths else 0)
+    if num_q * num_k == 0:
+        return np.zeros((num_q, num_k), dtype=np.float32)
+    if batch_size < 1:
+        raise ValueError(f"score_pairs: batch_size must be >= 1, got {batch_size}")
+    dev = torch.device(pick_device(device))
+    tokenizer, model = load_cross_encoder(model_dir, dev)
+    model.eval()
+    limit = int(getattr(model.config, "max_position_embeddings", 512))
+    max_len = min(int(max_tokens or tokenizer.model_max_length or limit), limit)
+
+    q_flat = np.repeat(np.arange(num_q), num_k)  # (Q*K,) query of each pair
+    d_flat = [d for row in docs for d in row]
+    order = np.argsort(-(np.fromiter((len(queries[q]) for q in q_flat), dtype=np.int64, count=len(q_flat))
+                         + np.fromiter((len(d) for d in d_flat), dtype=np.int64, count=len(d_flat))), kind="stable")
+    out = np.empty(num_q * num_k, dtype=np.float32)
+    for start in range(0, len(order), batch_size):
+        sel = order[start:start + batch_size]
+        enc = encode_pairs(tokenizer, [queries[q] for q in q_flat[sel]], [d_flat[i] for i in sel], max_len, dev)
+        out[sel] = model(**enc).logits[:, 0].float().cpu().numpy()
+    return out.reshape(num_q, num_k)

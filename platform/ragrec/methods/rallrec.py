@@ -451,7 +451,6 @@ def load_run(run_dir: str | Path) -> LoadedRun:
 def run(cfg: RunConfig, force: tuple[str, ...] = ()) -> RunResult:
     """Run the whole RALLRec pipeline for ``cfg`` and write the report into ``cfg.run_dir()``."""
     from ..evaluation.baselines import trivial_baselines
-    from ..evaluation.metrics import bootstrap_ci, ctr_metrics
     from ..evaluation.report import plot_auc_bars, plot_curve, write_report
 
     t0 = time.perf_counter()
@@ -488,7 +487,7 @@ def run(cfg: RunConfig, force: tuple[str, ...] = ()) -> RunResult:
                 plots[f"{stage}_loss"] = (lambda h, s: lambda p: plot_curve(
                     list(range(1, len(h) + 1)), {"loss": [r["loss"] for r in h]}, p, "step", f"{s} loss"))(hist, stage)
     wall = time.perf_counter() - t0
-    notes = [f"wall time {wall:.0f} s", f"artifacts: " + ", ".join(f"{k}={v.key}" for k, v in pipe.arts.items() if v)]
+    notes = [f"wall time {wall:.0f} s", "artifacts: " + ", ".join(f"{k}={v.key}" for k, v in pipe.arts.items() if v)]
     best_trivial = max(r["auc"] for r in rows[1:]) if len(rows) > 1 else None
     if best_trivial is not None and rows[0]["auc"] < best_trivial:
         notes.append(f"{rows[0]['name']} does NOT beat the best trivial baseline (AUC {best_trivial:.4f}).")

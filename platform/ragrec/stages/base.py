@@ -116,7 +116,6 @@ def run_llm_stage(
     took from its checkpoints / sent to the engine; :meth:`StageOutput.manifest` puts them in the
     artifact manifest.
     """
-    import ray
 
     from ..runtime import init
 
@@ -152,7 +151,6 @@ def _block_tables(texts: pa.Array, todo: list[tuple[int, int, int]]) -> list[pa.
 
 def _run_actor_pool(art, texts, todo, *, op, llm_cfg, params, adapter_path, encoder, desc) -> None:
     import ray
-    from tqdm.auto import tqdm
 
     ds = ray.data.from_arrow(_block_tables(texts, todo))
     cpus = max(1, int(ray.available_resources().get("CPU", 1)))

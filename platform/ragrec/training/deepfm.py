@@ -204,12 +204,8 @@ def train_deepfm(
             raise DataError(f"all {len(vy)} labels are {int(vy[0])}: AUC is undefined", file="valid samples",
                             field="label", fix="pass a validation split with both classes, or valid=None")
         config["valid_x"], config["valid_y"] = _arrays(encode_features(valid, items, users, spec)), vy
-    if use_ray:
-        res = rt.fit(train_loop, config, num_workers=num_workers, use_gpu=use_gpu, storage_path=storage_path,
-                     name="deepfm")
-        history = res["return_value"]
-    else:
-        history = train_loop(config)
+    history = rt.run_loop(train_loop, config, use_ray=use_ray, name="deepfm", num_workers=num_workers,
+                          use_gpu=use_gpu, storage_path=storage_path)
     model_dir = Path(out_dir)
     predictor = DeepFMPredictor(model_dir)
     return DeepFMResult(model_dir, history, lambda samples: predictor(samples, items, users))

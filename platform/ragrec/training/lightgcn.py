@@ -92,14 +92,7 @@ def train_loop(config: dict) -> list[dict]:
             user_emb, item_emb = _split_embeddings(rt.unwrap(model), adj, num_users)
             row[f"recall@{EVAL_K}"] = recall_at_k(user_emb, item_emb, users, items, eval_users, eval_items, EVAL_K)
         history.append(row)
-        if rt.report_due(epoch, cfg.epochs, config.get("report_every")):
-            state = {
-                "model": rt.unwrap(model).state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "epoch": epoch,
-                "history": history,
-            }
-            rt.report_state(row, state)
+        rt.checkpoint_epoch(row, model, optimizer, epoch, cfg.epochs, history, config.get("report_every"))
 
     user_emb, item_emb = _split_embeddings(rt.unwrap(model), adj, num_users)
 
@@ -170,13 +163,8 @@ def train_lightgcn(
     if eval_pairs is not None:
         eu, ei = validate_interactions(eval_pairs[0], eval_pairs[1], num_users, num_items, "lightgcn eval_pairs")
         config["eval_users"], config["eval_items"] = eu, ei
-    if use_ray:
-        res = rt.fit(
-            train_loop, config, num_workers=num_workers, use_gpu=use_gpu, storage_path=storage_path, name="lightgcn"
-        )
-        history = res["return_value"]
-    else:
-        history = train_loop(config)
+    history = rt.run_loop(train_loop, config, use_ray=use_ray, name="lightgcn", num_workers=num_workers,
+                          use_gpu=use_gpu, storage_path=storage_path)
     out = Path(out_dir)
     return LightGCNResult(
         item_emb=np.load(out / "item_emb.npy"), user_emb=np.load(out / "user_emb.npy"), history=history

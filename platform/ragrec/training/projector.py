@@ -72,10 +72,7 @@ def train_loop(config: dict) -> list[dict]:
         row = {"epoch": epoch, "loss": total / max(count, 1), "align_top1": top1, "seconds": time.perf_counter() - t0}
         history.append(row)
         bar.set_postfix(loss=f"{row['loss']:.4f}", top1=f"{top1:.3f}")
-        if rt.report_due(epoch, cfg.epochs, config.get("report_every")):
-            state = {"model": rt.unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                     "history": history}
-            rt.report_state(row, state)
+        rt.checkpoint_epoch(row, model, optimizer, epoch, cfg.epochs, history, config.get("report_every"))
 
     model.eval()
     with torch.no_grad():
@@ -126,11 +123,6 @@ def train_projector(
         "seed": int(seed),
         "out_dir": str(out_dir),
     }
-    if use_ray:
-        res = rt.fit(
-            train_loop, config, num_workers=num_workers, use_gpu=use_gpu, storage_path=storage_path, name="projector"
-        )
-        history = res["return_value"]
-    else:
-        history = train_loop(config)
+    history = rt.run_loop(train_loop, config, use_ray=use_ray, name="projector", num_workers=num_workers,
+                          use_gpu=use_gpu, storage_path=storage_path)
     return ProjectorResult(ssl_emb=np.load(Path(out_dir) / "ssl_emb.npy"), history=history)

@@ -339,3 +339,30 @@ def fit(
     finally:
         if tmp_storage:
             shutil.rmtree(tmp_storage, ignore_errors=True)
+
+
+def run_loop(
+    train_loop: Callable[[dict], Any],
+    config: dict,
+    *,
+    use_ray: bool,
+    name: str,
+    num_workers: int = 1,
+    use_gpu: bool = False,
+    storage_path: str | None = None,
+) -> Any:
+    """``train_loop(config)`` on Ray Train workers (:func:`fit`, ``use_ray``) or in this process; the
+    loop's return value (rank 0's under Ray). Every trainer's ``train_*`` entry point ends here."""
+    if use_ray:
+        return fit(train_loop, config, num_workers=num_workers, use_gpu=use_gpu, storage_path=storage_path,
+                   name=name)["return_value"]
+    return train_loop(config)
+
+
+def checkpoint_epoch(row: dict[str, Any], model, optimizer, epoch: int, epochs: int, history: list[dict],
+                     every: int | None = None) -> None:
+    """Report ``row`` with a resumable checkpoint (model, optimizer, epoch, history) when one is due."""
+    if report_due(epoch, epochs, every):
+        report_state(row, {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                           "epoch": epoch, "history": history})
+

@@ -154,10 +154,7 @@ def train_loop(config: dict) -> list[dict]:
         row = {"epoch": epoch, "loss": total / max(count, 1), "acc": hits / max(count, 1),
                "seconds": time.perf_counter() - t0}
         history.append(row)
-        if rt.report_due(epoch, cfg.epochs, config.get("report_every")):
-            state = {"model": rt.unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                     "epoch": epoch, "history": history}
-            rt.report_state(row, state)
+        rt.checkpoint_epoch(row, model, optimizer, epoch, cfg.epochs, history, config.get("report_every"))
 
     def write(out: Path) -> None:
         folder = out / MODEL_SUBDIR
@@ -211,13 +208,8 @@ def train_sare(
         "seed": int(seed),
         "out_dir": str(out_dir),
     }
-    if use_ray:
-        res = rt.fit(
-            train_loop, config, num_workers=num_workers, use_gpu=use_gpu, storage_path=storage_path, name="sare"
-        )
-        history = res["return_value"]
-    else:
-        history = train_loop(config)
+    history = rt.run_loop(train_loop, config, use_ray=use_ray, name="sare", num_workers=num_workers,
+                          use_gpu=use_gpu, storage_path=storage_path)
     return SAREResult(model_dir=Path(out_dir) / MODEL_SUBDIR, history=history)
 
 

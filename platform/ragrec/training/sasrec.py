@@ -147,14 +147,7 @@ def train_loop(config: dict) -> list[dict]:
             m = evaluate()
             row[f"ndcg@{EVAL_K}"], row[f"hr@{EVAL_K}"] = m[f"ndcg@{EVAL_K}"], m[f"hr@{EVAL_K}"]
         history.append(row)
-        if rt.report_due(epoch, cfg.epochs, config.get("report_every")):
-            state = {
-                "model": rt.unwrap(model).state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "epoch": epoch,
-                "history": history,
-            }
-            rt.report_state(row, state)
+        rt.checkpoint_epoch(row, model, optimizer, epoch, cfg.epochs, history, config.get("report_every"))
 
     core = rt.unwrap(model)
     metrics = evaluate()
@@ -235,13 +228,8 @@ def train_sasrec(
         "out_dir": str(out_dir),
         "eval_every": eval_every,
     }
-    if use_ray:
-        res = rt.fit(
-            train_loop, config, num_workers=num_workers, use_gpu=use_gpu, storage_path=storage_path, name="sasrec"
-        )
-        history = res["return_value"]
-    else:
-        history = train_loop(config)
+    history = rt.run_loop(train_loop, config, use_ray=use_ray, name="sasrec", num_workers=num_workers,
+                          use_gpu=use_gpu, storage_path=storage_path)
     out = Path(out_dir)
     metrics = json.loads((out / "metrics.json").read_text())
     log.info(

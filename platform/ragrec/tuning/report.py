@@ -136,7 +136,7 @@ def write_results(out_dir: Path, spec: "SweepSpec", rows: list[TrialRow], best: 
         json.dumps(best.params, indent=2),
         "```",
         "",
-        f"- valid: " + " · ".join(f"{k} {_fmt(best.metrics.get(k))}" for k in COLUMNS),
+        "- valid: " + " · ".join(f"{k} {_fmt(best.metrics.get(k))}" for k in COLUMNS),
         f"- **test: {test_line}**",
         "",
         "![objective vs parameters](sweep.png)",

@@ -51,3 +51,26 @@ def test_pipeline_and_serving_refuse_the_wrong_method(tmp_path):
     (tmp_path / "run.json").write_text(json.dumps({"method": "score", "config": {}}))
     with pytest.raises(ValueError, match="serving needs a RALLRec run"):
         load_run(tmp_path)
+
+
+def test_rationale_pairs_are_seeded_training_samples_of_users_with_documents():
+    import numpy as np
+    import pyarrow as pa
+
+    from ragrec.methods.score import _by_sample_id, rationale_pairs
+
+    n = 40
+    samples = pa.table({"sample_id": pa.array(np.arange(n), pa.int64()),
+                        "user_id": pa.array(np.arange(n) % 4, pa.int64()),
+                        "split": ["train"] * 30 + ["test"] * 10})
+    valid = np.array([True, False, True, True])
+    a = rationale_pairs(samples, 12, seed=1, valid=valid)
+    b = rationale_pairs(samples, 12, seed=1, valid=valid)
+    assert a.equals(b) and a.num_rows == 12
+    assert set(a.column("split").to_pylist()) == {"train"} and 1 not in a.column("user_id").to_pylist()
+    assert a.column("sample_id").to_pylist() == sorted(a.column("sample_id").to_pylist())
+    assert rationale_pairs(samples, 1000, seed=1, valid=valid).num_rows == 30 - 8  # all valid training samples
+    with pytest.raises(ValueError, match="no training sample belongs to a user with liked training items"):
+        rationale_pairs(samples, 5, seed=1, valid=np.zeros(4, bool))
+    picked = _by_sample_id(samples, pa.array([7, 3, 29]))
+    assert picked.column("sample_id").to_pylist() == [7, 3, 29]

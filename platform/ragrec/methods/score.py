@@ -65,8 +65,6 @@ def sasrec_stage(store: ArtifactStore, cfg: RunConfig, ds_art: Artifact, samples
         np.save(art.staging / "item_emb.npy", res.item_emb.astype(np.float32))
         art.write_json(res.history, "history")
         art.write_json(res.metrics, "metrics")
-        log.info("SASRec leave-one-out (%d negatives): NDCG@10 %.4f  HR@10 %.4f", cfg.sasrec.eval_negatives,
-                 res.metrics.get("ndcg@10", float("nan")), res.metrics.get("hr@10", float("nan")))
         return {"rows": int(res.user_emb.shape[0]), **{k: v for k, v in res.metrics.items()}}
 
     return store.run("sasrec", {"sasrec": cfg.sasrec.model_dump(), "seed": cfg.seed}, [ds_art, samples_art], compute)

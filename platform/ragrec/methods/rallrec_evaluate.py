@@ -230,7 +230,8 @@ class Evaluation:
         k_rows = self._sweep_rows(self.k_points, "k")
         a_rows = self._sweep_rows(self.alpha_points, "alpha")
         counts = dict(self.pipe.arts["samples"].manifest()["splits"])
-        counts["evaluated (first test samples)"] = self.test.num_rows
+        counts[f"evaluated ({cfg.eval.subset} test samples)"] = self.test.num_rows
+        counts["users evaluated"] = int(len(np.unique(self.test.column("user_id").to_numpy())))
         counts["positive rate of evaluated"] = round(float(self.test.column("label").to_numpy().mean()), 4)
         trivial = {r["name"]: r["auc"] for r in rows if r["group"] == "trivial"}
         plots = {"auc": (lambda r: lambda p: plot_auc_bars(r, p))(rows)}

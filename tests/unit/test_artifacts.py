@@ -66,3 +66,14 @@ def test_blocks_survive_a_failed_attempt_and_are_dropped_on_commit(store):
     art.commit(rows=3)
     assert art.done and not (art.path / "blocks").exists()
     assert json.loads((art.path / "manifest.json").read_text())["rows"] == 3
+
+
+def test_llm_stage_keys_change_with_precision_but_not_with_throughput_settings():
+    from ragrec.config import LLMConfig
+    from ragrec.stages.generate import _engine_spec
+
+    base = _engine_spec(LLMConfig(model="m"))
+    assert base == {"model": "m", "max_prompt_tokens": 1024}  # unchanged: earlier artifacts keep their keys
+    assert _engine_spec(LLMConfig(model="m", batch_size=64, actors=4, device="cpu")) == base
+    assert _engine_spec(LLMConfig(model="m", dtype="bfloat16")) == {**base, "dtype": "bfloat16"}
+    assert _engine_spec(LLMConfig(model="m", load_in_8bit=True))["load_in_8bit"] is True

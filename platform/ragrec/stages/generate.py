@@ -43,8 +43,17 @@ def generate_stage(
 
 
 def _engine_spec(llm_cfg: LLMConfig) -> dict:
-    """The parts of the LLM config that change outputs (not batch size, actors or devices)."""
-    return {"model": llm_cfg.model, "max_prompt_tokens": llm_cfg.max_prompt_tokens}
+    """The parts of the LLM config that change outputs (not batch size, actors or devices).
+
+    ``dtype`` and ``load_in_8bit`` enter only when set away from their defaults, so that the keys of
+    artifacts computed before they were part of the spec stay valid.
+    """
+    spec = {"model": llm_cfg.model, "max_prompt_tokens": llm_cfg.max_prompt_tokens}
+    if llm_cfg.dtype != "auto":
+        spec["dtype"] = llm_cfg.dtype
+    if llm_cfg.load_in_8bit:
+        spec["load_in_8bit"] = True
+    return spec
 
 
 def _digest(col: pa.ChunkedArray | pa.Array) -> str:

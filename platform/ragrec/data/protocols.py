@@ -157,6 +157,26 @@ def _split_strings(codes: np.ndarray) -> pa.Array:
     return pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int8)), pa.array(SPLITS)).cast(pa.string())
 
 
+def _samples_table(rows: np.ndarray, user: np.ndarray, item: np.ndarray, label: np.ndarray, rating: pa.Array,
+                   ts: np.ndarray, history: list[pa.Array], split_codes: np.ndarray, schema: pa.Schema,
+                   extra: list[pa.Array] = ()) -> pa.Table:
+    """The samples table of both protocols: ``rows`` (time order) are the sampled interactions."""
+    return pa.Table.from_arrays(
+        [
+            pa.array(np.arange(len(rows), dtype=np.int64)),
+            pa.array(user[rows], pa.int64()),
+            pa.array(item[rows], pa.int64()),
+            pa.array(label[rows], pa.int8()),
+            _take(rating, rows),
+            pa.array(ts[rows], pa.int64()),
+            *history,
+            _split_strings(split_codes),
+            *extra,
+        ],
+        schema=schema,
+    )
+
+
 def rallrec_samples(interactions: pa.Table, cfg: DataConfig) -> pa.Table:
     """ReLLa / RALLRec CTR samples: every rating with all earlier ratings of its user as history.
 
@@ -205,21 +225,8 @@ def rallrec_samples(interactions: pa.Table, cfg: DataConfig) -> pa.Table:
                 fix="lower data.min_history, change data.split, or use more data",
             )
 
-    rows = tl.order[keep]
-    return pa.Table.from_arrays(
-        [
-            pa.array(np.arange(n, dtype=np.int64)),
-            pa.array(user[rows], pa.int64()),
-            pa.array(item[rows], pa.int64()),
-            pa.array(label[rows], pa.int8()),
-            _take(rating, rows),
-            pa.array(ts[rows], pa.int64()),
-            hist_items,
-            hist_ratings,
-            _split_strings(split_codes),
-        ],
-        schema=SAMPLES,
-    )
+    return _samples_table(tl.order[keep], user, item, label, rating, ts, [hist_items, hist_ratings],
+                          split_codes, SAMPLES)
 
 
 # ---- temporal ---------------------------------------------------------------------------------
@@ -345,7 +352,6 @@ def temporal_samples(interactions: pa.Table, cfg: DataConfig) -> pa.Table:
     tl = _timeline(user, item, ts)
     codes_t = codes[tl.order]  # per time position
     keep = np.flatnonzero((codes_t >= 0) & (tl.pos >= cfg.min_history))
-    n = len(keep)
     split_codes = codes_t[keep]
     counts = np.bincount(split_codes, minlength=3)
     for k, name in enumerate(SPLITS):
@@ -380,22 +386,8 @@ def temporal_samples(interactions: pa.Table, cfg: DataConfig) -> pa.Table:
     hist_ratings = pa.ListArray.from_arrays(offsets32, _take(_take(rating, tl.row_of_grouped), flat))
     hist_labels = pa.ListArray.from_arrays(offsets32, pa.array(label[tl.row_of_grouped][flat], pa.int8()))
 
-    rows = tl.order[keep]
-    return pa.Table.from_arrays(
-        [
-            pa.array(np.arange(n, dtype=np.int64)),
-            pa.array(user[rows], pa.int64()),
-            pa.array(item[rows], pa.int64()),
-            pa.array(label[rows], pa.int8()),
-            _take(rating, rows),
-            pa.array(ts[rows], pa.int64()),
-            hist_items,
-            hist_ratings,
-            _split_strings(split_codes),
-            hist_labels,
-        ],
-        schema=TEMPORAL_SAMPLES,
-    )
+    return _samples_table(tl.order[keep], user, item, label, rating, ts, [hist_items, hist_ratings],
+                          split_codes, TEMPORAL_SAMPLES, [hist_labels])
 
 
 def build_samples(interactions: pa.Table, cfg) -> pa.Table:

@@ -253,6 +253,19 @@ class Pipeline:
                                    a["rationales"])
         return a
 
+    @property
+    def items(self) -> pa.Table:
+        if "_items" not in self.__dict__:
+            self._items = self.arts["dataset"].read_table("items")
+        return self._items
+
+    @property
+    def docs(self) -> pa.Array:
+        """``d(H(u))`` indexed by user id."""
+        if "_docs" not in self.__dict__:
+            self._docs = self.arts["user_docs"].read_table().column("doc").combine_chunks()
+        return self._docs
+
     def user_vectors(self, retriever: str) -> np.ndarray:
         a = self.arts
         art = {"car": a.get("car"), "base": a["user_base"], "cf": a["sasrec"]}[retriever]
@@ -275,9 +288,8 @@ class Pipeline:
                 from ..retrieval.users import order_by_scores
                 from ..training.sare import score_pairs
 
-                docs = np.array(a["user_docs"].read_table().column("doc").to_pylist(), dtype=object)
-                items = a["dataset"].read_table("items")
-                queries = basic_prompts(samples, self._history(samples, cfg), items,
+                docs = np.array(self.docs.to_pylist(), dtype=object)
+                queries = basic_prompts(samples, self._history(samples, cfg), self.items,
                                         cfg.user_text.max_title_chars).to_pylist()
                 scores = score_pairs(_sare_model_dir(a["sare"]), queries, docs[cand].tolist(),
                                      max_tokens=cfg.sare.max_tokens)
@@ -291,7 +303,7 @@ class Pipeline:
     def _history(self, samples: pa.Table, cfg: RunConfig) -> pa.Array:
         from ..llm.prompts_score import history_documents
 
-        return history_documents(samples, self.arts["dataset"].read_table("items"), max_items=cfg.user_text.max_items,
+        return history_documents(samples, self.items, max_items=cfg.user_text.max_items,
                                  label_threshold=cfg.data.label_threshold,
                                  max_title_chars=cfg.user_text.max_title_chars)
 
@@ -299,14 +311,12 @@ class Pipeline:
         """``P^s`` (``ci.ks > 0``) or ``P^b`` for each sample."""
         from ..llm.prompts_score import ci_prompts
 
-        items = self.arts["dataset"].read_table("items")
         similar: list[pa.Array] = []
         if cfg.ci.ks > 0:
-            ctx = self.ci_contexts(samples, cfg, name).read_table()
-            ids = np.asarray(ctx.column("ci_user_ids").to_pylist(), dtype=np.int64)[:, : cfg.ci.ks]
-            docs = self.arts["user_docs"].read_table().column("doc").combine_chunks()
-            similar = [docs.take(pa.array(ids[:, j])) for j in range(ids.shape[1])]
-        return ci_prompts(samples, self._history(samples, cfg), similar, items, cfg.user_text.max_title_chars)
+            ctx = self.ci_contexts(samples, cfg, name).read_table().column("ci_user_ids").combine_chunks()
+            ids = ctx.flatten().to_numpy().reshape(len(ctx), -1)[:, : cfg.ci.ks]  # (n, Ke) -> (n, Ks)
+            similar = [self.docs.take(pa.array(ids[:, j])) for j in range(ids.shape[1])]
+        return ci_prompts(samples, self._history(samples, cfg), similar, self.items, cfg.user_text.max_title_chars)
 
     def adapter(self, cfg: RunConfig | None = None) -> Artifact | None:
         """The LoRA adapter of ``cfg``'s prompts (None when ``lora.enabled`` is false)."""

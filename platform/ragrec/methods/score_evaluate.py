@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from ..config import RunConfig
 from .rallrec import train_interactions
-from .rallrec_evaluate import _reading, _row, variant_config
+from .rallrec_evaluate import _reading, _row, _Scored, variant_config
 from .score import Pipeline, RunResult
 
 log = logging.getLogger("ragrec.evaluate")
@@ -55,15 +55,6 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
 REFERENCE = "score"
 
 
-@dataclass
-class _Scored:
-    name: str
-    label: str
-    probs: np.ndarray
-    examples: int | None = None
-    keys: dict[str, str] = field(default_factory=dict)
-
-
 class Evaluation:
     """Scores SCoRe's variants and sweep points of one config on the same test samples; writes the report."""
 
@@ -85,7 +76,7 @@ class Evaluation:
             raise RuntimeError("variant predictions are not aligned with the evaluation samples")
         keys = {"scores": art.key} | ({"lora": adapter.key} if adapter is not None else {})
         n_ex = int(adapter.manifest()["rows"]) if adapter is not None else None
-        return _Scored(name, name, preds.column("prob").to_numpy().astype(np.float64), n_ex, keys)
+        return _Scored(name, name, "variant", preds.column("prob").to_numpy().astype(np.float64), n_ex, keys)
 
     def run_variant(self, v: Variant) -> _Scored:
         vcfg = variant_config(self.cfg, v.overrides)
@@ -148,7 +139,7 @@ class Evaluation:
         a = self.pipe.arts
         train = train_interactions(a["dataset"].read_table("interactions"), a["samples"].read_table("samples"))
         for name, p in trivial_baselines(train, self.test).items():
-            rows.append(self._row(_Scored(name, name, p), ref, group="trivial", key=name))
+            rows.append(self._row(_Scored(name, name, "trivial", p), ref, group="trivial", key=name))
         return rows
 
     def write(self, final: bool = False) -> dict:

@@ -1,6 +1,7 @@
 """Yes/no CTR scoring: ragrec's batched one-forward scoring vs the reference per-prompt ``generate`` loop.
 
     python benchmarks/bench_scoring.py [--quick] [--prompts N] [--batch-size B] [--model NAME] [--no-stage]
+                                       [--no-bf16]
 
 Inputs: ReLLa-style CTR prompts (:func:`ragrec.llm.prompts_ctr.build_ctr_prompts`) of the first N test
 samples of MovieLens-100K (``$RAGREC_DATA_DIR/ml-100k``; else the synthetic catalog), each with the
@@ -15,6 +16,11 @@ on CPU (``--quick``: tiny-random-llama on a small synthetic catalog).
   ``llm.batch_size``, one forward per batch, logits of the last position only), and
   ``ragrec.stages.score_stage`` end to end (Ray Data, one actor; includes starting the actor, loading
   the model in it and writing the artifact: the row shows the overhead of the stage machinery).
+* bfloat16 row (``llm.dtype: bfloat16``; skip with ``--no-bf16``): the engine and the reference loop,
+  both on the model loaded in bfloat16 (the ratio is batching alone, at equal dtype); the details give
+  the engine's rate against the float32 reference loop (dtype + batching), the accuracy cost against the
+  float32 probabilities (max difference, Spearman rank correlation), and the fraction of the measured
+  bfloat16 matmul peak. On CPUs with AVX512-BF16 / AMX, bf16 matmuls run at about twice the float32 rate.
 
 Both use the same model object (the reference runs on the engine's model and tokenizer) and the same
 prompt texts. Verified: max |P_ragrec - P_reference| < 1e-3 over all prompts, for both rows.
@@ -66,12 +72,15 @@ QUICK_MODEL = "tiny-random-llama"
 QUICK_DATA = SyntheticConfig(n_users=40, n_items=60, ratings_per_user=25)
 PROB_ATOL = 1e-3
 """Largest allowed |P_ragrec - P_reference|: same model, float32; batching only changes summation order."""
+BF16_ATOL = 0.05
+"""The same for the bfloat16 row (engine vs the reference loop, both bf16): with an 8-bit mantissa the
+different summation order of padded batches moves P(yes) by up to a few 1e-2."""
 RSS_INTERVAL_S = 0.005
 
 
-def peak_gflops(quick: bool) -> float:
+def peak_gflops(quick: bool, dtype: str = "float32") -> float:
     """The machine's measured matmul peak (:func:`matmul_peak_gflops`; quick: a smaller, cheaper product)."""
-    return matmul_peak_gflops(1024, repeat=3) if quick else matmul_peak_gflops()
+    return matmul_peak_gflops(1024, repeat=3, dtype=dtype) if quick else matmul_peak_gflops(dtype=dtype)
 
 
 def ml100k_available() -> bool:
@@ -163,6 +172,23 @@ def stage_scores(prompts: list[str], llm_cfg: LLMConfig) -> np.ndarray:
 
 
 @dataclass
+class Bf16Pass:
+    """The bfloat16 comparison: the reference loop and the engine on the model loaded in bfloat16."""
+
+    peak_gflops: float
+    ref_probs: np.ndarray
+    engine_probs: np.ndarray
+    ref_timing: Timing
+    engine_timing: Timing
+    ref_rss: int | None
+    engine_rss: int | None
+
+    @property
+    def engine_diff(self) -> float:
+        return float(np.max(np.abs(self.engine_probs - self.ref_probs)))
+
+
+@dataclass
 class Scoring:
     """One comparison on ``n`` prompts: the probabilities and timings of every implementation.
 
@@ -184,6 +210,7 @@ class Scoring:
     engine_rss: int | None
     stage_probs: np.ndarray | None = None
     stage_timing: Timing | None = None
+    bf16: Bf16Pass | None = None
 
     @property
     def n(self) -> int:
@@ -207,8 +234,9 @@ def padded_token_count(lengths: list[int], batch_size: int) -> int:
 
 
 def compare(quick: bool = False, n_prompts: int | None = None, batch_size: int | None = None,
-            model: str | None = None, with_stage: bool = True) -> Scoring:
-    """Score the same prompts with the reference loop, the engine and (``with_stage``) the Ray stage.
+            model: str | None = None, with_stage: bool = True, with_bf16: bool = True) -> Scoring:
+    """Score the same prompts with the reference loop, the engine, (``with_stage``) the Ray stage and
+    (``with_bf16``) the reference loop and the engine on the model loaded in bfloat16.
 
     Untimed warm-ups first (one prompt through the reference, one batch through the engine), so lazy
     initialisation is charged to neither side. The Ray stage needs Ray: it is started here
@@ -235,12 +263,28 @@ def compare(quick: bool = False, n_prompts: int | None = None, batch_size: int |
     out = Scoring(source, name, llm_cfg.batch_size, lm_matmul_params(engine.model), peak, int(sum(lengths)),
                   padded_token_count(lengths, llm_cfg.batch_size), ref_probs, np.asarray(engine_probs, np.float32),
                   ref_timing, engine_timing, ref_rss, engine_rss)
+    if with_bf16:
+        out.bf16 = bf16_pass(prompts, llm_cfg, quick)
     if with_stage:
         from ragrec.runtime import init
 
         init(num_cpus=2)
         out.stage_probs, out.stage_timing, _ = timed_with_rss(lambda: stage_scores(prompts, llm_cfg), RSS_INTERVAL_S)
     return out
+
+
+def bf16_pass(prompts: list[str], llm_cfg: LLMConfig, quick: bool) -> Bf16Pass:
+    """Reference loop and engine on a bfloat16 copy of the model (loaded like ``llm.dtype: bfloat16``)."""
+    from ragrec.llm.hf_engine import HFEngine
+
+    engine = HFEngine(llm_cfg.model_copy(update={"dtype": "bfloat16"}))
+    peak = peak_gflops(quick, "bfloat16")
+    ref_fn = lambda p: reference_scores(engine.model, engine.tokenizer, p, engine.yes_id, engine.no_id)  # noqa: E731
+    ref_fn(prompts[:1])
+    engine.score_yes_no(prompts[: llm_cfg.batch_size])
+    ref_probs, ref_timing, ref_rss = timed_with_rss(lambda: ref_fn(prompts), RSS_INTERVAL_S)
+    probs, timing, rss = timed_with_rss(lambda: engine.score_yes_no(prompts), RSS_INTERVAL_S)
+    return Bf16Pass(peak, ref_probs, np.asarray(probs, np.float32), ref_timing, timing, ref_rss, rss)
 
 
 def to_results(s: Scoring) -> list[Result]:
@@ -286,13 +330,52 @@ def to_results(s: Scoring) -> list[Result]:
             details=details,
             notes=[] if verified else [f"MISMATCH: max |P(yes) difference| {diff:.1e} >= {PROB_ATOL:g}"],
         ))
+    if s.bf16 is not None:
+        results.append(bf16_result(s, common))
     return results
 
 
+def bf16_result(s: Scoring, common: dict[str, str]) -> Result:
+    """The bfloat16 row: engine vs the reference loop, both bf16; accuracy against the float32 reference."""
+    from scipy.stats import spearmanr
+
+    b = s.bf16
+    case = f"HFEngine.score_yes_no, batch {s.batch_size}, bfloat16"
+    verified = b.engine_diff < BF16_ATOL
+    frac = lambda t, peak: lm_peak_fraction(s.n_params, s.prompt_tokens, t.wall, peak)  # noqa: E731
+    rho = float(spearmanr(b.engine_probs, s.ref_probs).statistic)
+    details = {k: v for k, v in common.items() if k in ("inputs", "peak memory", "machine")}
+    details.update({
+        "model": f"{s.model} loaded in bfloat16 (llm.dtype: bfloat16) on CPU; the bf16 reference loop runs on the "
+                 f"same model object",
+        "against the float32 reference loop": (
+            f"{s.ref_timing.wall / b.engine_timing.wall:.1f}x its prompts/s (bfloat16 + batching; "
+            f"the float32 engine: {s.ref_timing.wall / s.engine_timing.wall:.1f}x)"),
+        "accuracy cost of bfloat16": (
+            f"max |P(yes) bf16 engine - float32 reference| = {np.max(np.abs(b.engine_probs - s.ref_probs)):.3f}, "
+            f"Spearman rank correlation {rho:.3f} over {s.n} prompts"),
+        "fraction of matmul peak (2 x params x prompt tokens / s)": (
+            f"bf16 reference {frac(b.ref_timing, b.peak_gflops):.1%}, bf16 engine "
+            f"{frac(b.engine_timing, b.peak_gflops):.1%} of {b.peak_gflops:.0f} GFLOP/s (torch.mm bfloat16; "
+            f"float32: {s.peak_gflops:.0f} GFLOP/s)"),
+        "verified": (f"max |P(yes) bf16 engine - bf16 reference| = {b.engine_diff:.1e} over {s.n} prompts "
+                     f"(tolerance {BF16_ATOL:g})"),
+        "times": (f"bf16 reference {b.ref_timing.wall:.1f} s, bf16 engine {b.engine_timing.wall:.1f} s, "
+                  f"float32 reference {s.ref_timing.wall:.1f} s wall"),
+    })
+    return Result(
+        bench=BENCH, case=case, unit="prompts",
+        reference=Measurement.of("per-prompt generate(max_new_tokens=2), bfloat16", s.n, b.ref_timing, b.ref_rss),
+        ragrec=Measurement.of(case, s.n, b.engine_timing, b.engine_rss), verified=verified, goal=GOAL,
+        details=details,
+        notes=[] if verified else [f"MISMATCH: max |P(yes) difference| {b.engine_diff:.1e} >= {BF16_ATOL:g}"],
+    )
+
+
 def run(quick: bool = False, n_prompts: int | None = None, batch_size: int | None = None, model: str | None = None,
-        with_stage: bool = True) -> list[Result]:
+        with_stage: bool = True, with_bf16: bool = True) -> list[Result]:
     """:func:`compare` then :func:`to_results`."""
-    return to_results(compare(quick, n_prompts, batch_size, model, with_stage))
+    return to_results(compare(quick, n_prompts, batch_size, model, with_stage, with_bf16))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -304,9 +387,10 @@ def main(argv: list[str] | None = None) -> None:
             "--batch-size": {"type": int, "default": None, "help": "llm.batch_size (default: the config default)"},
             "--model": {"default": None, "help": f"registry name (default {FULL_MODEL}, quick {QUICK_MODEL})"},
             "--no-stage": {"action": "store_true", "help": "skip the Ray Data score_stage row"},
+            "--no-bf16": {"action": "store_true", "help": "skip the bfloat16 row"},
         },
     )
-    results = run(args.quick, args.prompts, args.batch_size, args.model, not args.no_stage)
+    results = run(args.quick, args.prompts, args.batch_size, args.model, not args.no_stage, not args.no_bf16)
     for r in results:
         print(f"{r.case}: {r.ratio:.2f}x the reference prompts/s; {r.details['verified']}")
     report(results, args)

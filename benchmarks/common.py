@@ -185,16 +185,16 @@ def timed_with_rss(fn: Callable[[], T], interval_s: float = _SAMPLE_INTERVAL_S) 
 
 
 @functools.lru_cache(maxsize=None)
-def matmul_peak_gflops(n: int = 2048, repeat: int = 10) -> float:
-    """Measured float32 ``torch.mm`` throughput of this machine, GFLOP/s (2·n³ FLOPs per (n, n) product).
+def matmul_peak_gflops(n: int = 2048, repeat: int = 10, dtype: str = "float32") -> float:
+    """Measured ``torch.mm`` throughput of this machine in ``dtype``, GFLOP/s (2·n³ FLOPs per (n, n) product).
 
-    Uses torch's current thread count; cached per process (it is the denominator of every
+    Uses torch's current thread count; cached per process and dtype (it is the denominator of every
     "fraction of peak" figure).
     """
     import torch
 
-    a = torch.randn(n, n, dtype=torch.float32)
-    b = torch.randn(n, n, dtype=torch.float32)
+    a = torch.randn(n, n).to(getattr(torch, dtype))
+    b = torch.randn(n, n).to(getattr(torch, dtype))
     seconds = timeit(lambda: torch.mm(a, b), repeat=repeat, warmup=1)
     return 2.0 * n**3 / seconds / 1e9
 

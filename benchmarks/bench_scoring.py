@@ -172,8 +172,9 @@ def stage_scores(prompts: list[str], llm_cfg: LLMConfig) -> np.ndarray:
 
 
 @dataclass
-class Bf16Pass:
-    """The bfloat16 comparison: the reference loop and the engine on the model loaded in bfloat16."""
+class Pass:
+    """The reference loop and the engine on one model object: probabilities, timings, peak RSS growth (bytes);
+    ``peak_gflops`` = the measured matmul peak in the model's dtype."""
 
     peak_gflops: float
     ref_probs: np.ndarray
@@ -188,37 +189,26 @@ class Bf16Pass:
         return float(np.max(np.abs(self.engine_probs - self.ref_probs)))
 
 
-@dataclass
-class Scoring:
-    """One comparison on ``n`` prompts: the probabilities and timings of every implementation.
+@dataclass(kw_only=True)
+class Scoring(Pass):
+    """One comparison on ``n`` prompts: the float32 :class:`Pass`, the Ray stage and the bfloat16 pass.
 
-    ``stage_*`` are None when the Ray row was skipped; ``*_rss`` = peak RSS growth in bytes.
+    ``stage_*`` / ``bf16`` are None when that row was skipped.
     """
 
     source: str
     model: str
     batch_size: int
     n_params: int
-    peak_gflops: float
     prompt_tokens: int
     padded_tokens: int
-    ref_probs: np.ndarray
-    engine_probs: np.ndarray
-    ref_timing: Timing
-    engine_timing: Timing
-    ref_rss: int | None
-    engine_rss: int | None
     stage_probs: np.ndarray | None = None
     stage_timing: Timing | None = None
-    bf16: Bf16Pass | None = None
+    bf16: Pass | None = None
 
     @property
     def n(self) -> int:
         return len(self.ref_probs)
-
-    @property
-    def engine_diff(self) -> float:
-        return float(np.max(np.abs(self.engine_probs - self.ref_probs)))
 
     @property
     def stage_diff(self) -> float | None:
@@ -253,18 +243,13 @@ def compare(quick: bool = False, n_prompts: int | None = None, batch_size: int |
     if max(lengths) > llm_cfg.max_prompt_tokens:
         raise ValueError(f"a prompt has {max(lengths)} tokens > llm.max_prompt_tokens={llm_cfg.max_prompt_tokens}: "
                          f"the engine would truncate it and the two sides would score different inputs")
-    peak = peak_gflops(quick)  # measured before the runs, so it is not disturbed by them
-
-    ref_fn = lambda p: reference_scores(engine.model, engine.tokenizer, p, engine.yes_id, engine.no_id)  # noqa: E731
-    ref_fn(prompts[:1])
-    engine.score_yes_no(prompts[: llm_cfg.batch_size])
-    ref_probs, ref_timing, ref_rss = timed_with_rss(lambda: ref_fn(prompts), RSS_INTERVAL_S)
-    engine_probs, engine_timing, engine_rss = timed_with_rss(lambda: engine.score_yes_no(prompts), RSS_INTERVAL_S)
-    out = Scoring(source, name, llm_cfg.batch_size, lm_matmul_params(engine.model), peak, int(sum(lengths)),
-                  padded_token_count(lengths, llm_cfg.batch_size), ref_probs, np.asarray(engine_probs, np.float32),
-                  ref_timing, engine_timing, ref_rss, engine_rss)
-    if with_bf16:
-        out.bf16 = bf16_pass(prompts, llm_cfg, quick)
+    fp32 = measure_pass(engine, prompts, peak_gflops(quick))
+    out = Scoring(**vars(fp32), source=source, model=name, batch_size=llm_cfg.batch_size,
+                  n_params=lm_matmul_params(engine.model), prompt_tokens=int(sum(lengths)),
+                  padded_tokens=padded_token_count(lengths, llm_cfg.batch_size))
+    if with_bf16:  # a bfloat16 copy of the model, loaded like `llm.dtype: bfloat16`
+        out.bf16 = measure_pass(HFEngine(llm_cfg.model_copy(update={"dtype": "bfloat16"})), prompts,
+                                peak_gflops(quick, "bfloat16"))
     if with_stage:
         from ragrec.runtime import init
 
@@ -273,18 +258,17 @@ def compare(quick: bool = False, n_prompts: int | None = None, batch_size: int |
     return out
 
 
-def bf16_pass(prompts: list[str], llm_cfg: LLMConfig, quick: bool) -> Bf16Pass:
-    """Reference loop and engine on a bfloat16 copy of the model (loaded like ``llm.dtype: bfloat16``)."""
-    from ragrec.llm.hf_engine import HFEngine
+def measure_pass(engine, prompts: list[str], peak: float) -> Pass:
+    """The reference loop, then the engine, on ``engine``'s model object, after untimed warm-ups.
 
-    engine = HFEngine(llm_cfg.model_copy(update={"dtype": "bfloat16"}))
-    peak = peak_gflops(quick, "bfloat16")
+    ``peak`` is measured by the caller before the runs, so it is not disturbed by them.
+    """
     ref_fn = lambda p: reference_scores(engine.model, engine.tokenizer, p, engine.yes_id, engine.no_id)  # noqa: E731
     ref_fn(prompts[:1])
-    engine.score_yes_no(prompts[: llm_cfg.batch_size])
+    engine.score_yes_no(prompts[: engine.cfg.batch_size])
     ref_probs, ref_timing, ref_rss = timed_with_rss(lambda: ref_fn(prompts), RSS_INTERVAL_S)
     probs, timing, rss = timed_with_rss(lambda: engine.score_yes_no(prompts), RSS_INTERVAL_S)
-    return Bf16Pass(peak, ref_probs, np.asarray(probs, np.float32), ref_timing, timing, ref_rss, rss)
+    return Pass(peak, ref_probs, np.asarray(probs, np.float32), ref_timing, timing, ref_rss, rss)
 
 
 def to_results(s: Scoring) -> list[Result]:

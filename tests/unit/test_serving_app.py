@@ -46,7 +46,22 @@ def test_builder_reports_a_missing_run(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name, text, value", [("batching", "false", False), ("batching", "True", True),
                                                ("max_batch_size", "8", 8), ("predictor_cpus", "0.5", 0.5),
+                                               ("predictor_gpus", "1", 1.0),
                                                ("torch_threads", "2", 2), ("max_items", 7, 7)])
 def test_command_line_strings_become_typed_options(name, text, value):
     got = serve_app._parse(name, text)
     assert got == value and type(got) is type(value)
+
+
+def test_predictor_asks_ray_for_gpus_only_when_told():
+    from ragrec.serving.app import ServeOptions, predictor_resources
+
+    assert predictor_resources(ServeOptions()) == {"num_cpus": 1.0}  # CPU default: schedulable anywhere
+    assert predictor_resources(ServeOptions(predictor_cpus=0.5, predictor_gpus=1)) == {"num_cpus": 0.5, "num_gpus": 1}
+    with pytest.raises(ValueError, match="predictor_gpus must be >= 0"):
+        predictor_resources(ServeOptions(predictor_gpus=-1))
+
+
+def test_config_yaml_gives_the_predictor_a_gpu_for_the_cluster():
+    args = yaml.safe_load((REPO / "serve" / "config.yaml").read_text())["applications"][0]["args"]
+    assert float(args["predictor_gpus"]) == 1.0

@@ -39,6 +39,8 @@ class ServeOptions:
     batch_wait_timeout_s: float = 0.01
     max_items: int = 100
     predictor_cpus: float = 1.0
+    predictor_gpus: float = 0.0
+    """GPUs of the Predictor replica; set 1 on a GPU cluster, or Ray hides the GPUs and the LLM runs on CPU."""
     light_cpus: float = 0.1
     torch_threads: int | None = None
     max_ongoing_requests: int = 64
@@ -169,6 +171,17 @@ def catalog_of(run_dir: str, max_items: int) -> tuple[Catalog, str]:
     return Catalog(n_users, ds.read_table("items").num_rows, max_items), run.cfg.name
 
 
+def predictor_resources(opts: ServeOptions) -> dict[str, float]:
+    """``ray_actor_options`` of the Predictor: its CPUs, plus ``num_gpus`` when it asks for GPUs."""
+    if opts.predictor_gpus < 0 or opts.predictor_cpus < 0:
+        raise ValueError(f"predictor_cpus / predictor_gpus must be >= 0, got {opts.predictor_cpus} / "
+                         f"{opts.predictor_gpus}")
+    out = {"num_cpus": opts.predictor_cpus}
+    if opts.predictor_gpus > 0:
+        out["num_gpus"] = opts.predictor_gpus
+    return out
+
+
 def build_app(run_dir: str, batching: bool = True, **options) -> serve.Application:
     """The bound Serve application for the run in ``run_dir``; ``options``: :class:`ServeOptions` fields.
 
@@ -182,7 +195,7 @@ def build_app(run_dir: str, batching: bool = True, **options) -> serve.Applicati
     ongoing = opts.max_ongoing_requests
     retriever = RetrieverDeployment.options(ray_actor_options=light, max_ongoing_requests=ongoing).bind(run_dir)
     reranker = RerankerDeployment.options(ray_actor_options=light, max_ongoing_requests=ongoing).bind(run_dir)
-    predictor = PredictorDeployment.options(ray_actor_options={"num_cpus": opts.predictor_cpus},
+    predictor = PredictorDeployment.options(ray_actor_options=predictor_resources(opts),
                                             max_ongoing_requests=max(ongoing, 2 * opts.max_batch_size)) \
         .bind(run_dir, asdict(opts))
     return Ingress.options(ray_actor_options=light, max_ongoing_requests=ongoing) \

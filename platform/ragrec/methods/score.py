@@ -15,6 +15,7 @@ Variants (``ci.retriever``, ``sare.enabled``, ``ci.ks``): SCoRe-base (untuned en
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -253,18 +254,14 @@ class Pipeline:
                                    a["rationales"])
         return a
 
-    @property
+    @functools.cached_property
     def items(self) -> pa.Table:
-        if "_items" not in self.__dict__:
-            self._items = self.arts["dataset"].read_table("items")
-        return self._items
+        return self.arts["dataset"].read_table("items")
 
-    @property
+    @functools.cached_property
     def docs(self) -> pa.Array:
         """``d(H(u))`` indexed by user id."""
-        if "_docs" not in self.__dict__:
-            self._docs = self.arts["user_docs"].read_table().column("doc").combine_chunks()
-        return self._docs
+        return self.arts["user_docs"].read_table().column("doc").combine_chunks()
 
     def user_vectors(self, retriever: str) -> np.ndarray:
         a = self.arts

@@ -45,6 +45,11 @@ class ServeOptions:
     torch_threads: int | None = None
     max_ongoing_requests: int = 64
 
+    def __post_init__(self) -> None:
+        if self.predictor_gpus < 0 or self.predictor_cpus < 0:
+            raise ValueError(f"predictor_cpus / predictor_gpus must be >= 0, got {self.predictor_cpus} / "
+                             f"{self.predictor_gpus}")
+
 
 def _validation_message(exc: RequestValidationError) -> str:
     parts = []
@@ -173,9 +178,6 @@ def catalog_of(run_dir: str, max_items: int) -> tuple[Catalog, str]:
 
 def predictor_resources(opts: ServeOptions) -> dict[str, float]:
     """``ray_actor_options`` of the Predictor: its CPUs, plus ``num_gpus`` when it asks for GPUs."""
-    if opts.predictor_gpus < 0 or opts.predictor_cpus < 0:
-        raise ValueError(f"predictor_cpus / predictor_gpus must be >= 0, got {opts.predictor_cpus} / "
-                         f"{opts.predictor_gpus}")
     out = {"num_cpus": opts.predictor_cpus}
     if opts.predictor_gpus > 0:
         out["num_gpus"] = opts.predictor_gpus

@@ -7,6 +7,7 @@
     ragrec data fetch ml-100k [--dest DIR]
     ragrec data verify ml-100k [--path DIR]
     ragrec config show configs/rallrec_ml100k.yaml [--set ...]
+    ragrec check-llm [--model smollm2-135m-instruct] [--train 256]   # does tuning + scoring learn?
 """
 
 from __future__ import annotations
@@ -56,6 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("name", choices=["ml-100k", "ml-1m"])
     v.add_argument("--path", default=None, help="dataset folder (default: $RAGREC_DATA_DIR/NAME)")
 
+    k = sub.add_parser("check-llm", help="learnability check: tune and score a synthetic task with a known answer")
+    k.add_argument("--model", default="smollm2-135m-instruct", help="llm.model (registry name, path or HF id)")
+    k.add_argument("--dtype", default="auto", help="llm.dtype")
+    k.add_argument("--train", type=int, default=256, help="training examples (default %(default)s)")
+    k.add_argument("--test", type=int, default=200, help="held-out prompts (default %(default)s)")
+    k.add_argument("--epochs", type=int, default=2)
+    k.add_argument("--lr", type=float, default=1e-3)
+
     c = sub.add_parser("config", help="configs")
     csub = c.add_subparsers(dest="config_command", required=True)
     s = csub.add_parser("show", help="print the fully resolved config")
@@ -95,6 +104,18 @@ def main(argv: list[str] | None = None) -> int:
             from .serving import serve_run
 
             serve_run(args.run_dir, host=args.host, port=args.port, batching=not args.no_batching, blocking=True)
+        elif args.command == "check-llm":
+            from .config import LLMConfig
+            from .evaluation.learnability import DEFAULT_LORA, check_learnability
+
+            lora = DEFAULT_LORA.model_copy(update={"epochs": args.epochs, "lr": args.lr})
+            res = check_learnability(LLMConfig(model=args.model, dtype=args.dtype), lora, n_train=args.train,
+                                     n_test=args.test)
+            print(res.line())
+            if res.auc_tuned < 0.9:
+                print("ragrec: the tuned model did not learn a task that its prompts state: check the model's "
+                      "chat template and yes/no tokens, or raise --train / --epochs", file=sys.stderr)
+                return 1
         elif args.command == "config":
             cfg = load_config(args.config, args.overrides)
             print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

@@ -186,6 +186,9 @@ class RetrievalConfig(_Strict):
 class PromptConfig(_Strict):
     augmentation: bool = Field(True, description="mixed views: relevance order, time order, recent-K")
     max_title_chars: int = 80
+    stats: bool = Field(
+        False, description="not in the papers: state the user's average past rating and the target's average "
+                           "rating so far (interactions before the sample only) in a line of the prompt")
 
 
 class LoRAConfig(_Strict):
@@ -202,6 +205,16 @@ class LoRAConfig(_Strict):
     grad_accum: int = 1
     train_samples: int = Field(8192, ge=1, description="sampled training subset (before augmentation)")
     max_tokens: int = 512
+    precision: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="autocast dtype of the forward/backward (LoRA weights and optimizer stay float32); "
+                            "auto = bfloat16 on a GPU with bf16 or a CPU with AVX512-BF16/AMX, else float32")
+    weight_decay: float = Field(0.01, ge=0)
+    schedule: Literal["constant", "linear"] = Field(
+        "constant", description="lr schedule: constant, or linear warm-up (warmup share of the steps) then decay to 0")
+    warmup: float = Field(0.1, ge=0, lt=1, description="linear schedule: share of the optimizer steps spent warming up")
+    max_grad_norm: float | None = Field(None, gt=0, description="clip the LoRA gradients' norm (None: no clipping)")
+    loss: Literal["answer", "first_token"] = Field(
+        "answer", description="cross-entropy on every answer token (+EOS), or on the first (the yes/no that scoring reads)")
 
 
 ALL_PROJ = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -306,6 +319,11 @@ class EvalConfig(_Strict):
     ks_sweep: list[int] = Field([1, 2, 3, 4], description="SCoRe: users whose behaviours enter the prompt (Figure 4)")
     deepfm: dict[str, Any] = Field(
         default_factory=dict, description="DeepFM baseline hyper-parameters (ragrec.models.deepfm.DeepFMConfig fields)")
+    fusion: bool | None = Field(
+        None, description="fit the fusion model (logistic regression on the validation split over the LLM's, the "
+                          "collaborative model's (RALLRec: DeepFM, SCoRe: SASRec) and the item+user baseline's logits; "
+                          "ragrec.evaluation.fusion): None = in `ragrec evaluate` only, true = also in `ragrec run` "
+                          "(RALLRec; saved in run.json, `/predict` returns p_fused), false = never")
 
     @field_validator("variants")
     @classmethod

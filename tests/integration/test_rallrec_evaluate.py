@@ -32,7 +32,7 @@ def test_evaluate_variants_share_stages_and_match_the_pipeline(ray_session, data
     out = res.run_dir
     metrics = json.loads((out / "metrics.json").read_text())
     rows = {r["key"]: r for r in metrics["rows"]}
-    assert set(rows) == {"zero_shot", "rallrec", "deepfm", "item_rate", "item_user_logit"}
+    assert set(rows) == {"zero_shot", "rallrec", "deepfm", "fusion", "fusion_no_llm", "item_rate", "item_user_logit"}
     assert metrics["rows"][0]["key"] == "rallrec" and rows["rallrec"]["delta"] is None
     for key, r in rows.items():
         assert r["n"] == cfg.eval.max_test_samples
@@ -63,10 +63,15 @@ def test_evaluate_variants_share_stages_and_match_the_pipeline(ray_session, data
     # shared stages computed once: no new adapter (zero-shot has none, the sweeps share the full one)
     after = _count(slice_artifacts)
     new = {s: after.get(s, 0) - before.get(s, 0) for s in after}
-    assert new["lora"] == 0 and new["examples"] == 0 and new["deepfm"] == 1
+    assert new["lora"] == 0 and new["examples"] == 0 and new["deepfm"] == 1 and new["fusion"] == 1
     for s in ("dataset", "samples", "descriptions", "text_features", "lightgcn", "projector"):
         assert new[s] == 0, s
-    assert new["scores"] == 3  # zero-shot, K=3, alpha=0.5 (the full variant was cached)
+    assert new["scores"] == 4  # zero-shot, K=3, alpha=0.5, the full variant's validation scores (fusion)
+    fusion = metrics["fusion"]  # fitted on the validation split: coefficients and paired comparisons
+    assert fusion["model"]["features"] == ["llm", "crm", "item_user"] and len(fusion["model"]["coef"]) == 3
+    assert fusion["valid"]["n"] == cfg.eval.max_valid_samples
+    assert [r["versus"] for r in fusion["comparisons"]] == ["RALLRec", "DeepFM", "item_user_logit", "fusion w/o LLM"]
+    assert "fusion − fusion w/o LLM" in report
 
     # a rerun computes nothing and reports the same numbers
     again = evaluate(cfg)

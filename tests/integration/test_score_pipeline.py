@@ -85,7 +85,11 @@ def test_score_end_to_end_cache_and_evaluation(ray_session, data_dir, tmp_path):
     assert len(after["lora"] - keys["lora"]) == 1  # SCoRe-rerank's adapter; the sweep reuses SCoRe's
     m = json.loads((out.run_dir / "metrics.json").read_text())
     names = [r["key"] for r in m["rows"]]
-    assert names == ["score", "score_rerank", "item_rate", "item_user_logit"]
+    assert names == ["score", "score_rerank", "sasrec", "fusion", "fusion_no_llm", "item_rate", "item_user_logit"]
+    fusion = m["fusion"]  # fitted on the validation split over SCoRe's, SASRec's and item/user's logits
+    assert fusion["model"]["features"] == ["llm", "crm", "item_user"] and fusion["crm_score"] == "history"
+    assert fusion["valid"]["n"] == cfg.eval.max_valid_samples
+    assert [r["versus"] for r in fusion["comparisons"]] == ["SCoRe", "SASRec", "item_user_logit", "fusion w/o LLM"]
     full = m["rows"][0]
     assert full["auc"] == pytest.approx(metrics["rows"][0]["auc"])  # same samples, same cached adapter
     assert full["uauc"] == pytest.approx(metrics["rows"][0]["uauc"], nan_ok=True)

@@ -91,3 +91,82 @@ def test_eval_subset_first_or_seeded_random_in_split_order():
     assert r != eval_subset(part, 40, "random", 4).column("sample_id").to_pylist()
     assert set(eval_subset(part, 40, "random", 3).column("user_id").to_pylist()) == {0, 1, 2, 3}
     assert eval_subset(part, None, "random", 0).num_rows == 100 and eval_subset(part, 500, "first", 0).num_rows == 100
+
+
+def test_rows_carry_user_clustered_intervals_and_reading_uses_them():
+    from types import SimpleNamespace
+
+    from ragrec.methods.rallrec import _metric_row
+    from ragrec.methods.rallrec_evaluate import _row as eval_row
+    from ragrec.methods.rallrec_evaluate import _Scored
+
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(30), 20)
+    yu = rng.integers(0, 2, 30)
+    y = np.where(rng.random(600) < 0.15, 1 - yu.repeat(20), yu.repeat(20))  # strongly clustered labels
+    ref = np.clip(0.5 + 0.3 * (yu.repeat(20) - 0.5) + rng.normal(0, 0.1, 600), 0, 1)
+    other = np.clip(ref + rng.normal(0, 0.2, 30).repeat(20), 0, 1)
+    cfg = SimpleNamespace(eval=SimpleNamespace(bootstrap=300), seed=0)
+    row = eval_row("other", y, other, _Scored("full", "RALLRec", "", ref), cfg, key="x", user_ids=users)
+    for k in ("auc_ulo", "auc_uhi", "uauc", "delta_ulo", "delta_uhi"):
+        assert np.isfinite(row[k]), k
+    assert row["auc_ulo"] <= row["auc"] <= row["auc_uhi"] and row["delta_ulo"] <= row["delta"] <= row["delta_uhi"]
+    assert row["auc_uhi"] - row["auc_ulo"] > 1.5 * (row["auc_hi"] - row["auc_lo"])
+    assert row["delta_uhi"] - row["delta_ulo"] > 1.5 * (row["delta_hi"] - row["delta_lo"])
+    assert "auc_ulo" not in eval_row("other", y, other, None, cfg)
+    m = _metric_row("other", y, other, 300, 0, users)  # `ragrec run` rows: same intervals and UAUC
+    assert (m["auc_ulo"], m["auc_uhi"], m["uauc"]) == (row["auc_ulo"], row["auc_uhi"], row["uauc"])
+    assert "auc_ulo" not in _metric_row("x", y, ref, 50, 0)
+
+    # the reading judges significance on the user interval when rows have it
+    rows = [_row("RALLRec", 0.70, key=REFERENCE) | {"delta": None},
+            _row("A", 0.60, (-0.1, -0.15, -0.05)) | {"delta_ulo": -0.2, "delta_uhi": 0.02},
+            _row("B", 0.50, (-0.2, -0.25, -0.15)) | {"delta_ulo": -0.3, "delta_uhi": -0.1}]
+    text = "\n".join(_reading(rows))
+    assert "significantly better than: B (95% user-clustered interval" in text
+    assert "not distinguishable from RALLRec (95% user-clustered interval of ΔAUC contains 0): A" in text
+
+
+def test_fusion_rows_pair_the_fusion_with_each_input_and_report_the_coefficients():
+    from ragrec.evaluation.fusion import fuse, logit
+    from ragrec.methods.rallrec_evaluate import FUSION_NAMES, _fusion_parts, fusion_comparisons, fusion_labels
+
+    rng = np.random.default_rng(0)
+
+    def split(n):
+        a, b, c = rng.standard_normal((3, n))
+        y = (rng.random(n) < 1 / (1 + np.exp(-(1.2 * a + 0.8 * b + 0.4 * c)))).astype(int)
+        return {"llm": 1.5 * a, "crm": b, "item_user": c}, y
+
+    (vx, vy), (tx, ty) = split(600), split(400)
+    users = rng.integers(0, 40, 400)
+    res = fuse(vx, vy, tx, FUSION_NAMES)
+    assert res.model.features == ("llm", "crm", "item_user") and res.without_llm.features == ("crm", "item_user")
+    cfg = load_config(None, ["eval.bootstrap=100"])
+    llm, crm = 1 / (1 + np.exp(-tx["llm"])), 1 / (1 + np.exp(-tx["crm"]))
+    rows = fusion_comparisons(res, ty, users, cfg, llm, crm)
+    assert [r["versus"] for r in rows] == ["RALLRec", "DeepFM", "item_user_logit", "fusion w/o LLM"]
+    for r, ref in zip(rows, (llm, crm, res.input_probs("item_user"), res.fused_without_llm)):
+        assert r["delta"] == pytest.approx(roc_auc_score(ty, res.fused) - roc_auc_score(ty, ref), abs=1e-9)
+        assert r["delta_lo"] <= r["delta"] <= r["delta_hi"] and r["name"].startswith("fusion − ")
+        assert "delta_ulo" in r and "auc_ulo" in r  # the row helper's user-clustered intervals come along
+    assert rows[0]["delta_lo"] > 0 and rows[1]["delta_lo"] > 0  # fusing beats each input here
+    assert fusion_labels(res.names) == ("fusion (RALLRec + DeepFM + item/user)", "fusion w/o LLM (DeepFM + item/user)")
+
+    class Ev:
+        fusion, fusion_rows, fusion_error = res, rows, None
+
+    sections, notes, extra = _fusion_parts(Ev)
+    (title, body), = sections.items()
+    assert "validation" in title and "fusion − fusion w/o LLM" in body and "ΔAUC vs the row's input" in body
+    assert len(notes) == 1 and "RALLRec +" in notes[0] and "\n" not in notes[0]
+    m = extra["fusion"]
+    assert m["model"]["features"] == ["llm", "crm", "item_user"] and len(m["model"]["coef"]) == 3
+    assert m["without_llm"]["features"] == ["crm", "item_user"] and m["comparisons"] == rows
+    assert set(m["valid"]["auc"]) == {"RALLRec", "DeepFM", "item_user_logit", "fusion", "fusion w/o LLM"}
+    np.testing.assert_allclose(logit(res.fused), res.model.decision(tx), atol=1e-8)
+
+    class Skipped:
+        fusion, fusion_rows, fusion_error = None, [], "fusion: all 10 validation labels are 1"
+
+    assert _fusion_parts(Skipped) == ({}, ["fusion skipped: fusion: all 10 validation labels are 1"], {})

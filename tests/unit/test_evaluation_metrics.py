@@ -89,3 +89,106 @@ def test_bootstrap_ci_contains_point_and_narrows():
     assert llo < log_loss(y, p) < lhi
     with pytest.raises(ValueError, match="'auc', 'logloss' or 'acc'"):
         bootstrap_ci(y, p, metric="f1")
+
+
+# ---- user-clustered bootstrap ------------------------------------------------------------------------
+def test_cluster_bootstrap_with_one_sample_per_user_is_the_sample_bootstrap():
+    """Distinct groups (any labels, any order) draw exactly what the plain bootstrap draws."""
+    from ragrec.evaluation.metrics import bootstrap_delta_ci
+
+    y, p = _data(400, seed=4, ties=True)
+    users = np.array([f"u{i}" for i in np.random.default_rng(1).permutation(400)])
+    assert bootstrap_ci(y, p, n=300, seed=5, groups=users) == bootstrap_ci(y, p, n=300, seed=5)
+    q = np.clip(p + np.random.default_rng(2).normal(0, 0.1, 400), 0, 1)
+    assert bootstrap_delta_ci(y, p, q, n=300, seed=5, groups=users) == bootstrap_delta_ci(y, p, q, n=300, seed=5)
+
+
+def _clustered(n_users=40, per_user=25, seed=0):
+    """Users whose samples are all positive or all negative, with one score per user."""
+    rng = np.random.default_rng(seed)
+    yu = rng.integers(0, 2, n_users)
+    yu[:2] = [0, 1]
+    pu = 1 / (1 + np.exp(-(rng.normal(size=n_users) + 1.0 * (yu - 0.5))))
+    users = np.repeat(rng.permutation(1000)[:n_users], per_user)  # arbitrary ids, grouped in blocks
+    return users, np.repeat(yu, per_user), np.repeat(pu, per_user), yu, pu
+
+
+def test_cluster_bootstrap_resamples_users_and_is_wider_on_clustered_data():
+    users, y, p, yu, pu = _clustered()
+    slo, shi = bootstrap_ci(y, p, n=500, seed=0)
+    ulo, uhi = bootstrap_ci(y, p, n=500, seed=0, groups=users)
+    auc = roc_auc_score(y, p)
+    assert ulo < auc < uhi and slo < auc < shi
+    assert (uhi - ulo) > 3 * (shi - slo)  # 40 independent users, not 1000 independent samples
+    # every user is 25 copies of one point: resampling users = resampling the 40 per-user points
+    # (same draws: 40 clusters with replacement), and a uniform weight scale leaves the AUC unchanged
+    assert (ulo, uhi) == pytest.approx(bootstrap_ci(yu, pu, n=500, seed=0), abs=1e-12)
+
+
+def test_cluster_delta_interval_is_wider_on_clustered_data():
+    from ragrec.evaluation.metrics import bootstrap_delta_ci
+
+    users, y, p, _, _ = _clustered(seed=3)
+    q = np.clip(p + np.random.default_rng(1).normal(0, 0.15, len(users) // 25).repeat(25), 0, 1)
+    d, slo, shi = bootstrap_delta_ci(y, p, q, n=400, seed=0)
+    du, ulo, uhi = bootstrap_delta_ci(y, p, q, n=400, seed=0, groups=users)
+    assert d == du and ulo <= d <= uhi
+    assert (uhi - ulo) > 3 * (shi - slo)
+    with pytest.raises(ValueError, match="groups must have the same length"):
+        bootstrap_delta_ci(y, p, q, groups=users[:-1])
+    with pytest.raises(ValueError, match="groups must have the same length"):
+        bootstrap_ci(y, p, groups=users[1:])
+
+
+# ---- AUC decomposition -------------------------------------------------------------------------------
+def _brute_pairs(u, y, p):
+    pos, neg = np.where(y == 1)[0], np.where(y == 0)[0]
+    win = (p[pos][:, None] > p[neg][None, :]) + 0.5 * (p[pos][:, None] == p[neg][None, :])
+    same = u[pos][:, None] == u[neg][None, :]
+    return win, same
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_auc_decomposition_identity_and_parts_by_brute_force(seed):
+    from ragrec.evaluation.metrics import auc_decomposition
+
+    rng = np.random.default_rng(seed)
+    n = 600
+    u = rng.integers(0, 25, n) * 7 + 3
+    u[:5] = 999  # one user with a single label
+    y = (rng.random(n) < 0.3 + 0.4 * (u % 2)).astype(int)
+    y[:5] = 1
+    p = np.round(1 / (1 + np.exp(-(rng.normal(size=n) + 0.7 * y))), 1)  # heavy ties
+    d = auc_decomposition(u, y, p)
+    assert d["auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+    assert d["w_within"] * d["auc_within"] + d["w_between"] * d["auc_between"] == pytest.approx(
+        roc_auc_score(y, p), abs=1e-12)
+    assert d["w_within"] + d["w_between"] == pytest.approx(1.0)
+    win, same = _brute_pairs(u, y, p)
+    assert d["pairs"] == win.size and d["pairs_within"] == same.sum() and d["pairs_between"] == (~same).sum()
+    assert d["auc_within"] == pytest.approx(win[same].mean(), abs=1e-12)
+    assert d["auc_between"] == pytest.approx(win[~same].mean(), abs=1e-12)
+    assert d["users"] == len(np.unique(u))
+    assert d["users_both_labels"] == sum(0 < y[u == k].mean() < 1 for k in np.unique(u))
+    rate = {k: y[u == k].mean() for k in np.unique(u)}
+    assert d["auc_user_only"] == pytest.approx(roc_auc_score(y, [rate[k] for k in u]), abs=1e-12)
+
+
+def test_auc_decomposition_edge_cases_and_scale():
+    from ragrec.evaluation.metrics import auc_decomposition
+
+    # one sample per user: no within-user pairs
+    d = auc_decomposition([1, 2, 3, 4], [1, 0, 1, 0], [0.9, 0.1, 0.4, 0.6])
+    assert d["pairs_within"] == 0 and np.isnan(d["auc_within"]) and d["w_between"] == 1.0
+    assert d["auc_between"] == pytest.approx(0.75) == d["auc"]
+    # one class: everything undefined
+    assert np.isnan(auc_decomposition([1, 1, 2], [1, 1, 1], [0.2, 0.3, 0.4])["auc"])
+    with pytest.raises(ValueError, match="same length"):
+        auc_decomposition([1, 2], [1, 0, 1], [0.2, 0.3, 0.4])
+    # n = 10,000 on 18 users (the ML-100K situation): exact, no pairwise matrix
+    y, p = _data(10_000, seed=7, ties=True)
+    u = np.random.default_rng(70).integers(0, 18, 10_000)
+    d = auc_decomposition(u, y, p)
+    assert d["users"] == d["users_both_labels"] == 18
+    total = d["w_within"] * d["auc_within"] + d["w_between"] * d["auc_between"]
+    assert total == pytest.approx(roc_auc_score(y, p), abs=1e-12)

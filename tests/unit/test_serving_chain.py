@@ -145,3 +145,107 @@ def test_chain_rejects_bad_requests_before_scoring(chain):
     with pytest.raises(RequestError) as e:
         chain.predict(PredictRequest(user_id=0, item_ids=list(range(9))))
     assert e.value.status == 413
+
+
+# ---------------------------------------------------------------------------------------------------
+# fusion: a run with eval.fusion (DeepFM + fusion artifacts in run.json) served through load_state
+# ---------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def fusion_run(data, tmp_path_factory):
+    """A run folder whose run.json names dataset, samples, views, DeepFM and a fusion model fitted on the
+    validation split with the offline functions (`fusion_logits`, `fusion_artifact`); no Ray anywhere."""
+    import torch
+
+    from ragrec.evaluation.baselines import ItemUserBaseline
+    from ragrec.evaluation.fusion import fusion_artifact
+    from ragrec.llm.hf_engine import HFEngine
+    from ragrec.llm.registry import TINY_LLAMA
+    from ragrec.methods import rallrec_evaluate
+    from ragrec.methods.rallrec import Pipeline, train_interactions, write_run_file
+    from ragrec.training import deepfm as deepfm_training
+
+    inter, items, users, samples, views = data
+    root = tmp_path_factory.mktemp("fusion_run")
+    cfg = RunConfig(data=DataConfig(name="synthetic", min_history=3), artifacts_dir=str(root / "artifacts"),
+                    output_dir=str(root / "runs"), name="fused", llm=LLMConfig(model=TINY_LLAMA, batch_size=4,
+                                                                                 max_prompt_tokens=512),
+                    retrieval=RetrievalConfig(k=5), lora={"enabled": False},
+                    eval={"fusion": True, "deepfm": {"epochs": 2, "embed_dim": 4, "hidden": [16], "batch_size": 256}})
+    pipe = Pipeline(cfg)
+
+    def tables(**t):
+        def compute(art):
+            for name, table in t.items():
+                art.write_table(table, name)
+            return {"rows": 0, "users": users.num_rows, "items": items.num_rows}
+        return compute
+
+    def arrays(**a):
+        def compute(art):
+            for name, arr in a.items():
+                np.save(art.staging / f"{name}.npy", arr)
+            return 0
+        return compute
+
+    a = pipe.arts
+    a["dataset"] = pipe.store.run("dataset", {"test": "fusion"}, [],
+                                  tables(interactions=inter, items=items, users=users))
+    a["samples"] = pipe.store.run("samples", {"test": "fusion"}, [a["dataset"]], tables(samples=samples))
+    a["text_features"] = pipe.store.run("text_features", {}, [a["dataset"]], arrays(title=views.title, text=views.text))
+    a["lightgcn"] = pipe.store.run("lightgcn", {}, [a["dataset"]], arrays(item_emb=views.colla))
+    a["projector"] = pipe.store.run("projector", {}, [a["dataset"]], arrays(ssl_emb=views.ssl))
+
+    real = deepfm_training.train_deepfm
+    mp = pytest.MonkeyPatch()
+    mp.setattr(deepfm_training, "train_deepfm", lambda *args, **kw: real(*args, **{**kw, "use_ray": False}))
+    torch.manual_seed(0)
+    engine = HFEngine(cfg.llm)
+    try:
+        valid = samples.filter(pc.equal(samples.column("split"), "valid"))
+        prompts = prompts_for(with_context(valid, views, cfg.retrieval), items, users, cfg).to_pylist()
+        vprobs = engine.score_yes_no(prompts)
+        baseline = ItemUserBaseline(train_interactions(inter, samples))
+        vlog = rallrec_evaluate.fusion_logits(pipe, valid, np.asarray(vprobs), baseline)  # trains DeepFM (cached stage)
+    finally:
+        mp.undo()
+    a["fusion"] = fusion_artifact(pipe.store, vlog, valid.column("label").to_numpy(), [a["deepfm"]])
+    run_dir = cfg.run_dir()
+    run_dir.mkdir(parents=True)
+    write_run_file(run_dir, cfg, a)
+    return run_dir, pipe, baseline, engine
+
+
+def test_served_fused_probability_equals_the_offline_fusion(data, fusion_run):
+    from ragrec.evaluation.fusion import MODEL_FILE, FusionModel
+    from ragrec.methods import rallrec_evaluate
+    from ragrec.serving import load_state
+
+    inter, items, users, samples, views = data
+    run_dir, pipe, baseline, engine = fusion_run
+    state = load_state(run_dir)
+    assert state.fusion is not None and state.fusion.model.features == ("llm", "crm", "item_user")
+    chain = ServingChain(state, engine, max_items=8)
+    cfg = state.cfg
+    test = samples.filter(pc.equal(samples.column("split"), "test")).slice(0, 10)
+    probs = np.asarray(engine.score_yes_no(prompts_for(with_context(test, views, cfg.retrieval), items, users,
+                                                       cfg).to_pylist()))
+    model = FusionModel.load(pipe.arts["fusion"].path / MODEL_FILE)
+    want = model.predict(rallrec_evaluate.fusion_logits(pipe, test, probs, baseline))  # the evaluation's inputs
+    got, got_probs = [], []
+    for u, i, t in zip(*(test.column(c).to_numpy() for c in ("user_id", "item_id", "timestamp"))):
+        p = chain.predict(PredictRequest(user_id=int(u), item_ids=[int(i)], as_of=int(t))).predictions[0]
+        got.append(p.p_fused)
+        got_probs.append(p.prob)
+    np.testing.assert_allclose(got_probs, probs, atol=1e-4)
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    assert np.ptp(got) > 0
+    # several items in one request: one fused value each, in request order
+    res = chain.predict(PredictRequest(user_id=3, item_ids=[5, 9, 5]))
+    fused = [p.p_fused for p in res.predictions]
+    assert fused[0] == pytest.approx(fused[2], abs=1e-9) and all(0 < f < 1 for f in fused)
+
+
+def test_runs_without_fusion_answer_null_p_fused(chain):
+    res = chain.predict(PredictRequest(user_id=3, item_ids=[5]))
+    assert res.predictions[0].p_fused is None
+    assert "p_fused" in res.model_dump()["predictions"][0]

@@ -13,7 +13,8 @@ import torch
 from ragrec.config import LoRAConfig
 from ragrec.llm.chat import add_special_tokens, format_prompt
 from ragrec.llm.registry import TINY_LLAMA, load_causal_lm, load_tokenizer
-from ragrec.training.lora import IGNORE_INDEX, encode_batch, train_lora
+from ragrec.training.lora import (IGNORE_INDEX, answer_loss, bucketed_batches, collate, encode_batch,
+                                  padding_fraction, resolve_precision, tokenize_examples, train_lora)
 
 CFG = LoRAConfig(r=8, alpha=16, dropout=0.0, lr=1e-2, epochs=3, batch_size=4, grad_accum=2, max_tokens=128)
 PROMPTS = [
@@ -42,11 +43,12 @@ def test_labels_mask_exactly_the_prompt_tokens(tok):
         joint = tok(prompt_text + ANSWERS[b] + tok.eos_token, add_special_tokens=add_special_tokens(tok))["input_ids"]
         assert p + a == joint
         n = len(p) + len(a)
-        assert ids[b, :n].tolist() == joint
-        assert mask[b].tolist() == [1] * n + [0] * (ids.shape[1] - n)
-        assert labels[b, : len(p)].tolist() == [IGNORE_INDEX] * len(p)
-        assert labels[b, len(p) : n].tolist() == a
-        assert (labels[b, n:] == IGNORE_INDEX).all()
+        pad = ids.shape[1] - n  # left padding, as in scoring: every answer ends at the last position
+        assert ids[b, pad:].tolist() == joint
+        assert mask[b].tolist() == [0] * pad + [1] * n
+        assert enc["position_ids"][b, pad:].tolist() == list(range(n))
+        assert labels[b, : pad + len(p)].tolist() == [IGNORE_INDEX] * (pad + len(p))
+        assert labels[b, pad + len(p):].tolist() == a
     assert ids.shape[1] == max(int(mask[b].sum()) for b in range(2))  # dynamic padding to the longest
 
 
@@ -56,7 +58,7 @@ def test_long_prompts_are_cut_from_the_left_keeping_header_and_question(tok):
     n = int(enc["attention_mask"][0].sum())
     assert n <= 64
     answer_at = int((enc["labels"][0] != IGNORE_INDEX).nonzero()[0])
-    kept = tok.decode(enc["input_ids"][0, :answer_at])
+    kept = tok.decode(enc["input_ids"][0, enc["attention_mask"][0].argmax():answer_at])
     header = format_prompt(tok, "X").split("X")[0]
     assert kept.startswith(header)  # chat template header survives
     assert "Will he like Up?" in kept and "Film number 299" in kept  # the end (newest) survives
@@ -68,7 +70,8 @@ def test_long_prompts_are_cut_from_the_left_keeping_header_and_question(tok):
 def _logits(model, tok, prompts):
     enc = encode_batch(tok, prompts, ["Yes."] * len(prompts), max_tokens=128)
     with torch.no_grad():
-        return model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits, enc
+        return model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                     position_ids=enc["position_ids"]).logits, enc
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +86,7 @@ def test_loss_decreases_on_a_repeated_tiny_dataset(trained):
     assert [r["step"] for r in h] == list(range(12))  # 16 rows / batch 4 x 3 epochs
     first = np.mean([r["loss"] for r in h if r["epoch"] == 0])
     last = np.mean([r["loss"] for r in h if r["epoch"] == 2])
-    assert last < 0.7 * first
+    assert last < 0.75 * first
 
 
 def test_adapter_is_written_and_reloads_with_peft_and_changes_logits(trained, tok):
@@ -122,3 +125,63 @@ def test_ray_path_reads_dataset_shard_and_writes_adapter(ray_session, tmp_path):
     assert len(res.history) == 2  # 8 rows / batch 4 on one worker
     assert (tmp_path / "out" / "adapter_model.safetensors").exists()
     assert all(np.isfinite(r["loss"]) for r in res.history)
+
+
+def test_answer_loss_equals_the_full_logits_loss_and_first_token_loss_reads_the_decision(tok):
+    model, _ = load_causal_lm(TINY_LLAMA, dtype="float32", device="cpu")
+    enc = encode_batch(tok, PROMPTS, ANSWERS, max_tokens=128)
+    with torch.no_grad():
+        full = model(**enc).loss  # transformers' loss over all positions' logits
+        fast = answer_loss(model, enc)
+        first = answer_loss(model, enc, first_token_only=True)
+        logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                       position_ids=enc["position_ids"]).logits
+    assert abs(float(full) - float(fast)) < 1e-4
+    # first-token loss: the cross-entropy of the first answer token only, from the position before it
+    rows = torch.arange(len(PROMPTS))
+    at = (enc["labels"] != IGNORE_INDEX).int().argmax(1)
+    want = torch.nn.functional.cross_entropy(logits[rows, at - 1], enc["input_ids"][rows, at])
+    assert abs(float(first) - float(want)) < 1e-4
+
+
+def test_a_prompt_scores_the_same_alone_or_left_padded_in_a_batch(tok):
+    model, _ = load_causal_lm(TINY_LLAMA, dtype="float32", device="cpu")
+    enc = tokenize_examples(tok, PROMPTS, ANSWERS, max_tokens=128)
+    longest = int(np.argmax(enc.lengths))
+    short = int(np.argmin(enc.lengths))
+    assert enc.lengths[short] < enc.lengths[longest]
+    with torch.no_grad():
+        alone = answer_loss(model, collate(enc, [short], tok.pad_token_id))
+        padded = answer_loss(model, collate(enc, [short, longest], tok.pad_token_id))
+        other = answer_loss(model, collate(enc, [longest], tok.pad_token_id))
+    assert abs(float(padded) - (float(alone) + float(other)) / 2) < 1e-4  # same answer length: mean of the two
+
+
+def test_bucketed_batches_cover_every_example_once_with_little_padding():
+    lengths = np.random.default_rng(0).integers(50, 400, 1000)
+    batches = bucketed_batches(lengths, 8, seed=0, epoch=0)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
+    assert max(map(len, batches)) == 8
+    random = [np.arange(1000)[i : i + 8] for i in range(0, 1000, 8)]
+    assert padding_fraction(lengths, batches) < 0.02 < 0.3 < padding_fraction(lengths, random)
+    again = bucketed_batches(lengths, 8, seed=0, epoch=0)
+    assert all(np.array_equal(a, b) for a, b in zip(batches, again))  # depends on (seed, epoch) only
+    other = bucketed_batches(lengths, 8, seed=0, epoch=1)
+    assert not all(np.array_equal(a, b) for a, b in zip(batches, other))  # batch order changes each epoch
+
+
+def test_precision_resolution():
+    cpu = torch.device("cpu")
+    assert resolve_precision("float32", cpu) is None
+    assert resolve_precision("bfloat16", cpu) is torch.bfloat16
+    assert resolve_precision("auto", torch.device("meta")) is None
+
+
+def test_bf16_training_follows_the_float32_loss_curve(tmp_path):
+    table = pa.table({"prompt": PROMPTS * 4, "answer": ANSWERS * 4})
+    curves = {}
+    for prec in ("float32", "bfloat16"):
+        res = train_lora(table, TINY_LLAMA, CFG.model_copy(update={"precision": prec}), use_ray=False, seed=0,
+                         out_dir=tmp_path / prec)
+        curves[prec] = np.array([np.mean([r["loss"] for r in res.history if r["epoch"] == e]) for e in range(3)])
+    assert np.all(np.abs(curves["bfloat16"] - curves["float32"]) < 0.02 * curves["float32"])

@@ -96,6 +96,32 @@ def test_outputs_are_written(trained):
     assert [h["epoch"] for h in json.loads((out / "history.json").read_text())] == list(range(CFG.epochs))
 
 
+def test_scorer_loads_the_weights_and_scores_items_given_a_history(trained):
+    import pyarrow as pa
+
+    from ragrec.training.sasrec import SASRecScorer
+
+    res, out = trained
+    u, i, t, _, _, lens = cycle_data()
+    scorer = SASRecScorer(out)
+    full = int(np.flatnonzero(lens == CFG.max_len)[0])  # a user whose sequence fills max_len
+    users = np.array([0, 5, full, U])
+    hist = []
+    for user in users:  # each user's whole training sequence, oldest first
+        m = u == user
+        hist.append(i[m][np.argsort(t[m], kind="stable")].tolist())
+    hist[2] = [9, 8, 7] + hist[2]  # older items beyond max_len are dropped
+    targets = np.array([3, 40, 99, 7])
+    got = scorer(pa.array(hist, pa.list_(pa.int64())), targets)
+    want = (res.user_emb[users] * res.item_emb[targets]).sum(1)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    seqs = scorer.sequences(pa.array([[], [4, 2]], pa.list_(pa.int64())).slice(0, 2))
+    assert seqs.shape == (2, CFG.max_len) and seqs[0].sum() == 0 and seqs[1, -2:].tolist() == [5, 3]
+    assert scorer(pa.array([[]], pa.list_(pa.int64())), np.array([1]))[0] == 0.0  # no history: zero representation
+    with pytest.raises(ValueError, match="target item ids"):
+        scorer(pa.array([[1]], pa.list_(pa.int64())), np.array([I]))
+
+
 def test_log_line_and_input_errors(tmp_path, caplog):
     u, i, t, *_ = cycle_data()
     cfg = CFG.model_copy(update={"epochs": 1})

@@ -28,7 +28,7 @@ GENRES: tuple[str, ...] = (
     "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War",
     "Western",
 )
-_GENRE_NOUNS: tuple[tuple[str, ...], ...] = (
+GENRE_NOUNS: tuple[tuple[str, ...], ...] = (
     ("Strike", "Fury", "Mission", "Target", "Blast", "Vendetta"),
     ("Voyage", "Quest", "Island", "Expedition", "Treasure", "Frontier"),
     ("Toybox", "Dragonfly", "Kingdom", "Robot", "Bunny", "Lantern"),
@@ -74,7 +74,7 @@ def _titles(rng: np.random.Generator, primary: np.ndarray, year: np.ndarray) -> 
     import pandas as pd
 
     n = len(primary)
-    nouns = np.array(_GENRE_NOUNS, dtype=object)[primary % len(_GENRE_NOUNS), rng.integers(0, 6, n)]
+    nouns = np.array(GENRE_NOUNS, dtype=object)[primary % len(GENRE_NOUNS), rng.integers(0, 6, n)]
     adjs = np.array(_ADJECTIVES, dtype=object)[rng.integers(0, len(_ADJECTIVES), n)]
     pat = rng.integers(0, len(_PATTERNS), n)
     prefix = np.array(["The ", "", "Return of the ", "The "], dtype=object)[pat]

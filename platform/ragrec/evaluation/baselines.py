@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["smoothed_rate", "item_rate", "item_user_logit", "trivial_baselines"]
+__all__ = ["smoothed_rate", "item_rate", "item_user_logit", "trivial_baselines", "ItemUserBaseline"]
 
 _EPS = 1e-6
 
@@ -68,6 +68,41 @@ def item_user_logit(train: pa.Table, test: pa.Table, a: float = 10.0) -> np.ndar
     ir = smoothed_rate(_col(train, "item_id", "train"), y, _col(test, "item_id", "test"), g, a)
     ur = smoothed_rate(_col(train, "user_id", "train"), y, _col(test, "user_id", "test"), g, a)
     return 1.0 / (1.0 + np.exp(-(_logit(ir) + _logit(ur) - _logit(g))))
+
+
+class ItemUserBaseline:
+    """``item_user_logit`` as lookup tables fitted once on training rows (fusion inputs, serving).
+
+    ``logit(users, items)`` is ``logit(item rate) + logit(user rate) - logit(g)``, the log-odds whose
+    sigmoid :func:`item_user_logit` returns, computed the same way; ids never seen in training (or
+    beyond the tables) get the prior ``g``.
+    """
+
+    def __init__(self, train: pa.Table, a: float = 10.0) -> None:
+        if train.num_rows == 0:
+            raise ValueError("ItemUserBaseline: the training table is empty")
+        y = _col(train, "label", "train").astype(np.float64)
+        g = float(y.mean())
+        items, users = _col(train, "item_id", "train"), _col(train, "user_id", "train")
+        self.global_logit = float(_logit(g))
+        self.unseen_logit = float(_logit((0.0 + a * g) / (0 + a)))  # smoothed_rate of an id without rows
+        self.item_logit = _logit(smoothed_rate(items, y, np.arange(int(items.max()) + 1), g, a))
+        self.user_logit = _logit(smoothed_rate(users, y, np.arange(int(users.max()) + 1), g, a))
+
+    @staticmethod
+    def _lookup(table: np.ndarray, ids: np.ndarray, prior: float) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        known = (ids >= 0) & (ids < len(table))
+        return np.where(known, table[np.where(known, ids, 0)], prior)
+
+    def logit(self, user_ids, item_ids) -> np.ndarray:
+        """(n,) float64 log-odds of the (user, item) pairs."""
+        u = self.unseen_logit
+        item = self._lookup(self.item_logit, item_ids, u)
+        return item + self._lookup(self.user_logit, user_ids, u) - self.global_logit
+
+    def prob(self, user_ids, item_ids) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-self.logit(user_ids, item_ids)))
 
 
 def trivial_baselines(train: pa.Table, test: pa.Table, a: float = 10.0) -> dict[str, np.ndarray]:

@@ -1,6 +1,8 @@
 """Run reports (DESIGN §7): ``report.md`` + ``metrics.json`` + PNG plots, written atomically.
 
-The markdown table follows the paper's tables: ``variant | AUC [95% CI] | LogLoss | ACC | n``.
+The markdown table follows the paper's tables: ``variant | AUC [95% CI] | LogLoss | ACC | n``. Rows with a
+user-clustered interval (``auc_ulo``, ``auc_uhi``; ``delta_ulo``, ``delta_uhi``) get a second interval
+column, ``[95% CI, users]``, next to the sample-bootstrap one.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-__all__ = ["write_report", "plot_auc_bars", "plot_curve", "plot_sweep", "format_rows"]
+__all__ = ["write_report", "plot_auc_bars", "plot_curve", "plot_sweep", "format_rows", "delta_interval",
+           "decomposition_note", "USER_CI_NOTE"]
 
 ROW_KEYS = ("name", "auc", "auc_lo", "auc_hi", "logloss", "acc", "n")
 
@@ -35,23 +38,63 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
+USER_CI_NOTE = ("Two 95% intervals: [95% CI, samples] resamples test samples; [95% CI, users] resamples users "
+                "with all their samples (a user-clustered bootstrap). Samples of one user are correlated, so the "
+                "sample interval is too narrow: the user-clustered interval is the one to read.")
+
+
 def _num(x) -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"
+
+
+def _ci(lo, hi, fmt: str = ".4f") -> str:
+    if lo is None or hi is None or (isinstance(lo, float) and math.isnan(lo)):
+        return "—"
+    return f"[{lo:{fmt}}, {hi:{fmt}}]"
+
+
+def delta_interval(row: Mapping) -> tuple[float, float]:
+    """The interval of a row's paired ΔAUC to judge it by: user-clustered when the row has it, else samples."""
+    if row.get("delta_ulo") is not None and not math.isnan(row["delta_ulo"]):
+        return row["delta_ulo"], row["delta_uhi"]
+    return row["delta_lo"], row["delta_hi"]
+
+
+def _significant(row: Mapping) -> bool:
+    lo, hi = delta_interval(row)
+    return lo is not None and hi is not None and (lo > 0 or hi < 0)
+
+
+def decomposition_note(name: str, d: Mapping) -> str:
+    """One line: ``name AUC a = w × within-user AUC + w × between-user AUC on U users`` (see auc_decomposition)."""
+    f2 = lambda x: "—" if x is None or math.isnan(x) else f"{x:.2f}"  # noqa: E731
+    line = (f"{name}: AUC {_num(d['auc'])} = {f2(d['w_within'])} × within-user AUC {f2(d['auc_within'])} "
+            f"+ {f2(d['w_between'])} × between-user AUC {f2(d['auc_between'])} on {d['users']} users "
+            f"({d['users_both_labels']} with both labels)")
+    if d.get("auc_user_only") is not None and not math.isnan(d["auc_user_only"]):
+        line += f"; scoring by the user's positive rate alone (in-sample) gives AUC {d['auc_user_only']:.4f}"
+    return line + "."
 
 
 def format_rows(rows: Sequence[Mapping], reference: str | None = None) -> str:
     """Markdown table of result rows (keys: name, auc, auc_lo, auc_hi, logloss, acc, n).
 
-    Rows may carry ``delta, delta_lo, delta_hi`` (paired-bootstrap AUC difference against
-    ``reference``), ``uauc`` (per-user AUC) and ``examples`` (instruction-tuning examples); the columns
-    appear when any row has them.
+    Rows may carry ``auc_ulo, auc_uhi`` (user-clustered bootstrap interval), ``delta, delta_lo, delta_hi``
+    (paired-bootstrap AUC difference against ``reference``) with ``delta_ulo, delta_uhi`` (its
+    user-clustered interval), ``uauc`` (per-user AUC) and ``examples`` (instruction-tuning examples); the
+    columns appear when any row has them. With user intervals the headers say which interval is which,
+    and the ``*`` of a significant ΔAUC is judged on the user-clustered interval.
     """
     has_delta = any("delta" in r for r in rows)
     has_ex = any("examples" in r for r in rows)
     has_uauc = any("uauc" in r for r in rows)
-    head = ["variant", "AUC [95% CI]"] + (["UAUC"] if has_uauc else [])
+    has_uci = any("auc_ulo" in r for r in rows)
+    has_duci = has_delta and any("delta_ulo" in r for r in rows)
+    head = ["variant"] + (["AUC [95% CI, samples]", "[95% CI, users]"] if has_uci else ["AUC [95% CI]"])
+    head += ["UAUC"] if has_uauc else []
     if has_delta:
-        head.append(f"ΔAUC vs {reference or 'reference'} [95% CI]")
+        dname = f"ΔAUC vs {reference or 'reference'}"
+        head += [f"{dname} [95% CI, samples]", "[95% CI, users]"] if has_duci else [f"{dname} [95% CI]"]
     head += ["LogLoss", "ACC", "n"] + (["IT examples"] if has_ex else [])
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -59,11 +102,19 @@ def format_rows(rows: Sequence[Mapping], reference: str | None = None) -> str:
         if missing:
             raise ValueError(f"report row {r.get('name', r)!r} lacks {missing}; rows need {list(ROW_KEYS)}")
         ci = f" [{_num(r['auc_lo'])}, {_num(r['auc_hi'])}]" if r["auc_lo"] is not None else ""
-        cells = [str(r["name"]), f"{_num(r['auc'])}{ci}"] + ([_num(r.get("uauc"))] if has_uauc else [])
+        cells = [str(r["name"]), f"{_num(r['auc'])}{ci}"]
+        cells += [_ci(r.get("auc_ulo"), r.get("auc_uhi"))] if has_uci else []
+        cells += [_num(r.get("uauc"))] if has_uauc else []
         if has_delta:
             d = r.get("delta")
-            cells.append("—" if d is None else f"{d:+.4f} [{r['delta_lo']:+.4f}, {r['delta_hi']:+.4f}]"
-                         + (" *" if r["delta_lo"] > 0 or r["delta_hi"] < 0 else ""))
+            star = " *" if d is not None and _significant(r) else ""
+            if d is None:
+                cells += ["—", "—"] if has_duci else ["—"]
+            elif has_duci:
+                cells += [f"{d:+.4f} {_ci(r['delta_lo'], r['delta_hi'], '+.4f')}",
+                          _ci(r.get("delta_ulo"), r.get("delta_uhi"), "+.4f") + star]
+            else:
+                cells.append(f"{d:+.4f} {_ci(r['delta_lo'], r['delta_hi'], '+.4f')}{star}")
         cells += [_num(r["logloss"]), _num(r["acc"]), str(r["n"])]
         if has_ex:
             cells.append("—" if r.get("examples") is None else f"{r['examples']:,}")
@@ -83,12 +134,20 @@ def _json_safe(x):
     return x
 
 
+def _auc_interval(r: Mapping) -> tuple:
+    """The AUC interval to draw: user-clustered when the row has one, else the sample bootstrap's."""
+    if r.get("auc_ulo") is not None and not math.isnan(r["auc_ulo"]):
+        return r["auc_ulo"], r["auc_uhi"]
+    return r.get("auc_lo"), r.get("auc_hi")
+
+
 def plot_auc_bars(rows: Sequence[Mapping], path: str | os.PathLike) -> None:
-    """Bar chart of AUC per variant with 95% CI error bars; PNG at ``path``."""
+    """Bar chart of AUC per variant with 95% CI error bars (user-clustered when rows have it); PNG at ``path``."""
     names = [str(r["name"]) for r in rows]
     auc = [float(r["auc"]) for r in rows]
-    lo = [a - float(r["auc_lo"]) if r.get("auc_lo") is not None else 0.0 for a, r in zip(auc, rows)]
-    hi = [float(r["auc_hi"]) - a if r.get("auc_hi") is not None else 0.0 for a, r in zip(auc, rows)]
+    ci = [_auc_interval(r) for r in rows]
+    lo = [a - float(c[0]) if c[0] is not None else 0.0 for a, c in zip(auc, ci)]
+    hi = [float(c[1]) - a if c[1] is not None else 0.0 for a, c in zip(auc, ci)]
     fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(rows) + 2), 3.5))
     try:
         ax.bar(range(len(rows)), auc, yerr=[lo, hi], capsize=4, color="tab:blue")
@@ -127,15 +186,17 @@ def plot_sweep(
     xs: Sequence[float], rows: Sequence[Mapping], path: str | os.PathLike, xlabel: str,
     baselines: Mapping[str, float] | None = None,
 ) -> None:
-    """AUC with its 95% CI band over a swept parameter (one row per x); dashed lines for reference AUCs."""
+    """AUC with its 95% CI band (user-clustered when rows have it) over a swept parameter (one row per x);
+    dashed lines for reference AUCs."""
     auc = [float(r["auc"]) for r in rows]
-    lo = [float(r["auc_lo"]) if r.get("auc_lo") is not None else a for a, r in zip(auc, rows)]
-    hi = [float(r["auc_hi"]) if r.get("auc_hi") is not None else a for a, r in zip(auc, rows)]
+    ci = [_auc_interval(r) for r in rows]
+    lo = [float(c[0]) if c[0] is not None else a for a, c in zip(auc, ci)]
+    hi = [float(c[1]) if c[1] is not None else a for a, c in zip(auc, ci)]
     if len(xs) != len(rows):
         raise ValueError(f"plot_sweep: {len(rows)} rows for {len(xs)} x values")
     fig, ax = plt.subplots(figsize=(5, 3.5))
     try:
-        ax.fill_between(list(xs), lo, hi, alpha=0.25, color="tab:blue", label="95% CI")
+        ax.fill_between(list(xs), lo, hi, alpha=0.25, color="tab:blue", label="95% CI (users)" if any("auc_ulo" in r for r in rows) else "95% CI")
         ax.plot(list(xs), auc, marker="o", color="tab:blue", label="AUC")
         for i, (name, value) in enumerate((baselines or {}).items()):
             ax.axhline(value, ls="--", lw=0.9, color=f"C{i + 1}", label=name)
@@ -187,9 +248,13 @@ def write_report(
             raise ValueError(f"plot name {name!r} must be a plain file stem")
         _atomic_write(out / f"{name}.png", fn)
     lines = [f"# {title}", "", "## Results", "", table, ""]
+    if any("auc_ulo" in r for r in rows):
+        lines += [USER_CI_NOTE, ""]
     if any("delta" in r for r in rows):
+        which = ("the user-clustered 95% interval" if any("delta_ulo" in r for r in rows)
+                 else "the 95% interval")
         lines += [f"ΔAUC: paired bootstrap against {reference or 'the reference row'} on the same samples; "
-                  "* = the 95% interval excludes 0 (a real gap, not noise).", ""]
+                  f"* = {which} excludes 0 (a real gap, not noise).", ""]
     for heading, body in (sections or {}).items():
         lines += [f"## {heading}", "", body, ""]
     lines += ["## Samples", "", *[f"- {k}: {v}" for k, v in counts.items()], ""]

@@ -100,8 +100,32 @@ def _titles(items: pa.Table, max_title_chars: int) -> pa.ChunkedArray:
     return pc.utf8_rtrim_whitespace(pc.utf8_slice_codeunits(title, 0, max_title_chars))
 
 
+def stats_sentence(lower: pa.Array, user_mean: np.ndarray, user_count: np.ndarray, item_mean: np.ndarray,
+                   item_count: np.ndarray, kind: str = "rating") -> pa.Array:
+    """``prompt.stats``: the user's average past rating and the target's average rating so far, in words.
+
+    ``"On average the user rated past movies 3.9 stars (120 ratings). Other users rated this movie 4.2 stars
+    on average (85 ratings)."``; ``kind="label"`` (no star ratings) states shares liked instead.
+    """
+    def fmt(mean: np.ndarray, count: np.ndarray) -> np.ndarray:
+        if kind == "rating":
+            txt = np.char.add(np.char.mod("%.1f", np.nan_to_num(mean)), " stars")
+        else:
+            txt = np.char.add(np.char.mod("%.0f", 100 * np.nan_to_num(mean)), "% liked")
+        return np.char.add(np.char.add(np.char.add(txt, " ("), np.char.mod("%d", count)), " ratings)")
+
+    user = np.where(user_count > 0, fmt(user_mean, user_count), "")
+    item = np.where(item_count > 0, np.char.add(np.char.add("Other users rated this movie ", fmt(item_mean, item_count)),
+                                                "."), "No other user has rated this movie yet.")
+    verb = "rated past movies " if kind == "rating" else "liked past movies: "
+    u_sent = pc.binary_join_element_wise("On average ", lower, " " + verb, pa.array(user.tolist()), ". ", "")
+    u_sent = pc.if_else(pa.array(user_count > 0), u_sent, pa.scalar("", pa.string()))
+    return pc.binary_join_element_wise(u_sent, pa.array(item.tolist()), "")
+
+
 def build_ctr_prompts(
-    samples: pa.Table, items: pa.Table, users: pa.Table | None, *, max_title_chars: int = 80
+    samples: pa.Table, items: pa.Table, users: pa.Table | None, *, max_title_chars: int = 80,
+    stats: dict | None = None,
 ) -> list[str]:
     """One ReLLa-style yes/no prompt per sample (template in the module docstring).
 
@@ -112,6 +136,8 @@ def build_ctr_prompts(
         users: canonical users (dense ``user_id``; optional ``gender`` 'M'/'F', ``occupation``, ``age``),
             or None for no profile sentence.
         max_title_chars: titles are cut to this many characters.
+        stats: ``prompt.stats`` numbers (``user_mean``, ``user_count``, ``item_mean``, ``item_count`` arrays of
+            length n, ``kind``): a :func:`stats_sentence` line before the question; None: no such line.
 
     Returns:
         n prompt strings, in the samples' order.
@@ -149,7 +175,8 @@ def build_ctr_prompts(
         "Based on the movies ", lower, " has watched, deduce if ", lower, " will like the movie ***", target, "***.", ""
     )
     line = lambda x: pc.binary_join_element_wise(x, "\n", "")  # null stays null -> no line at all
-    prompt = _join([line(profile), line(header), line(history), NOTE + "\n", line(question), INSTRUCTION], "")
+    facts = line(stats_sentence(lower, **stats)) if stats is not None else pa.nulls(n, pa.string())
+    prompt = _join([line(profile), line(header), line(history), NOTE + "\n", facts, line(question), INSTRUCTION], "")
     return prompt.to_pylist()
 
 

@@ -244,10 +244,32 @@ def with_context(samples: pa.Table, views: ItemViews, rcfg: RetrievalConfig) -> 
     return select_history(samples, rcfg, views.get(rcfg.embedding))
 
 
-def prompts_for(samples: pa.Table, items: pa.Table, users: pa.Table | None, cfg: RunConfig) -> pa.Array:
+def prompts_for(samples: pa.Table, items: pa.Table, users: pa.Table | None, cfg: RunConfig,
+                interactions: pa.Table | None = None) -> pa.Array:
+    """The CTR prompt of every sample; ``prompt.stats`` also needs the ``interactions`` (item averages so far)."""
     from ..llm.prompts_ctr import build_ctr_prompts
 
-    return pa.array(build_ctr_prompts(samples, items, users, max_title_chars=cfg.prompt.max_title_chars), pa.string())
+    stats = None
+    if cfg.prompt.stats:
+        if interactions is None:
+            raise ValueError("prompt.stats needs the interactions table (the target's ratings before each sample)")
+        stats = prompt_stats(samples, interactions)
+    return pa.array(build_ctr_prompts(samples, items, users, max_title_chars=cfg.prompt.max_title_chars,
+                                      stats=stats), pa.string())
+
+
+def prompt_stats(samples: pa.Table, interactions: pa.Table) -> dict:
+    """``prompt.stats`` numbers of each sample: its user's past ratings (``history_ratings``) and its target's
+    ratings strictly before the sample's ``timestamp``."""
+    from ..data.stats import history_stats, item_stats_before
+
+    missing = [c for c in ("history_ratings", "timestamp") if c not in samples.column_names]
+    if missing:
+        raise ValueError(f"prompt.stats: samples lack {missing}")
+    im, ic, kind = item_stats_before(interactions, samples.column("item_id").to_numpy(),
+                                     samples.column("timestamp").to_numpy())
+    um, uc = history_stats(samples.column("history_ratings"))
+    return {"user_mean": um, "user_count": uc, "item_mean": im, "item_count": ic, "kind": kind}
 
 
 def train_subset(samples: pa.Table, n: int, seed: int) -> pa.Table:
@@ -260,7 +282,7 @@ def train_subset(samples: pa.Table, n: int, seed: int) -> pa.Table:
 
 
 def training_examples(samples: pa.Table, views: ItemViews, items: pa.Table, users: pa.Table | None,
-                      cfg: RunConfig) -> pa.Table:
+                      cfg: RunConfig, interactions: pa.Table | None = None) -> pa.Table:
     """Instruction-tuning examples (prompt, answer, view) for the sampled training subset."""
     from ..llm.chat import ANSWER_NO, ANSWER_YES
     from ..llm.prompts_ctr import augment_views
@@ -276,7 +298,7 @@ def training_examples(samples: pa.Table, views: ItemViews, items: pa.Table, user
     return pa.table({
         "sample_id": table.column("sample_id"),
         "view": table.column("view"),
-        "prompt": prompts_for(table, items, users, cfg),
+        "prompt": prompts_for(table, items, users, cfg, interactions),
         "answer": pa.array(answers.tolist(), pa.string()),
     })
 
@@ -338,7 +360,8 @@ class Pipeline:
                 "train_samples": cfg.lora.train_samples, "seed": cfg.seed}
 
         def compute(art: Artifact):
-            table = training_examples(a["samples"].read_table("samples"), views, items, users, cfg)
+            inter = a["dataset"].read_table("interactions") if cfg.prompt.stats else None
+            table = training_examples(a["samples"].read_table("samples"), views, items, users, cfg, inter)
             art.write_table(table)
             return table.num_rows
 
@@ -368,7 +391,8 @@ class Pipeline:
         """
         cfg, a = cfg or self.cfg, self.arts
         samples = with_context(self.eval_samples(split_name), views, rcfg)
-        prompts = prompts_for(samples, a["dataset"].read_table("items"), read_users(a["dataset"]), cfg)
+        inter = a["dataset"].read_table("interactions") if cfg.prompt.stats else None
+        prompts = prompts_for(samples, a["dataset"].read_table("items"), read_users(a["dataset"]), cfg, inter)
         rows = pa.table({"sample_id": samples.column("sample_id"), "prompt": prompts})
         art = score_stage(self.store, name, rows, key="sample_id", prompt="prompt", llm_cfg=cfg.llm, adapter=adapter,
                           block_size=cfg.llm.batch_size * 8, inputs=[a["samples"]])
@@ -451,7 +475,8 @@ def load_run(run_dir: str | Path) -> LoadedRun:
 def run(cfg: RunConfig, force: tuple[str, ...] = ()) -> RunResult:
     """Run the whole RALLRec pipeline for ``cfg`` and write the report into ``cfg.run_dir()``."""
     from ..evaluation.baselines import trivial_baselines
-    from ..evaluation.report import plot_auc_bars, plot_curve, write_report
+    from ..evaluation.metrics import auc_decomposition
+    from ..evaluation.report import decomposition_note, plot_auc_bars, plot_curve, write_report
 
     t0 = time.perf_counter()
     pipe = Pipeline(cfg, force)
@@ -463,11 +488,17 @@ def run(cfg: RunConfig, force: tuple[str, ...] = ()) -> RunResult:
 
     labels = preds.column("label").to_numpy()
     probs = preds.column("prob").to_numpy()
+    users = preds.column("user_id").to_numpy()
     samples = pipe.arts["samples"].read_table("samples")
-    rows = [_metric_row("RALLRec" if adapter else "RALLRec (zero-shot)", labels, probs, cfg.eval.bootstrap, cfg.seed)]
+    rows = [_metric_row("RALLRec" if adapter else "RALLRec (zero-shot)", labels, probs, cfg.eval.bootstrap, cfg.seed,
+                        users)]
     train_inter = train_interactions(pipe.arts["dataset"].read_table("interactions"), samples)
     for name, p in trivial_baselines(train_inter, preds).items():
-        rows.append(_metric_row(name, labels, p, cfg.eval.bootstrap, cfg.seed))
+        rows.append(_metric_row(name, labels, p, cfg.eval.bootstrap, cfg.seed, users))
+    fusion_rows, f_sections, f_notes, f_extra, f_cols = (
+        _run_fusion(pipe, views, cfg, adapter, preds, rows[0]["name"]) if cfg.eval.fusion else ([], {}, [], {}, {}))
+    for col, values in f_cols.items():  # p_fused, p_fused_no_llm in predictions.parquet
+        preds = preds.append_column(col, pa.array(values.astype(np.float32)))
 
     run_dir = cfg.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -487,22 +518,56 @@ def run(cfg: RunConfig, force: tuple[str, ...] = ()) -> RunResult:
                 plots[f"{stage}_loss"] = (lambda h, s: lambda p: plot_curve(
                     list(range(1, len(h) + 1)), {"loss": [r["loss"] for r in h]}, p, "step", f"{s} loss"))(hist, stage)
     wall = time.perf_counter() - t0
-    notes = [f"wall time {wall:.0f} s", "artifacts: " + ", ".join(f"{k}={v.key}" for k, v in pipe.arts.items() if v)]
+    notes = [f"wall time {wall:.0f} s", "artifacts: " + ", ".join(f"{k}={v.key}" for k, v in pipe.arts.items() if v),
+             decomposition_note(rows[0]["name"], auc_decomposition(users, labels, probs))]
     best_trivial = max(r["auc"] for r in rows[1:]) if len(rows) > 1 else None
     if best_trivial is not None and rows[0]["auc"] < best_trivial:
         notes.append(f"{rows[0]['name']} does NOT beat the best trivial baseline (AUC {best_trivial:.4f}).")
+    rows += fusion_rows
+    notes += f_notes
     write_report(run_dir, title=f"RALLRec on {cfg.data.name}", config=cfg.model_dump(mode="json"), counts=counts,
-                 rows=rows, notes=notes, plots=plots)
-    metrics = {"rows": rows, "counts": counts, "wall_seconds": round(wall, 1)}
+                 rows=rows, notes=notes, plots=plots, sections=f_sections, extra=f_extra)
+    metrics = {"rows": rows, "counts": counts, "wall_seconds": round(wall, 1), **f_extra}
     log.info("RALLRec %s: AUC %.4f  LogLoss %.4f  ACC %.4f  (%d samples, %.0f s) -> %s", cfg.data.name, rows[0]["auc"],
              rows[0]["logloss"], rows[0]["acc"], preds.num_rows, wall, run_dir / "report.md")
     return RunResult(run_dir, metrics, dict(pipe.arts))
 
 
-def _metric_row(name: str, labels: np.ndarray, probs: np.ndarray, n_boot: int, seed: int) -> dict:
-    from ..evaluation.metrics import bootstrap_ci, ctr_metrics
+def _run_fusion(pipe: Pipeline, views: ItemViews, cfg: RunConfig, adapter: Artifact | None, preds: pa.Table,
+                llm_name: str) -> tuple[list[dict], dict, list[str], dict, dict[str, np.ndarray]]:
+    """``eval.fusion`` in `ragrec run`: DeepFM (the evaluation's cached stage), the validation scores and the
+    fusion artifact (all added to ``pipe.arts``, so run.json references them and serving finds them).
+
+    Returns the result rows (DeepFM, fusion, fusion w/o LLM), the report section with the paired ΔAUC of
+    the fusion against each input, the coefficient note, the ``metrics.json`` block and the fused test
+    probabilities as prediction columns (``p_fused``, ``p_fused_no_llm``).
+    """
+    from .rallrec_evaluate import fusion_comparisons, fusion_labels, fusion_report, rallrec_fusion
+
+    probs = preds.column("prob").to_numpy().astype(np.float64)
+    res, vart = rallrec_fusion(pipe, views, cfg, adapter, preds, probs, llm_name)
+    pipe.arts["valid_scores"] = vart
+    pipe.arts["fusion"] = res.artifact
+    labels, users = preds.column("label").to_numpy(), preds.column("user_id").to_numpy()
+    crm = res.input_probs("crm")
+    full, no_llm = fusion_labels(res.names)
+    rows = [_metric_row(n, labels, p, cfg.eval.bootstrap, cfg.seed, users)
+            for n, p in ((res.names["crm"], crm), (full, res.fused), (no_llm, res.fused_without_llm))]
+    sections, notes, extra = fusion_report(res, fusion_comparisons(res, labels, users, cfg, probs, crm))
+    return rows, sections, notes, extra, {"p_fused": res.fused, "p_fused_no_llm": res.fused_without_llm}
+
+
+def _metric_row(name: str, labels: np.ndarray, probs: np.ndarray, n_boot: int, seed: int,
+                user_ids: np.ndarray | None = None) -> dict:
+    """AUC with its sample-bootstrap interval (``auc_lo``, ``auc_hi``), LogLoss, ACC; with ``user_ids`` also
+    the user-clustered interval (``auc_ulo``, ``auc_uhi``: users resampled with all their samples) and UAUC."""
+    from ..evaluation.metrics import bootstrap_ci, ctr_metrics, uauc
 
     m = ctr_metrics(labels, probs)
     lo, hi = bootstrap_ci(labels, probs, metric="auc", n=n_boot, seed=seed)
-    return {"name": name, **{k: float(v) for k, v in m.items()}, "auc_lo": float(lo), "auc_hi": float(hi),
-            "n": int(len(labels))}
+    row = {"name": name, **{k: float(v) for k, v in m.items()}, "auc_lo": float(lo), "auc_hi": float(hi),
+           "n": int(len(labels))}
+    if user_ids is not None:
+        ulo, uhi = bootstrap_ci(labels, probs, metric="auc", n=n_boot, seed=seed, groups=user_ids)
+        row.update(auc_ulo=float(ulo), auc_uhi=float(uhi), uauc=float(uauc(user_ids, labels, probs)))
+    return row

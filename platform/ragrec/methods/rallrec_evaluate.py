@@ -5,11 +5,18 @@ Every variant is the base config with a few fields overridden (:data:`VARIANTS`)
 what variants share (dataset, samples, descriptions, embeddings, LightGCN, projector, and the full
 variant's adapter for the sweeps) is computed once; a rerun reuses every finished variant.
 
-Outputs in ``<output_dir>/<name>/evaluate/``: ``report.md`` (variant table with AUC 95% bootstrap CIs and
-the paired-bootstrap AUC difference against full RALLRec, K and alpha sweep tables), ``metrics.json``,
+Outputs in ``<output_dir>/<name>/evaluate/``: ``report.md`` (variant table with AUC 95% bootstrap CIs, over
+samples and user-clustered, and the paired-bootstrap AUC difference against full RALLRec, K and alpha
+sweep tables), ``metrics.json``,
 ``auc.png`` (AUC per variant), ``auc_vs_k.png``, ``auc_vs_alpha.png`` and ``predictions.parquet`` (one
 probability column per variant). The report is rewritten after every finished variant, so a long
 evaluation can be watched and an interrupted one still shows what it measured.
+
+Fusion (``eval.fusion``, on unless false): the full variant also scores the validation split, a logistic
+regression over its logit, DeepFM's and the item+user baseline's is fitted there
+(:mod:`ragrec.evaluation.fusion`) and applied to the test samples: rows ``fusion`` and ``fusion w/o
+LLM``, a section with the paired ΔAUC of the fusion against each input and against ``fusion w/o LLM``,
+the coefficients in ``metrics.json`` (``fusion``) and one report line.
 """
 
 from __future__ import annotations
@@ -105,6 +112,80 @@ def deepfm_probs(pipe: Pipeline, test: pa.Table) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------------
+# fusion: LLM + DeepFM + item/user baseline (ragrec.evaluation.fusion), used by evaluate and `ragrec run`
+# ---------------------------------------------------------------------------------------------------
+FUSION_NAMES = {"llm": "RALLRec", "crm": "DeepFM", "item_user": "item_user_logit"}
+
+
+def fusion_labels(names: dict[str, str]) -> tuple[str, str]:
+    """Row names of the fusion and of the fusion without the LLM."""
+    return (f"fusion ({names['llm']} + {names['crm']} + item/user)", f"fusion w/o LLM ({names['crm']} + item/user)")
+
+
+def fusion_logits(pipe: Pipeline, samples: pa.Table, llm_probs: np.ndarray, baseline) -> dict[str, np.ndarray]:
+    """The fusion inputs of ``samples``: logit of the LLM's P(yes), of DeepFM's P(click), item+user log-odds."""
+    from ..evaluation.fusion import logit
+
+    return {"llm": logit(llm_probs), "crm": logit(deepfm_probs(pipe, samples)),
+            "item_user": baseline.logit(samples.column("user_id").to_numpy(), samples.column("item_id").to_numpy())}
+
+
+def rallrec_fusion(pipe: Pipeline, views: ItemViews, vcfg: RunConfig, adapter, test: pa.Table,
+                   test_probs: np.ndarray, llm_name: str = "RALLRec"):
+    """Fit the fusion of ``vcfg`` (+ ``adapter``) on the validation split and apply it to ``test``.
+
+    Scores the ``eval.max_valid_samples`` validation samples (a cached scores artifact, like the test
+    scores), trains or reuses the DeepFM stage, builds the item+user table from training interactions,
+    and fits the full model as a cached ``fusion`` artifact. ``test_probs``: the same variant's test
+    P(yes), aligned with ``test``. Returns ``(FusionResult, validation scores artifact)``; sets
+    ``pipe.arts["deepfm"]``.
+    """
+    from ..evaluation.baselines import ItemUserBaseline
+    from ..evaluation.fusion import fuse
+
+    valid, vart = pipe.predict(views, vcfg.retrieval, adapter, split_name="valid", cfg=vcfg)
+    a = pipe.arts
+    baseline = ItemUserBaseline(train_interactions(a["dataset"].read_table("interactions"),
+                                                   a["samples"].read_table("samples")))
+    vlog = fusion_logits(pipe, valid, valid.column("prob").to_numpy(), baseline)
+    tlog = fusion_logits(pipe, test, test_probs, baseline)
+    res = fuse(vlog, valid.column("label").to_numpy(), tlog, {**FUSION_NAMES, "llm": llm_name}, store=pipe.store,
+               inputs=[vart, a["deepfm"], a["samples"], a["dataset"]])
+    return res, vart
+
+
+def fusion_comparisons(res, labels: np.ndarray, users: np.ndarray | None, cfg: RunConfig, llm_probs: np.ndarray,
+                       crm_probs: np.ndarray, row=None) -> list[dict]:
+    """Paired ΔAUC rows of the fusion against each input and against the fusion w/o LLM (the LLM's marginal
+    value over collaborative filtering), built by :func:`_row` (or ``row(name, probs, ref_probs)``)."""
+    from ..evaluation.fusion import comparison_rows
+
+    if row is None:
+        def row(name, probs, ref_probs):
+            return _row(name, labels, probs, _Scored(name, name, "fusion", ref_probs), cfg, group="fusion", key=name,
+                        user_ids=users)
+    n = res.names
+    rows = comparison_rows(row, "fusion", res.fused, {n["llm"]: llm_probs, n["crm"]: crm_probs,
+                                                      n["item_user"]: res.input_probs("item_user"),
+                                                      "fusion w/o LLM": res.fused_without_llm})
+    return [{k: v for k, v in r.items() if k != "examples"} for r in rows]  # no IT-examples column here
+
+
+def fusion_report(res, comparisons: list[dict]) -> tuple[dict[str, str], list[str], dict]:
+    """``(sections, notes, metrics.json extra)`` of a fusion: the comparison table, the coefficient line."""
+    from ..evaluation.report import format_rows
+
+    n = res.names
+    text = (f"Logistic regression fitted on {res.model.n_fit} validation samples over the logits of {n['llm']}, "
+            f"{n['crm']} and the item+user baseline ({n['item_user']}, training interactions only), applied "
+            f"unchanged to the test samples above (`ragrec.evaluation.fusion`). Each row is the paired ΔAUC of "
+            f"the fusion against one of its inputs; `fusion − fusion w/o LLM` is the LLM's marginal value over "
+            f"collaborative filtering.\n\n" + format_rows(comparisons, "the row's input"))
+    return ({f"Fusion: {n['llm']} + {n['crm']} + item/user, fitted on validation": text}, [res.note()],
+            {"fusion": {**res.summary(), "comparisons": comparisons}})
+
+
+# ---------------------------------------------------------------------------------------------------
 # the evaluation
 # ---------------------------------------------------------------------------------------------------
 @dataclass
@@ -131,6 +212,9 @@ class Evaluation:
         self.k_points: dict[int, _Scored] = {}
         self.alpha_points: dict[float, _Scored] = {}
         self._full_adapter = None
+        self.fusion = None  # FusionResult once run_fusion succeeded
+        self.fusion_rows: list[dict] = []
+        self.fusion_error: str | None = None
 
     # ---- scoring ---------------------------------------------------------------------------------
     def _score(self, vcfg: RunConfig, adapter) -> tuple[np.ndarray, dict[str, str]]:
@@ -173,6 +257,38 @@ class Evaluation:
         examples = self._examples(vcfg) if self.cfg.eval.sweep_adapter == "retrain" else None
         return _Scored(label, label, "sweep", probs, examples, keys)
 
+    def run_fusion(self) -> None:
+        """Fusion rows: full RALLRec + DeepFM + item/user fitted on the validation split (``eval.fusion``).
+
+        A fit that cannot run (e.g. one-class validation labels) is a note in the report unless
+        ``eval.fusion`` is explicitly true, then it raises.
+        """
+        log.info("evaluate: fusion (RALLRec + DeepFM + item/user, fitted on the validation split)")
+        ref = self.run_point({}, VARIANTS[REFERENCE].label)  # the full variant's test scores (cached)
+        try:
+            res, vart = rallrec_fusion(self.pipe, self.views, variant_config(self.cfg, FULL), self.full_adapter(),
+                                       self.test, ref.probs)
+        except ValueError as e:
+            if self.cfg.eval.fusion:
+                raise
+            log.warning("evaluate: fusion skipped: %s", e)
+            self.fusion_error = str(e)
+            return
+        deepfm_key = self.pipe.arts["deepfm"].key
+        if "deepfm" in self.scored:
+            crm = self.scored["deepfm"].probs
+        else:
+            crm = deepfm_probs(self.pipe, self.test).astype(np.float64)
+            self.scored["deepfm"] = _Scored("deepfm", "DeepFM (ID-based CTR)", "fusion", crm,
+                                            keys={"deepfm": deepfm_key})
+        keys = {"fusion": res.artifact.key, "valid_scores": vart.key, "deepfm": deepfm_key}
+        full, no_llm = fusion_labels(res.names)
+        self.scored["fusion"] = _Scored("fusion", full, "fusion", res.fused, keys=keys)
+        self.scored["fusion_no_llm"] = _Scored("fusion_no_llm", no_llm, "fusion", res.fused_without_llm, keys=keys)
+        self.fusion = res
+        self.fusion_rows = fusion_comparisons(res, self.test.column("label").to_numpy(),
+                                              self.test.column("user_id").to_numpy(), self.cfg, ref.probs, crm)
+
     # ---- the whole evaluation ------------------------------------------------------------------------
     def run(self) -> RunResult:
         cfg = self.cfg
@@ -191,6 +307,9 @@ class Evaluation:
                                             deepfm_probs(self.pipe, self.test).astype(np.float64),
                                             keys={"deepfm": self.pipe.arts["deepfm"].key})
             self.write()
+        if cfg.eval.fusion is not False:
+            self.run_fusion()
+            self.write()
         for k in cfg.eval.k_sweep:
             self.k_points[k] = self.run_point({"retrieval.k": k}, f"K={k}")
             self.write()
@@ -205,19 +324,22 @@ class Evaluation:
         from ..evaluation.baselines import trivial_baselines
 
         labels = self.test.column("label").to_numpy()
+        users = self.test.column("user_id").to_numpy()
         ref = self.scored.get(REFERENCE)
-        rows = [_row(s.label, labels, s.probs, ref, self.cfg, examples=s.examples, group=s.table, key=s.name)
-                for s in self.scored.values()]
+        rows = [_row(s.label, labels, s.probs, ref, self.cfg, examples=s.examples, group=s.table, key=s.name,
+                     user_ids=users) for s in self.scored.values()]
         samples = self.pipe.arts["samples"].read_table("samples")
         train = train_interactions(self.pipe.arts["dataset"].read_table("interactions"), samples)
         for name, p in trivial_baselines(train, self.test).items():
-            rows.append(_row(name, labels, p, ref, self.cfg, group="trivial", key=name))
+            rows.append(_row(name, labels, p, ref, self.cfg, group="trivial", key=name, user_ids=users))
         return rows
 
     def _sweep_rows(self, points: dict, xname: str) -> list[dict]:
         labels = self.test.column("label").to_numpy()
         ref = self.scored.get(REFERENCE)
-        return [{xname: x, **_row(s.label, labels, s.probs, ref, self.cfg, examples=s.examples, key=s.label)}
+        users = self.test.column("user_id").to_numpy()
+        return [{xname: x, **_row(s.label, labels, s.probs, ref, self.cfg, examples=s.examples, key=s.label,
+                                  user_ids=users)}
                 for x, s in points.items()]
 
     def write(self, final: bool = False) -> dict:
@@ -235,7 +357,8 @@ class Evaluation:
         counts["positive rate of evaluated"] = round(float(self.test.column("label").to_numpy().mean()), 4)
         trivial = {r["name"]: r["auc"] for r in rows if r["group"] == "trivial"}
         plots = {"auc": (lambda r: lambda p: plot_auc_bars(r, p))(rows)}
-        sections = {}
+        f_sections, f_notes, f_extra = _fusion_parts(self)
+        sections = dict(f_sections)
         adapter_note = ("every point uses the full variant's adapter (eval.sweep_adapter=shared: "
                         "only the retrieval changes at inference)" if cfg.eval.sweep_adapter == "shared"
                         else "every point tunes its own adapter (eval.sweep_adapter=retrain)")
@@ -254,7 +377,8 @@ class Evaluation:
                  f"model {cfg.llm.model}; LoRA on {cfg.lora.train_samples} sampled training samples "
                  f"({'x3 mixed views' if cfg.prompt.augmentation else 'one view'}), K = {cfg.retrieval.k}, "
                  f"α = {cfg.retrieval.alpha:.3g}, β = {cfg.retrieval.beta:g}"]
-        notes += _reading(rows)
+        notes += _decomposition_notes(self.test, self.scored.get(REFERENCE)) + _reading(rows)
+        notes += f_notes
         self.out_dir.mkdir(parents=True, exist_ok=True)
         preds = self.test.select(["sample_id", "user_id", "item_id", "label"])
         for s in list(self.scored.values()) + list(self.k_points.values()) + list(self.alpha_points.values()):
@@ -263,10 +387,18 @@ class Evaluation:
         pq.write_table(preds, self.out_dir / "predictions.parquet")
         extra = {"k_sweep": k_rows, "alpha_sweep": a_rows, "wall_seconds": round(wall, 1), "finished": final,
                  "artifacts": {s.name: s.keys for s in self.scored.values()}}
+        extra.update(f_extra)
         write_report(self.out_dir, title=f"RALLRec evaluation on {cfg.data.name}", config=cfg.model_dump(mode="json"),
                      counts=counts, rows=rows, notes=notes, plots=plots, sections=sections,
                      reference="RALLRec", extra=extra)
         return {"rows": rows, "k_sweep": k_rows, "alpha_sweep": a_rows, "counts": counts, "wall_seconds": wall}
+
+
+def _fusion_parts(ev) -> tuple[dict[str, str], list[str], dict]:
+    """An evaluation's fusion ``(sections, notes, metrics.json extra)``: the report, or why it was skipped."""
+    if ev.fusion is not None:
+        return fusion_report(ev.fusion, ev.fusion_rows)
+    return {}, ([f"fusion skipped: {ev.fusion_error}"] if ev.fusion_error else []), {}
 
 
 def _same(a: dict, b: dict) -> bool:
@@ -278,6 +410,9 @@ def _same(a: dict, b: dict) -> bool:
 
 def _row(name: str, labels: np.ndarray, probs: np.ndarray, ref: _Scored | None, cfg: RunConfig, *,
          examples: int | None = None, group: str = "", key: str = "", user_ids: np.ndarray | None = None) -> dict:
+    """One report row. ``auc_lo/auc_hi`` and ``delta_lo/delta_hi`` resample samples; with ``user_ids`` the row
+    also gets ``uauc`` and the user-clustered intervals ``auc_ulo/auc_uhi`` and ``delta_ulo/delta_uhi``
+    (users resampled with all their samples; the intervals to read)."""
     from ..evaluation.metrics import bootstrap_ci, bootstrap_delta_ci, ctr_metrics, uauc
 
     m = ctr_metrics(labels, probs)
@@ -285,30 +420,53 @@ def _row(name: str, labels: np.ndarray, probs: np.ndarray, ref: _Scored | None, 
     row = {"name": name, "key": key, "group": group, **{k: float(v) for k, v in m.items()},
            "auc_lo": float(lo), "auc_hi": float(hi), "n": int(len(labels)), "examples": examples}
     if user_ids is not None:
-        row["uauc"] = float(uauc(user_ids, labels, probs))
+        ulo, uhi = bootstrap_ci(labels, probs, metric="auc", n=cfg.eval.bootstrap, seed=cfg.seed, groups=user_ids)
+        row.update(auc_ulo=float(ulo), auc_uhi=float(uhi), uauc=float(uauc(user_ids, labels, probs)))
     if ref is not None and ref.probs is not probs:
         d, dlo, dhi = bootstrap_delta_ci(labels, probs, ref.probs, n=cfg.eval.bootstrap, seed=cfg.seed)
         row.update(delta=d, delta_lo=dlo, delta_hi=dhi)
+        if user_ids is not None:
+            _, dulo, duhi = bootstrap_delta_ci(labels, probs, ref.probs, n=cfg.eval.bootstrap, seed=cfg.seed,
+                                               groups=user_ids)
+            row.update(delta_ulo=dulo, delta_uhi=duhi)
     elif ref is not None:
         row.update(delta=None)
     return row
 
 
+def _decomposition_notes(test: pa.Table, ref: _Scored | None) -> list[str]:
+    """One note line: the reference variant's AUC split into within-user and between-user pairs."""
+    from ..evaluation.metrics import auc_decomposition
+    from ..evaluation.report import decomposition_note
+
+    if ref is None:
+        return []
+    d = auc_decomposition(test.column("user_id").to_numpy(), test.column("label").to_numpy(), ref.probs)
+    return [decomposition_note(ref.label, d)]
+
+
 def _reading(rows: list[dict], reference: str = REFERENCE, method: str = "RALLRec") -> list[str]:
-    """Plain-language lines: does the full method (row key ``reference``) beat each row, and the trivial baselines?"""
+    """Plain-language lines: does the full method (row key ``reference``) beat each row, and the trivial baselines?
+
+    Significance is judged on the user-clustered interval of ΔAUC when rows have it (``delta_ulo/uhi``)."""
+    from ..evaluation.report import delta_interval
+
     ref = next((r for r in rows if r["key"] == reference), None)
     if ref is None:
         return []
     out = []
-    better = [r["name"] for r in rows if r.get("delta") is not None and r["delta_lo"] > 0]
-    worse = [r["name"] for r in rows if r.get("delta") is not None and r["delta_hi"] < 0]
-    tied = [r["name"] for r in rows if r.get("delta") is not None and r["delta_lo"] <= 0 <= r["delta_hi"]]
+    ivs = [(r["name"], *delta_interval(r)) for r in rows if r.get("delta") is not None]
+    better = [n for n, lo, hi in ivs if lo > 0]
+    worse = [n for n, lo, hi in ivs if hi < 0]
+    tied = [n for n, lo, hi in ivs if lo <= 0 <= hi]
+    users = any(r.get("delta_ulo") is not None for r in rows)
+    which = "95% user-clustered interval" if users else "95% interval"
     if worse:
-        out.append(f"{method} is significantly better than: " + ", ".join(worse))
+        out.append(f"{method} is significantly better than: " + ", ".join(worse) + f" ({which} of ΔAUC excludes 0)")
     if better:
-        out.append(f"significantly better than {method}: " + ", ".join(better))
+        out.append(f"significantly better than {method}: " + ", ".join(better) + f" ({which} of ΔAUC excludes 0)")
     if tied:
-        out.append(f"not distinguishable from {method} at 95% (interval contains 0): " + ", ".join(tied))
+        out.append(f"not distinguishable from {method} ({which} of ΔAUC contains 0): " + ", ".join(tied))
     trivial = [r for r in rows if r["group"] == "trivial"]
     if trivial and ref["auc"] < max(r["auc"] for r in trivial):
         out.append(f"{method} does NOT beat the best trivial baseline (AUC {max(r['auc'] for r in trivial):.4f}).")

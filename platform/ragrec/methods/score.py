@@ -366,13 +366,9 @@ def _ids_digest(samples: pa.Table) -> str:
 
 
 def metric_row(name: str, preds: pa.Table, probs: np.ndarray, cfg: RunConfig) -> dict:
-    """AUC (with bootstrap interval), LogLoss, ACC and UAUC of ``probs`` on ``preds``' labels."""
-    from ..evaluation.metrics import uauc
-
+    """AUC (sample and user-clustered bootstrap intervals), LogLoss, ACC, UAUC of ``probs`` on ``preds``' labels."""
     labels = preds.column("label").to_numpy()
-    row = _metric_row(name, labels, probs, cfg.eval.bootstrap, cfg.seed)
-    row["uauc"] = float(uauc(preds.column("user_id").to_numpy(), labels, probs))
-    return row
+    return _metric_row(name, labels, probs, cfg.eval.bootstrap, cfg.seed, preds.column("user_id").to_numpy())
 
 
 @dataclass
@@ -387,7 +383,8 @@ def run(cfg: RunConfig, force: tuple[str, ...] = ()) -> RunResult:
     import pyarrow.parquet as pq
 
     from ..evaluation.baselines import trivial_baselines
-    from ..evaluation.report import plot_auc_bars, plot_curve, write_report
+    from ..evaluation.metrics import auc_decomposition
+    from ..evaluation.report import decomposition_note, plot_auc_bars, plot_curve, write_report
 
     t0 = time.perf_counter()
     pipe = Pipeline(cfg, force)
@@ -421,7 +418,9 @@ def run(cfg: RunConfig, force: tuple[str, ...] = ()) -> RunResult:
     notes = [f"wall time {wall:.0f} s",
              f"SASRec sanity (leave-one-out, {cfg.sasrec.eval_negatives} negatives): NDCG@10 "
              f"{sas.get('ndcg@10', float('nan')):.4f}, HR@10 {sas.get('hr@10', float('nan')):.4f}",
-             "artifacts: " + ", ".join(f"{k}={v.key}" for k, v in a.items() if v is not None)]
+             "artifacts: " + ", ".join(f"{k}={v.key}" for k, v in a.items() if v is not None),
+             decomposition_note(rows[0]["name"], auc_decomposition(preds.column("user_id").to_numpy(),
+                                                                   preds.column("label").to_numpy(), probs))]
     best_trivial = max(r["auc"] for r in rows[1:])
     if rows[0]["auc"] < best_trivial:
         notes.append(f"{rows[0]['name']} does NOT beat the best trivial baseline (AUC {best_trivial:.4f}).")

@@ -13,6 +13,10 @@ user documents, CAR, rationales, SARE) are computed once. Rows:
 
 -base and -cf swap only the retriever, so their gap to SCoRe is CAR's contribution; -rerank's gap is
 SARE's. Sweep points reuse the full variant's adapter (only the inference-time context changes).
+Fusion (``eval.fusion``, on unless false): a logistic regression over the full SCoRe's logit, SASRec's
+raw score of the target given the sample's history and the item+user baseline's logit, fitted on the
+validation split (:mod:`ragrec.evaluation.fusion`): rows ``SASRec``, ``fusion``, ``fusion w/o LLM`` and
+the paired ΔAUC of the fusion against each input, as for RALLRec.
 Outputs in ``<output_dir>/<name>/evaluate/`` as for RALLRec: ``report.md``, ``metrics.json``,
 ``predictions.parquet``, ``auc.png``, ``auc_vs_ke.png``, ``auc_vs_ks.png``; rewritten after every row.
 """
@@ -29,7 +33,8 @@ import pyarrow as pa
 
 from ..config import RunConfig
 from .rallrec import train_interactions
-from .rallrec_evaluate import _reading, _row, _Scored, variant_config
+from .rallrec_evaluate import _decomposition_notes, _reading, _row, _Scored, variant_config
+from .rallrec_evaluate import _fusion_parts, fusion_comparisons, fusion_labels
 from .score import Pipeline, RunResult
 
 log = logging.getLogger("ragrec.evaluate")
@@ -53,6 +58,27 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("score", "SCoRe (CAR + SARE)", dict(FULL)),
 )}
 REFERENCE = "score"
+FUSION_NAMES = {"llm": "SCoRe", "crm": "SASRec", "item_user": "item_user_logit"}
+
+
+def sasrec_logits(pipe: Pipeline, samples: pa.Table) -> tuple[np.ndarray, str]:
+    """SASRec's raw score (its next-item logit) of each sample's target item given the history before it.
+
+    Returns ``(scores (n,) float64, how)``: ``how`` is ``"history"`` (the saved weights run on the sample's
+    ``history_item_ids``, the most recent ``sasrec.max_len``) or, for a SASRec artifact trained before
+    weights were saved, ``"train_user_vector"``: ``h_u . e_i`` with ``h_u`` from the user's training
+    sequence (``--force sasrec`` retrains it with weights).
+    """
+    from ..training.sasrec import MODEL_FILE, SASRecScorer
+
+    art = pipe.arts["sasrec"]
+    users, items = samples.column("user_id").to_numpy(), samples.column("item_id").to_numpy()
+    if (art.path / "train" / MODEL_FILE).exists():
+        return SASRecScorer(art.path / "train")(samples.column("history_item_ids"), items), "history"
+    log.warning("evaluate: SASRec artifact %s has no saved weights; the fusion uses h_u . e_i from the training "
+                "sequences (retrain with --force sasrec to score each sample's own history)", art.key)
+    h, e = np.load(art.file("user_emb.npy")), np.load(art.file("item_emb.npy"))
+    return (h[users].astype(np.float64) * e[items].astype(np.float64)).sum(1), "train_user_vector"
 
 
 class Evaluation:
@@ -68,6 +94,10 @@ class Evaluation:
         self.ke_points: dict[int, _Scored] = {}
         self.ks_points: dict[int, _Scored] = {}
         self._full_adapter = None
+        self.fusion = None  # FusionResult once run_fusion succeeded
+        self.fusion_rows: list[dict] = []
+        self.fusion_error: str | None = None
+        self.fusion_crm_mode: str | None = None  # how SASRec scored: "history" or "train_user_vector"
 
     def _score(self, vcfg: RunConfig, adapter, name: str) -> _Scored:
         self.pipe.upstream(vcfg)
@@ -101,6 +131,56 @@ class Evaluation:
         s.examples = None
         return s
 
+    def run_fusion(self) -> None:
+        """Fusion rows: full SCoRe + SASRec + item/user, fitted on the validation split (``eval.fusion``).
+
+        The full variant scores ``eval.max_valid_samples`` validation samples (cached like the test
+        scores); a fit that cannot run is a note unless ``eval.fusion`` is explicitly true.
+        """
+        from ..evaluation.baselines import ItemUserBaseline
+        from ..evaluation.fusion import fuse, logit
+
+        log.info("evaluate: fusion (SCoRe + SASRec + item/user, fitted on the validation split)")
+        ref = self.run_point({}, VARIANTS[REFERENCE].label)  # also sets the full adapter
+        full = variant_config(self.cfg, FULL)
+        self.pipe.upstream(full)
+        a = self.pipe.arts
+        try:
+            vpreds, vart = self.pipe.predict(self._full_adapter, full, split_name="valid")
+            valid = self.pipe.eval_samples("valid")
+            if not np.array_equal(vpreds.column("sample_id").to_numpy(), valid.column("sample_id").to_numpy()):
+                raise RuntimeError("validation predictions are not aligned with the validation samples")
+            baseline = ItemUserBaseline(train_interactions(a["dataset"].read_table("interactions"),
+                                                           a["samples"].read_table("samples")))
+            (crm_v, how), (crm_t, _) = sasrec_logits(self.pipe, valid), sasrec_logits(self.pipe, self.test)
+
+            def inputs(t: pa.Table, probs: np.ndarray, crm: np.ndarray) -> dict[str, np.ndarray]:
+                return {"llm": logit(probs), "crm": crm,
+                        "item_user": baseline.logit(t.column("user_id").to_numpy(), t.column("item_id").to_numpy())}
+
+            res = fuse(inputs(valid, vpreds.column("prob").to_numpy(), crm_v), valid.column("label").to_numpy(),
+                       inputs(self.test, ref.probs, crm_t), FUSION_NAMES, store=self.pipe.store,
+                       inputs=[vart, a["sasrec"], a["samples"], a["dataset"]])
+        except ValueError as e:
+            if self.cfg.eval.fusion:
+                raise
+            log.warning("evaluate: fusion skipped: %s", e)
+            self.fusion_error = str(e)
+            return
+        keys = {"fusion": res.artifact.key, "valid_scores": vart.key, "sasrec": a["sasrec"].key}
+        crm = res.input_probs("crm")
+        self.scored["sasrec"] = _Scored("sasrec", "SASRec (CRM score)", "fusion", crm, keys={"sasrec": a["sasrec"].key})
+        label, no_llm = fusion_labels(res.names)
+        self.scored["fusion"] = _Scored("fusion", label, "fusion", res.fused, keys=keys)
+        self.scored["fusion_no_llm"] = _Scored("fusion_no_llm", no_llm, "fusion", res.fused_without_llm, keys=keys)
+        self.fusion, self.fusion_crm_mode = res, how
+
+        def row(name, probs, ref_probs):
+            return self._row(_Scored(name, name, "fusion", probs), _Scored(name, name, "fusion", ref_probs),
+                             group="fusion", key=name)
+
+        self.fusion_rows = fusion_comparisons(res, None, None, self.cfg, ref.probs, crm, row=row)
+
     def run(self) -> RunResult:
         cfg = self.cfg
         self.pipe.upstream(variant_config(cfg, FULL))
@@ -111,6 +191,9 @@ class Evaluation:
             order.insert(0, REFERENCE)
         for name in order:
             self.scored[name] = self.run_variant(VARIANTS[name])
+            self.write()
+        if cfg.eval.fusion is not False:
+            self.run_fusion()
             self.write()
         for ke in cfg.eval.ke_sweep:
             if ke < cfg.ci.ks:
@@ -159,7 +242,13 @@ class Evaluation:
         trivial = {r["name"]: r["auc"] for r in rows if r["group"] == "trivial"}
         plots = {"auc": (lambda r: lambda p: plot_auc_bars(r, p))(rows)}
         note = "every point uses the full variant's adapter (only the inference-time CI changes)"
-        sections = {}
+        f_sections, f_notes, f_extra = _fusion_parts(self)
+        if self.fusion is not None:
+            f_extra["fusion"]["crm_score"] = self.fusion_crm_mode
+            if self.fusion_crm_mode != "history":
+                f_notes.append("fusion: the SASRec artifact has no saved weights, so its input is h_u · e_i from the "
+                               "training sequences (retrain with --force sasrec to score each sample's own history)")
+        sections = dict(f_sections)
         for title, pts, x, xlabel, plot in (("Ke sweep (Figure 4)", ke_rows, "ke", "Ke (users retrieved by CAR)",
                                              "auc_vs_ke"),
                                             ("Ks sweep (Figure 4)", ks_rows, "ks", "Ks (users in the prompt)",
@@ -177,7 +266,8 @@ class Evaluation:
                  f"SARE tuned on {cfg.rationale.pairs} self-assessed pairs",
                  f"SASRec sanity (leave-one-out, {cfg.sasrec.eval_negatives} negatives): NDCG@10 "
                  f"{sas.get('ndcg@10', float('nan')):.4f}, HR@10 {sas.get('hr@10', float('nan')):.4f}"]
-        notes += _reading(rows, REFERENCE, "SCoRe")
+        notes += _decomposition_notes(self.test, ref) + _reading(rows, REFERENCE, "SCoRe")
+        notes += f_notes
         self.out_dir.mkdir(parents=True, exist_ok=True)
         preds = self.test.select(["sample_id", "user_id", "item_id", "label"])
         for s in list(self.scored.values()) + list(self.ke_points.values()) + list(self.ks_points.values()):
@@ -186,6 +276,7 @@ class Evaluation:
         pq.write_table(preds, self.out_dir / "predictions.parquet")
         extra = {"ke_sweep": ke_rows, "ks_sweep": ks_rows, "sasrec": sas, "wall_seconds": round(wall, 1),
                  "finished": final, "artifacts": {s.name: s.keys for s in self.scored.values()}}
+        extra.update(f_extra)
         write_report(self.out_dir, title=f"SCoRe evaluation on {cfg.data.name}", config=cfg.model_dump(mode="json"),
                      counts=counts, rows=rows, notes=notes, plots=plots, sections=sections, reference="SCoRe",
                      extra=extra)

@@ -6,10 +6,11 @@ Ray); :mod:`.app` wraps it into deployments (imported lazily: it needs ``ray.ser
 
 from .chain import Predictor, Reranker, Retriever, ServingChain, retrieval_matrices
 from .schemas import Catalog, ItemPrediction, PredictRequest, PredictResponse, RequestError, check_request
-from .state import HistoryWindow, ServingState, UserHistories, load_state
+from .state import FusionScorer, HistoryWindow, ServingState, UserHistories, load_state
 
 __all__ = [
-    "Catalog", "HistoryWindow", "ItemPrediction", "PredictRequest", "PredictResponse", "Predictor", "Reranker",
+    "Catalog", "FusionScorer", "HistoryWindow", "ItemPrediction", "PredictRequest", "PredictResponse", "Predictor",
+    "Reranker",
     "RequestError", "Retriever", "ServingChain", "ServingState", "UserHistories", "build_app", "check_request",
     "load_state", "retrieval_matrices", "serve_run",
 ]

@@ -111,7 +111,8 @@ class RerankerDeployment:
 
 @serve.deployment
 class PredictorDeployment:
-    """The LoRA-tuned LLM: prompts + yes/no scoring, batched across requests with ``@serve.batch``."""
+    """The LoRA-tuned LLM: prompts + yes/no scoring, batched across requests with ``@serve.batch``; with the
+    run's fusion model also ``p_fused`` (DeepFM + item/user table loaded once per replica)."""
 
     def __init__(self, run_dir: str, options: dict) -> None:
         import torch
@@ -124,7 +125,7 @@ class PredictorDeployment:
         torch.set_num_threads(opts.torch_threads or os.cpu_count() or 1)
         state = load_state(run_dir)
         self.predictor = Predictor(state.cfg, state.items, state.users,
-                                   load_engine(state.cfg.llm, adapter_path=state.adapter_path))
+                                   load_engine(state.cfg.llm, adapter_path=state.adapter_path), fusion=state.fusion)
         self.batching = opts.batching
         self._batched.set_max_batch_size(opts.max_batch_size)
         self._batched.set_batch_wait_timeout_s(opts.batch_wait_timeout_s)
@@ -133,10 +134,13 @@ class PredictorDeployment:
     async def _batched(self, contexts: list) -> list[np.ndarray]:
         return self.predictor.score(contexts)
 
-    async def __call__(self, contexts) -> np.ndarray:
+    async def __call__(self, contexts) -> tuple:
+        """``(probs, p_fused or None)`` of the contexts' rows."""
         if self.batching:
-            return await self._batched(contexts)
-        return self.predictor.score([contexts])[0]
+            probs = await self._batched(contexts)
+        else:
+            probs = self.predictor.score([contexts])[0]
+        return probs, self.predictor.fuse(contexts, probs)
 
 
 @serve.deployment
@@ -161,8 +165,8 @@ class Ingress:
         check_request(req, self.catalog)
         candidates = self.retriever.remote(req.user_id, req.item_ids, req.as_of)
         contexts = await self.reranker.remote(candidates)
-        probs = await self.predictor.remote(contexts)
-        return response(req, contexts, probs)
+        probs, fused = await self.predictor.remote(contexts)
+        return response(req, contexts, probs, fused)
 
 
 def catalog_of(run_dir: str, max_items: int) -> tuple[Catalog, str]:

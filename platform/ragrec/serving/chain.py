@@ -10,7 +10,9 @@
   selection equals the one over the full history; the similarities are recomputed exactly from the
   item views (only the rows of the items involved), so faiss only has to find a superset.
 * :class:`Predictor` — the ReLLa prompt (:func:`ragrec.methods.rallrec.prompts_for`) and the engine's
-  ``score_yes_no`` (the LoRA-tuned LLM), for many requests at once.
+  ``score_yes_no`` (the LoRA-tuned LLM), for many requests at once; with the run's fusion model
+  (:class:`~ragrec.serving.state.FusionScorer`) also ``p_fused`` from those probabilities, DeepFM and the
+  item+user baseline.
 
 :class:`ServingChain` runs the three in-process; for the same (user, item, history) it gives the same
 context and probability as the offline pipeline.
@@ -30,6 +32,7 @@ from .state import HistoryWindow, ServingState, samples_table
 
 if TYPE_CHECKING:
     from ..llm.engine import Engine
+    from .state import FusionScorer
     from ..methods.rallrec import ItemViews
 
 __all__ = ["Retriever", "Reranker", "Predictor", "ServingChain", "retrieval_matrices"]
@@ -134,10 +137,13 @@ class Reranker:
 
 
 class Predictor:
-    """ReLLa prompts + yes/no scoring for a batch of requests' contexts (one engine call)."""
+    """ReLLa prompts + yes/no scoring for a batch of requests' contexts (one engine call); ``fusion``: the
+    run's :class:`~ragrec.serving.state.FusionScorer` or None."""
 
-    def __init__(self, cfg: RunConfig, items: pa.Table, users: pa.Table | None, engine: "Engine") -> None:
+    def __init__(self, cfg: RunConfig, items: pa.Table, users: pa.Table | None, engine: "Engine",
+                 fusion: "FusionScorer | None" = None) -> None:
         self.cfg, self.items, self.users, self.engine = cfg, items, users, engine
+        self.fusion = fusion
 
     def prompts(self, contexts: pa.Table) -> list[str]:
         from ..methods.rallrec import prompts_for
@@ -151,13 +157,22 @@ class Predictor:
         probs = np.asarray(self.engine.score_yes_no(self.prompts(table)), dtype=np.float32)
         return np.split(probs, np.cumsum([t.num_rows for t in batch])[:-1])
 
+    def fuse(self, contexts: pa.Table, probs: np.ndarray) -> np.ndarray | None:
+        """(n,) ``p_fused`` of the contexts' (user, item) rows given their LLM ``probs``; None without fusion."""
+        if self.fusion is None:
+            return None
+        return self.fusion(contexts.column("user_id").to_numpy(), contexts.column("item_id").to_numpy(), probs)
 
-def response(req: PredictRequest, contexts: pa.Table, probs: np.ndarray) -> PredictResponse:
-    """The API answer for ``req`` from its reranked contexts and probabilities (request order)."""
+
+def response(req: PredictRequest, contexts: pa.Table, probs: np.ndarray,
+             fused: np.ndarray | None = None) -> PredictResponse:
+    """The API answer for ``req`` from its reranked contexts, probabilities and fused probabilities (request
+    order; ``p_fused`` is null without a fusion model)."""
     ids = contexts.column(CONTEXT_ITEMS).to_pylist()
     rats = contexts.column(CONTEXT_RATINGS).to_pylist()
-    preds = [ItemPrediction(item_id=i, prob=float(p), history_item_ids=h, history_ratings=r)
-             for i, p, h, r in zip(req.item_ids, probs.tolist(), ids, rats)]
+    pf = [None] * len(req.item_ids) if fused is None else [float(x) for x in np.asarray(fused).tolist()]
+    preds = [ItemPrediction(item_id=i, prob=float(p), history_item_ids=h, history_ratings=r, p_fused=f)
+             for i, p, h, r, f in zip(req.item_ids, probs.tolist(), ids, rats, pf)]
     return PredictResponse(user_id=req.user_id, predictions=preds)
 
 
@@ -170,7 +185,7 @@ class ServingChain:
         self.catalog = Catalog(state.n_users, state.n_items, max_items)
         self.retriever = Retriever(retrieval_matrices(state.views, rcfg), rcfg.k, margin)
         self.reranker = Reranker(state.views, rcfg)
-        self.predictor = Predictor(state.cfg, state.items, state.users, engine)
+        self.predictor = Predictor(state.cfg, state.items, state.users, engine, fusion=state.fusion)
 
     def contexts(self, req: PredictRequest) -> pa.Table:
         check_request(req, self.catalog)
@@ -179,4 +194,5 @@ class ServingChain:
 
     def predict(self, req: PredictRequest) -> PredictResponse:
         ctx = self.contexts(req)
-        return response(req, ctx, self.predictor.score([ctx])[0])
+        probs = self.predictor.score([ctx])[0]
+        return response(req, ctx, probs, self.predictor.fuse(ctx, probs))

@@ -38,6 +38,8 @@ class ItemPrediction(BaseModel):
     prob: float = Field(description="P(the user likes the item) = softmax([yes, no])[0]")
     history_item_ids: list[int] = Field(description="the history items shown to the LLM, in prompt order")
     history_ratings: list[float]
+    p_fused: float | None = Field(None, description="the run's fusion (LLM + DeepFM + item/user baseline, fitted on "
+                                                    "validation) of this item; null when the run has no fusion model")
 
 
 class PredictResponse(BaseModel):

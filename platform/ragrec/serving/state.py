@@ -7,12 +7,17 @@ that user's ratings each target sees as its history: the whole list by default, 
 the protocol gives a rating of the target at ``as_of`` — ratings earlier in protocol order, i.e. with
 ``timestamp < as_of``, or ``timestamp == as_of`` and a smaller item id — truncated to the last
 ``data.max_history`` like the samples.
+
+:class:`FusionScorer` (runs with ``eval.fusion: true``): the run's fusion model over the LLM's P(yes),
+DeepFM's P(click) (its artifact, loaded once) and the item+user baseline's log-odds (a table computed once
+at startup from the run's training interactions), i.e. the offline fusion's inputs for the same samples.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -20,7 +25,12 @@ import pyarrow as pa
 from ..config import RunConfig
 from ..data.protocols import time_order
 
-__all__ = ["HistoryWindow", "UserHistories", "ServingState", "load_state"]
+if TYPE_CHECKING:
+    from ..evaluation.baselines import ItemUserBaseline
+    from ..evaluation.fusion import FusionModel
+    from ..training.deepfm import DeepFMPredictor
+
+__all__ = ["HistoryWindow", "UserHistories", "ServingState", "FusionScorer", "load_state", "load_fusion"]
 
 
 @dataclass(frozen=True)
@@ -102,8 +112,38 @@ class UserHistories:
 
 
 @dataclass
+class FusionScorer:
+    """``p_fused`` of (user, item, LLM P(yes)) triples: the fusion model of the run on the offline inputs.
+
+    ``model``: the run's :class:`~ragrec.evaluation.fusion.FusionModel` (inputs llm, crm, item_user);
+    ``deepfm``: the run's DeepFM; ``baseline``: item+user table of the run's training interactions.
+    """
+
+    model: "FusionModel"
+    deepfm: "DeepFMPredictor"
+    baseline: "ItemUserBaseline"
+    items: pa.Table
+    users: pa.Table | None
+
+    def inputs(self, user_ids: np.ndarray, item_ids: np.ndarray, llm_probs: np.ndarray) -> dict[str, np.ndarray]:
+        """The fusion inputs, computed as the offline evaluation does (``rallrec_evaluate.fusion_logits``)."""
+        from ..evaluation.fusion import logit
+
+        u = np.asarray(user_ids, dtype=np.int64)
+        i = np.asarray(item_ids, dtype=np.int64)
+        pairs = pa.table({"user_id": pa.array(u), "item_id": pa.array(i)})
+        return {"llm": logit(llm_probs), "crm": logit(self.deepfm(pairs, self.items, self.users)),
+                "item_user": self.baseline.logit(u, i)}
+
+    def __call__(self, user_ids: np.ndarray, item_ids: np.ndarray, llm_probs: np.ndarray) -> np.ndarray:
+        """(n,) float64 fused probabilities."""
+        return self.model.predict(self.inputs(user_ids, item_ids, llm_probs))
+
+
+@dataclass
 class ServingState:
-    """A finished run in memory: config, histories, item views, items/users tables, adapter folder."""
+    """A finished run in memory: config, histories, item views, items/users tables, adapter folder, and the
+    :class:`FusionScorer` when the run fitted a fusion model (``eval.fusion: true``)."""
 
     cfg: RunConfig
     histories: UserHistories
@@ -112,6 +152,7 @@ class ServingState:
     users: pa.Table | None
     adapter_path: str | None
     name: str = "run"
+    fusion: FusionScorer | None = None
 
     @property
     def n_users(self) -> int:
@@ -140,4 +181,25 @@ def load_state(run_dir: str | Path) -> ServingState:
     lora = run.arts.get("lora")
     adapter = str(lora.path / "adapter") if lora is not None and run.cfg.lora.enabled else None
     histories = UserHistories(interactions, n_users_of(interactions, users), run.cfg.data.max_history)
-    return ServingState(run.cfg, histories, run.views(), items, users, adapter, name=run.cfg.name)
+    return ServingState(run.cfg, histories, run.views(), items, users, adapter, name=run.cfg.name,
+                        fusion=load_fusion(run, interactions, items, users))
+
+
+def load_fusion(run, interactions: pa.Table, items: pa.Table, users: pa.Table | None) -> FusionScorer | None:
+    """The run's :class:`FusionScorer` (None when its run.json names no ``fusion`` artifact)."""
+    from ..evaluation.baselines import ItemUserBaseline
+    from ..evaluation.fusion import FEATURES, MODEL_FILE, FusionModel
+    from ..methods.rallrec import train_interactions
+    from ..training.deepfm import DeepFMPredictor
+
+    arts = run.arts
+    if "fusion" not in arts:
+        return None
+    if "deepfm" not in arts:
+        raise FileNotFoundError(f"{run.run_dir}: run.json names a fusion model but no deepfm artifact; rerun "
+                                f"`ragrec run` with eval.fusion=true")
+    model = FusionModel.load(arts["fusion"].path / MODEL_FILE)
+    if set(model.features) != set(FEATURES):
+        raise ValueError(f"{run.run_dir}: the fusion model's inputs {list(model.features)} are not {list(FEATURES)}")
+    baseline = ItemUserBaseline(train_interactions(interactions, arts["samples"].read_table("samples")))
+    return FusionScorer(model, DeepFMPredictor(arts["deepfm"].path / "model"), baseline, items, users)

@@ -3,24 +3,31 @@
 One training example is ``prompt_text + answer + EOS`` where ``prompt_text`` is
 :func:`ragrec.llm.chat.fit_prompts` of the raw prompt (the chat template, shortened from the start
 of the user text so the question at the end survives) — the exact input the scorer reads logits
-from. Labels are -100 on every prompt and padding position.
+from, left-padded as the scorer pads it.
+
+What makes it fast on a CPU (``benchmarks/bench_lora.py`` measures it against plain peft + transformers):
+
+* every example is tokenised once (:func:`tokenize_examples`), not once per epoch;
+* batches hold examples of similar length (:func:`bucketed_batches`), so they carry little padding;
+* the LM head runs only on the positions that predict the answer (:func:`answer_loss`), not on every
+  prompt token (no (B, L, vocab) logits);
+* ``lora.precision: auto`` autocasts the forward and backward to bfloat16 where the hardware runs it
+  natively (AVX512-BF16 / AMX CPUs, bf16 GPUs); LoRA weights and AdamW state stay float32.
 
 ``train_loop(config)`` runs standalone (examples from an Arrow table in ``config``) or under Ray
 Train (examples from ``ray.train.get_dataset_shard("train")``); the loop body is the same.
 Outputs in ``out_dir``: the adapter (``adapter_config.json``, ``adapter_model.safetensors``) written
-by ``save_pretrained`` and ``history.json`` (one row per optimizer micro-step).
+by ``save_pretrained`` and ``history.json`` (one row per micro-step: loss, tokens, seconds).
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -42,23 +49,31 @@ class LoRAResult:
     history: list[dict]  # per micro-step: step, epoch, loss
 
 
-# ----------------------------------------------------------------------------- batch encoding
+# ----------------------------------------------------------------------------- tokenisation, batches
 
 
-def encode_batch(
-    tokenizer: Any, prompts: Sequence[str], answers: Sequence[str], max_tokens: int
-) -> dict[str, torch.Tensor]:
-    """Tokenise B examples into right-padded ``input_ids``, ``attention_mask``, ``labels`` (B, L).
+@dataclass
+class Encoded:
+    """Examples tokenised once: ``ids[i]`` = prompt + answer + EOS (int64), ``prompt_len[i]`` its prompt part."""
 
-    Sequence b is ``prompt_ids_b + answer_ids_b + [eos]``, at most ``max_tokens`` long: the prompt
-    is fitted to ``max_tokens - longest answer`` by :func:`fit_prompts` (dropping the oldest user
-    text) and, as a last guard, cut from the left. ``labels`` equal ``input_ids`` on the answer and
-    EOS positions and -100 elsewhere; ``L`` is the longest sequence in the batch (dynamic padding).
+    ids: list[np.ndarray]
+    prompt_len: np.ndarray
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(x) for x in self.ids), dtype=np.int64, count=len(self.ids))
+
+
+def tokenize_examples(tokenizer: Any, prompts: Sequence[str], answers: Sequence[str], max_tokens: int) -> Encoded:
+    """Tokenise every example once (batched tokenizer calls).
+
+    Example i is ``prompt_ids_i + answer_ids_i`` (the answer ends with EOS), at most ``max_tokens`` long: the
+    prompt is fitted to ``max_tokens - longest answer`` by :func:`fit_prompts` (dropping the oldest user text)
+    and, as a last guard, cut from the left.
     """
-    if len(prompts) != len(answers) or not prompts:
-        raise ValueError(f"encode_batch: need as many answers as prompts (>0), got {len(prompts)} and {len(answers)}")
-    eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    if len(prompts) != len(answers) or not len(prompts):
+        raise ValueError(f"tokenize_examples: need as many answers as prompts (>0), got {len(prompts)} and "
+                         f"{len(answers)}")
     answer_ids = tokenizer([str(a) + tokenizer.eos_token for a in answers], add_special_tokens=False)["input_ids"]
     longest_answer = max(map(len, answer_ids))
     budget = max_tokens - longest_answer
@@ -69,27 +84,83 @@ def encode_batch(
         )
     texts = fit_prompts(tokenizer, [str(p) for p in prompts], budget)
     prompt_ids = tokenizer(texts, add_special_tokens=add_special_tokens(tokenizer))["input_ids"]
-    p_len = np.minimum([len(p) for p in prompt_ids], budget)
-    a_len = np.array([len(a) for a in answer_ids])
-    lens = p_len + a_len
-    b, width = len(lens), int(lens.max())
-    flat = np.fromiter(
-        itertools.chain.from_iterable(itertools.chain(p[len(p) - n :], a) for p, n, a in zip(prompt_ids, p_len, answer_ids)),
-        dtype=np.int64,
-        count=int(lens.sum()),
-    )
-    rows = np.repeat(np.arange(b), lens)
-    cols = np.arange(len(flat)) - np.repeat(np.cumsum(lens) - lens, lens)
-    input_ids = np.full((b, width), pad, dtype=np.int64)
-    input_ids[rows, cols] = flat
+    ids = [np.asarray(p[max(0, len(p) - budget):] + a, dtype=np.int64) for p, a in zip(prompt_ids, answer_ids)]
+    p_len = np.fromiter((min(len(p), budget) for p in prompt_ids), dtype=np.int64, count=len(prompt_ids))
+    return Encoded(ids, p_len)
+
+
+def collate(enc: Encoded, idx: Sequence[int] | np.ndarray, pad_id: int) -> dict[str, torch.Tensor]:
+    """Left-padded ``input_ids``, ``attention_mask``, ``position_ids``, ``labels`` (B, L) of examples ``idx``.
+
+    ``L`` is the longest of them. Padding is on the left, as in scoring (:class:`ragrec.llm.hf_engine.HFEngine`),
+    so every answer ends at the last position and the loss needs the logits of the last few positions only
+    (:func:`answer_loss`). ``position_ids`` count real tokens only; ``labels`` equal ``input_ids`` on the
+    answer and EOS positions and -100 elsewhere.
+    """
+    idx = np.asarray(idx, dtype=np.int64)
+    lens = np.fromiter((len(enc.ids[i]) for i in idx), dtype=np.int64, count=len(idx))
+    width = int(lens.max())
+    input_ids = np.full((len(idx), width), pad_id, dtype=np.int64)
+    for row, i in enumerate(idx):
+        input_ids[row, width - lens[row]:] = enc.ids[i]
     pos = np.arange(width)[None, :]
-    attention = pos < lens[:, None]
-    labels = np.where(attention & (pos >= p_len[:, None]), input_ids, IGNORE_INDEX)
+    start = (width - lens)[:, None]  # first real token of each row
+    attention = pos >= start
+    labels = np.where(pos >= start + enc.prompt_len[idx][:, None], input_ids, IGNORE_INDEX)
     return {
         "input_ids": torch.from_numpy(input_ids),
         "attention_mask": torch.from_numpy(attention.astype(np.int64)),
+        "position_ids": torch.from_numpy(np.maximum(pos - start, 0)),
         "labels": torch.from_numpy(labels),
     }
+
+
+def answer_loss(model: Any, batch: dict[str, torch.Tensor], first_token_only: bool = False) -> torch.Tensor:
+    """Mean cross-entropy over the answer tokens of a :func:`collate` batch.
+
+    Only the logits that predict answer tokens are computed (``logits_to_keep``): on a 300-token prompt with
+    a 3-token answer that skips the (B, L, vocab) logits tensor and the LM head on every prompt position.
+    ``first_token_only``: the loss on the first answer token (the yes/no decision that scoring reads) alone.
+    """
+    labels = batch["labels"]
+    span = int((labels != IGNORE_INDEX).sum(1).max())  # answers end at the last position (left padding)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   position_ids=batch["position_ids"], logits_to_keep=span + 1, use_cache=False).logits[:, :-1]
+    targets = labels[:, -span:]
+    if first_token_only:
+        first = (targets != IGNORE_INDEX).int().argmax(1)
+        keep = torch.zeros_like(targets, dtype=torch.bool)
+        keep[torch.arange(len(targets)), first] = True
+        targets = targets.masked_fill(~keep, IGNORE_INDEX)
+    return torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                             ignore_index=IGNORE_INDEX)
+
+
+def encode_batch(
+    tokenizer: Any, prompts: Sequence[str], answers: Sequence[str], max_tokens: int
+) -> dict[str, torch.Tensor]:
+    """:func:`tokenize_examples` + :func:`collate` of all of them, in order (one padded batch)."""
+    enc = tokenize_examples(tokenizer, prompts, answers, max_tokens)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return collate(enc, np.arange(len(enc.ids)), pad)
+
+
+def bucketed_batches(lengths: np.ndarray, batch_size: int, *, seed: int, epoch: int) -> list[np.ndarray]:
+    """One epoch of mini-batches of examples of similar length (little padding), in shuffled order.
+
+    Examples are sorted by length with random tie-breaks (so batches differ between epochs), cut into
+    ``batch_size`` chunks, and the chunks are shuffled; the permutation depends only on (seed, epoch).
+    """
+    rng = np.random.default_rng([seed, epoch])
+    order = np.lexsort((rng.random(len(lengths)), np.asarray(lengths)))
+    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    return [chunks[i] for i in rng.permutation(len(chunks))]
+
+
+def padding_fraction(lengths: np.ndarray, batches: Sequence[np.ndarray]) -> float:
+    """Share of the padded (B, L) token slots that are padding."""
+    slots = sum(len(b) * int(lengths[b].max()) for b in batches)
+    return 1.0 - float(lengths.sum()) / slots if slots else 0.0
 
 
 # ----------------------------------------------------------------------------- data
@@ -107,22 +178,42 @@ def _check_table(table: pa.Table) -> pa.Table:
     return table.select(list(COLUMNS))
 
 
-def _epoch_batches(config: dict, cfg: LoRAConfig, epoch: int, seed: int) -> Iterator[tuple[list, list]]:
-    """(prompts, answers) batches of this worker for one epoch: Ray dataset shard or the local table."""
+def _worker_examples(config: dict) -> tuple[list[str], list[str]]:
+    """This worker's (prompts, answers): its Ray dataset shard, read once, or the local table."""
     if rt.in_train_worker():
-        shard = rt.dataset_shard("train")
-        for batch in shard.iter_batches(
-            batch_size=cfg.batch_size,
-            batch_format="numpy",
-            local_shuffle_buffer_size=max(cfg.batch_size * 16, 256),
-            local_shuffle_seed=seed * 1009 + epoch,
-        ):
-            yield list(batch["prompt"]), list(batch["answer"])
-        return
+        prompts, answers = [], []
+        for batch in rt.dataset_shard("train").iter_batches(batch_size=4096, batch_format="numpy"):
+            prompts.extend(batch["prompt"].tolist())
+            answers.extend(batch["answer"].tolist())
+        return prompts, answers
     table: pa.Table = config["examples"]
-    for idx in rt.epoch_batches(table.num_rows, cfg.batch_size, seed=seed, epoch=epoch):
-        part = table.take(pa.array(idx.numpy()))
-        yield part.column("prompt").to_pylist(), part.column("answer").to_pylist()
+    return table.column("prompt").to_pylist(), table.column("answer").to_pylist()
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``lora.precision`` on ``device`` (None = plain float32).
+
+    ``auto`` is bfloat16 where the hardware runs it natively (a CUDA device with bf16, a CPU with
+    AVX512-BF16 or AMX), float32 elsewhere.
+    """
+    if precision == "float32":
+        return None
+    if precision == "bfloat16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    if device.type == "cpu":
+        return torch.bfloat16 if cpu_has_native_bf16() else None
+    return None
+
+
+def cpu_has_native_bf16() -> bool:
+    """True on CPUs with AVX512-BF16 or AMX (where oneDNN runs bf16 matmuls natively)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
+    return any(f in flags for f in (" avx512_bf16", " amx_bf16"))
 
 
 # ----------------------------------------------------------------------------- loop
@@ -130,8 +221,8 @@ def _epoch_batches(config: dict, cfg: LoRAConfig, epoch: int, seed: int) -> Iter
 
 def train_loop(config: dict) -> list[dict]:
     """LoRA-tune ``config["model_name"]``. Keys: ``cfg`` (LoRAConfig dict), ``seed``, ``out_dir``,
-    ``num_rows``, ``dtype``, optional ``report_every`` and, standalone, ``examples`` (Arrow table with
-    prompt/answer). Returns the history."""
+    ``dtype``, optional ``report_every`` and, standalone, ``examples`` (Arrow table with prompt/answer).
+    Returns the history (one row per optimizer micro-step: step, epoch, loss, tokens, seconds)."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 
@@ -165,42 +256,57 @@ def train_loop(config: dict) -> list[dict]:
     model.train()
     model = rt.prepare_model(model, dev)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    amp = resolve_precision(cfg.precision, dev)
+    prompts, answers = _worker_examples(config)
+    enc = tokenize_examples(tokenizer, prompts, answers, cfg.max_tokens)
+    lengths = enc.lengths
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    n_batches = -(-len(enc.ids) // cfg.batch_size)
+    if rt.in_train_worker() and rt.world_size() > 1:  # DDP: every rank takes the same number of steps
+        n_batches = len(enc.ids) // cfg.batch_size
+    total_steps = max(1, -(-n_batches // cfg.grad_accum) * cfg.epochs)
+    scheduler = _schedule(optimizer, cfg, total_steps)
+    log.info("lora: %d examples, %d tokens, %s, %d optimizer steps", len(enc.ids), int(lengths.sum()),
+             f"autocast {amp}" if amp is not None else "float32", total_steps)
     start_epoch, history = 0, []
     state = rt.load_state()
     if state is not None:
         set_peft_model_state_dict(rt.unwrap(model), state["adapter"])
         optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
         start_epoch, history = state["epoch"] + 1, state["history"]
-    steps_per_epoch = math.ceil(int(config["num_rows"]) / rt.world_size() / cfg.batch_size)
 
+    row: dict[str, Any] = {"epoch": start_epoch - 1}
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
-        bar = rt.LogProgress(_epoch_batches(config, cfg, epoch, seed), total=steps_per_epoch,
-                             desc=f"lora epoch {epoch}")
+        batches = bucketed_batches(lengths, cfg.batch_size, seed=seed, epoch=epoch)[:n_batches]
+        bar = rt.LogProgress(batches, total=len(batches), desc=f"lora epoch {epoch}")
         pending = 0
         optimizer.zero_grad()
-        for prompts, answers in bar:
-            batch = {k: v.to(dev) for k, v in encode_batch(tokenizer, prompts, answers, cfg.max_tokens).items()}
-            loss = model(**batch).loss
+        for idx in bar:
+            t_step = time.perf_counter()
+            batch = {k: v.to(dev) for k, v in collate(enc, idx, pad).items()}
+            with torch.autocast(device_type=dev.type, dtype=amp or torch.float32, enabled=amp is not None):
+                loss = answer_loss(model, batch, cfg.loss == "first_token")
             (loss / cfg.grad_accum).backward()
             pending += 1
             if pending == cfg.grad_accum:
-                optimizer.step()
-                optimizer.zero_grad()
+                _step(optimizer, scheduler, params, cfg)
                 pending = 0
-            history.append({"step": len(history), "epoch": epoch, "loss": loss.item()})
+            history.append({"step": len(history), "epoch": epoch, "loss": loss.item(),
+                            "tokens": int(lengths[idx].sum()), "seconds": time.perf_counter() - t_step})
             bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
         if pending:
-            optimizer.step()
-            optimizer.zero_grad()
+            _step(optimizer, scheduler, params, cfg)
         epoch_losses = [h["loss"] for h in history if h["epoch"] == epoch]
         row = {"epoch": epoch, "loss": float(np.mean(epoch_losses)) if epoch_losses else float("nan"),
-               "seconds": time.perf_counter() - t0}
+               "seconds": time.perf_counter() - t0, "padding": padding_fraction(lengths, batches)}
         if rt.report_due(epoch, cfg.epochs, config.get("report_every")):
             state = {
                 "adapter": get_peft_model_state_dict(rt.unwrap(model)),
                 "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
                 "epoch": epoch,
                 "history": history,
             }
@@ -210,8 +316,30 @@ def train_loop(config: dict) -> list[dict]:
         rt.unwrap(model).save_pretrained(str(out))
         (out / "history.json").write_text(json.dumps(history, indent=1))
 
-    rt.publish(config, row if cfg.epochs > start_epoch else {"epoch": start_epoch - 1}, write)
+    rt.publish(config, row, write)
     return history
+
+
+def _schedule(optimizer: torch.optim.Optimizer, cfg: LoRAConfig, total_steps: int):
+    """``lora.schedule``: constant lr, or linear warm-up over ``warmup`` of the steps then linear decay to 0."""
+    if cfg.schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    warm = max(1, int(round(cfg.warmup * total_steps)))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return max(0.0, (total_steps - step) / max(1, total_steps - warm))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _step(optimizer, scheduler, params, cfg: LoRAConfig) -> None:
+    if cfg.max_grad_norm:
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad()
 
 
 def train_lora(
@@ -250,7 +378,6 @@ def train_lora(
     if use_ray:
         if dataset is None:
             dataset = ray.data.from_arrow(table)
-        config["num_rows"] = dataset.count()
         res = rt.fit(
             train_loop,
             config,
@@ -264,6 +391,6 @@ def train_lora(
     else:
         if table is None:
             table = _check_table(pa.concat_tables(ray.get(dataset.to_arrow_refs())))
-        config["examples"], config["num_rows"] = table, table.num_rows
+        config["examples"] = table
         history = train_loop(config)
     return LoRAResult(adapter_dir=str(out_dir), history=history)

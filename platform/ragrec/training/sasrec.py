@@ -14,7 +14,8 @@ vector (:attr:`SASRecResult.trained_users` is False for them; pass it as ``valid
 
 Outputs in ``out_dir``: ``user_emb.npy`` (U, dim) float32, ``item_emb.npy`` (I, dim) float32,
 ``history.json`` (per epoch: loss, seconds, and every ``eval_every`` epochs ndcg@10 / hr@10),
-``metrics.json`` (final ``{"ndcg@10", "hr@10", "users_evaluated"}``).
+``metrics.json`` (final ``{"ndcg@10", "hr@10", "users_evaluated"}``), ``model.pt`` + ``sasrec.json`` (the
+weights and the model's size/config, read by :class:`SASRecScorer` to score items given any history).
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ from ragrec.training import ray_train as rt
 log = logging.getLogger("ragrec.sasrec")
 
 EVAL_K = 10
+MODEL_FILE = "model.pt"
+"""The trained weights (state dict) in ``out_dir``; with :data:`META_FILE` they load into :class:`SASRecScorer`."""
+META_FILE = "sasrec.json"
 _EVAL_CHUNK = 1024  # users per forward pass at evaluation / embedding time
 
 
@@ -161,6 +165,8 @@ def train_loop(config: dict) -> list[dict]:
         np.save(out / "item_emb.npy", item_emb.cpu().numpy().astype(np.float32))
         (out / "history.json").write_text(json.dumps(history, indent=1))
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        torch.save({k: v.detach().cpu() for k, v in core.state_dict().items()}, out / MODEL_FILE)
+        (out / META_FILE).write_text(json.dumps({"num_items": num_items, "cfg": cfg.model_dump()}))
 
     final = dict(history[-1]) if history else {"epoch": -1}
     final.update(metrics)
@@ -273,3 +279,61 @@ def collaborative_neighbours(user_emb: np.ndarray, k: int, *, valid: np.ndarray 
         scores[rows - s, rows] = float("-inf")
         out.append(scores.topk(k, dim=1).indices)
     return torch.cat(out).numpy().astype(np.int64)
+
+
+class SASRecScorer:
+    """A trained SASRec read from ``train_sasrec``'s ``out_dir``: raw scores of target items given histories.
+
+    The score is the model's logit for the next item, ``user_repr(history) . item_emb(target)`` (what
+    the BCE objective trains), with the history's most recent ``max_len`` items as the sequence, in
+    eval mode.
+    """
+
+    def __init__(self, model_dir: str | Path, device: str = "cpu"):
+        model_dir = Path(model_dir)
+        meta_path = model_dir / META_FILE
+        if not (meta_path.exists() and (model_dir / MODEL_FILE).exists()):
+            raise FileNotFoundError(f"{model_dir}: no {MODEL_FILE} / {META_FILE}; the SASRec was trained before "
+                                    f"weights were saved: retrain it (ragrec run CONFIG --force sasrec)")
+        meta = json.loads(meta_path.read_text())
+        self.cfg = SASRecConfig.model_validate(meta["cfg"])
+        self.num_items = int(meta["num_items"])
+        self.model = build_model(self.num_items, self.cfg)
+        self.model.load_state_dict(torch.load(model_dir / MODEL_FILE, map_location=device, weights_only=True))
+        self.model.to(device).eval()
+        self.device = device
+
+    def sequences(self, histories) -> np.ndarray:
+        """(N, max_len) int64 left-padded shifted-id sequences of a list<int> array of 0-based item histories
+        (oldest first), keeping each history's most recent ``max_len`` items."""
+        import pyarrow as pa
+
+        arr = histories.combine_chunks() if isinstance(histories, pa.ChunkedArray) else histories
+        if not isinstance(arr, pa.ListArray):
+            arr = pa.array(list(histories), pa.list_(pa.int64()))
+        offsets = arr.offsets.to_numpy().astype(np.int64)
+        values = arr.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+        n, length = len(offsets) - 1, self.cfg.max_len
+        if values.size and (values.min() < 0 or values.max() >= self.num_items):
+            raise ValueError(f"sasrec: history item ids must lie in [0, {self.num_items})")
+        lens = np.diff(offsets)
+        row = np.repeat(np.arange(n), lens)
+        col = length - lens[row] + (np.arange(values.size) - (offsets[:-1] - offsets[0])[row])
+        out = np.zeros((n, length), dtype=np.int64)
+        keep = col >= 0
+        out[row[keep], col[keep]] = values[keep] + 1
+        return out
+
+    @torch.no_grad()
+    def __call__(self, histories, items) -> np.ndarray:
+        """(N,) float64 scores of ``items`` (N,) 0-based, each given its history (see :meth:`sequences`)."""
+        seqs = torch.as_tensor(self.sequences(histories))
+        tgt = torch.as_tensor(np.asarray(items, dtype=np.int64))
+        if tgt.shape != (seqs.size(0),):
+            raise ValueError(f"sasrec: {tgt.numel()} target items for {seqs.size(0)} histories")
+        if tgt.numel() and (int(tgt.min()) < 0 or int(tgt.max()) >= self.num_items):
+            raise ValueError(f"sasrec: target item ids must lie in [0, {self.num_items})")
+        dev, step = self.device, _EVAL_CHUNK
+        out = [self.model.score(seqs[s : s + step].to(dev), tgt[s : s + step, None].to(dev))[:, 0].cpu()
+               for s in range(0, seqs.size(0), step)]
+        return torch.cat(out).double().numpy() if out else np.zeros(0)

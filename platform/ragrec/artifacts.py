@@ -2,7 +2,8 @@
 
 Every stage output lives at ``<root>/<stage>/<key>/`` where ``key`` hashes the stage's code version,
 its config and the keys of its inputs. A stage writes into ``<key>.partial/`` and the directory is
-renamed to ``<key>/`` only when complete, with a ``manifest.json`` (row counts, timings, versions).
+renamed to ``<key>/`` only when complete, with a ``manifest.json`` (row counts, timings, versions;
+``seconds`` = the computing attempt's wall time, and after a resume ``seconds_total`` = all attempts').
 So a finished artifact is never half-written, a rerun skips finished stages, and a killed run
 resumes at the first unfinished stage. Long stages (LLM generation) also checkpoint *blocks* inside
 ``<key>.partial/blocks/``; a resumed stage keeps those and computes only the missing blocks.
@@ -140,6 +141,32 @@ class Artifact:
         return self
 
 
+ATTEMPTS = "attempts.json"
+"""Inside ``<key>.partial/``: the start time of every attempt at computing the artifact (resume timing)."""
+
+
+def _start_attempt(staging: Path) -> list[dict]:
+    """Record a new attempt in ``staging/attempts.json``; return the earlier (interrupted) ones.
+
+    An interrupted attempt counts from its start to the last file it left in ``staging`` (a block, a
+    training checkpoint): the work a resumed run keeps. So ``seconds_total`` in the manifest of a resumed
+    stage is about what the stage would have taken uninterrupted (plus each restart's start-up).
+    """
+    path = staging / ATTEMPTS
+    try:
+        attempts = json.loads(path.read_text()) if path.exists() else []
+    except ValueError:
+        attempts = []
+    if attempts and "end" not in attempts[-1]:
+        start = attempts[-1]["start"]
+        mtimes = [f.stat().st_mtime for f in staging.rglob("*") if f.is_file() and f.name != ATTEMPTS]
+        attempts[-1]["end"] = max([start] + [t for t in mtimes if t >= start])
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(attempts + [{"start": time.time()}]))
+    os.replace(tmp, path)
+    return attempts
+
+
 class ArtifactStore:
     """Content-addressed store rooted at a local directory or a pyarrow.fs URI."""
 
@@ -184,12 +211,18 @@ class ArtifactStore:
         if art.done:
             self._remove(art)
         log.info("stage %-14s running  %s", stage, art.key)
+        earlier = _start_attempt(art.staging)
         t0 = time.perf_counter()
         out = compute(art)
         extra = out if isinstance(out, dict) else {"rows": out}
         extra.setdefault("rows", None)
-        art.commit(seconds=round(time.perf_counter() - t0, 3), **extra)
-        log.info("stage %-14s done     %s (%.1fs)", stage, art.key, time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        if earlier:  # resumed: the earlier attempts' kept work counts too
+            extra.update(seconds_total=round(seconds + sum(a["end"] - a["start"] for a in earlier), 3),
+                         attempts=len(earlier) + 1)
+        (art.staging / ATTEMPTS).unlink(missing_ok=True)
+        art.commit(seconds=round(seconds, 3), **extra)
+        log.info("stage %-14s done     %s (%.1fs)", stage, art.key, seconds)
         return art
 
     # ---- filesystem plumbing -------------------------------------------------------------------

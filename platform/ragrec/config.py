@@ -310,7 +310,9 @@ class EvalConfig(_Strict):
         None,
         description="`ragrec evaluate` rows (None: all of the method's). rallrec: zero_shot (w/o IT), recent (w/o "
                     "retrieval), rella (text retrieval), hybrid, concat (w/o SSL), concat_ssl, rallrec (full), no_aug, "
-                    "deepfm. score: zero_shot, no_ci (TALLRec-style prompt), score_base, score_cf, score_rerank, score")
+                    "deepfm. score: zero_shot, no_ci (TALLRec-style prompt), score_base, score_cf, score_rerank, "
+                    "score. []: none but what eval.learning_curve needs (zero-shot); no sweeps then, and the fusion "
+                    "only when eval.fusion is true")
     k_sweep: list[int] = Field([5, 10, 20, 30], description="`ragrec evaluate` K sweep (full RALLRec)")
     alpha_sweep: list[float] = Field([1 / 2, 2 / 3, 4 / 5], description="`ragrec evaluate` reranker alpha sweep (beta=1)")
     sweep_adapter: Literal["shared", "retrain"] = Field(
@@ -324,6 +326,48 @@ class EvalConfig(_Strict):
                           "collaborative model's (RALLRec: DeepFM, SCoRe: SASRec) and the item+user baseline's logits; "
                           "ragrec.evaluation.fusion): None = in `ragrec evaluate` only, true = also in `ragrec run` "
                           "(RALLRec; saved in run.json, `/predict` returns p_fused), false = never")
+    learning_curve: list[int] | None = Field(
+        None, description="`ragrec evaluate` learning curve: lora.train_samples counts (before the mixed-view "
+                          "augmentation) of the full variant, each scored on the evaluation's test samples, plus the "
+                          "zero-shot point N=0 (use subset: random and max_test_samples >= 1000)")
+    learning_curve_grid: dict[str, list[Any]] | None = Field(
+        None, description="dotted config fields crossed with every learning-curve point, e.g. "
+                          "{'lora.lr': [5e-4, 2e-3], 'lora.epochs': [1, 2]} (one curve per combination)")
+
+    @field_validator("learning_curve")
+    @classmethod
+    def _curve_counts(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (any(n < 1 for n in v) or len(set(v)) != len(v)):
+            raise ValueError(f"learning_curve: distinct training-sample counts >= 1, got {v} (the zero-shot point "
+                             f"N=0 is added by itself)")
+        return v
+
+    @field_validator("learning_curve_grid")
+    @classmethod
+    def _curve_grid(cls, v: dict[str, list[Any]] | None) -> dict[str, list[Any]] | None:
+        """Every key a dotted config field (not the curve's own lora.train_samples, not eval.*), every value a
+        non-empty list of values that field accepts; returns the values as the field parses them."""
+        from pydantic import TypeAdapter
+        from typing import Annotated
+
+        out = {}
+        for key, values in (v or {}).items():
+            if key == "lora.train_samples" or key.startswith("eval."):
+                raise ValueError(f"learning_curve_grid: {key!r} cannot be a grid field (lora.train_samples is the "
+                                 f"curve's x axis; eval.* fields are the evaluation's)")
+            try:
+                field = config_field(key)
+            except ValueError as e:
+                raise ValueError(f"learning_curve_grid: {e}") from None
+            if not isinstance(values, list) or not values:
+                raise ValueError(f"learning_curve_grid: {key} needs a non-empty list of values, got {values!r}")
+            tp = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+            adapter = TypeAdapter(tp)
+            try:
+                out[key] = [adapter.validate_python(x) for x in values]
+            except ValidationError as e:
+                raise ValueError(f"learning_curve_grid: {key}={values}: {e.errors()[0]['msg']}") from None
+        return out or None
 
     @field_validator("variants")
     @classmethod
@@ -398,6 +442,21 @@ class RunConfig(_Strict):
 
 class ConfigError(ValueError):
     """A config file or override is invalid; the message names the file and the field."""
+
+
+def config_field(path: str):
+    """The pydantic ``FieldInfo`` of a dotted :class:`RunConfig` field (``lora.lr``); ValueError naming the
+    path when there is no such field."""
+    model: type[BaseModel] = RunConfig
+    *sections, last = path.split(".")
+    for name in sections:
+        f = model.model_fields.get(name)
+        if f is None or not (isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)):
+            raise ValueError(f"no config field {path!r} ({name!r} is not a config section)")
+        model = f.annotation
+    if last not in model.model_fields:
+        raise ValueError(f"no config field {path!r}")
+    return model.model_fields[last]
 
 
 def _parse_scalar(text: str) -> Any:

@@ -306,14 +306,29 @@ def training_examples(samples: pa.Table, views: ItemViews, items: pa.Table, user
 # ---------------------------------------------------------------------------------------------------
 # steps 8-9: LoRA instruction tuning and prediction
 # ---------------------------------------------------------------------------------------------------
+LORA_CHECKPOINT_STEPS = 200
+"""The lora stage checkpoints every this many optimizer steps (and after every epoch but the last);
+``RAGREC_LORA_CHECKPOINT_STEPS`` overrides, 0 = epoch ends only."""
+
+
 def lora_stage(store: ArtifactStore, cfg: RunConfig, examples_art: Artifact) -> Artifact:
+    """LoRA tuning under Ray Train. Resumable: the Ray run's storage is ``train/`` inside the artifact's
+    ``<key>.partial/`` folder, so a killed run, rerun, continues from its latest checkpoint (every
+    :data:`LORA_CHECKPOINT_STEPS` optimizer steps and every epoch end); removed once the adapter is written."""
+    import os
+    import shutil
+
     from ..training.lora import train_lora
 
     def compute(art: Artifact):
+        storage = art.staging / "train"
+        steps = int(os.environ.get("RAGREC_LORA_CHECKPOINT_STEPS", LORA_CHECKPOINT_STEPS)) or None
         res = train_lora(examples_art.read_table(), cfg.llm.model, cfg.lora, use_ray=True, seed=cfg.seed,
                          out_dir=str(art.staging / "adapter"), num_workers=cfg.ray.num_workers,
-                         use_gpu=cfg.ray.use_gpu, load_in_8bit=cfg.llm.load_in_8bit)
+                         use_gpu=cfg.ray.use_gpu, load_in_8bit=cfg.llm.load_in_8bit, storage_path=str(storage),
+                         checkpoint_steps=steps)
         art.write_json(res.history, "history")
+        shutil.rmtree(storage, ignore_errors=True)  # the optimizer states are not part of the artifact
         return {"rows": examples_art.manifest()["rows"]}
 
     spec = {"lora": cfg.lora.model_dump(), "model": cfg.llm.model, "seed": cfg.seed}

@@ -17,6 +17,11 @@ regression over its logit, DeepFM's and the item+user baseline's is fitted there
 (:mod:`ragrec.evaluation.fusion`) and applied to the test samples: rows ``fusion`` and ``fusion w/o
 LLM``, a section with the paired ΔAUC of the fusion against each input and against ``fusion w/o LLM``,
 the coefficients in ``metrics.json`` (``fusion``) and one report line.
+
+Learning curve (``eval.learning_curve``, :mod:`ragrec.methods.learning_curve`): the full variant tuned on N
+training samples (crossed with ``eval.learning_curve_grid``), plus zero-shot as N = 0, on the same test
+samples: a report section, ``metrics.json`` ``learning_curve`` and ``learning_curve.png``. ``eval.variants:
+[]`` runs only the curve (zero-shot and the trivial baselines stay; no sweeps; fusion only when true).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..config import RunConfig, apply_overrides
+from .learning_curve import LearningCurve, curve_on, fusion_on, sweeps_on
 from .rallrec import ItemViews, Pipeline, RunResult, read_users, split, train_interactions
 
 log = logging.getLogger("ragrec.evaluate")
@@ -215,6 +221,7 @@ class Evaluation:
         self.fusion = None  # FusionResult once run_fusion succeeded
         self.fusion_rows: list[dict] = []
         self.fusion_error: str | None = None
+        self.curve: LearningCurve | None = None
 
     # ---- scoring ---------------------------------------------------------------------------------
     def _score(self, vcfg: RunConfig, adapter) -> tuple[np.ndarray, dict[str, str]]:
@@ -256,6 +263,12 @@ class Evaluation:
         probs, keys = self._score(vcfg, adapter)
         examples = self._examples(vcfg) if self.cfg.eval.sweep_adapter == "retrain" else None
         return _Scored(label, label, "sweep", probs, examples, keys)
+
+    def curve_point(self, overrides: dict[str, Any], label: str) -> _Scored:
+        """One learning-curve point: the full variant with ``overrides`` (its own adapter), on the test samples."""
+        vcfg = variant_config(self.cfg, {**FULL, **overrides})
+        probs, keys = self._score(vcfg, self.pipe.adapter(self.views, vcfg))
+        return _Scored(label, label, "learning curve", probs, self._examples(vcfg), keys)
 
     def run_fusion(self) -> None:
         """Fusion rows: full RALLRec + DeepFM + item/user fitted on the validation split (``eval.fusion``).
@@ -307,16 +320,19 @@ class Evaluation:
                                             deepfm_probs(self.pipe, self.test).astype(np.float64),
                                             keys={"deepfm": self.pipe.arts["deepfm"].key})
             self.write()
-        if cfg.eval.fusion is not False:
+        if fusion_on(cfg):
             self.run_fusion()
             self.write()
-        for k in cfg.eval.k_sweep:
+        for k in cfg.eval.k_sweep if sweeps_on(cfg) else []:
             self.k_points[k] = self.run_point({"retrieval.k": k}, f"K={k}")
             self.write()
-        for alpha in cfg.eval.alpha_sweep:
+        for alpha in cfg.eval.alpha_sweep if sweeps_on(cfg) else []:
             self.alpha_points[alpha] = self.run_point({"retrieval.alpha": alpha, "retrieval.beta": 1.0},
                                                       f"alpha={alpha:.3g}")
             self.write()
+        if curve_on(cfg):
+            self.curve = LearningCurve(cfg, self.pipe.store, self.test)
+            self.curve.run(self.scored, lambda: self.run_variant(VARIANTS["zero_shot"]), self.curve_point, self.write)
         return RunResult(self.out_dir, self.write(final=True), dict(self.pipe.arts))
 
     # ---- report ----------------------------------------------------------------------------------------
@@ -372,6 +388,10 @@ class Evaluation:
             if len(a_rows) > 1:
                 plots["auc_vs_alpha"] = (lambda r: lambda p: plot_sweep([x["alpha"] for x in r], r, p,
                                                                         "α (relevance weight)", trivial))(a_rows)
+        c_sections, c_plots, c_extra = self.curve.report({r["key"]: r["auc"] for r in rows}) if self.curve \
+            else ({}, {}, {})
+        sections.update(c_sections)
+        plots.update(c_plots)
         wall = time.perf_counter() - self.t0
         notes = [f"{'finished' if final else 'in progress'}; wall time so far {wall:.0f} s",
                  f"model {cfg.llm.model}; LoRA on {cfg.lora.train_samples} sampled training samples "
@@ -384,10 +404,13 @@ class Evaluation:
         for s in list(self.scored.values()) + list(self.k_points.values()) + list(self.alpha_points.values()):
             if s.name not in preds.column_names:
                 preds = preds.append_column(s.name, pa.array(s.probs.astype(np.float32)))
+        for name, probs in (self.curve.columns() if self.curve else {}).items():
+            preds = preds.append_column(name, pa.array(probs.astype(np.float32)))
         pq.write_table(preds, self.out_dir / "predictions.parquet")
         extra = {"k_sweep": k_rows, "alpha_sweep": a_rows, "wall_seconds": round(wall, 1), "finished": final,
                  "artifacts": {s.name: s.keys for s in self.scored.values()}}
         extra.update(f_extra)
+        extra.update(c_extra)
         write_report(self.out_dir, title=f"RALLRec evaluation on {cfg.data.name}", config=cfg.model_dump(mode="json"),
                      counts=counts, rows=rows, notes=notes, plots=plots, sections=sections,
                      reference="RALLRec", extra=extra)

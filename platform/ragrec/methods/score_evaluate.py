@@ -19,6 +19,8 @@ validation split (:mod:`ragrec.evaluation.fusion`): rows ``SASRec``, ``fusion``,
 the paired ΔAUC of the fusion against each input, as for RALLRec.
 Outputs in ``<output_dir>/<name>/evaluate/`` as for RALLRec: ``report.md``, ``metrics.json``,
 ``predictions.parquet``, ``auc.png``, ``auc_vs_ke.png``, ``auc_vs_ks.png``; rewritten after every row.
+Learning curve (``eval.learning_curve``, ``eval.variants: []`` for the curve alone) as for RALLRec
+(:mod:`ragrec.methods.learning_curve`): full SCoRe tuned on N training samples, zero-shot as N = 0.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..config import RunConfig
+from .learning_curve import LearningCurve, curve_on, fusion_on, sweeps_on
 from .rallrec import train_interactions
 from .rallrec_evaluate import _decomposition_notes, _reading, _row, _Scored, variant_config
 from .rallrec_evaluate import _fusion_parts, fusion_comparisons, fusion_labels
@@ -98,6 +101,7 @@ class Evaluation:
         self.fusion_rows: list[dict] = []
         self.fusion_error: str | None = None
         self.fusion_crm_mode: str | None = None  # how SASRec scored: "history" or "train_user_vector"
+        self.curve: LearningCurve | None = None
 
     def _score(self, vcfg: RunConfig, adapter, name: str) -> _Scored:
         self.pipe.upstream(vcfg)
@@ -117,6 +121,14 @@ class Evaluation:
             self._full_adapter = adapter
         s = self._score(vcfg, adapter, v.label)
         s.name = v.name
+        return s
+
+    def curve_point(self, overrides: dict[str, Any], label: str) -> _Scored:
+        """One learning-curve point: full SCoRe with ``overrides`` (its own adapter), on the test samples."""
+        vcfg = variant_config(self.cfg, {**FULL, **overrides})
+        self.pipe.upstream(vcfg)
+        s = self._score(vcfg, self.pipe.adapter(vcfg), label)
+        s.table = "learning curve"
         return s
 
     def run_point(self, overrides: dict[str, Any], label: str) -> _Scored:
@@ -192,21 +204,24 @@ class Evaluation:
         for name in order:
             self.scored[name] = self.run_variant(VARIANTS[name])
             self.write()
-        if cfg.eval.fusion is not False:
+        if fusion_on(cfg):
             self.run_fusion()
             self.write()
-        for ke in cfg.eval.ke_sweep:
+        for ke in cfg.eval.ke_sweep if sweeps_on(cfg) else []:
             if ke < cfg.ci.ks:
                 log.warning("evaluate: Ke=%d < Ks=%d skipped", ke, cfg.ci.ks)
                 continue
             self.ke_points[ke] = self.run_point({"ci.ke": ke}, f"Ke={ke}")
             self.write()
-        for ks in cfg.eval.ks_sweep:
+        for ks in cfg.eval.ks_sweep if sweeps_on(cfg) else []:
             if ks > cfg.ci.ke:
                 log.warning("evaluate: Ks=%d > Ke=%d skipped", ks, cfg.ci.ke)
                 continue
             self.ks_points[ks] = self.run_point({"ci.ks": ks}, f"Ks={ks}")
             self.write()
+        if curve_on(cfg):
+            self.curve = LearningCurve(cfg, self.pipe.store, self.test)
+            self.curve.run(self.scored, lambda: self.run_variant(VARIANTS["zero_shot"]), self.curve_point, self.write)
         return RunResult(self.out_dir, self.write(final=True), dict(self.pipe.arts))
 
     # ---- report ----------------------------------------------------------------------------------------
@@ -258,6 +273,10 @@ class Evaluation:
                 if len(pts) > 1:
                     plots[plot] = (lambda r, x, xl: lambda p: plot_sweep([q[x] for q in r], r, p, xl, trivial))(
                         pts, x, xlabel)
+        c_sections, c_plots, c_extra = self.curve.report({r["key"]: r["auc"] for r in rows}) if self.curve \
+            else ({}, {}, {})
+        sections.update(c_sections)
+        plots.update(c_plots)
         sas = self.pipe.arts["sasrec"].read_json("metrics")
         wall = time.perf_counter() - self.t0
         notes = [f"{'finished' if final else 'in progress'}; wall time so far {wall:.0f} s",
@@ -273,10 +292,13 @@ class Evaluation:
         for s in list(self.scored.values()) + list(self.ke_points.values()) + list(self.ks_points.values()):
             if s.name not in preds.column_names:
                 preds = preds.append_column(s.name, pa.array(s.probs.astype(np.float32)))
+        for name, probs in (self.curve.columns() if self.curve else {}).items():
+            preds = preds.append_column(name, pa.array(probs.astype(np.float32)))
         pq.write_table(preds, self.out_dir / "predictions.parquet")
         extra = {"ke_sweep": ke_rows, "ks_sweep": ks_rows, "sasrec": sas, "wall_seconds": round(wall, 1),
                  "finished": final, "artifacts": {s.name: s.keys for s in self.scored.values()}}
         extra.update(f_extra)
+        extra.update(c_extra)
         write_report(self.out_dir, title=f"SCoRe evaluation on {cfg.data.name}", config=cfg.model_dump(mode="json"),
                      counts=counts, rows=rows, notes=notes, plots=plots, sections=sections, reference="SCoRe",
                      extra=extra)

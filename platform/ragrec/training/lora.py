@@ -222,9 +222,12 @@ def cpu_has_native_bf16() -> bool:
 def train_loop(config: dict) -> list[dict]:
     """LoRA-tune ``config["model_name"]``. Keys: ``cfg`` (LoRAConfig dict), ``seed``, ``out_dir``,
     ``dtype``, optional ``report_every`` and, standalone, ``examples`` (Arrow table with prompt/answer).
+    Resume: optional ``checkpoint_steps`` (also checkpoint every that many optimizer steps inside an epoch)
+    and, standalone, ``checkpoint_dir`` (where the states go; a rerun resumes from the latest, see
+    :func:`_train_state`). Under Ray the states are Ray Train checkpoints in the run's storage.
     Returns the history (one row per optimizer micro-step: step, epoch, loss, tokens, seconds)."""
     from peft import LoraConfig as PeftLoraConfig
-    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+    from peft import get_peft_model, set_peft_model_state_dict
 
     from ragrec.llm.registry import load_causal_lm
 
@@ -269,22 +272,25 @@ def train_loop(config: dict) -> list[dict]:
     scheduler = _schedule(optimizer, cfg, total_steps)
     log.info("lora: %d examples, %d tokens, %s, %d optimizer steps", len(enc.ids), int(lengths.sum()),
              f"autocast {amp}" if amp is not None else "float32", total_steps)
-    start_epoch, history = 0, []
-    state = rt.load_state()
+    start_epoch, skip, history = 0, 0, []
+    ckpt_dir, ckpt_steps = config.get("checkpoint_dir"), config.get("checkpoint_steps")
+    state = rt.load_state(ckpt_dir)
     if state is not None:
         set_peft_model_state_dict(rt.unwrap(model), state["adapter"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        start_epoch, history = state["epoch"] + 1, state["history"]
+        start_epoch, skip, history = state["epoch"] + 1, state.get("batch", 0), state["history"]
+        _set_rng(state.get("rng"))
 
     row: dict[str, Any] = {"epoch": start_epoch - 1}
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         batches = bucketed_batches(lengths, cfg.batch_size, seed=seed, epoch=epoch)[:n_batches]
-        bar = rt.LogProgress(batches, total=len(batches), desc=f"lora epoch {epoch}")
+        todo, skip = batches[skip:], 0  # a resumed epoch skips the batches its checkpoint had done
+        bar = rt.LogProgress(todo, total=len(todo), desc=f"lora epoch {epoch}")
         pending = 0
         optimizer.zero_grad()
-        for idx in bar:
+        for i, idx in enumerate(bar, start=len(batches) - len(todo)):
             t_step = time.perf_counter()
             batch = {k: v.to(dev) for k, v in collate(enc, idx, pad).items()}
             with torch.autocast(device_type=dev.type, dtype=amp or torch.float32, enabled=amp is not None):
@@ -297,20 +303,16 @@ def train_loop(config: dict) -> list[dict]:
             history.append({"step": len(history), "epoch": epoch, "loss": loss.item(),
                             "tokens": int(lengths[idx].sum()), "seconds": time.perf_counter() - t_step})
             bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
+            if pending == 0 and ckpt_steps and scheduler.last_epoch % ckpt_steps == 0 and i + 1 < len(batches):
+                rt.report_state({"epoch": epoch, "batch": i + 1, "loss": history[-1]["loss"]},
+                                _train_state(model, optimizer, scheduler, epoch - 1, i + 1, history), ckpt_dir)
         if pending:
             _step(optimizer, scheduler, params, cfg)
         epoch_losses = [h["loss"] for h in history if h["epoch"] == epoch]
         row = {"epoch": epoch, "loss": float(np.mean(epoch_losses)) if epoch_losses else float("nan"),
                "seconds": time.perf_counter() - t0, "padding": padding_fraction(lengths, batches)}
         if rt.report_due(epoch, cfg.epochs, config.get("report_every")):
-            state = {
-                "adapter": get_peft_model_state_dict(rt.unwrap(model)),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "epoch": epoch,
-                "history": history,
-            }
-            rt.report_state(row, state)
+            rt.report_state(row, _train_state(model, optimizer, scheduler, epoch, 0, history), ckpt_dir)
 
     def write(out: Path) -> None:
         rt.unwrap(model).save_pretrained(str(out))
@@ -318,6 +320,26 @@ def train_loop(config: dict) -> list[dict]:
 
     rt.publish(config, row, write)
     return history
+
+
+def _train_state(model, optimizer, scheduler, epoch: int, batch: int, history: list[dict]) -> dict:
+    """A resumable state: ``epoch`` = the last finished epoch, ``batch`` = the batches of the next one already
+    done (a mid-epoch checkpoint), the LoRA weights, AdamW, the schedule, the history and torch's RNG (dropout)."""
+    from peft import get_peft_model_state_dict
+
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return {"adapter": get_peft_model_state_dict(rt.unwrap(model)), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "epoch": epoch, "batch": batch, "history": list(history), "rng": rng}
+
+
+def _set_rng(rng: dict | None) -> None:
+    if rng is None:
+        return
+    torch.set_rng_state(rng["cpu"])
+    if "cuda" in rng and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(rng["cuda"])
 
 
 def _schedule(optimizer: torch.optim.Optimizer, cfg: LoRAConfig, total_steps: int):
@@ -355,10 +377,15 @@ def train_lora(
     storage_path: str | None = None,
     dtype: str = "auto",
     load_in_8bit: bool = False,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_steps: int | None = None,
 ) -> LoRAResult:
     """LoRA instruction tuning on ``examples`` (prompt: str, answer: str; Arrow table or Ray Dataset).
 
-    Returns the adapter folder (``out_dir``) and the per-step loss history.
+    Returns the adapter folder (``out_dir``) and the per-step loss history. Resuming after a kill: standalone,
+    states go to ``checkpoint_dir`` (every epoch but the last, and every ``checkpoint_steps`` optimizer steps)
+    and a rerun with the same folder continues from the latest; under Ray pass a persistent
+    ``storage_path`` instead (a rerun on it continues from the run's latest checkpoint).
     """
     import ray.data
 
@@ -374,7 +401,9 @@ def train_lora(
     else:
         raise TypeError(f"train_lora: examples must be a pyarrow.Table or ray.data.Dataset, got {type(examples).__name__}")
     config = {"model_name": model_name, "cfg": cfg.model_dump(), "seed": int(seed), "out_dir": str(out_dir),
-              "dtype": dtype, "load_in_8bit": bool(load_in_8bit)}
+              "dtype": dtype, "load_in_8bit": bool(load_in_8bit),
+              "checkpoint_dir": str(checkpoint_dir) if checkpoint_dir is not None else None,
+              "checkpoint_steps": checkpoint_steps}
     if use_ray:
         if dataset is None:
             dataset = ray.data.from_arrow(table)

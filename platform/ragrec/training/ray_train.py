@@ -13,7 +13,8 @@ The loops only use the helpers below, which do the right thing in both cases:
   per-sample ``__getitem__``/collate for in-memory tensors)
 * :func:`report` / :func:`report_state` (``ray.train.report`` with a checkpoint under Ray; a log line
   and a local history standalone)
-* :func:`load_state` (resume from ``ray.train.get_checkpoint()`` after a worker failure)
+* :func:`load_state` (resume from ``ray.train.get_checkpoint()`` after a worker failure or a rerun on the
+  same storage; standalone from a ``local_dir`` state file written by :func:`report_state`)
 * :func:`publish` (final outputs: written straight to ``config["out_dir"]`` standalone; reported as
   the last checkpoint under Ray, then copied into ``config["out_dir"]`` by :func:`fit`).
 """
@@ -199,12 +200,21 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def report_state(metrics: dict[str, Any], state: dict[str, Any]) -> None:
+def report_state(metrics: dict[str, Any], state: dict[str, Any], local_dir: str | os.PathLike | None = None) -> None:
     """Report ``metrics`` and, under Ray, a checkpoint holding ``state`` (``torch.save``-able).
 
-    Standalone there is no failure recovery, so the state is not written.
+    Standalone the state is written only when ``local_dir`` is given: atomically to
+    ``local_dir/train_state.pt`` (replacing the previous one), where :func:`load_state` finds it after a
+    kill. Under Ray ``local_dir`` is ignored: the checkpoint goes to the run's storage, and a rerun with the
+    same ``storage_path`` and name resumes from it.
     """
     if not in_train_worker():
+        if local_dir is not None:
+            out = Path(local_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            tmp = out / f".{STATE_FILE}.tmp"
+            torch.save(state, tmp)
+            os.replace(tmp, out / STATE_FILE)  # a kill mid-write leaves the previous state readable
         report(metrics)
         return
     with tempfile.TemporaryDirectory(prefix="ragrec-ckpt-") as tmp:
@@ -228,14 +238,20 @@ def report_due(epoch: int, epochs: int, every: int | None = None) -> bool:
     return epoch < epochs - 1 and (epoch + 1) % every == 0
 
 
-def load_state() -> dict[str, Any] | None:
+def load_state(local_dir: str | os.PathLike | None = None) -> dict[str, Any] | None:
     """The state saved by the latest :func:`report_state` / :func:`publish` of this run, if any.
 
-    Under Ray this is ``ray.train.get_checkpoint()`` (set after a worker failure and restart);
-    standalone it is always None.
+    Under Ray this is ``ray.train.get_checkpoint()`` (set after a worker failure and restart, and when
+    :func:`fit` is rerun with the storage of an interrupted run); standalone it is
+    ``local_dir/train_state.pt`` when ``local_dir`` is given and holds one, else None.
     """
     if not in_train_worker():
-        return None
+        path = Path(local_dir) / STATE_FILE if local_dir is not None else None
+        if path is None or not path.exists():
+            return None
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        log.info("resuming from %s (epoch %s, batch %s)", path, state.get("epoch"), state.get("batch", 0))
+        return state
     import ray.train
 
     ckpt = ray.train.get_checkpoint()
@@ -300,7 +316,9 @@ def fit(
     The latest checkpoint's files are copied into ``config["out_dir"]`` when it is set.
     ``storage_path`` None uses a temporary folder removed afterwards (pass shared storage such as
     ``s3://...`` on a multi-node cluster). Worker failures restart the loop up to ``max_failures``
-    times; loops resume from :func:`load_state`.
+    times; loops resume from :func:`load_state`. A persistent ``storage_path`` also makes a rerun after a
+    killed driver resume: Ray Train finds the run's snapshot under ``storage_path/name`` and
+    ``ray.train.get_checkpoint()`` returns its latest checkpoint (the two latest are kept).
     """
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -319,6 +337,7 @@ def fit(
             name=name,
             storage_path=storage_path,
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),  # a resume needs the latest only
         ),
         datasets=datasets,
     )

@@ -33,7 +33,7 @@ demo: install
 	$(VENV)/bin/ragrec run configs/demo.yaml
 
 test: install
-	$(PY) -m pytest -q -x --timeout=900 tests
+	$(PY) -m pytest -q -x --timeout=900 --durations=15 tests
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow" tests
@@ -44,6 +44,7 @@ bench: install
 	$(PY) benchmarks/bench_lightgcn.py
 	$(PY) benchmarks/bench_scoring.py
 	$(PY) benchmarks/bench_generation.py
+	$(PY) benchmarks/bench_lora.py
 
 bench-quick: install
 	$(PY) benchmarks/bench_samples.py --quick --no-write
@@ -51,6 +52,7 @@ bench-quick: install
 	$(PY) benchmarks/bench_lightgcn.py --quick --no-write
 	$(PY) benchmarks/bench_scoring.py --quick --no-write
 	$(PY) benchmarks/bench_generation.py --quick --no-write
+	$(PY) benchmarks/bench_lora.py --quick --no-write
 
 clean:
 	rm -rf artifacts runs .pytest_cache

@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--train", type=int, default=256, help="training examples (default %(default)s)")
     k.add_argument("--test", type=int, default=200, help="held-out prompts (default %(default)s)")
     k.add_argument("--epochs", type=int, default=2)
-    k.add_argument("--lr", type=float, default=1e-3)
+    k.add_argument("--lr", type=float, default=3e-3)
 
     c = sub.add_parser("config", help="configs")
     csub = c.add_subparsers(dest="config_command", required=True)

@@ -186,6 +186,8 @@ class RetrievalConfig(_Strict):
 class PromptConfig(_Strict):
     augmentation: bool = Field(True, description="mixed views: relevance order, time order, recent-K")
     max_title_chars: int = 80
+    genres: bool = Field(False, description="not in the papers: name every movie with its genres "
+                                            "('Heat (1995) [Action, Crime, Thriller]')")
     stats: bool = Field(
         False, description="not in the papers: state the user's average past rating and the target's average "
                            "rating so far (interactions before the sample only) in a line of the prompt")
@@ -321,6 +323,9 @@ class EvalConfig(_Strict):
     ks_sweep: list[int] = Field([1, 2, 3, 4], description="SCoRe: users whose behaviours enter the prompt (Figure 4)")
     deepfm: dict[str, Any] = Field(
         default_factory=dict, description="DeepFM baseline hyper-parameters (ragrec.models.deepfm.DeepFMConfig fields)")
+    zero_shot: bool = Field(
+        False, description="`ragrec run`: also score the untuned model on the same samples (a zero-shot row and the "
+                           "paired ΔAUC of every row against the tuned model)")
     fusion: bool | None = Field(
         None, description="fit the fusion model (logistic regression on the validation split over the LLM's, the "
                           "collaborative model's (RALLRec: DeepFM, SCoRe: SASRec) and the item+user baseline's logits; "

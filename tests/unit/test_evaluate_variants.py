@@ -170,3 +170,18 @@ def test_fusion_rows_pair_the_fusion_with_each_input_and_report_the_coefficients
         fusion, fusion_rows, fusion_error = None, [], "fusion: all 10 validation labels are 1"
 
     assert _fusion_parts(Skipped) == ({}, ["fusion skipped: fusion: all 10 validation labels are 1"], {})
+
+
+def test_run_rows_carry_the_paired_delta_against_the_main_model():
+    from ragrec.methods.rallrec import _metric_row
+
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(40), 10)
+    y = rng.integers(0, 2, 400)
+    good = np.clip(0.5 + 0.3 * (y - 0.5) + rng.normal(0, 0.15, 400), 0.01, 0.99)
+    noise = rng.random(400)
+    same = _metric_row("same", y, good, 200, 0, users, against=good)
+    assert same["delta"] == 0 and same["delta_lo"] == same["delta_hi"] == 0 and same["delta_ulo"] == 0
+    worse = _metric_row("noise", y, noise, 200, 0, users, against=good)
+    assert worse["delta"] == pytest.approx(worse["auc"] - _metric_row("m", y, good, 10, 0)["auc"])
+    assert worse["delta_uhi"] < 0 and worse["delta_hi"] < 0  # a real gap: both intervals exclude 0

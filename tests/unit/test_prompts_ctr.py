@@ -128,3 +128,23 @@ def test_augment_views_rejects_mismatch_and_test_rows():
     test_rows = recent.set_column(recent.schema.get_field_index("split"), "split", pa.array(["test"] * recent.num_rows))
     with pytest.raises(ValueError, match="split == 'train'"):
         augment_views(test_rows, test_rows, np.random.default_rng(0))
+
+
+def test_genres_and_stats_lines_are_optional_and_exact():
+    items = ITEMS.append_column("genres", pa.array([["Adventure"], ["Animation", "Comedy"], [], ["War"]],
+                                                   pa.list_(pa.string())))
+    s = ctx_samples([0, 2], [3, 1], [[1, 0], [0]], [[4.0, 1.0], [5.0]])
+    plain = build_ctr_prompts(s, items, USERS)
+    assert plain == build_ctr_prompts(s, ITEMS, USERS)  # both off: the paper's prompt, genres ignored
+    p0, p1 = build_ctr_prompts(
+        s, items, USERS, genres=True,
+        stats={"user_mean": np.array([3.94, np.nan]), "user_count": np.array([120, 0]),
+               "item_mean": np.array([4.25, np.nan]), "item_count": np.array([85, 0]), "kind": "rating"})
+    lines = p0.split("\n")
+    assert lines[2:4] == ["0. GoldenEye (1995) (4 stars)", "1. Toy Story (1995) [Animation, Comedy] (1 star)"]
+    assert lines[5] == ("On average she rated past movies 3.9 stars (120 ratings). "
+                        "Other users rated this movie 4.2 stars (85 ratings).")
+    assert "***Jumanji (1995) [Adventure]***" in lines[6]
+    assert "No other user has rated this movie yet." in p1 and "On average" not in p1
+    with pytest.raises(ValueError, match="prompt.genres"):
+        build_ctr_prompts(s, ITEMS, USERS, genres=True)

@@ -89,7 +89,9 @@ def _join(parts: list, sep: str) -> pa.Array:
     return pc.binary_join_element_wise(*parts, sep, null_handling="replace", null_replacement="")
 
 
-def _titles(items: pa.Table, max_title_chars: int) -> pa.ChunkedArray:
+def _titles(items: pa.Table, max_title_chars: int, genres: bool = False) -> pa.ChunkedArray:
+    """Each item's name in the prompt: its title cut to ``max_title_chars``; with ``genres`` followed by
+    ``" [Comedy, Drama]"`` (``prompt.genres``; items without genres keep the bare title)."""
     it = _dense_lookup(items, "item_id", "items")
     if "title" not in it.column_names:
         raise ValueError("items table has no 'title' column; the CTR prompt lists item titles")
@@ -97,7 +99,17 @@ def _titles(items: pa.Table, max_title_chars: int) -> pa.ChunkedArray:
     if title.null_count:
         bad = int(np.flatnonzero(pc.is_null(title).to_numpy(zero_copy_only=False))[0])
         raise ValueError(f"items: item_id {bad} has no title; fill items.title before building prompts")
-    return pc.utf8_rtrim_whitespace(pc.utf8_slice_codeunits(title, 0, max_title_chars))
+    title = pc.utf8_rtrim_whitespace(pc.utf8_slice_codeunits(title, 0, max_title_chars))
+    if not genres:
+        return title
+    if "genres" not in it.column_names:
+        raise ValueError("prompt.genres: the items table has no 'genres' column; map one in data.columns.genres "
+                         "or set prompt.genres: false")
+    g = it.column("genres")
+    names = pc.binary_join(g, ", ") if pa.types.is_list(g.type) else g.cast(pa.string())
+    names = pc.if_else(pc.equal(pc.fill_null(names, ""), ""), pa.scalar(None, pa.string()), names)
+    with_genres = pc.binary_join_element_wise(title, " [", names, "]", "")
+    return pc.coalesce(with_genres, title)
 
 
 def stats_sentence(lower: pa.Array, user_mean: np.ndarray, user_count: np.ndarray, item_mean: np.ndarray,
@@ -125,7 +137,7 @@ def stats_sentence(lower: pa.Array, user_mean: np.ndarray, user_count: np.ndarra
 
 def build_ctr_prompts(
     samples: pa.Table, items: pa.Table, users: pa.Table | None, *, max_title_chars: int = 80,
-    stats: dict | None = None,
+    stats: dict | None = None, genres: bool = False,
 ) -> list[str]:
     """One ReLLa-style yes/no prompt per sample (template in the module docstring).
 
@@ -138,6 +150,7 @@ def build_ctr_prompts(
         max_title_chars: titles are cut to this many characters.
         stats: ``prompt.stats`` numbers (``user_mean``, ``user_count``, ``item_mean``, ``item_count`` arrays of
             length n, ``kind``): a :func:`stats_sentence` line before the question; None: no such line.
+        genres: name every movie with its genres ("Heat (1995) [Action, Crime, Thriller]").
 
     Returns:
         n prompt strings, in the samples' order.
@@ -149,7 +162,7 @@ def build_ctr_prompts(
     if max_title_chars < 1:
         raise ValueError(f"prompt.max_title_chars must be >= 1, got {max_title_chars}")
     n = samples.num_rows
-    titles = _titles(items, max_title_chars)
+    titles = _titles(items, max_title_chars, genres)
     ctx = samples.column(CONTEXT_ITEMS).combine_chunks()
     rat = samples.column(CONTEXT_RATINGS).combine_chunks()
     lengths = pc.fill_null(pc.list_value_length(ctx), 0).to_numpy(zero_copy_only=False).astype(np.int64)

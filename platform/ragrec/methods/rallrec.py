@@ -255,7 +255,7 @@ def prompts_for(samples: pa.Table, items: pa.Table, users: pa.Table | None, cfg:
             raise ValueError("prompt.stats needs the interactions table (the target's ratings before each sample)")
         stats = prompt_stats(samples, interactions)
     return pa.array(build_ctr_prompts(samples, items, users, max_title_chars=cfg.prompt.max_title_chars,
-                                      stats=stats), pa.string())
+                                      stats=stats, genres=cfg.prompt.genres), pa.string())
 
 
 def prompt_stats(samples: pa.Table, interactions: pa.Table) -> dict:
@@ -505,11 +505,18 @@ def run(cfg: RunConfig, force: tuple[str, ...] = ()) -> RunResult:
     probs = preds.column("prob").to_numpy()
     users = preds.column("user_id").to_numpy()
     samples = pipe.arts["samples"].read_table("samples")
-    rows = [_metric_row("RALLRec" if adapter else "RALLRec (zero-shot)", labels, probs, cfg.eval.bootstrap, cfg.seed,
-                        users)]
+    main = "RALLRec" if adapter else "RALLRec (zero-shot)"
+    rows = [_metric_row(main, labels, probs, cfg.eval.bootstrap, cfg.seed, users)]
+    others: dict[str, np.ndarray] = {}
+    if adapter is not None and cfg.eval.zero_shot:
+        zs, zs_art = pipe.predict(views, cfg.retrieval, None)
+        pipe.arts["scores_zero_shot"] = zs_art
+        others["zero-shot (untuned)"] = zs.column("prob").to_numpy()
+        preds = preds.append_column("prob_zero_shot", zs.column("prob"))
     train_inter = train_interactions(pipe.arts["dataset"].read_table("interactions"), samples)
-    for name, p in trivial_baselines(train_inter, preds).items():
-        rows.append(_metric_row(name, labels, p, cfg.eval.bootstrap, cfg.seed, users))
+    others.update(trivial_baselines(train_inter, preds))
+    for name, p in others.items():
+        rows.append(_metric_row(name, labels, p, cfg.eval.bootstrap, cfg.seed, users, against=probs))
     fusion_rows, f_sections, f_notes, f_extra, f_cols = (
         _run_fusion(pipe, views, cfg, adapter, preds, rows[0]["name"]) if cfg.eval.fusion else ([], {}, [], {}, {}))
     for col, values in f_cols.items():  # p_fused, p_fused_no_llm in predictions.parquet
@@ -541,7 +548,7 @@ def run(cfg: RunConfig, force: tuple[str, ...] = ()) -> RunResult:
     rows += fusion_rows
     notes += f_notes
     write_report(run_dir, title=f"RALLRec on {cfg.data.name}", config=cfg.model_dump(mode="json"), counts=counts,
-                 rows=rows, notes=notes, plots=plots, sections=f_sections, extra=f_extra)
+                 rows=rows, notes=notes, plots=plots, sections=f_sections, extra=f_extra, reference=main)
     metrics = {"rows": rows, "counts": counts, "wall_seconds": round(wall, 1), **f_extra}
     log.info("RALLRec %s: AUC %.4f  LogLoss %.4f  ACC %.4f  (%d samples, %.0f s) -> %s", cfg.data.name, rows[0]["auc"],
              rows[0]["logloss"], rows[0]["acc"], preds.num_rows, wall, run_dir / "report.md")
@@ -573,10 +580,12 @@ def _run_fusion(pipe: Pipeline, views: ItemViews, cfg: RunConfig, adapter: Artif
 
 
 def _metric_row(name: str, labels: np.ndarray, probs: np.ndarray, n_boot: int, seed: int,
-                user_ids: np.ndarray | None = None) -> dict:
+                user_ids: np.ndarray | None = None, against: np.ndarray | None = None) -> dict:
     """AUC with its sample-bootstrap interval (``auc_lo``, ``auc_hi``), LogLoss, ACC; with ``user_ids`` also
-    the user-clustered interval (``auc_ulo``, ``auc_uhi``: users resampled with all their samples) and UAUC."""
-    from ..evaluation.metrics import bootstrap_ci, ctr_metrics, uauc
+    the user-clustered interval (``auc_ulo``, ``auc_uhi``: users resampled with all their samples) and UAUC;
+    with ``against`` (the main model's probabilities on the same samples) the paired ΔAUC = this row − main
+    (``delta``, ``delta_lo/hi``, and ``delta_ulo/uhi`` user-clustered)."""
+    from ..evaluation.metrics import bootstrap_ci, bootstrap_delta_ci, ctr_metrics, uauc
 
     m = ctr_metrics(labels, probs)
     lo, hi = bootstrap_ci(labels, probs, metric="auc", n=n_boot, seed=seed)
@@ -585,4 +594,10 @@ def _metric_row(name: str, labels: np.ndarray, probs: np.ndarray, n_boot: int, s
     if user_ids is not None:
         ulo, uhi = bootstrap_ci(labels, probs, metric="auc", n=n_boot, seed=seed, groups=user_ids)
         row.update(auc_ulo=float(ulo), auc_uhi=float(uhi), uauc=float(uauc(user_ids, labels, probs)))
+    if against is not None:
+        d, dlo, dhi = bootstrap_delta_ci(labels, probs, against, n=n_boot, seed=seed)
+        row.update(delta=float(d), delta_lo=float(dlo), delta_hi=float(dhi))
+        if user_ids is not None:
+            _, dulo, duhi = bootstrap_delta_ci(labels, probs, against, n=n_boot, seed=seed, groups=user_ids)
+            row.update(delta_ulo=float(dulo), delta_uhi=float(duhi))
     return row

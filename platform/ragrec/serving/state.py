@@ -176,6 +176,9 @@ def load_state(run_dir: str | Path) -> ServingState:
     from ..methods.rallrec import load_run, read_users
 
     run = load_run(run_dir)
+    if run.cfg.prompt.stats:
+        raise ValueError(f"{run_dir}: the run was tuned with prompt.stats, which serving does not build yet (the "
+                         f"prompts would differ from the offline ones); serve a run made with prompt.stats: false")
     ds = run.arts["dataset"]
     interactions, items, users = ds.read_table("interactions"), ds.read_table("items"), read_users(ds)
     lora = run.arts.get("lora")

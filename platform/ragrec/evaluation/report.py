@@ -43,11 +43,11 @@ USER_CI_NOTE = ("Two 95% intervals: [95% CI, samples] resamples test samples; [9
                 "sample interval is too narrow: the user-clustered interval is the one to read.")
 
 
-def _num(x) -> str:
+def fmt_num(x) -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"
 
 
-def _ci(lo, hi, fmt: str = ".4f") -> str:
+def fmt_ci(lo, hi, fmt: str = ".4f") -> str:
     if lo is None or hi is None or (isinstance(lo, float) and math.isnan(lo)):
         return "—"
     return f"[{lo:{fmt}}, {hi:{fmt}}]"
@@ -68,7 +68,7 @@ def _significant(row: Mapping) -> bool:
 def decomposition_note(name: str, d: Mapping) -> str:
     """One line: ``name AUC a = w × within-user AUC + w × between-user AUC on U users`` (see auc_decomposition)."""
     f2 = lambda x: "—" if x is None or math.isnan(x) else f"{x:.2f}"  # noqa: E731
-    line = (f"{name}: AUC {_num(d['auc'])} = {f2(d['w_within'])} × within-user AUC {f2(d['auc_within'])} "
+    line = (f"{name}: AUC {fmt_num(d['auc'])} = {f2(d['w_within'])} × within-user AUC {f2(d['auc_within'])} "
             f"+ {f2(d['w_between'])} × between-user AUC {f2(d['auc_between'])} on {d['users']} users "
             f"({d['users_both_labels']} with both labels)")
     if d.get("auc_user_only") is not None and not math.isnan(d["auc_user_only"]):
@@ -101,21 +101,21 @@ def format_rows(rows: Sequence[Mapping], reference: str | None = None) -> str:
         missing = [k for k in ROW_KEYS if k not in r]
         if missing:
             raise ValueError(f"report row {r.get('name', r)!r} lacks {missing}; rows need {list(ROW_KEYS)}")
-        ci = f" [{_num(r['auc_lo'])}, {_num(r['auc_hi'])}]" if r["auc_lo"] is not None else ""
-        cells = [str(r["name"]), f"{_num(r['auc'])}{ci}"]
-        cells += [_ci(r.get("auc_ulo"), r.get("auc_uhi"))] if has_uci else []
-        cells += [_num(r.get("uauc"))] if has_uauc else []
+        ci = f" [{fmt_num(r['auc_lo'])}, {fmt_num(r['auc_hi'])}]" if r["auc_lo"] is not None else ""
+        cells = [str(r["name"]), f"{fmt_num(r['auc'])}{ci}"]
+        cells += [fmt_ci(r.get("auc_ulo"), r.get("auc_uhi"))] if has_uci else []
+        cells += [fmt_num(r.get("uauc"))] if has_uauc else []
         if has_delta:
             d = r.get("delta")
             star = " *" if d is not None and _significant(r) else ""
             if d is None:
                 cells += ["—", "—"] if has_duci else ["—"]
             elif has_duci:
-                cells += [f"{d:+.4f} {_ci(r['delta_lo'], r['delta_hi'], '+.4f')}",
-                          _ci(r.get("delta_ulo"), r.get("delta_uhi"), "+.4f") + star]
+                cells += [f"{d:+.4f} {fmt_ci(r['delta_lo'], r['delta_hi'], '+.4f')}",
+                          fmt_ci(r.get("delta_ulo"), r.get("delta_uhi"), "+.4f") + star]
             else:
-                cells.append(f"{d:+.4f} {_ci(r['delta_lo'], r['delta_hi'], '+.4f')}{star}")
-        cells += [_num(r["logloss"]), _num(r["acc"]), str(r["n"])]
+                cells.append(f"{d:+.4f} {fmt_ci(r['delta_lo'], r['delta_hi'], '+.4f')}{star}")
+        cells += [fmt_num(r["logloss"]), fmt_num(r["acc"]), str(r["n"])]
         if has_ex:
             cells.append("—" if r.get("examples") is None else f"{r['examples']:,}")
         out.append("| " + " | ".join(cells) + " |")

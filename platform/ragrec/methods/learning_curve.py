@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ import pyarrow as pa
 
 from ..artifacts import Artifact, ArtifactStore
 from ..config import RunConfig
+from ..evaluation.report import fmt_ci, fmt_num
 
 if TYPE_CHECKING:
     from .rallrec_evaluate import _Scored
@@ -188,14 +188,6 @@ def _value(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def _num(x) -> str:
-    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"
-
-
-def _ci(lo, hi, fmt: str = ".4f") -> str:
-    if lo is None or hi is None or (isinstance(lo, float) and math.isnan(lo)):
-        return "—"
-    return f"[{lo:{fmt}}, {hi:{fmt}}]"
 
 
 def duration(seconds: float) -> str:
@@ -219,15 +211,15 @@ def format_curve(rows: Sequence[Mapping]) -> str:
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [f"{r['n_train']:,}"] + ([r.get("setting") or "—"] if has_grid else [])
-        cells += [f"{_num(r['auc'])} {_ci(r.get('auc_lo'), r.get('auc_hi'))}", _ci(r.get("auc_ulo"), r.get("auc_uhi")),
-                  _num(r.get("uauc"))]
+        cells += [f"{fmt_num(r['auc'])} {fmt_ci(r.get('auc_lo'), r.get('auc_hi'))}", fmt_ci(r.get("auc_ulo"), r.get("auc_uhi")),
+                  fmt_num(r.get("uauc"))]
         d = r.get("delta")
         if d is None:
             cells.append("—")
         else:
             lo, hi = r.get("delta_ulo", r.get("delta_lo")), r.get("delta_uhi", r.get("delta_hi"))
             star = " *" if lo is not None and hi is not None and (lo > 0 or hi < 0) else ""
-            cells.append(f"{d:+.4f} {_ci(lo, hi, '+.4f')}{star}")
+            cells.append(f"{d:+.4f} {fmt_ci(lo, hi, '+.4f')}{star}")
         cells.append("—" if r.get("examples") is None else f"{r['examples']:,}")
         cells += [duration(r["train_seconds"]) if r["n_train"] else "—", duration(r["score_seconds"]),
                   duration(r["seconds"])]

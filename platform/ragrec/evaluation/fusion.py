@@ -297,3 +297,14 @@ def comparison_rows(row: Callable[[str, np.ndarray, np.ndarray], dict], fused_na
     AUC(ref_probs)`` with its paired interval(s); each row is named ``"<fused_name> − <label>"``.
     """
     return [row(f"{fused_name} − {label}", fused, ref) | {"versus": label} for label, ref in against.items()]
+
+
+def skipped(required: bool | None, err: ValueError) -> str:
+    """An evaluation's fusion failed with ``err``: re-raise when ``eval.fusion`` asked for it (``required``),
+    else log that the fusion is skipped and return the reason for the report."""
+    if required:
+        raise err
+    import logging
+
+    logging.getLogger("ragrec.evaluate").warning("evaluate: fusion skipped: %s", err)
+    return str(err)

@@ -35,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..config import RunConfig, apply_overrides
+from ..evaluation.fusion import skipped as fusion_skipped
 from .learning_curve import LearningCurve, curve_on, fusion_on, sweeps_on
 from .rallrec import ItemViews, Pipeline, RunResult, read_users, split, train_interactions
 
@@ -282,10 +283,7 @@ class Evaluation:
             res, vart = rallrec_fusion(self.pipe, self.views, variant_config(self.cfg, FULL), self.full_adapter(),
                                        self.test, ref.probs)
         except ValueError as e:
-            if self.cfg.eval.fusion:
-                raise
-            log.warning("evaluate: fusion skipped: %s", e)
-            self.fusion_error = str(e)
+            self.fusion_error = fusion_skipped(self.cfg.eval.fusion, e)
             return
         deepfm_key = self.pipe.arts["deepfm"].key
         if "deepfm" in self.scored:

@@ -34,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..config import RunConfig
+from ..evaluation.fusion import skipped as fusion_skipped
 from .learning_curve import LearningCurve, curve_on, fusion_on, sweeps_on
 from .rallrec import train_interactions
 from .rallrec_evaluate import _decomposition_notes, _reading, _row, _Scored, variant_config
@@ -174,10 +175,7 @@ class Evaluation:
                        inputs(self.test, ref.probs, crm_t), FUSION_NAMES, store=self.pipe.store,
                        inputs=[vart, a["sasrec"], a["samples"], a["dataset"]])
         except ValueError as e:
-            if self.cfg.eval.fusion:
-                raise
-            log.warning("evaluate: fusion skipped: %s", e)
-            self.fusion_error = str(e)
+            self.fusion_error = fusion_skipped(self.cfg.eval.fusion, e)
             return
         keys = {"fusion": res.artifact.key, "valid_scores": vart.key, "sasrec": a["sasrec"].key}
         crm = res.input_probs("crm")

@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export RAY_TRAIN_V2_ENABLED ?= 1
 
-.PHONY: install demo test test-fast bench bench-quick clean
+.PHONY: install demo lint format test test-fast bench bench-quick clean
 
 install: $(STAMP)
 
@@ -32,7 +32,16 @@ $(STAMP): pyproject.toml
 demo: install
 	$(VENV)/bin/ragrec run configs/demo.yaml
 
-test: install
+# ruff (configured in pyproject.toml): lint + format check; `make format` rewrites the tree
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: install lint
 	$(PY) -m pytest -q -x --timeout=900 --durations=15 tests
 
 test-fast: install

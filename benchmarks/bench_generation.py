@@ -87,8 +87,9 @@ def reference_generate(model, tokenizer, prompts: list[str], max_new_tokens: int
 
     out: list[list[int]] = []
     with torch.inference_mode():
-        for ids in tqdm(prompt_token_ids(tokenizer, prompts), desc="reference generate",
-                        disable=not sys.stderr.isatty()):
+        for ids in tqdm(
+            prompt_token_ids(tokenizer, prompts), desc="reference generate", disable=not sys.stderr.isatty()
+        ):
             input_ids = torch.tensor([ids], dtype=torch.long, device=model.device)
             tokens = model.generate(
                 input_ids=input_ids,
@@ -100,7 +101,7 @@ def reference_generate(model, tokenizer, prompts: list[str], max_new_tokens: int
                 top_k=None,
                 pad_token_id=tokenizer.pad_token_id,
             )
-            out.append(tokens[0, input_ids.shape[1]:].tolist())
+            out.append(tokens[0, input_ids.shape[1] :].tolist())
     return out
 
 
@@ -172,15 +173,20 @@ class Generation:
         return int(sum(len(x) for x in self.ref_ids))
 
     def problems(self) -> list[str]:
-        out = [f"item {d.item}: outputs split at token {d.token} where the reference's top-2 logit gap is "
-               f"{d.gap:.3g} >= {NEAR_TIE_LOGIT:g} (not a near tie)" for d in self.divergences if d.gap >= NEAR_TIE_LOGIT]
+        out = [
+            f"item {d.item}: outputs split at token {d.token} where the reference's top-2 logit gap is "
+            f"{d.gap:.3g} >= {NEAR_TIE_LOGIT:g} (not a near tie)"
+            for d in self.divergences
+            if d.gap >= NEAR_TIE_LOGIT
+        ]
         if self.identical < MIN_IDENTICAL:
             out.append(f"only {self.identical:.0%} of the outputs are identical (< {MIN_IDENTICAL:.0%})")
         return out
 
 
-def find_divergences(model, tokenizer, prompts: list[str], ref_ids: list[list[int]], ref_texts: list[str],
-                     rag_texts: list[str]) -> list[Divergence]:
+def find_divergences(
+    model, tokenizer, prompts: list[str], ref_ids: list[list[int]], ref_texts: list[str], rag_texts: list[str]
+) -> list[Divergence]:
     """For every item whose texts differ: the first differing token and the reference's top-2 gap there."""
     prompt_ids = prompt_token_ids(tokenizer, prompts)
     out = []
@@ -192,8 +198,13 @@ def find_divergences(model, tokenizer, prompts: list[str], ref_ids: list[list[in
     return out
 
 
-def compare(quick: bool = False, n_items: int | None = None, max_new_tokens: int | None = None,
-            batch_size: int | None = None, model: str | None = None) -> Generation:
+def compare(
+    quick: bool = False,
+    n_items: int | None = None,
+    max_new_tokens: int | None = None,
+    batch_size: int | None = None,
+    model: str | None = None,
+) -> Generation:
     """Generate for the same prompts both ways (untimed warm-ups first), then check the differences."""
     from ragrec.llm.hf_engine import HFEngine
 
@@ -208,33 +219,48 @@ def compare(quick: bool = False, n_items: int | None = None, max_new_tokens: int
     if max(lengths) > llm_cfg.max_prompt_tokens:
         raise ValueError(f"a prompt has {max(lengths)} tokens > llm.max_prompt_tokens={llm_cfg.max_prompt_tokens}")
     peak = peak_gflops(quick)  # measured before the runs, so it is not disturbed by them
-    rag_fn = lambda p: engine.generate(p, max_new_tokens=new, temperature=0.0, top_p=1.0, seed=0)  # noqa: E731
+    rag_fn = lambda p: engine.generate(p, max_new_tokens=new, temperature=0.0, top_p=1.0, seed=0)
     reference_generate(m, tok, prompts[:1], 4)
     rag_fn(prompts[: llm_cfg.batch_size][:4])
     ref_ids, ref_timing, ref_rss = timed_with_rss(lambda: reference_generate(m, tok, prompts, new), RSS_INTERVAL_S)
     rag_texts, rag_timing, rag_rss = timed_with_rss(lambda: rag_fn(prompts), RSS_INTERVAL_S)
     ref_texts = [decode(tok, x) for x in ref_ids]
-    return Generation(source, name, llm_cfg.batch_size, new, lm_matmul_params(m), peak, int(sum(lengths)), ref_ids, ref_texts,
-                      rag_texts, ref_timing, rag_timing, ref_rss, rag_rss,
-                      find_divergences(m, tok, prompts, ref_ids, ref_texts, rag_texts))
+    return Generation(
+        source,
+        name,
+        llm_cfg.batch_size,
+        new,
+        lm_matmul_params(m),
+        peak,
+        int(sum(lengths)),
+        ref_ids,
+        ref_texts,
+        rag_texts,
+        ref_timing,
+        rag_timing,
+        ref_rss,
+        rag_rss,
+        find_divergences(m, tok, prompts, ref_ids, ref_texts, rag_texts),
+    )
 
 
 def to_result(g: Generation) -> Result:
     """The RESULTS.md row: items/s of both sides, identical fraction and the divergence check in the details."""
     problems = g.problems()
     tokens = g.prompt_tokens + g.generated_tokens
-    frac = lambda t: lm_peak_fraction(g.n_params, tokens, t.wall, g.peak_gflops)  # noqa: E731
+    frac = lambda t: lm_peak_fraction(g.n_params, tokens, t.wall, g.peak_gflops)
     gaps = ", ".join(f"item {d.item} @ token {d.token}: {d.gap:.2g}" for d in g.divergences) or "none"
     details = {
         "inputs": f"{g.n} items, {g.source}; {g.prompt_tokens:,} prompt tokens (chat template included)",
         "settings (both)": f"{g.model}, float32 on CPU, greedy, max_new_tokens {g.max_new_tokens}; ragrec batch "
-                           f"{g.batch_size} (left padding); the reference runs on the engine's model object",
+        f"{g.batch_size} (left padding); the reference runs on the engine's model object",
         "outputs": f"{g.identical:.0%} identical ({round(g.identical * g.n)}/{g.n}); reference generated "
-                   f"{g.generated_tokens:,} tokens",
+        f"{g.generated_tokens:,} tokens",
         f"differing outputs (first differing token: reference top-2 logit gap, accepted < {NEAR_TIE_LOGIT:g})": gaps,
         "fraction of matmul peak (2 x params x (prompt + generated tokens) / s)": (
             f"reference {frac(g.ref_timing):.1%}, ragrec {frac(g.rag_timing):.1%} of {g.peak_gflops:.0f} "
-            f"GFLOP/s (decoding reads all weights per step: memory-bound)"),
+            f"GFLOP/s (decoding reads all weights per step: memory-bound)"
+        ),
         "times": f"reference {g.ref_timing.wall:.1f} s, ragrec {g.rag_timing.wall:.1f} s wall",
         "peak memory": "growth of the process RSS during the call, sampled every 5 ms (model weights excluded)",
         "machine": machine(),
@@ -252,8 +278,13 @@ def to_result(g: Generation) -> Result:
     )
 
 
-def run(quick: bool = False, n_items: int | None = None, max_new_tokens: int | None = None,
-        batch_size: int | None = None, model: str | None = None) -> list[Result]:
+def run(
+    quick: bool = False,
+    n_items: int | None = None,
+    max_new_tokens: int | None = None,
+    batch_size: int | None = None,
+    model: str | None = None,
+) -> list[Result]:
     """:func:`compare` then :func:`to_result` (one :class:`Result`)."""
     return [to_result(compare(quick, n_items, max_new_tokens, batch_size, model))]
 
@@ -264,8 +295,11 @@ def main(argv: list[str] | None = None) -> None:
         argv,
         **{
             "--items": {"type": int, "default": None, "help": f"items (default {FULL_ITEMS}, quick {QUICK_ITEMS})"},
-            "--max-new-tokens": {"type": int, "default": None,
-                                 "help": f"tokens per item (default {FULL_NEW_TOKENS}, quick {QUICK_NEW_TOKENS})"},
+            "--max-new-tokens": {
+                "type": int,
+                "default": None,
+                "help": f"tokens per item (default {FULL_NEW_TOKENS}, quick {QUICK_NEW_TOKENS})",
+            },
             "--batch-size": {"type": int, "default": None, "help": "llm.batch_size (default: the config default)"},
             "--model": {"default": None, "help": f"registry name (default {FULL_MODEL}, quick {QUICK_MODEL})"},
         },

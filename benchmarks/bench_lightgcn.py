@@ -47,13 +47,14 @@ import torch
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from torch_geometric.nn import LightGCN
+from torch_geometric.utils import degree
+
 from benchmarks.common import Measurement, Result, Timing, machine, parse_args, report, timed
 from ragrec.config import DataConfig, LightGCNConfig, SyntheticConfig
 from ragrec.data import load_dataset
 from ragrec.models.lightgcn import build_model, recall_at_k, unique_pairs
 from ragrec.training.lightgcn import train_lightgcn
-from torch_geometric.nn import LightGCN
-from torch_geometric.utils import degree
 
 BENCH = "lightgcn"
 GOAL = 1.0
@@ -71,7 +72,8 @@ batch size (each step propagates over the whole graph, so an epoch costs about E
 DEFAULT = FULL.model_copy(update={"epochs": 2, "lr": 0.01})
 """The default run: FULL with 2 epochs at lr 0.01 (10x), for both implementations. Measured on MovieLens-100K
 (ragrec, seed 0): Recall@20 0.180 after 2 epochs at lr 0.01 vs FULL (20 epochs at lr 1e-3); the
-untrained model scores 0.016 (ragrec means over seeds 0 and 1: 0.180 with FULL). Same per-epoch work as FULL, so the epoch-rate ratio means the same."""
+untrained model scores 0.016 (ragrec means over seeds 0 and 1: 0.180 with FULL).
+Same per-epoch work as FULL, so the epoch-rate ratio means the same."""
 WARMUP_EDGES = 8192
 """The untimed warm-up run trains one epoch on this many train edges (one batch)."""
 QUICK = LightGCNConfig(dim=16, num_layers=2, epochs=4, lr=0.02, batch_size=1024)
@@ -114,7 +116,10 @@ def load_graph(quick: bool) -> Graph:
         cfg, source = DataConfig(name="ml-100k"), "MovieLens-100K"
     else:
         shape = SyntheticConfig(n_users=943, n_items=1682, n_genres=18, ratings_per_user=106)
-        cfg, source = DataConfig(name="synthetic", synthetic=shape), "synthetic ML-100K-shaped (RAGREC_DATA_DIR not set)"
+        cfg, source = (
+            DataConfig(name="synthetic", synthetic=shape),
+            "synthetic ML-100K-shaped (RAGREC_DATA_DIR not set)",
+        )
     ds = load_dataset(cfg)
     u, i = unique_pairs(ds.interactions["user_id"].to_numpy(), ds.interactions["item_id"].to_numpy(), ds.n_items)
     held = np.random.default_rng(SPLIT_SEED).random(len(u)) < HELDOUT_FRACTION
@@ -131,8 +136,9 @@ def eval_key(users: torch.Tensor, items: torch.Tensor) -> tuple[int, int]:
 # reference: PyG examples/lightgcn.py
 
 
-def reference_train_epoch(model, optimizer, edge_index, train_edge_label_index, num_users, num_items,
-                          batch_size, lambda_reg) -> float:
+def reference_train_epoch(
+    model, optimizer, edge_index, train_edge_label_index, num_users, num_items, batch_size, lambda_reg
+) -> float:
     """One epoch of the upstream example's ``train()`` (mean BPR loss)."""
     loader = torch.utils.data.DataLoader(range(train_edge_label_index.size(1)), shuffle=True, batch_size=batch_size)
     total_loss = total_examples = 0
@@ -153,8 +159,9 @@ def reference_train_epoch(model, optimizer, edge_index, train_edge_label_index, 
 
 
 @torch.no_grad()
-def upstream_recall(user_emb, item_emb, train_edge_label_index, eval_edge_label_index, num_users, k,
-                    batch_size=8192) -> float:
+def upstream_recall(
+    user_emb, item_emb, train_edge_label_index, eval_edge_label_index, num_users, k, batch_size=8192
+) -> float:
     """The upstream example's ``test(k)`` recall (items offset by ``num_users`` in the label indices)."""
     recall = total_examples = 0
     for start in range(0, num_users, batch_size):
@@ -180,8 +187,14 @@ def _recalls(g: Graph, user_emb: torch.Tensor, item_emb: torch.Tensor) -> tuple[
     """(ragrec recall_at_k, upstream recall, held-out key) of one model's embeddings."""
     tu, ti, eu, ei = (torch.as_tensor(a) for a in (g.train_users, g.train_items, g.eval_users, g.eval_items))
     ours = recall_at_k(user_emb, item_emb, tu, ti, eu, ei, K)
-    theirs = upstream_recall(user_emb, item_emb, _label_index(g.train_users, g.train_items, g.num_users),
-                             _label_index(g.eval_users, g.eval_items, g.num_users), g.num_users, K)
+    theirs = upstream_recall(
+        user_emb,
+        item_emb,
+        _label_index(g.train_users, g.train_items, g.num_users),
+        _label_index(g.eval_users, g.eval_items, g.num_users),
+        g.num_users,
+        K,
+    )
     return ours, theirs, eval_key(eu, ei)
 
 
@@ -197,8 +210,9 @@ def run_reference(g: Graph, cfg: LightGCNConfig, seed: int) -> Run:
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         for _ in range(cfg.epochs):
             t0 = time.perf_counter()
-            reference_train_epoch(model, optimizer, edge_index, train_eli, g.num_users, g.num_items,
-                                  cfg.batch_size, cfg.weight_decay)
+            reference_train_epoch(
+                model, optimizer, edge_index, train_eli, g.num_users, g.num_items, cfg.batch_size, cfg.weight_decay
+            )
             epoch_seconds.append(time.perf_counter() - t0)
         return model
 
@@ -211,8 +225,11 @@ def run_reference(g: Graph, cfg: LightGCNConfig, seed: int) -> Run:
 def run_ragrec(g: Graph, cfg: LightGCNConfig, seed: int) -> Run:
     """Train with ``train_lightgcn(use_ray=False)`` and evaluate; timing covers the whole call."""
     with tempfile.TemporaryDirectory(prefix="bench-lightgcn-") as out:
-        res, timing = timed(lambda: train_lightgcn(g.train_users, g.train_items, g.num_users, g.num_items, cfg,
-                                                   use_ray=False, seed=seed, out_dir=out))
+        res, timing = timed(
+            lambda: train_lightgcn(
+                g.train_users, g.train_items, g.num_users, g.num_items, cfg, use_ray=False, seed=seed, out_dir=out
+            )
+        )
     user_emb, item_emb = torch.as_tensor(res.user_emb), torch.as_tensor(res.item_emb)
     return Run(timing, [h["seconds"] for h in res.history], *_recalls(g, user_emb, item_emb))
 
@@ -290,19 +307,23 @@ class Comparison:
         if not self.same_init:
             out.append("initial embeddings differ for the same seed")
         if self.rag_recall < self.ref_recall - self.tolerance:
-            out.append(f"ragrec Recall@{K} {self.rag_recall:.4f} < reference {self.ref_recall:.4f} - tolerance "
-                       f"{self.tolerance:.4f}")
+            out.append(
+                f"ragrec Recall@{K} {self.rag_recall:.4f} < reference {self.ref_recall:.4f} - tolerance "
+                f"{self.tolerance:.4f}"
+            )
         return out
 
 
 def warmup_graph(g: Graph, n_edges: int = WARMUP_EDGES) -> Graph:
     """``g`` with only its first ``n_edges`` train edges (same nodes and held-out pairs): a cheap warm-up."""
-    return Graph(g.train_users[:n_edges], g.train_items[:n_edges], g.eval_users, g.eval_items, g.num_users,
-                 g.num_items, g.source)
+    return Graph(
+        g.train_users[:n_edges], g.train_items[:n_edges], g.eval_users, g.eval_items, g.num_users, g.num_items, g.source
+    )
 
 
-def compare(quick: bool = False, seeds: tuple[int, ...] = (0, 1), epochs: int | None = None,
-            full: bool = False) -> Comparison:
+def compare(
+    quick: bool = False, seeds: tuple[int, ...] = (0, 1), epochs: int | None = None, full: bool = False
+) -> Comparison:
     """Train both implementations once per seed (alternating, reference first).
 
     Config: ``QUICK`` (``quick``), ``FULL`` (``full``) or ``DEFAULT``; ``epochs`` overrides its epochs.
@@ -338,7 +359,8 @@ def to_result(c: Comparison) -> Result:
     details = {
         "inputs": (
             f"{g.source}: {g.num_users:,} users x {g.num_items:,} items, {len(g.train_users):,} train edges, "
-            f"{len(g.eval_users):,} held-out pairs (random {HELDOUT_FRACTION:.0%} of the pairs, split seed {SPLIT_SEED})"
+            f"{len(g.eval_users):,} held-out pairs (random {HELDOUT_FRACTION:.0%} of the pairs, "
+            f"split seed {SPLIT_SEED})"
         ),
         "settings (both)": (
             f"dim {cfg.dim}, {cfg.num_layers} layers, {cfg.epochs} epochs, lr {cfg.lr:g}, batch {cfg.batch_size}, "
@@ -379,8 +401,9 @@ def to_result(c: Comparison) -> Result:
     )
 
 
-def run(quick: bool = False, seeds: tuple[int, ...] = (0, 1), epochs: int | None = None,
-        full: bool = False) -> list[Result]:
+def run(
+    quick: bool = False, seeds: tuple[int, ...] = (0, 1), epochs: int | None = None, full: bool = False
+) -> list[Result]:
     """:func:`compare` then :func:`to_result` (one :class:`Result`)."""
     return [to_result(compare(quick, seeds, epochs, full))]
 
@@ -391,16 +414,23 @@ def main(argv: list[str] | None = None) -> None:
         argv,
         **{
             "--seeds": {"type": int, "nargs": "+", "default": [0, 1], "help": "training seeds (>= 2 for a spread)"},
-            "--epochs": {"type": int, "default": None,
-                         "help": f"override the epochs (default: {DEFAULT.epochs}, full: {FULL.epochs}, quick: {QUICK.epochs})"},
-            "--full": {"action": "store_true",
-                       "help": f"the long run: {FULL.epochs} epochs at lr {FULL.lr:g} (~2.5 min on an idle 2-CPU machine)"},
+            "--epochs": {
+                "type": int,
+                "default": None,
+                "help": f"override the epochs (default: {DEFAULT.epochs}, full: {FULL.epochs}, quick: {QUICK.epochs})",
+            },
+            "--full": {
+                "action": "store_true",
+                "help": f"the long run: {FULL.epochs} epochs at lr {FULL.lr:g} (~2.5 min on an idle 2-CPU machine)",
+            },
         },
     )
     results = run(args.quick, tuple(args.seeds), args.epochs, args.full)
     for r in results:
-        print(f"{r.case}: ragrec/reference epoch-rate ratio {r.ratio:.2f}x (CPU-time {r.cpu_ratio:.2f}x); "
-              f"{r.details[f'Recall@{K}']}")
+        print(
+            f"{r.case}: ragrec/reference epoch-rate ratio {r.ratio:.2f}x (CPU-time {r.cpu_ratio:.2f}x); "
+            f"{r.details[f'Recall@{K}']}"
+        )
     report(results, args)
 
 

@@ -73,8 +73,12 @@ def ctr_examples(n: int, quick: bool = False) -> tuple[pa.Table, str]:
         raise ValueError(f"{source}: {train.num_rows} training samples, fewer than --examples {n}")
     train = select_history(train.slice(0, n), RetrievalConfig(k=K_HISTORY, strategy="recent"), None)
     labels = train.column("label").to_numpy()
-    table = pa.table({"prompt": build_ctr_prompts(train, ds.items, ds.users),
-                      "answer": np.where(labels > 0, ANSWER_YES, ANSWER_NO).tolist()})
+    table = pa.table(
+        {
+            "prompt": build_ctr_prompts(train, ds.items, ds.users),
+            "answer": np.where(labels > 0, ANSWER_YES, ANSWER_NO).tolist(),
+        }
+    )
     return table, f"{source}: first {n} training samples, K={K_HISTORY} most recent history items"
 
 
@@ -89,8 +93,16 @@ def reference_train(table: pa.Table, model_name: str, cfg: LoRAConfig, seed: int
 
     torch.manual_seed(seed)
     model, tok = load_causal_lm(model_name, dtype="float32", device="cpu")
-    model = get_peft_model(model, PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                                                 target_modules=list(cfg.target_modules), task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        model,
+        PeftLoraConfig(
+            r=cfg.r,
+            lora_alpha=cfg.alpha,
+            lora_dropout=cfg.dropout,
+            target_modules=list(cfg.target_modules),
+            task_type="CAUSAL_LM",
+        ),
+    )
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     tok.padding_side = "right"
@@ -101,9 +113,10 @@ def reference_train(table: pa.Table, model_name: str, cfg: LoRAConfig, seed: int
     for epoch in range(cfg.epochs):
         order = np.random.default_rng([seed, epoch]).permutation(len(prompts))
         for start in range(0, len(order), cfg.batch_size):
-            idx = order[start:start + cfg.batch_size]
-            batch = tok([prompts[i] + answers[i] for i in idx], return_tensors="pt", padding=True,
-                        add_special_tokens=False)
+            idx = order[start : start + cfg.batch_size]
+            batch = tok(
+                [prompts[i] + answers[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False
+            )
             labels = batch["input_ids"].clone()
             p_len = [len(tok(prompts[i], add_special_tokens=False)["input_ids"]) for i in idx]
             for row, n in enumerate(p_len):
@@ -124,12 +137,14 @@ def final_loss(model, tokenizer, table: pa.Table, max_tokens: int) -> float:
 
     from ragrec.training.lora import answer_loss, collate, tokenize_examples
 
-    enc = tokenize_examples(tokenizer, table.column("prompt").to_pylist(), table.column("answer").to_pylist(),
-                            max_tokens)
+    enc = tokenize_examples(
+        tokenizer, table.column("prompt").to_pylist(), table.column("answer").to_pylist(), max_tokens
+    )
     model.eval()
     with torch.no_grad():
-        return float(np.mean([answer_loss(model, collate(enc, [i], tokenizer.pad_token_id)).item()
-                              for i in range(len(enc.ids))]))
+        return float(
+            np.mean([answer_loss(model, collate(enc, [i], tokenizer.pad_token_id)).item() for i in range(len(enc.ids))])
+        )
 
 
 @dataclass
@@ -147,8 +162,9 @@ class Comparison:
     n_params: int
 
 
-def compare(quick: bool = False, n: int | None = None, epochs: int = 1, batch_size: int = 8,
-            model: str | None = None) -> Comparison:
+def compare(
+    quick: bool = False, n: int | None = None, epochs: int = 1, batch_size: int = 8, model: str | None = None
+) -> Comparison:
     import torch
     from peft import PeftModel
 
@@ -158,8 +174,16 @@ def compare(quick: bool = False, n: int | None = None, epochs: int = 1, batch_si
     n = n or (QUICK_EXAMPLES if quick else FULL_EXAMPLES)
     model = model or (QUICK_MODEL if quick else FULL_MODEL)
     table, source = ctr_examples(n, quick)
-    cfg = LoRAConfig(r=8, alpha=16, dropout=0.05, target_modules=["q_proj", "v_proj"], lr=5e-4, epochs=epochs,
-                     batch_size=batch_size, max_tokens=1024)
+    cfg = LoRAConfig(
+        r=8,
+        alpha=16,
+        dropout=0.05,
+        target_modules=["q_proj", "v_proj"],
+        lr=5e-4,
+        epochs=epochs,
+        batch_size=batch_size,
+        max_tokens=1024,
+    )
     ref_model, ref = reference_train(table, model, cfg)
     base, tok = load_causal_lm(model, dtype="float32", device="cpu")
     ref_loss = final_loss(ref_model, tok, table, cfg.max_tokens)
@@ -169,32 +193,51 @@ def compare(quick: bool = False, n: int | None = None, epochs: int = 1, batch_si
         res = train_lora(table, model, cfg, use_ray=False, out_dir=out)
         loss = final_loss(PeftModel.from_pretrained(base, out), tok, table, cfg.max_tokens)
     amp = resolve_precision(cfg.precision, torch.device("cpu"))
-    return Comparison(n, source, model, ref["seconds"], ref["tokens"], ref_loss,
-                      float(sum(h["seconds"] for h in res.history)), int(sum(h["tokens"] for h in res.history)),
-                      loss, "bfloat16" if amp is not None else "float32", n_params)
+    return Comparison(
+        n,
+        source,
+        model,
+        ref["seconds"],
+        ref["tokens"],
+        ref_loss,
+        float(sum(h["seconds"] for h in res.history)),
+        int(sum(h["tokens"] for h in res.history)),
+        loss,
+        "bfloat16" if amp is not None else "float32",
+        n_params,
+    )
 
 
 def to_result(c: Comparison, quick: bool = False) -> Result:
     peak32 = matmul_peak_gflops(1024, repeat=3) if quick else matmul_peak_gflops()
-    peak = peak32 if c.precision == "float32" else (
-        matmul_peak_gflops(1024, repeat=3, dtype="bfloat16") if quick else matmul_peak_gflops(dtype="bfloat16"))
+    peak = (
+        peak32
+        if c.precision == "float32"
+        else (matmul_peak_gflops(1024, repeat=3, dtype="bfloat16") if quick else matmul_peak_gflops(dtype="bfloat16"))
+    )
     frac = lambda tokens, s, pk: 4.0 * c.n_params * tokens / s / 1e9 / pk
     diff = abs(c.loss - c.ref_loss) / max(abs(c.ref_loss), 1e-6)
     verified = diff <= LOSS_RTOL
     return Result(
-        bench=BENCH, case=f"LoRA tuning, {c.n} examples ({c.precision} vs float32 reference)", unit="examples",
+        bench=BENCH,
+        case=f"LoRA tuning, {c.n} examples ({c.precision} vs float32 reference)",
+        unit="examples",
         reference=Measurement("plain peft + transformers, float32, padded batches", c.n, c.ref_seconds),
-        ragrec=Measurement("ragrec train_lora", c.n, c.seconds), verified=verified, goal=GOAL,
+        ragrec=Measurement("ragrec train_lora", c.n, c.seconds),
+        verified=verified,
+        goal=GOAL,
         details={
-            "inputs": c.source, "model": c.model, "machine": machine(),
+            "inputs": c.source,
+            "model": c.model,
+            "machine": machine(),
             "tokens/s": f"ragrec {c.tokens / c.seconds:,.0f}, reference {c.ref_tokens / c.ref_seconds:,.0f} "
-                        "(real tokens; the reference's padded batches also compute padding)",
+            "(real tokens; the reference's padded batches also compute padding)",
             "fraction of matmul peak": f"ragrec {frac(c.tokens, c.seconds, peak):.0%} of the {c.precision} peak "
-                                       f"({peak:.0f} GFLOP/s); reference {frac(c.ref_tokens, c.ref_seconds, peak32):.0%} "
-                                       f"of the float32 peak ({peak32:.0f} GFLOP/s); 4 x {c.n_params / 1e6:.0f}M "
-                                       "params x tokens",
+            f"({peak:.0f} GFLOP/s); reference {frac(c.ref_tokens, c.ref_seconds, peak32):.0%} "
+            f"of the float32 peak ({peak32:.0f} GFLOP/s); 4 x {c.n_params / 1e6:.0f}M "
+            "params x tokens",
             "final float32 loss on the examples": f"ragrec {c.loss:.4f}, reference {c.ref_loss:.4f} "
-                                                  f"(relative difference {diff:.1%}, allowed {LOSS_RTOL:.0%})",
+            f"(relative difference {diff:.1%}, allowed {LOSS_RTOL:.0%})",
             "verified": "final losses agree" if verified else "final losses DIFFER",
         },
         notes=[] if verified else [f"MISMATCH: final loss {c.loss:.4f} vs reference {c.ref_loss:.4f}"],
@@ -203,12 +246,18 @@ def to_result(c: Comparison, quick: bool = False) -> Result:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(
-        __doc__.splitlines()[0], argv,
-        **{"--examples": {"type": int, "default": None, "help": f"examples (default {FULL_EXAMPLES}, quick "
-                                                                  f"{QUICK_EXAMPLES})"},
-           "--epochs": {"type": int, "default": 1},
-           "--batch-size": {"type": int, "default": 8},
-           "--model": {"default": None, "help": f"registry name (default {FULL_MODEL}, quick {QUICK_MODEL})"}},
+        __doc__.splitlines()[0],
+        argv,
+        **{
+            "--examples": {
+                "type": int,
+                "default": None,
+                "help": f"examples (default {FULL_EXAMPLES}, quick {QUICK_EXAMPLES})",
+            },
+            "--epochs": {"type": int, "default": 1},
+            "--batch-size": {"type": int, "default": 8},
+            "--model": {"default": None, "help": f"registry name (default {FULL_MODEL}, quick {QUICK_MODEL})"},
+        },
     )
     c = compare(args.quick, args.examples, args.epochs, args.batch_size, args.model)
     r = to_result(c, args.quick)

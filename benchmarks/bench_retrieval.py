@@ -39,10 +39,10 @@ from benchmarks.common import (
     Result,
     machine,
     matmul_peak_gflops,
+    measure,
     parse_args,
     peak_memory,
     report,
-    measure,
     timed,
     timeit,
 )
@@ -142,7 +142,8 @@ def run(quick: bool = False, k: int = 30, ref_samples: int | None = None, seed: 
             details["fraction of matmul peak"] = (
                 f"similarity matrix emb @ emb.T ({sim_flops / 1e9:.2f} GFLOP) {sim_flops / t_sim / 1e9:,.1f} GFLOP/s = "
                 f"{sim_flops / t_sim / 1e9 / peak:.0%} of peak; whole select_history counting the reference's "
-                f"{useful_flops / 1e9:.2f} GFLOP of history dot products: {useful_flops / t_ragrec / 1e9:,.2f} GFLOP/s = "
+                f"{useful_flops / 1e9:.2f} GFLOP of history dot products: "
+                f"{useful_flops / t_ragrec / 1e9:,.2f} GFLOP/s = "
                 f"{useful_flops / t_ragrec / 1e9 / peak:.1%} of peak (the rest of the call is gathers, top-K and list "
                 f"building, memory-bound); the similarity matrix is {t_sim / t_ragrec:.1%} of its time; "
                 f"peak and matrix timings on a shared machine can disagree by tens of percent"

@@ -57,7 +57,15 @@ def reference_samples_pandas(interactions: pa.Table, cfg: DataConfig) -> pa.Tabl
             if len(hist_items) >= cfg.min_history:
                 start = 0 if cfg.max_history is None else max(0, len(hist_items) - cfg.max_history)
                 records.append(
-                    (row.t, row.user_id, row.item_id, row.rating, row.timestamp, hist_items[start:], hist_ratings[start:])
+                    (
+                        row.t,
+                        row.user_id,
+                        row.item_id,
+                        row.rating,
+                        row.timestamp,
+                        hist_items[start:],
+                        hist_ratings[start:],
+                    )
                 )
             hist_items.append(row.item_id)
             hist_ratings.append(row.rating)
@@ -65,7 +73,7 @@ def reference_samples_pandas(interactions: pa.Table, cfg: DataConfig) -> pa.Tabl
 
     n = len(records)
     cut_train, cut_valid = (int(np.floor(c * n + 1e-6)) for c in np.cumsum(cfg.split)[:2])
-    t, user, item, rating, ts, h_items, h_ratings = zip(*records) if records else ([],) * 7
+    _t, user, item, rating, ts, h_items, h_ratings = zip(*records) if records else ([],) * 7
     split = ["train"] * cut_train + ["valid"] * (cut_valid - cut_train) + ["test"] * (n - cut_valid)
     return pa.Table.from_arrays(
         [
@@ -125,7 +133,7 @@ class Sizes:
     pilot_fraction: float
 
     @staticmethod
-    def for_run(quick: bool, ratings: int) -> "Sizes":
+    def for_run(quick: bool, ratings: int) -> Sizes:
         if quick:
             return Sizes(SyntheticConfig(n_users=300, n_items=400, n_genres=12, ratings_per_user=100), 1.0)
         per_user = max(ratings // 6040, 10)
@@ -138,7 +146,7 @@ def _user_subset(interactions: pa.Table, fraction: float, seed: int = 0) -> pa.T
         return interactions
     users = np.unique(interactions.column("user_id").to_numpy())
     rng = np.random.default_rng(seed)
-    keep = rng.choice(users, max(1, int(round(fraction * len(users)))), replace=False)
+    keep = rng.choice(users, max(1, round(fraction * len(users))), replace=False)
     return interactions.filter(pa.array(np.isin(interactions.column("user_id").to_numpy(), keep)))
 
 
@@ -194,14 +202,16 @@ def run(
             details={
                 "inputs": (
                     f"synthetic {syn.n_users:,} users x {syn.n_items:,} items, {n:,} ratings -> {full.num_rows:,} "
-                    f"samples, {int(hist_len.sum()):,} history entries (mean {hist_len.mean():.0f}, max {hist_len.max()})"
+                    f"samples, {int(hist_len.sum()):,} history entries "
+                    f"(mean {hist_len.mean():.0f}, max {hist_len.max()})"
                 ),
                 "times": (
                     f"ragrec {t_ragrec.wall:.2f} s wall / {t_ragrec.cpu:.2f} s CPU on {n:,} ratings; reference "
                     f"{t_ref.wall:.2f} s wall / {t_ref.cpu:.2f} s CPU on {ref_inter.num_rows:,} ratings"
                 ),
                 "verified": (
-                    f"all columns and all histories equal on {ref_out.num_rows:,} samples ({ref_inter.num_rows:,} ratings)"
+                    f"all columns and all histories equal on {ref_out.num_rows:,} samples "
+                    f"({ref_inter.num_rows:,} ratings)"
                 ),
                 "peak memory": (
                     f"both columns measured on the same {pilot.num_rows:,} ratings; ragrec on all {n:,} ratings: "
@@ -221,7 +231,11 @@ def main(argv: list[str] | None = None) -> None:
         **{
             "--max-history": {"type": int, "default": None, "help": "data.max_history (default: all)"},
             "--ratings": {"type": int, "default": 1_000_000, "help": "target number of ratings (full run)"},
-            "--ref-budget": {"type": float, "default": 180.0, "help": "seconds above which the reference is extrapolated"},
+            "--ref-budget": {
+                "type": float,
+                "default": 180.0,
+                "help": "seconds above which the reference is extrapolated",
+            },
         },
     )
     report(run(args.quick, args.max_history, args.ratings, args.ref_budget), args)

@@ -106,13 +106,15 @@ def ctr_prompts(n: int, quick: bool = False) -> tuple[list[str], str]:
         shape = QUICK_DATA if quick else SyntheticConfig()
         cfg = DataConfig(name="synthetic", synthetic=shape)
         source = f"synthetic {shape.n_users} users x {shape.n_items} items" + (
-            " (quick)" if quick else " (RAGREC_DATA_DIR has no ml-100k)")
+            " (quick)" if quick else " (RAGREC_DATA_DIR has no ml-100k)"
+        )
     ds = load_dataset(cfg)
     samples = rallrec_samples(ds.interactions, cfg)
     test = samples.filter(pc.equal(samples.column("split"), "test"))
     if test.num_rows < n:
-        raise ValueError(f"{source}: the test split has {test.num_rows} samples, fewer than the {n} asked for; "
-                         f"lower --prompts")
+        raise ValueError(
+            f"{source}: the test split has {test.num_rows} samples, fewer than the {n} asked for; lower --prompts"
+        )
     test = select_history(test.slice(0, n), RetrievalConfig(k=K_HISTORY, strategy="recent"), None)
     prompts = build_ctr_prompts(test, ds.items, ds.users)
     return prompts, f"{source}: first {n} test samples, K={K_HISTORY} most recent history items"
@@ -135,8 +137,9 @@ def reference_scores(model, tokenizer, prompts: list[str], yes_id: int, no_id: i
 
     probs = np.zeros(len(prompts), dtype=np.float32)
     with torch.inference_mode():
-        for i, ids in enumerate(tqdm(prompt_token_ids(tokenizer, prompts), desc="reference generate",
-                                     disable=not sys.stderr.isatty())):
+        for i, ids in enumerate(
+            tqdm(prompt_token_ids(tokenizer, prompts), desc="reference generate", disable=not sys.stderr.isatty())
+        ):
             input_ids = torch.tensor([ids], dtype=torch.long, device=model.device)
             out = model.generate(
                 input_ids=input_ids,
@@ -160,11 +163,19 @@ def stage_scores(prompts: list[str], llm_cfg: LLMConfig) -> np.ndarray:
     from ragrec.artifacts import ArtifactStore
     from ragrec.stages import score_stage
 
-    rows = pa.table({"sample_id": pa.array(np.arange(len(prompts)), pa.int64()),
-                     "prompt": pa.array(prompts, pa.string())})
+    rows = pa.table(
+        {"sample_id": pa.array(np.arange(len(prompts)), pa.int64()), "prompt": pa.array(prompts, pa.string())}
+    )
     with tempfile.TemporaryDirectory(prefix="bench-scoring-") as d:
-        art = score_stage(ArtifactStore(Path(d) / "artifacts"), "bench_scores", rows, key="sample_id",
-                          prompt="prompt", llm_cfg=llm_cfg, adapter=None)
+        art = score_stage(
+            ArtifactStore(Path(d) / "artifacts"),
+            "bench_scores",
+            rows,
+            key="sample_id",
+            prompt="prompt",
+            llm_cfg=llm_cfg,
+            adapter=None,
+        )
         out = art.read_table()
     if not np.array_equal(out.column("sample_id").to_numpy(), np.arange(len(prompts))):
         raise RuntimeError("score_stage returned its rows out of order")
@@ -223,8 +234,14 @@ def padded_token_count(lengths: list[int], batch_size: int) -> int:
     return int(sum(len(b) * arr[b].max() for b in length_sorted_batches(lengths, batch_size)))
 
 
-def compare(quick: bool = False, n_prompts: int | None = None, batch_size: int | None = None,
-            model: str | None = None, with_stage: bool = True, with_bf16: bool = True) -> Scoring:
+def compare(
+    quick: bool = False,
+    n_prompts: int | None = None,
+    batch_size: int | None = None,
+    model: str | None = None,
+    with_stage: bool = True,
+    with_bf16: bool = True,
+) -> Scoring:
     """Score the same prompts with the reference loop, the engine, (``with_stage``) the Ray stage and
     (``with_bf16``) the reference loop and the engine on the model loaded in bfloat16.
 
@@ -241,15 +258,24 @@ def compare(quick: bool = False, n_prompts: int | None = None, batch_size: int |
     engine = HFEngine(llm_cfg)
     lengths = [len(x) for x in prompt_token_ids(engine.tokenizer, prompts)]
     if max(lengths) > llm_cfg.max_prompt_tokens:
-        raise ValueError(f"a prompt has {max(lengths)} tokens > llm.max_prompt_tokens={llm_cfg.max_prompt_tokens}: "
-                         f"the engine would truncate it and the two sides would score different inputs")
+        raise ValueError(
+            f"a prompt has {max(lengths)} tokens > llm.max_prompt_tokens={llm_cfg.max_prompt_tokens}: "
+            f"the engine would truncate it and the two sides would score different inputs"
+        )
     fp32 = measure_pass(engine, prompts, peak_gflops(quick))
-    out = Scoring(**vars(fp32), source=source, model=name, batch_size=llm_cfg.batch_size,
-                  n_params=lm_matmul_params(engine.model), prompt_tokens=int(sum(lengths)),
-                  padded_tokens=padded_token_count(lengths, llm_cfg.batch_size))
+    out = Scoring(
+        **vars(fp32),
+        source=source,
+        model=name,
+        batch_size=llm_cfg.batch_size,
+        n_params=lm_matmul_params(engine.model),
+        prompt_tokens=int(sum(lengths)),
+        padded_tokens=padded_token_count(lengths, llm_cfg.batch_size),
+    )
     if with_bf16:  # a bfloat16 copy of the model, loaded like `llm.dtype: bfloat16`
-        out.bf16 = measure_pass(HFEngine(llm_cfg.model_copy(update={"dtype": "bfloat16"})), prompts,
-                                peak_gflops(quick, "bfloat16"))
+        out.bf16 = measure_pass(
+            HFEngine(llm_cfg.model_copy(update={"dtype": "bfloat16"})), prompts, peak_gflops(quick, "bfloat16")
+        )
     if with_stage:
         from ragrec.runtime import init
 
@@ -263,7 +289,7 @@ def measure_pass(engine, prompts: list[str], peak: float) -> Pass:
 
     ``peak`` is measured by the caller before the runs, so it is not disturbed by them.
     """
-    ref_fn = lambda p: reference_scores(engine.model, engine.tokenizer, p, engine.yes_id, engine.no_id)  # noqa: E731
+    ref_fn = lambda p: reference_scores(engine.model, engine.tokenizer, p, engine.yes_id, engine.no_id)
     ref_fn(prompts[:1])
     engine.score_yes_no(prompts[: engine.cfg.batch_size])
     ref_probs, ref_timing, ref_rss = timed_with_rss(lambda: ref_fn(prompts), RSS_INTERVAL_S)
@@ -274,46 +300,65 @@ def measure_pass(engine, prompts: list[str], peak: float) -> Pass:
 def to_results(s: Scoring) -> list[Result]:
     """One :class:`Result` per ragrec row (engine; Ray stage when it ran), both against the reference loop."""
     ref = Measurement.of("per-prompt generate(max_new_tokens=2)", s.n, s.ref_timing, s.ref_rss)
-    frac = lambda t: lm_peak_fraction(s.n_params, s.prompt_tokens, t.wall, s.peak_gflops)  # noqa: E731
+    frac = lambda t: lm_peak_fraction(s.n_params, s.prompt_tokens, t.wall, s.peak_gflops)
     common = {
         "inputs": f"{s.n} prompts, {s.source}; {s.prompt_tokens:,} prompt tokens "
-                  f"(mean {s.prompt_tokens / s.n:.0f}, chat template included)",
+        f"(mean {s.prompt_tokens / s.n:.0f}, chat template included)",
         "model": f"{s.model}, float32 on CPU, {s.n_params / 1e6:.1f}M parameters without the input embedding; "
-                 f"the reference runs on the engine's model object",
+        f"the reference runs on the engine's model object",
         "fraction of matmul peak (2 x params x prompt tokens / s)": (
             f"reference {frac(s.ref_timing):.1%}, engine {frac(s.engine_timing):.1%}"
             + (f", Ray stage {frac(s.stage_timing):.1%}" if s.stage_timing else "")
             + f" of {s.peak_gflops:.0f} GFLOP/s (torch.mm float32); the engine also computes "
-              f"{s.padded_tokens - s.prompt_tokens:,} padding tokens ({s.padded_tokens / s.prompt_tokens - 1:.1%})"),
-        "ceiling": (f"the reference already runs at {frac(s.ref_timing):.0%} of the matmul peak, so no implementation "
-                    f"doing the same FLOPs on this machine can be more than {1 / frac(s.ref_timing):.1f}x faster: on CPU "
-                    f"batching removes per-call overhead only (the prefill of a ~300-token prompt is already a "
-                    f"large matmul)"),
+            f"{s.padded_tokens - s.prompt_tokens:,} padding tokens ({s.padded_tokens / s.prompt_tokens - 1:.1%})"
+        ),
+        "ceiling": (
+            f"the reference already runs at {frac(s.ref_timing):.0%} of the matmul peak, so no implementation "
+            f"doing the same FLOPs on this machine can be more than {1 / frac(s.ref_timing):.1f}x faster: on CPU "
+            f"batching removes per-call overhead only (the prefill of a ~300-token prompt is already a "
+            f"large matmul)"
+        ),
         "peak memory": "growth of the process RSS during the call, sampled every 5 ms (model weights excluded)",
         "machine": machine(),
     }
     results = []
     rows = [(f"HFEngine.score_yes_no, batch {s.batch_size}", s.engine_timing, s.engine_rss, s.engine_diff, True)]
     if s.stage_timing is not None:
-        rows.append((f"score_stage (Ray Data, 1 actor), batch {s.batch_size}", s.stage_timing, None, s.stage_diff,
-                     False))
+        rows.append(
+            (f"score_stage (Ray Data, 1 actor), batch {s.batch_size}", s.stage_timing, None, s.stage_diff, False)
+        )
     for case, timing, rss, diff, in_process in rows:
         verified = diff < PROB_ATOL
         details = dict(common)
-        details["verified"] = (f"max |P(yes) ragrec - reference| = {diff:.1e} over {s.n} prompts "
-                               f"(tolerance {PROB_ATOL:g}); P(yes) range {s.ref_probs.min():.3f}..{s.ref_probs.max():.3f}")
+        details["verified"] = (
+            f"max |P(yes) ragrec - reference| = {diff:.1e} over {s.n} prompts "
+            f"(tolerance {PROB_ATOL:g}); P(yes) range {s.ref_probs.min():.3f}..{s.ref_probs.max():.3f}"
+        )
         details["times"] = f"reference {s.ref_timing.wall:.1f} s, this row {timing.wall:.1f} s wall"
         if not in_process:
-            details["times"] += (f"; engine alone {s.engine_timing.wall:.1f} s -> stage overhead "
-                                 f"{timing.wall - s.engine_timing.wall:.1f} s (actor start, model load in the actor, "
-                                 f"Ray Data, artifact write)")
-        rag = (Measurement.of(case, s.n, timing, rss) if in_process
-               else Measurement(case, s.n, timing.wall, None, cpu_seconds=None))  # CPU time is in the actor
-        results.append(Result(
-            bench=BENCH, case=case, unit="prompts", reference=ref, ragrec=rag, verified=verified, goal=GOAL,
-            details=details,
-            notes=[] if verified else [f"MISMATCH: max |P(yes) difference| {diff:.1e} >= {PROB_ATOL:g}"],
-        ))
+            details["times"] += (
+                f"; engine alone {s.engine_timing.wall:.1f} s -> stage overhead "
+                f"{timing.wall - s.engine_timing.wall:.1f} s (actor start, model load in the actor, "
+                f"Ray Data, artifact write)"
+            )
+        rag = (
+            Measurement.of(case, s.n, timing, rss)
+            if in_process
+            else Measurement(case, s.n, timing.wall, None, cpu_seconds=None)
+        )  # CPU time is in the actor
+        results.append(
+            Result(
+                bench=BENCH,
+                case=case,
+                unit="prompts",
+                reference=ref,
+                ragrec=rag,
+                verified=verified,
+                goal=GOAL,
+                details=details,
+                notes=[] if verified else [f"MISMATCH: max |P(yes) difference| {diff:.1e} >= {PROB_ATOL:g}"],
+            )
+        )
     if s.bf16 is not None:
         results.append(bf16_result(s, common))
     return results
@@ -326,38 +371,57 @@ def bf16_result(s: Scoring, common: dict[str, str]) -> Result:
     b = s.bf16
     case = f"HFEngine.score_yes_no, batch {s.batch_size}, bfloat16"
     verified = b.engine_diff < BF16_ATOL
-    frac = lambda t, peak: lm_peak_fraction(s.n_params, s.prompt_tokens, t.wall, peak)  # noqa: E731
+    frac = lambda t, peak: lm_peak_fraction(s.n_params, s.prompt_tokens, t.wall, peak)
     rho = float(spearmanr(b.engine_probs, s.ref_probs).statistic)
     details = {k: v for k, v in common.items() if k in ("inputs", "peak memory", "machine")}
-    details.update({
-        "model": f"{s.model} loaded in bfloat16 (llm.dtype: bfloat16) on CPU; the bf16 reference loop runs on the "
-                 f"same model object",
-        "against the float32 reference loop": (
-            f"{s.ref_timing.wall / b.engine_timing.wall:.1f}x its prompts/s (bfloat16 + batching; "
-            f"the float32 engine: {s.ref_timing.wall / s.engine_timing.wall:.1f}x)"),
-        "accuracy cost of bfloat16": (
-            f"max |P(yes) bf16 engine - float32 reference| = {np.max(np.abs(b.engine_probs - s.ref_probs)):.3f}, "
-            f"Spearman rank correlation {rho:.3f} over {s.n} prompts"),
-        "fraction of matmul peak (2 x params x prompt tokens / s)": (
-            f"bf16 reference {frac(b.ref_timing, b.peak_gflops):.1%}, bf16 engine "
-            f"{frac(b.engine_timing, b.peak_gflops):.1%} of {b.peak_gflops:.0f} GFLOP/s (torch.mm bfloat16; "
-            f"float32: {s.peak_gflops:.0f} GFLOP/s)"),
-        "verified": (f"max |P(yes) bf16 engine - bf16 reference| = {b.engine_diff:.1e} over {s.n} prompts "
-                     f"(tolerance {BF16_ATOL:g})"),
-        "times": (f"bf16 reference {b.ref_timing.wall:.1f} s, bf16 engine {b.engine_timing.wall:.1f} s, "
-                  f"float32 reference {s.ref_timing.wall:.1f} s wall"),
-    })
+    details.update(
+        {
+            "model": f"{s.model} loaded in bfloat16 (llm.dtype: bfloat16) on CPU; the bf16 reference loop runs on the "
+            f"same model object",
+            "against the float32 reference loop": (
+                f"{s.ref_timing.wall / b.engine_timing.wall:.1f}x its prompts/s (bfloat16 + batching; "
+                f"the float32 engine: {s.ref_timing.wall / s.engine_timing.wall:.1f}x)"
+            ),
+            "accuracy cost of bfloat16": (
+                f"max |P(yes) bf16 engine - float32 reference| = {np.max(np.abs(b.engine_probs - s.ref_probs)):.3f}, "
+                f"Spearman rank correlation {rho:.3f} over {s.n} prompts"
+            ),
+            "fraction of matmul peak (2 x params x prompt tokens / s)": (
+                f"bf16 reference {frac(b.ref_timing, b.peak_gflops):.1%}, bf16 engine "
+                f"{frac(b.engine_timing, b.peak_gflops):.1%} of {b.peak_gflops:.0f} GFLOP/s (torch.mm bfloat16; "
+                f"float32: {s.peak_gflops:.0f} GFLOP/s)"
+            ),
+            "verified": (
+                f"max |P(yes) bf16 engine - bf16 reference| = {b.engine_diff:.1e} over {s.n} prompts "
+                f"(tolerance {BF16_ATOL:g})"
+            ),
+            "times": (
+                f"bf16 reference {b.ref_timing.wall:.1f} s, bf16 engine {b.engine_timing.wall:.1f} s, "
+                f"float32 reference {s.ref_timing.wall:.1f} s wall"
+            ),
+        }
+    )
     return Result(
-        bench=BENCH, case=case, unit="prompts",
+        bench=BENCH,
+        case=case,
+        unit="prompts",
         reference=Measurement.of("per-prompt generate(max_new_tokens=2), bfloat16", s.n, b.ref_timing, b.ref_rss),
-        ragrec=Measurement.of(case, s.n, b.engine_timing, b.engine_rss), verified=verified, goal=GOAL,
+        ragrec=Measurement.of(case, s.n, b.engine_timing, b.engine_rss),
+        verified=verified,
+        goal=GOAL,
         details=details,
         notes=[] if verified else [f"MISMATCH: max |P(yes) difference| {b.engine_diff:.1e} >= {BF16_ATOL:g}"],
     )
 
 
-def run(quick: bool = False, n_prompts: int | None = None, batch_size: int | None = None, model: str | None = None,
-        with_stage: bool = True, with_bf16: bool = True) -> list[Result]:
+def run(
+    quick: bool = False,
+    n_prompts: int | None = None,
+    batch_size: int | None = None,
+    model: str | None = None,
+    with_stage: bool = True,
+    with_bf16: bool = True,
+) -> list[Result]:
     """:func:`compare` then :func:`to_results`."""
     return to_results(compare(quick, n_prompts, batch_size, model, with_stage, with_bf16))
 
@@ -367,7 +431,11 @@ def main(argv: list[str] | None = None) -> None:
         __doc__.splitlines()[0],
         argv,
         **{
-            "--prompts": {"type": int, "default": None, "help": f"prompts (default {FULL_PROMPTS}, quick {QUICK_PROMPTS})"},
+            "--prompts": {
+                "type": int,
+                "default": None,
+                "help": f"prompts (default {FULL_PROMPTS}, quick {QUICK_PROMPTS})",
+            },
             "--batch-size": {"type": int, "default": None, "help": "llm.batch_size (default: the config default)"},
             "--model": {"default": None, "help": f"registry name (default {FULL_MODEL}, quick {QUICK_MODEL})"},
             "--no-stage": {"action": "store_true", "help": "skip the Ray Data score_stage row"},

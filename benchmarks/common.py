@@ -25,9 +25,10 @@ import sys
 import threading
 import time
 import tracemalloc
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -184,7 +185,7 @@ def timed_with_rss(fn: Callable[[], T], interval_s: float = _SAMPLE_INTERVAL_S) 
     return out, timing, grown
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def matmul_peak_gflops(n: int = 2048, repeat: int = 10, dtype: str = "float32") -> float:
     """Measured ``torch.mm`` throughput of this machine in ``dtype``, GFLOP/s (2·n³ FLOPs per (n, n) product).
 
@@ -248,7 +249,7 @@ class Measurement:
     @staticmethod
     def of(
         label: str, units: int, timing: Timing, peak_bytes: int | None = None, extrapolated: bool = False
-    ) -> "Measurement":
+    ) -> Measurement:
         """A measurement from a :class:`Timing` (wall and CPU seconds)."""
         return Measurement(label, units, timing.wall, peak_bytes, extrapolated, timing.cpu)
 
@@ -326,7 +327,8 @@ def table(results: Sequence[Result]) -> str:
         cpu = "n/a" if r.cpu_ratio is None else f"{r.cpu_ratio:,.1f}×"
         lines.append(
             f"| {r.case} | {r.unit} | {ref_rate} | {fmt_rate(r.ragrec.rate)} | **{r.ratio:,.1f}×** | {goal} | {cpu} | "
-            f"{fmt_bytes(r.reference.peak_bytes)} | {fmt_bytes(r.ragrec.peak_bytes)} | {'yes' if r.verified else 'NO'} |"
+            f"{fmt_bytes(r.reference.peak_bytes)} | {fmt_bytes(r.ragrec.peak_bytes)} | "
+            f"{'yes' if r.verified else 'NO'} |"
         )
     return "\n".join(lines)
 
@@ -360,7 +362,7 @@ def write_results(results: Sequence[Result], path: str | Path = RESULTS_PATH, co
         section = render_section(bench, rs, command)
         pattern = re.compile(rf"<!-- bench:{re.escape(bench)} -->.*?<!-- /bench:{re.escape(bench)} -->\n?", re.S)
         if pattern.search(text):
-            text = pattern.sub(lambda _m: section, text, count=1)
+            text = pattern.sub(lambda _m: section, text, count=1)  # noqa: B023 (called here)
         else:
             text = text.rstrip("\n") + "\n\n" + section
     tmp = path.with_suffix(path.suffix + ".tmp")

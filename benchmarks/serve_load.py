@@ -4,7 +4,8 @@
 
 Starts a local Ray and deploys the app of a finished run twice, side by side — Predictor without
 batching (the reference: each request is one engine call) and with ``@serve.batch`` (requests arriving
-within the wait window share one engine call) — and, level by level, one mode right after the other, drives ``POST /predict`` from client threads at concurrency 1, 4 and 16:
+within the wait window share one engine call) — and, level by level, one mode right after the other,
+drives ``POST /predict`` from client threads at concurrency 1, 4 and 16:
 each level sends a fixed number of requests (``--requests``; 16 at concurrency 1) and stops. Requests
 replay the run's offline test predictions (user, one item, ``as_of`` = the sample's timestamp), so the
 answers of both modes are checked equal to each other and to the offline probabilities (1e-4).
@@ -68,6 +69,7 @@ def _post(url: str, body: dict, timeout: float = 600.0) -> tuple[int, dict, floa
 
 def drive(url: str, bodies: list[dict], concurrency: int) -> Load:
     """Send ``bodies`` with ``concurrency`` client threads (each sends its share one after another)."""
+
     def one(body: dict) -> tuple[int, float, float, str]:
         status, out, dt = _post(url, body)
         ok = status == 200
@@ -78,8 +80,14 @@ def drive(url: str, bodies: list[dict], concurrency: int) -> Load:
         res = list(pool.map(one, bodies))
     wall = time.perf_counter() - t0
     status = np.array([r[0] for r in res])
-    return Load(concurrency, wall, np.array([r[2] for r in res]), np.array([r[1] for r in res]),
-                int((status != 200).sum()), next((r[3] for r in res if r[3]), ""))
+    return Load(
+        concurrency,
+        wall,
+        np.array([r[2] for r in res]),
+        np.array([r[1] for r in res]),
+        int((status != 200).sum()),
+        next((r[3] for r in res if r[3]), ""),
+    )
 
 
 def _free_port() -> int:
@@ -103,9 +111,19 @@ def run_levels(run_dir: str, plans: dict[int, list[dict]], warmup: list[dict]) -
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         for batching, name in MODES.items():  # 2 x 0.8 + 6 x 0.05 CPUs: both fit on 2 CPUs
-            serve.run(build_app(run_dir, batching=batching, predictor_cpus=0.8, light_cpus=0.05,
-                                torch_threads=os.cpu_count(), max_batch_size=16, batch_wait_timeout_s=0.01),
-                      name=name, route_prefix=f"/{name}")
+            serve.run(
+                build_app(
+                    run_dir,
+                    batching=batching,
+                    predictor_cpus=0.8,
+                    light_cpus=0.05,
+                    torch_threads=os.cpu_count(),
+                    max_batch_size=16,
+                    batch_wait_timeout_s=0.01,
+                ),
+                name=name,
+                route_prefix=f"/{name}",
+            )
         urls = {b: f"http://127.0.0.1:{port}/{name}" for b, name in MODES.items()}
         for url in urls.values():
             drive(url, warmup, 4)
@@ -113,8 +131,11 @@ def run_levels(run_dir: str, plans: dict[int, list[dict]], warmup: list[dict]) -
         for c, bodies in plans.items():
             for b, url in urls.items():
                 out[b][c] = drive(url, bodies, c)
-                print(f"{MODES[b]:>9} concurrency {c:>2}: {len(bodies) / out[b][c].wall:.2f} requests/s",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"{MODES[b]:>9} concurrency {c:>2}: {len(bodies) / out[b][c].wall:.2f} requests/s",
+                    file=sys.stderr,
+                    flush=True,
+                )
         return out
     finally:
         serve.shutdown()
@@ -159,17 +180,23 @@ def main(argv: list[str] | None = None) -> None:
         ok = ref.errors == bat.errors == 0 and agree <= TOLERANCE and vs_offline <= TOLERANCE
         if ref.errors or bat.errors:
             print(f"concurrency {c}: first error: {ref.first_error or bat.first_error}", file=sys.stderr)
-        results.append(Result(
-            bench=BENCH, case=f"concurrency {c}", unit="requests",
-            reference=Measurement("unbatched", k, ref.wall), ragrec=Measurement("@serve.batch", k, bat.wall),
-            verified=ok, goal=GOAL if c == max(LEVELS) else None,
-            details={
-                "latency unbatched": f"p50 {ref.pct(50):,.0f} ms, p99 {ref.pct(99):,.0f} ms",
-                "latency @serve.batch": f"p50 {bat.pct(50):,.0f} ms, p99 {bat.pct(99):,.0f} ms",
-                "answers": f"max |batched - unbatched| = {agree:.1e}, max |batched - offline| = {vs_offline:.1e} "
-                           f"({ref.errors + bat.errors} errors)",
-            },
-        ))
+        results.append(
+            Result(
+                bench=BENCH,
+                case=f"concurrency {c}",
+                unit="requests",
+                reference=Measurement("unbatched", k, ref.wall),
+                ragrec=Measurement("@serve.batch", k, bat.wall),
+                verified=ok,
+                goal=GOAL if c == max(LEVELS) else None,
+                details={
+                    "latency unbatched": f"p50 {ref.pct(50):,.0f} ms, p99 {ref.pct(99):,.0f} ms",
+                    "latency @serve.batch": f"p50 {bat.pct(50):,.0f} ms, p99 {bat.pct(99):,.0f} ms",
+                    "answers": f"max |batched - unbatched| = {agree:.1e}, max |batched - offline| = {vs_offline:.1e} "
+                    f"({ref.errors + bat.errors} errors)",
+                },
+            )
+        )
     results[-1].notes += [
         f"run: {args.run_dir}; one item per request (user, item, as_of) replayed from the offline test predictions",
         "both apps deployed side by side, each level driven on one mode right after the other; Predictor: 1 replica, "

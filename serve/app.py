@@ -37,8 +37,10 @@ def app(args: dict[str, Any]):
     args = dict(args or {})
     run_dir = args.pop("run_dir", None) or os.environ.get("RAGREC_RUN_DIR")
     if not run_dir:
-        raise ValueError("no run to serve: pass run_dir=RUN_DIR (serve run) / args.run_dir (config.yaml) "
-                         "or set RAGREC_RUN_DIR to the folder of a finished `ragrec run`")
+        raise ValueError(
+            "no run to serve: pass run_dir=RUN_DIR (serve run) / args.run_dir (config.yaml) "
+            "or set RAGREC_RUN_DIR to the folder of a finished `ragrec run`"
+        )
     unknown = sorted(set(args) - set(_FIELDS))
     if unknown:
         raise ValueError(f"unknown serve argument(s) {unknown}; known: run_dir, {', '.join(_FIELDS)}")

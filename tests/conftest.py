@@ -21,7 +21,9 @@ def ray_session():
             include_dashboard=True,  # hosts the State API that Ray Train V2's cleaner polls
             object_store_memory=512 * 1024**2,
             log_to_driver=False,
-            runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "RAGREC_CACHE": os.environ.get("RAGREC_CACHE", "")}},
+            runtime_env={
+                "env_vars": {"TOKENIZERS_PARALLELISM": "false", "RAGREC_CACHE": os.environ.get("RAGREC_CACHE", "")}
+            },
         )
         import ray.data
 

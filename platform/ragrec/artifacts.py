@@ -21,9 +21,10 @@ import platform as _stdlib_platform
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -44,7 +45,7 @@ def _is_remote(uri: str) -> bool:
 class Artifact:
     """One stage output: a directory of Parquet tables, JSON files and checkpoints."""
 
-    store: "ArtifactStore"
+    store: ArtifactStore
     stage: str
     key: str
     spec: dict = field(default_factory=dict)
@@ -121,7 +122,7 @@ class Artifact:
         files = sorted(d.glob("*.parquet"))
         return pa.concat_tables([pq.read_table(f) for f in files]) if files else None
 
-    def commit(self, rows: int | None = None, **extra: Any) -> "Artifact":
+    def commit(self, rows: int | None = None, **extra: Any) -> Artifact:
         """Write the manifest and atomically publish the staging directory."""
         manifest = {
             "stage": self.stage,
@@ -178,14 +179,14 @@ class ArtifactStore:
             self.root = root.rstrip("/")
             self._cache = Path(os.environ.get("RAGREC_CACHE", tempfile.gettempdir())) / "ragrec-remote-cache"
         else:
-            root = root[len("file://"):] if root.startswith("file://") else root
+            root = root[len("file://") :] if root.startswith("file://") else root
             self.fs = pafs.LocalFileSystem()
             self.root = str(Path(root).resolve())
             Path(self.root).mkdir(parents=True, exist_ok=True)
         self.force = set(force)
 
     # ---- keys --------------------------------------------------------------------------------
-    def artifact(self, stage: str, config: Any, inputs: Iterable["Artifact | str"] = (), version: str = "1") -> Artifact:
+    def artifact(self, stage: str, config: Any, inputs: Iterable[Artifact | str] = (), version: str = "1") -> Artifact:
         """The artifact for ``stage`` computed from ``config`` and ``inputs`` by code ``version``."""
         input_keys = [a.key if isinstance(a, Artifact) else str(a) for a in inputs]
         spec = {"stage": stage, "version": version, "config": config, "inputs": input_keys}
@@ -195,7 +196,7 @@ class ArtifactStore:
         self,
         stage: str,
         config: Any,
-        inputs: Iterable["Artifact | str"],
+        inputs: Iterable[Artifact | str],
         compute: Callable[[Artifact], int | dict | None],
         version: str = "1",
     ) -> Artifact:
@@ -218,8 +219,9 @@ class ArtifactStore:
         extra.setdefault("rows", None)
         seconds = time.perf_counter() - t0
         if earlier:  # resumed: the earlier attempts' kept work counts too
-            extra.update(seconds_total=round(seconds + sum(a["end"] - a["start"] for a in earlier), 3),
-                         attempts=len(earlier) + 1)
+            extra.update(
+                seconds_total=round(seconds + sum(a["end"] - a["start"] for a in earlier), 3), attempts=len(earlier) + 1
+            )
         (art.staging / ATTEMPTS).unlink(missing_ok=True)
         art.commit(seconds=round(seconds, 3), **extra)
         log.info("stage %-14s done     %s (%.1fs)", stage, art.key, seconds)
@@ -241,8 +243,12 @@ class ArtifactStore:
         local = self._cache / art.stage / art.key
         if not (local / MANIFEST).exists():
             tmp = Path(tempfile.mkdtemp(dir=self._cache))
-            pafs.copy_files(self._fs_path(art.uri), str(tmp), destination_filesystem=pafs.LocalFileSystem(),
-                            source_filesystem=self.fs)
+            pafs.copy_files(
+                self._fs_path(art.uri),
+                str(tmp),
+                destination_filesystem=pafs.LocalFileSystem(),
+                source_filesystem=self.fs,
+            )
             local.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, local)
         return local

@@ -1,13 +1,13 @@
 """``ragrec`` command line: run a method, fetch a dataset, show a config.
 
-    ragrec run configs/rallrec_ml100k.yaml [--set retrieval.k=20] [--force lora]
-    ragrec evaluate configs/rallrec_ml100k.yaml [--set eval.max_test_samples=300]
-    ragrec sweep configs/sweep_rallrec_ml100k.yaml
-    ragrec serve runs/rallrec_ml100k [--port 8000] [--no-batching]
-    ragrec data fetch ml-100k [--dest DIR]
-    ragrec data verify ml-100k [--path DIR]
-    ragrec config show configs/rallrec_ml100k.yaml [--set ...]
-    ragrec check-llm [--model smollm2-135m-instruct] [--train 256]   # does tuning + scoring learn?
+ragrec run configs/rallrec_ml100k.yaml [--set retrieval.k=20] [--force lora]
+ragrec evaluate configs/rallrec_ml100k.yaml [--set eval.max_test_samples=300]
+ragrec sweep configs/sweep_rallrec_ml100k.yaml
+ragrec serve runs/rallrec_ml100k [--port 8000] [--no-batching]
+ragrec data fetch ml-100k [--dest DIR]
+ragrec data verify ml-100k [--path DIR]
+ragrec config show configs/rallrec_ml100k.yaml [--set ...]
+ragrec check-llm [--model smollm2-135m-instruct] [--train 256]   # does tuning + scoring learn?
 """
 
 from __future__ import annotations
@@ -22,8 +22,14 @@ import yaml
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="YAML experiment config (see configs/)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                   help="override a config field; repeatable")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="override a config field; repeatable",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,8 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = d.add_subparsers(dest="data_command", required=True)
     f = dsub.add_parser("fetch", help="download and verify an official dataset archive")
     f.add_argument("name", choices=["ml-100k", "ml-1m"])
-    f.add_argument("--dest", default=os.environ.get("RAGREC_DATA_DIR", "data"),
-                   help="parent folder (default: $RAGREC_DATA_DIR or ./data)")
+    f.add_argument(
+        "--dest",
+        default=os.environ.get("RAGREC_DATA_DIR", "data"),
+        help="parent folder (default: $RAGREC_DATA_DIR or ./data)",
+    )
     v = dsub.add_parser("verify", help="check the md5 of an existing dataset folder")
     v.add_argument("name", choices=["ml-100k", "ml-1m"])
     v.add_argument("--path", default=None, help="dataset folder (default: $RAGREC_DATA_DIR/NAME)")
@@ -109,12 +118,16 @@ def main(argv: list[str] | None = None) -> int:
             from .evaluation.learnability import DEFAULT_LORA, check_learnability
 
             lora = DEFAULT_LORA.model_copy(update={"epochs": args.epochs, "lr": args.lr})
-            res = check_learnability(LLMConfig(model=args.model, dtype=args.dtype), lora, n_train=args.train,
-                                     n_test=args.test)
+            res = check_learnability(
+                LLMConfig(model=args.model, dtype=args.dtype), lora, n_train=args.train, n_test=args.test
+            )
             print(res.line())
             if res.auc_tuned < 0.9:
-                print("ragrec: the tuned model did not learn a task that its prompts state: check the model's "
-                      "chat template and yes/no tokens, or raise --train / --epochs", file=sys.stderr)
+                print(
+                    "ragrec: the tuned model did not learn a task that its prompts state: check the model's "
+                    "chat template and yes/no tokens, or raise --train / --epochs",
+                    file=sys.stderr,
+                )
                 return 1
         elif args.command == "config":
             cfg = load_config(args.config, args.overrides)

@@ -36,8 +36,10 @@ class GenericColumns(_Strict):
     genres: str | None = Field("genres", description="None: the items file has no genres (e.g. item_id, title only)")
     genres_sep: str = "|"
     split: str | None = Field(
-        None, description="optional column of the interactions file holding train/valid/test: your own splits "
-                          "(used by the temporal protocol instead of its calendar windows)")
+        None,
+        description="optional column of the interactions file holding train/valid/test: your own splits "
+        "(used by the temporal protocol instead of its calendar windows)",
+    )
 
 
 class SyntheticConfig(_Strict):
@@ -53,8 +55,10 @@ class TemporalConfig(_Strict):
 
     unit: Literal["month", "day"] = Field("month", description="calendar months (UTC) or days")
     windows: tuple[int, int, int] = Field(
-        (10, 5, 5), description="train / valid / test window lengths in `unit`s; the last sum(windows) units are "
-                                "kept (SCoRe ML-1M: the last 20 months, 10/5/5)")
+        (10, 5, 5),
+        description="train / valid / test window lengths in `unit`s; the last sum(windows) units are "
+        "kept (SCoRe ML-1M: the last 20 months, 10/5/5)",
+    )
 
     @field_validator("windows")
     @classmethod
@@ -73,7 +77,8 @@ class DataConfig(_Strict):
         description="Folder with the raw files. Default: $RAGREC_DATA_DIR/<name> (ml-100k, ml-1m).",
     )
     protocol: Literal["rallrec", "temporal"] = Field(
-        "rallrec", description="rallrec: global 80/10/10 time split of all ratings; temporal: calendar windows")
+        "rallrec", description="rallrec: global 80/10/10 time split of all ratings; temporal: calendar windows"
+    )
     temporal: TemporalConfig = TemporalConfig()
     min_history: int = Field(5, ge=1, description="Drop samples with fewer earlier ratings.")
     max_history: int | None = Field(
@@ -89,7 +94,7 @@ class DataConfig(_Strict):
     synthetic: SyntheticConfig = SyntheticConfig()
 
     @model_validator(mode="after")
-    def _check_split(self) -> "DataConfig":
+    def _check_split(self) -> DataConfig:
         if abs(sum(self.split) - 1.0) > 1e-6 or min(self.split) < 0:
             raise ValueError(f"data.split must be three non-negative fractions summing to 1, got {self.split}")
         return self
@@ -186,11 +191,15 @@ class RetrievalConfig(_Strict):
 class PromptConfig(_Strict):
     augmentation: bool = Field(True, description="mixed views: relevance order, time order, recent-K")
     max_title_chars: int = 80
-    genres: bool = Field(False, description="not in the papers: name every movie with its genres "
-                                            "('Heat (1995) [Action, Crime, Thriller]')")
+    genres: bool = Field(
+        False,
+        description="not in the papers: name every movie with its genres ('Heat (1995) [Action, Crime, Thriller]')",
+    )
     stats: bool = Field(
-        False, description="not in the papers: state the user's average past rating and the target's average "
-                           "rating so far (interactions before the sample only) in a line of the prompt")
+        False,
+        description="not in the papers: state the user's average past rating and the target's average "
+        "rating so far (interactions before the sample only) in a line of the prompt",
+    )
 
 
 class LoRAConfig(_Strict):
@@ -208,15 +217,20 @@ class LoRAConfig(_Strict):
     train_samples: int = Field(8192, ge=1, description="sampled training subset (before augmentation)")
     max_tokens: int = 512
     precision: Literal["auto", "float32", "bfloat16"] = Field(
-        "auto", description="autocast dtype of the forward/backward (LoRA weights and optimizer stay float32); "
-                            "auto = bfloat16 on a GPU with bf16 or a CPU with AVX512-BF16/AMX, else float32")
+        "auto",
+        description="autocast dtype of the forward/backward (LoRA weights and optimizer stay float32); "
+        "auto = bfloat16 on a GPU with bf16 or a CPU with AVX512-BF16/AMX, else float32",
+    )
     weight_decay: float = Field(0.01, ge=0)
     schedule: Literal["constant", "linear"] = Field(
-        "constant", description="lr schedule: constant, or linear warm-up (warmup share of the steps) then decay to 0")
+        "constant", description="lr schedule: constant, or linear warm-up (warmup share of the steps) then decay to 0"
+    )
     warmup: float = Field(0.1, ge=0, lt=1, description="linear schedule: share of the optimizer steps spent warming up")
     max_grad_norm: float | None = Field(None, gt=0, description="clip the LoRA gradients' norm (None: no clipping)")
     loss: Literal["answer", "first_token"] = Field(
-        "answer", description="cross-entropy on every answer token (+EOS), or on the first (the yes/no that scoring reads)")
+        "answer",
+        description="cross-entropy on every answer token (+EOS), or on the first (the yes/no that scoring reads)",
+    )
 
 
 ALL_PROJ = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -291,7 +305,8 @@ class CIConfig(_Strict):
     """SCoRe steps 4 and 6: which similar users' behaviours go into the prompt (P^s)."""
 
     retriever: Literal["car", "base", "cf"] = Field(
-        "car", description="car: tuned encoder; base: untuned encoder (SCoRe-base); cf: SASRec neighbours (SCoRe-cf)")
+        "car", description="car: tuned encoder; base: untuned encoder (SCoRe-base); cf: SASRec neighbours (SCoRe-cf)"
+    )
     ke: int = Field(10, ge=1, description="users retrieved per target user")
     ks: int = Field(2, ge=0, description="users whose liked items go into the prompt (0: no CI, TALLRec-style)")
 
@@ -306,45 +321,61 @@ class EvalConfig(_Strict):
     max_test_samples: int | None = Field(10000, description="first N test samples (reference: 10,000)")
     max_valid_samples: int | None = 1000
     subset: Literal["first", "random"] = Field(
-        "first", description="which max_*_samples rows: the first ones (reference) or a seeded random subset")
+        "first", description="which max_*_samples rows: the first ones (reference) or a seeded random subset"
+    )
     bootstrap: int = 1000
     variants: list[str] | None = Field(
         None,
         description="`ragrec evaluate` rows (None: all of the method's). rallrec: zero_shot (w/o IT), recent (w/o "
-                    "retrieval), rella (text retrieval), hybrid, concat (w/o SSL), concat_ssl, rallrec (full), no_aug, "
-                    "deepfm. score: zero_shot, no_ci (TALLRec-style prompt), score_base, score_cf, score_rerank, "
-                    "score. []: none but what eval.learning_curve needs (zero-shot); no sweeps then, and the fusion "
-                    "only when eval.fusion is true")
+        "retrieval), rella (text retrieval), hybrid, concat (w/o SSL), concat_ssl, rallrec (full), no_aug, "
+        "deepfm. score: zero_shot, no_ci (TALLRec-style prompt), score_base, score_cf, score_rerank, "
+        "score. []: none but what eval.learning_curve needs (zero-shot); no sweeps then, and the fusion "
+        "only when eval.fusion is true",
+    )
     k_sweep: list[int] = Field([5, 10, 20, 30], description="`ragrec evaluate` K sweep (full RALLRec)")
-    alpha_sweep: list[float] = Field([1 / 2, 2 / 3, 4 / 5], description="`ragrec evaluate` reranker alpha sweep (beta=1)")
+    alpha_sweep: list[float] = Field(
+        [1 / 2, 2 / 3, 4 / 5], description="`ragrec evaluate` reranker alpha sweep (beta=1)"
+    )
     sweep_adapter: Literal["shared", "retrain"] = Field(
-        "shared", description="K/alpha sweeps: score with the full variant's adapter (shared) or tune one per point")
+        "shared", description="K/alpha sweeps: score with the full variant's adapter (shared) or tune one per point"
+    )
     ke_sweep: list[int] = Field([5, 10, 15, 20], description="SCoRe: users retrieved by CAR before SARE (Figure 4)")
     ks_sweep: list[int] = Field([1, 2, 3, 4], description="SCoRe: users whose behaviours enter the prompt (Figure 4)")
     deepfm: dict[str, Any] = Field(
-        default_factory=dict, description="DeepFM baseline hyper-parameters (ragrec.models.deepfm.DeepFMConfig fields)")
+        default_factory=dict, description="DeepFM baseline hyper-parameters (ragrec.models.deepfm.DeepFMConfig fields)"
+    )
     zero_shot: bool = Field(
-        False, description="`ragrec run`: also score the untuned model on the same samples (a zero-shot row and the "
-                           "paired ΔAUC of every row against the tuned model)")
+        False,
+        description="`ragrec run`: also score the untuned model on the same samples (a zero-shot row and the "
+        "paired ΔAUC of every row against the tuned model)",
+    )
     fusion: bool | None = Field(
-        None, description="fit the fusion model (logistic regression on the validation split over the LLM's, the "
-                          "collaborative model's (RALLRec: DeepFM, SCoRe: SASRec) and the item+user baseline's logits; "
-                          "ragrec.evaluation.fusion): None = in `ragrec evaluate` only, true = also in `ragrec run` "
-                          "(RALLRec; saved in run.json, `/predict` returns p_fused), false = never")
+        None,
+        description="fit the fusion model (logistic regression on the validation split over the LLM's, the "
+        "collaborative model's (RALLRec: DeepFM, SCoRe: SASRec) and the item+user baseline's logits; "
+        "ragrec.evaluation.fusion): None = in `ragrec evaluate` only, true = also in `ragrec run` "
+        "(RALLRec; saved in run.json, `/predict` returns p_fused), false = never",
+    )
     learning_curve: list[int] | None = Field(
-        None, description="`ragrec evaluate` learning curve: lora.train_samples counts (before the mixed-view "
-                          "augmentation) of the full variant, each scored on the evaluation's test samples, plus the "
-                          "zero-shot point N=0 (use subset: random and max_test_samples >= 1000)")
+        None,
+        description="`ragrec evaluate` learning curve: lora.train_samples counts (before the mixed-view "
+        "augmentation) of the full variant, each scored on the evaluation's test samples, plus the "
+        "zero-shot point N=0 (use subset: random and max_test_samples >= 1000)",
+    )
     learning_curve_grid: dict[str, list[Any]] | None = Field(
-        None, description="dotted config fields crossed with every learning-curve point, e.g. "
-                          "{'lora.lr': [5e-4, 2e-3], 'lora.epochs': [1, 2]} (one curve per combination)")
+        None,
+        description="dotted config fields crossed with every learning-curve point, e.g. "
+        "{'lora.lr': [5e-4, 2e-3], 'lora.epochs': [1, 2]} (one curve per combination)",
+    )
 
     @field_validator("learning_curve")
     @classmethod
     def _curve_counts(cls, v: list[int] | None) -> list[int] | None:
         if v is not None and (any(n < 1 for n in v) or len(set(v)) != len(v)):
-            raise ValueError(f"learning_curve: distinct training-sample counts >= 1, got {v} (the zero-shot point "
-                             f"N=0 is added by itself)")
+            raise ValueError(
+                f"learning_curve: distinct training-sample counts >= 1, got {v} (the zero-shot point "
+                f"N=0 is added by itself)"
+            )
         return v
 
     @field_validator("learning_curve_grid")
@@ -352,14 +383,17 @@ class EvalConfig(_Strict):
     def _curve_grid(cls, v: dict[str, list[Any]] | None) -> dict[str, list[Any]] | None:
         """Every key a dotted config field (not the curve's own lora.train_samples, not eval.*), every value a
         non-empty list of values that field accepts; returns the values as the field parses them."""
-        from pydantic import TypeAdapter
         from typing import Annotated
+
+        from pydantic import TypeAdapter
 
         out = {}
         for key, values in (v or {}).items():
             if key == "lora.train_samples" or key.startswith("eval."):
-                raise ValueError(f"learning_curve_grid: {key!r} cannot be a grid field (lora.train_samples is the "
-                                 f"curve's x axis; eval.* fields are the evaluation's)")
+                raise ValueError(
+                    f"learning_curve_grid: {key!r} cannot be a grid field (lora.train_samples is the "
+                    f"curve's x axis; eval.* fields are the evaluation's)"
+                )
             try:
                 field = config_field(key)
             except ValueError as e:
@@ -380,8 +414,9 @@ class EvalConfig(_Strict):
         known = EVAL_VARIANTS + SCORE_EVAL_VARIANTS
         bad = [x for x in v or [] if x not in known]
         if bad:
-            raise ValueError(f"unknown eval variants {bad}; rallrec: {list(EVAL_VARIANTS)}, "
-                             f"score: {list(SCORE_EVAL_VARIANTS)}")
+            raise ValueError(
+                f"unknown eval variants {bad}; rallrec: {list(EVAL_VARIANTS)}, score: {list(SCORE_EVAL_VARIANTS)}"
+            )
         return v
 
     def variants_for(self, method: str) -> list[str]:

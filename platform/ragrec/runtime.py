@@ -12,7 +12,7 @@ import numpy as np
 log = logging.getLogger("ragrec")
 
 
-def setup_logging(level: str | int = None) -> None:
+def setup_logging(level: str | int | None = None) -> None:
     level = level or os.environ.get("RAGREC_LOG", "INFO")
     root = logging.getLogger("ragrec")
     if not root.handlers:

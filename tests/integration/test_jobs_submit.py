@@ -28,11 +28,19 @@ RAY = str(Path(sys.executable).parent / "ray")
 # the working-dir upload: Ray already skips .gitignore'd paths; be explicit about the big ones, anchored at the
 # root (gitignore syntax: a bare "data" would also drop platform/ragrec/data)
 EXCLUDES = ["/.venv", "/.git", "/.ragrec_cache", "/.pytest_cache", "/artifacts", "/runs", "/data", "**/__pycache__"]
-TINY = ["name=job_demo", "llm.model=tiny-random-llama", "llm.max_prompt_tokens=256",
-        "data.synthetic={n_users: 40, n_items: 48, n_genres: 6, ratings_per_user: 16, seed: 0}",
-        "description.max_new_tokens=6", "description.block_size=24", "embedding={pca_dim: 8, max_tokens: 32}",
-        "lightgcn={dim: 8, num_layers: 1, epochs: 2, batch_size: 256}", "projector={hidden_dim: 16, epochs: 2}",
-        "lora.enabled=false", "eval={max_test_samples: 24, bootstrap: 50}"]
+TINY = [
+    "name=job_demo",
+    "llm.model=tiny-random-llama",
+    "llm.max_prompt_tokens=256",
+    "data.synthetic={n_users: 40, n_items: 48, n_genres: 6, ratings_per_user: 16, seed: 0}",
+    "description.max_new_tokens=6",
+    "description.block_size=24",
+    "embedding={pca_dim: 8, max_tokens: 32}",
+    "lightgcn={dim: 8, num_layers: 1, epochs: 2, batch_size: 256}",
+    "projector={hidden_dim: 16, epochs: 2}",
+    "lora.enabled=false",
+    "eval={max_test_samples: 24, bootstrap: 50}",
+]
 
 
 def _free_ports(n: int) -> list[int]:
@@ -97,28 +105,74 @@ def test_job_submit_runs_the_pipeline(tmp_path):
     gcs, dash, client, nm, om, agent, agent_grpc, metrics, rt_env = _free_ports(9)
     log = tmp_path / "head.log"
     head = subprocess.Popen(
-        [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--num-cpus=1",
-         "--num-gpus=0", f"--temp-dir={temp_dir}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dash}", f"--ray-client-server-port={client}", f"--node-manager-port={nm}",
-         f"--object-manager-port={om}", f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
-         f"--metrics-export-port={metrics}",
-         f"--runtime-env-agent-port={rt_env}", f"--object-store-memory={256 * 1024**2}", "--disable-usage-stats"],
-        stdout=log.open("w"), stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
+        [
+            RAY,
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={gcs}",
+            "--num-cpus=1",
+            "--num-gpus=0",
+            f"--temp-dir={temp_dir}",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            f"--ray-client-server-port={client}",
+            f"--node-manager-port={nm}",
+            f"--object-manager-port={om}",
+            f"--dashboard-agent-listen-port={agent}",
+            f"--dashboard-agent-grpc-port={agent_grpc}",
+            f"--metrics-export-port={metrics}",
+            f"--runtime-env-agent-port={rt_env}",
+            f"--object-store-memory={256 * 1024**2}",
+            "--disable-usage-stats",
+        ],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        env=_env(),
+        start_new_session=True,
+    )
     address = f"http://127.0.0.1:{dash}"
     try:
         _wait_http(f"{address}/api/version", 120, head, log)
-        runtime_env = {"excludes": EXCLUDES, "env_vars": {"TOKENIZERS_PARALLELISM": "false",
-                                                          **({"RAGREC_CACHE": os.environ["RAGREC_CACHE"]}
-                                                             if os.environ.get("RAGREC_CACHE") else {})}}
+        runtime_env = {
+            "excludes": EXCLUDES,
+            "env_vars": {
+                "TOKENIZERS_PARALLELISM": "false",
+                **({"RAGREC_CACHE": os.environ["RAGREC_CACHE"]} if os.environ.get("RAGREC_CACHE") else {}),
+            },
+        }
         job_id = f"ragrec-test-{uuid.uuid4().hex[:8]}"
         out = tmp_path / "out"
-        sets = [a for s in TINY + [f"artifacts_dir={out / 'artifacts'}", f"output_dir={out / 'runs'}"]
-                for a in ("--set", s)]
+        sets = [
+            a for s in TINY + [f"artifacts_dir={out / 'artifacts'}", f"output_dir={out / 'runs'}"] for a in ("--set", s)
+        ]
         sub = subprocess.run(
-            [RAY, "job", "submit", "--address", address, "--submission-id", job_id, "--working-dir", str(REPO),
-             "--runtime-env-json", json.dumps(runtime_env), "--", "python", "jobs/run.py", "configs/demo.yaml",
-             *sets],
-            cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+            [
+                RAY,
+                "job",
+                "submit",
+                "--address",
+                address,
+                "--submission-id",
+                job_id,
+                "--working-dir",
+                str(REPO),
+                "--runtime-env-json",
+                json.dumps(runtime_env),
+                "--",
+                "python",
+                "jobs/run.py",
+                "configs/demo.yaml",
+                *sets,
+            ],
+            cwd=REPO,
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         from ray.job_submission import JobStatus, JobSubmissionClient
 
         jobs = JobSubmissionClient(address)
@@ -127,8 +181,9 @@ def test_job_submit_runs_the_pipeline(tmp_path):
 
         # the upload: the source travelled, the venv / caches / outputs did not
         assert jobs.get_job_info(job_id).runtime_env["working_dir"].startswith("gcs://")
-        pkgs = [p for p in Path(temp_dir).glob("session_2*/runtime_resources/working_dir_files/_ray_pkg_*")
-                if p.is_dir()]
+        pkgs = [
+            p for p in Path(temp_dir).glob("session_2*/runtime_resources/working_dir_files/_ray_pkg_*") if p.is_dir()
+        ]
         assert len(pkgs) == 1, pkgs
         pkg = pkgs[0]
         assert (pkg / "jobs" / "run.py").is_file() and (pkg / "platform" / "ragrec" / "data").is_dir()

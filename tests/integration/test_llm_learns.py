@@ -17,8 +17,9 @@ from ragrec.evaluation.learnability import check_learnability
 
 @pytest.mark.slow
 def test_tuning_learns_a_task_the_prompt_states():
-    res = check_learnability(LLMConfig(model="smollm2-135m-instruct", batch_size=16, dtype="bfloat16"),
-                             n_train=256, n_test=160)
+    res = check_learnability(
+        LLMConfig(model="smollm2-135m-instruct", batch_size=16, dtype="bfloat16"), n_train=256, n_test=160
+    )
     print(res.line())
     assert res.auc_zero_shot < 0.75  # the untuned model does not know the rule
     assert res.auc_tuned >= 0.90, res.line()

@@ -16,13 +16,19 @@ pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 
 def _count(root: Path) -> dict[str, int]:
-    return {p.name: sum(1 for q in p.iterdir() if not q.name.endswith(".partial")) for p in root.iterdir()
-            if p.is_dir()}
+    return {
+        p.name: sum(1 for q in p.iterdir() if not q.name.endswith(".partial")) for p in root.iterdir() if p.is_dir()
+    }
 
 
 def test_evaluate_variants_share_stages_and_match_the_pipeline(ray_session, data_dir, slice_artifacts, tmp_path):
-    sets = [f"artifacts_dir={slice_artifacts}", f"output_dir={tmp_path / 'runs'}",
-            "eval.variants=[zero_shot,rallrec,deepfm]", "eval.k_sweep=[3,5]", "eval.alpha_sweep=[0.5]"]
+    sets = [
+        f"artifacts_dir={slice_artifacts}",
+        f"output_dir={tmp_path / 'runs'}",
+        "eval.variants=[zero_shot,rallrec,deepfm]",
+        "eval.k_sweep=[3,5]",
+        "eval.alpha_sweep=[0.5]",
+    ]
     cfg = load_config(REPO / "configs" / "rallrec_ml100k_slice.yaml", sets)
     assert cfg.retrieval.k == 5, "the K=5 sweep point must be the reference itself"
     base = run(cfg)  # the plain pipeline on the same config (shares its stages with the evaluation)

@@ -13,18 +13,34 @@ from ragrec.methods.rallrec import run
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
-STAGES = ["dataset", "samples", "descriptions", "embed_title", "embed_desc", "text_features", "lightgcn",
-          "projector", "examples", "lora", "scores"]
+STAGES = [
+    "dataset",
+    "samples",
+    "descriptions",
+    "embed_title",
+    "embed_desc",
+    "text_features",
+    "lightgcn",
+    "projector",
+    "examples",
+    "lora",
+    "scores",
+]
 
 
 def _cfg(artifacts, tmp_path, *extra):
-    return load_config(REPO / "configs" / "rallrec_ml100k_slice.yaml",
-                       [f"artifacts_dir={artifacts}", f"output_dir={tmp_path / 'runs'}", *extra])
+    return load_config(
+        REPO / "configs" / "rallrec_ml100k_slice.yaml",
+        [f"artifacts_dir={artifacts}", f"output_dir={tmp_path / 'runs'}", *extra],
+    )
 
 
 def _keys(root: Path) -> dict[str, set[str]]:
-    return {s: {p.name for p in (root / s).iterdir() if not p.name.endswith(".partial")} for s in STAGES
-            if (root / s).exists()}
+    return {
+        s: {p.name for p in (root / s).iterdir() if not p.name.endswith(".partial")}
+        for s in STAGES
+        if (root / s).exists()
+    }
 
 
 def test_rallrec_end_to_end_and_cache(ray_session, data_dir, slice_artifacts, tmp_path):

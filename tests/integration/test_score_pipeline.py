@@ -14,18 +14,35 @@ from ragrec.methods.score_evaluate import evaluate
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
-STAGES = ["dataset", "samples", "sasrec", "user_docs", "user_base", "car", "rationales", "sare", "ci_contexts",
-          "score_examples", "lora", "scores"]
+STAGES = [
+    "dataset",
+    "samples",
+    "sasrec",
+    "user_docs",
+    "user_base",
+    "car",
+    "rationales",
+    "sare",
+    "ci_contexts",
+    "score_examples",
+    "lora",
+    "scores",
+]
 
 
 def _cfg(artifacts, tmp_path, *extra):
-    return load_config(REPO / "configs" / "score_ml100k_slice.yaml",
-                       [f"artifacts_dir={artifacts}", f"output_dir={tmp_path / 'runs'}", *extra])
+    return load_config(
+        REPO / "configs" / "score_ml100k_slice.yaml",
+        [f"artifacts_dir={artifacts}", f"output_dir={tmp_path / 'runs'}", *extra],
+    )
 
 
 def _keys(root: Path) -> dict[str, set[str]]:
-    return {s: {p.name for p in (root / s).iterdir() if not p.name.endswith(".partial")} for s in STAGES
-            if (root / s).exists()}
+    return {
+        s: {p.name for p in (root / s).iterdir() if not p.name.endswith(".partial")}
+        for s in STAGES
+        if (root / s).exists()
+    }
 
 
 def test_score_end_to_end_cache_and_evaluation(ray_session, data_dir, tmp_path):
@@ -56,8 +73,11 @@ def test_score_end_to_end_cache_and_evaluation(ray_session, data_dir, tmp_path):
     assert rat.num_rows == cfg.rationale.pairs and all(len(t.strip()) > 0 for t in rat.column("text").to_pylist())
     samples = a["samples"].read_table("samples")
     ranking = a["sare"].read_table("ranking")
-    users = samples.take(np.searchsorted(samples.column("sample_id").to_numpy(),
-                                         ranking.column("sample_id").to_numpy())).column("user_id").to_numpy()
+    users = (
+        samples.take(np.searchsorted(samples.column("sample_id").to_numpy(), ranking.column("sample_id").to_numpy()))
+        .column("user_id")
+        .to_numpy()
+    )
     ranked = np.asarray(ranking.column("ranked_user_ids").to_pylist())
     assert ranked.shape == (cfg.rationale.pairs, cfg.ci.ke)
     assert not np.any(ranked == users[:, None]), "a user must never retrieve itself"
@@ -78,8 +98,7 @@ def test_score_end_to_end_cache_and_evaluation(ray_session, data_dir, tmp_path):
 
     # the evaluation: variants on the same samples, a sweep point with the full adapter, UAUC in the report;
     # it reuses SASRec, CAR, the self-assessments and SARE and adds only contexts, prompts, adapters, scores
-    out = evaluate(_cfg(root, tmp_path, "eval.variants=[score_rerank,score]", "eval.ke_sweep=[]",
-                        "eval.ks_sweep=[1]"))
+    out = evaluate(_cfg(root, tmp_path, "eval.variants=[score_rerank,score]", "eval.ke_sweep=[]", "eval.ks_sweep=[1]"))
     after = _keys(root)
     assert {s for s in STAGES if after[s] != keys[s]} == {"ci_contexts", "score_examples", "lora", "scores"}
     assert len(after["lora"] - keys["lora"]) == 1  # SCoRe-rerank's adapter; the sweep reuses SCoRe's

@@ -29,8 +29,9 @@ def slice_run(ray_session, data_dir, slice_artifacts, tmp_path_factory) -> Path:
     from ragrec.methods.rallrec import run
 
     out = tmp_path_factory.mktemp("serve-run")
-    cfg = load_config(REPO / "configs" / "rallrec_ml100k_slice.yaml",
-                      [f"artifacts_dir={slice_artifacts}", f"output_dir={out}"])
+    cfg = load_config(
+        REPO / "configs" / "rallrec_ml100k_slice.yaml", [f"artifacts_dir={slice_artifacts}", f"output_dir={out}"]
+    )
     return run(cfg).run_dir
 
 
@@ -49,17 +50,30 @@ def url(slice_run):
 
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(app({"run_dir": str(slice_run), "predictor_cpus": "0.5", "light_cpus": "0.05", "torch_threads": "2",
-                   "max_items": "8", "max_batch_size": "8", "batch_wait_timeout_s": "0.05"}),
-              name="ragrec", route_prefix="/")
+    serve.run(
+        app(
+            {
+                "run_dir": str(slice_run),
+                "predictor_cpus": "0.5",
+                "light_cpus": "0.05",
+                "torch_threads": "2",
+                "max_items": "8",
+                "max_batch_size": "8",
+                "batch_wait_timeout_s": "0.05",
+            }
+        ),
+        name="ragrec",
+        route_prefix="/",
+    )
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
 
 
 def _call(url: str, path: str, body: bytes | dict | None = None) -> tuple[int, dict]:
     data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url + path, data=data, headers={"Content-Type": "application/json"},
-                                 method="GET" if data is None else "POST")
+    req = urllib.request.Request(
+        url + path, data=data, headers={"Content-Type": "application/json"}, method="GET" if data is None else "POST"
+    )
     try:
         with urllib.request.urlopen(req, timeout=120) as r:
             return r.status, json.loads(r.read())
@@ -86,11 +100,19 @@ def test_predictions_equal_the_offline_run(url, slice_run):
         assert got["prob"] == pytest.approx(p["prob"], abs=1e-4)
     # several items of one user in one request: each as its own offline sample would be
     same = [p for p in preds if p["user_id"] == preds[0]["user_id"] and p["timestamp"] == preds[0]["timestamp"]]
-    status, body = _call(url, "/predict", {"user_id": preds[0]["user_id"], "item_ids": [p["item_id"] for p in same]
-                                           + [preds[0]["item_id"]], "as_of": preds[0]["timestamp"]})
+    status, body = _call(
+        url,
+        "/predict",
+        {
+            "user_id": preds[0]["user_id"],
+            "item_ids": [p["item_id"] for p in same] + [preds[0]["item_id"]],
+            "as_of": preds[0]["timestamp"],
+        },
+    )
     assert status == 200
-    np.testing.assert_allclose([x["prob"] for x in body["predictions"]], [p["prob"] for p in same] + [preds[0]["prob"]],
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        [x["prob"] for x in body["predictions"]], [p["prob"] for p in same] + [preds[0]["prob"]], atol=1e-4
+    )
 
 
 @pytest.mark.parametrize(
@@ -109,8 +131,20 @@ def test_predictions_equal_the_offline_run(url, slice_run):
         (b'{"user_id": 1, "item_ids": [1,', 422, ["JSON"]),
         (b"", 422, ["body"]),
     ],
-    ids=["unknown-user", "negative-user", "unknown-items", "empty", "oversized", "string-id", "float-item",
-         "string-list", "missing-user", "unknown-field", "malformed-json", "no-body"],
+    ids=[
+        "unknown-user",
+        "negative-user",
+        "unknown-items",
+        "empty",
+        "oversized",
+        "string-id",
+        "float-item",
+        "string-list",
+        "missing-user",
+        "unknown-field",
+        "malformed-json",
+        "no-body",
+    ],
 )
 def test_bad_requests_get_4xx_with_a_reason(url, body, status, words):
     got_status, got = _call(url, "/predict", body)

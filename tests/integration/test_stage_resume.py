@@ -20,13 +20,25 @@ SAMPLING = {"max_new_tokens": 6, "temperature": 0.8, "top_p": 0.9, "seed": 7}
 
 
 def _rows():
-    return pa.table({"item_id": pa.array(range(N_PROMPTS), pa.int64()),
-                     "prompt": [f"Describe the film number {i} in a few words." for i in range(N_PROMPTS)]})
+    return pa.table(
+        {
+            "item_id": pa.array(range(N_PROMPTS), pa.int64()),
+            "prompt": [f"Describe the film number {i} in a few words." for i in range(N_PROMPTS)],
+        }
+    )
 
 
 def _run(root):
-    return generate_stage(ArtifactStore(root), "descriptions", _rows(), key="item_id", prompt="prompt", llm_cfg=LLM,
-                          sampling=SAMPLING, block_size=BLOCK)
+    return generate_stage(
+        ArtifactStore(root),
+        "descriptions",
+        _rows(),
+        key="item_id",
+        prompt="prompt",
+        llm_cfg=LLM,
+        sampling=SAMPLING,
+        block_size=BLOCK,
+    )
 
 
 SCRIPT = textwrap.dedent(f"""
@@ -37,7 +49,8 @@ SCRIPT = textwrap.dedent(f"""
     rows = pa.table({{"item_id": pa.array(range({N_PROMPTS}), pa.int64()),
                      "prompt": [f"Describe the film number {{i}} in a few words." for i in range({N_PROMPTS})]}})
     generate_stage(ArtifactStore(__ROOT__), "descriptions", rows, key="item_id", prompt="prompt",
-                   llm_cfg=LLMConfig(model="tiny-random-llama", batch_size=2), sampling={SAMPLING!r}, block_size={BLOCK})
+                   llm_cfg=LLMConfig(model="tiny-random-llama", batch_size=2), sampling={SAMPLING!r},
+                   block_size={BLOCK})
 """)
 
 
@@ -46,8 +59,13 @@ def test_killed_generation_resumes_without_redoing_finished_blocks(ray_session, 
 
     root = tmp_path / "artifacts"
     env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address, RAGREC_FAULT_KILL_AFTER_BLOCKS="3")
-    proc = subprocess.run([sys.executable, "-c", SCRIPT.replace("__ROOT__", repr(str(root)))], env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT.replace("__ROOT__", repr(str(root)))],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == -9, proc.stderr[-3000:]  # SIGKILLed mid-stage
 
     partial = next((root / "descriptions").glob("*.partial"))

@@ -50,7 +50,7 @@ def test_force_recomputes(tmp_path):
     def compute(art):
         calls.append(1)
         art.write_json({"n": len(calls)}, "out")
-        return None
+        return
 
     ArtifactStore(tmp_path).run("s", {}, [], compute)
     art = ArtifactStore(tmp_path, force=["s"]).run("s", {}, [], compute)

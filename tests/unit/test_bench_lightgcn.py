@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root holds `benchmarks`
 
-from benchmarks import bench_lightgcn as B  # noqa: E402
+from benchmarks import bench_lightgcn as B
 
 TOLERANCE = 0.07
 

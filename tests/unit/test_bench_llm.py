@@ -17,9 +17,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root holds `benchmarks`
 
-from benchmarks import bench_generation as G  # noqa: E402
-from benchmarks import bench_scoring as S  # noqa: E402
-from ragrec.llm.prompts_ctr import INSTRUCTION  # noqa: E402
+from benchmarks import bench_generation as G
+from benchmarks import bench_scoring as S
+from ragrec.llm.prompts_ctr import INSTRUCTION
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root holds `benchmarks`
 
-from benchmarks import bench_lora as B  # noqa: E402
+from benchmarks import bench_lora as B
 
 
 def test_lora_quick_trains_to_the_reference_loss_and_the_check_catches_a_difference():

@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root holds `benchmarks`
 
-from benchmarks.common import Measurement, Result, peak_memory, timeit, write_results  # noqa: E402
+from benchmarks.common import Measurement, Result, peak_memory, timeit, write_results
 
 
 def test_timeit_counts_warmup_and_returns_the_best_call():

@@ -15,11 +15,11 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root holds `benchmarks`
 
-from benchmarks import bench_retrieval, bench_samples  # noqa: E402
-from ragrec.config import DataConfig, RetrievalConfig, SyntheticConfig  # noqa: E402
-from ragrec.data import rallrec_samples  # noqa: E402
-from ragrec.data.synthetic import make_synthetic  # noqa: E402
-from ragrec.retrieval.history import select_history  # noqa: E402
+from benchmarks import bench_retrieval, bench_samples
+from ragrec.config import DataConfig, RetrievalConfig, SyntheticConfig
+from ragrec.data import rallrec_samples
+from ragrec.data.synthetic import make_synthetic
+from ragrec.retrieval.history import select_history
 
 
 def test_samples_benchmark_quick_verifies_and_is_faster():
@@ -43,7 +43,9 @@ def test_reference_samples_pandas_matches_and_compare_catches_differences():
     tampered = want.set_column(col, "history_item_ids", pa.array(hist, pa.list_(pa.int64())))
     assert any("history_item_ids" in p for p in bench_samples.compare_samples(got, tampered))
     short = want.slice(1)
-    assert bench_samples.compare_samples(got, short) == [f"sample count {got.num_rows:,} != reference {short.num_rows:,}"]
+    assert bench_samples.compare_samples(got, short) == [
+        f"sample count {got.num_rows:,} != reference {short.num_rows:,}"
+    ]
 
 
 def test_retrieval_benchmark_quick_verifies_and_is_faster():

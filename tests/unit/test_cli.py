@@ -31,7 +31,11 @@ def test_data_verify_checks_md5(data_dir, capsys):
 
 def test_job_entrypoint_is_the_run_command(tmp_path):
     """`python jobs/run.py CONFIG` (what `ray job submit` runs) goes through `ragrec run`."""
-    proc = subprocess.run([sys.executable, str(REPO / "jobs/run.py"), str(tmp_path / "missing.yaml")],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "jobs/run.py"), str(tmp_path / "missing.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "missing.yaml does not exist" in proc.stderr

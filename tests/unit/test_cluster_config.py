@@ -54,4 +54,6 @@ def test_worker_setup_installs_the_gpu_extra(cluster):
     setup = " && ".join(full["worker_setup_commands"])
     assert "pip install" in setup and "'.[gpu]'" in setup
     assert full["file_mounts"], "the source must be mounted for `pip install -e .[gpu]`"
-    assert "/.venv" in full["rsync_exclude"] and not any(p.strip("/") == "data" and not p.startswith("/") for p in full["rsync_exclude"])
+    assert "/.venv" in full["rsync_exclude"] and not any(
+        p.strip("/") == "data" and not p.startswith("/") for p in full["rsync_exclude"]
+    )

@@ -21,7 +21,9 @@ def test_overrides_parse_yaml_scalars_and_nest():
     assert out == {"retrieval": {"k": 20}, "lora": {"target_modules": ["q_proj"]}, "name": "x"}
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.yaml") if not p.name.startswith("sweep")))
+@pytest.mark.parametrize(
+    "name", sorted(p.name for p in (REPO / "configs").glob("*.yaml") if not p.name.startswith("sweep"))
+)
 def test_shipped_configs_validate(name):
     cfg = load_config(REPO / "configs" / name)
     assert cfg.name

@@ -53,7 +53,9 @@ def test_missing_file_names_it_and_suggests_fetch(tmp_path):
     msg = str(e.value)
     assert f"{d}: ml-100k missing u.data." in msg
     assert "ragrec data fetch ml-100k" in msg and "RAGREC_DATA_DIR" in msg
-    with pytest.raises(DataError, match=r"nowhere: ml-100k folder does not exist. Fix: run `ragrec data fetch ml-100k`"):
+    with pytest.raises(
+        DataError, match=r"nowhere: ml-100k folder does not exist. Fix: run `ragrec data fetch ml-100k`"
+    ):
         load_ml100k(tmp_path / "nowhere")
 
 
@@ -102,8 +104,13 @@ def _generic(tmp_path: Path, **cols) -> DataConfig:
     pd.DataFrame({"item": ["a", "b"], "title": ["A (2001)", "B (2002)"], "genres": ["X", "Y"]}).to_csv(
         tmp_path / "i.csv", index=False
     )
-    return DataConfig(name="generic", path=str(tmp_path), interactions_file="r.csv", items_file="i.csv",
-                      columns=GenericColumns(**cols))
+    return DataConfig(
+        name="generic",
+        path=str(tmp_path),
+        interactions_file="r.csv",
+        items_file="i.csv",
+        columns=GenericColumns(**cols),
+    )
 
 
 def test_generic_unknown_column_lists_available_ones(tmp_path):
@@ -132,9 +139,13 @@ def test_generic_interaction_with_unknown_item(tmp_path):
 def test_empty_split_names_split_and_fix():
     user = np.repeat(np.arange(3), 4)
     t = pa.Table.from_arrays(
-        [pa.array(user, pa.int64()), pa.array(np.tile(np.arange(4), 3), pa.int64()),
-         pa.array(np.full(12, 4.0, np.float32)), pa.array(np.arange(12), pa.int64()),
-         pa.array(np.ones(12, np.int8))],
+        [
+            pa.array(user, pa.int64()),
+            pa.array(np.tile(np.arange(4), 3), pa.int64()),
+            pa.array(np.full(12, 4.0, np.float32)),
+            pa.array(np.arange(12), pa.int64()),
+            pa.array(np.ones(12, np.int8)),
+        ],
         schema=INTERACTIONS,
     )
     t = with_label_source(t, given=False)
@@ -192,7 +203,9 @@ def test_fetch_extracts_verified_archive_atomically(tmp_path, monkeypatch):
     served = _zip_ml100k(tmp_path)
     zmd5 = hashlib.md5((served / "ml-100k.zip").read_bytes()).hexdigest()
     data_md5 = hashlib.md5(_U_DATA.encode()).hexdigest()
-    monkeypatch.setitem(fetch_mod.ARCHIVES, "ml-100k", fetch_mod.Archive(zmd5, ("u.data", "u.item"), {"u.data": data_md5}))
+    monkeypatch.setitem(
+        fetch_mod.ARCHIVES, "ml-100k", fetch_mod.Archive(zmd5, ("u.data", "u.item"), {"u.data": data_md5})
+    )
     dest = tmp_path / "data"
     out = fetch("ml-100k", dest, base_url=served.as_uri())
     assert out == dest / "ml-100k" and [p.name for p in dest.iterdir()] == ["ml-100k"]
@@ -209,7 +222,9 @@ def test_fetch_extracts_verified_archive_atomically(tmp_path, monkeypatch):
 def test_verify_real_and_tampered_folders(data_dir, tmp_path):
     assert verify("ml-100k", data_dir / "ml-100k") == data_dir / "ml-100k"
     d = _write_ml100k(tmp_path)
-    with pytest.raises(DataError, match=r"u\.data: md5 .* does not match the official 6e47046882bad158b0efbb84cd5cb987"):
+    with pytest.raises(
+        DataError, match=r"u\.data: md5 .* does not match the official 6e47046882bad158b0efbb84cd5cb987"
+    ):
         verify("ml-100k", d)
     (d / "u.user").unlink()
     with pytest.raises(DataError, match=r"u\.user: ml-100k file missing"):

@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 from ragrec.config import DataConfig, GenericColumns, SyntheticConfig
 from ragrec.data import Dataset, load_dataset, rallrec_samples
 from ragrec.data.generic import load_generic
-from ragrec.data.movielens import load_ml100k, load_ml1m
+from ragrec.data.movielens import load_ml1m, load_ml100k
 from ragrec.data.schemas import INTERACTIONS, ITEMS, USERS, label_is_given
 from ragrec.data.synthetic import make_synthetic
 
@@ -49,7 +49,14 @@ def test_ml100k_known_row_and_toy_story(ml100k):
     assert toy["title"] == "Toy Story (1995)"
     assert toy["year"] == 1995
     assert toy["genres"] == ["Animation", "Children's", "Comedy"]
-    assert users.to_pylist()[0] == {"user_id": 0, "raw_user_id": 1, "age": 24, "gender": "M", "occupation": "technician", "zip": "85711"}
+    assert users.to_pylist()[0] == {
+        "user_id": 0,
+        "raw_user_id": 1,
+        "age": 24,
+        "gender": "M",
+        "occupation": "technician",
+        "zip": "85711",
+    }
 
 
 def test_ml100k_matches_an_independent_pandas_read(ml100k, data_dir):
@@ -81,9 +88,7 @@ def _write_ml1m(root):
         "7::Toy Story (1995)::Animation|Children's|Comedy\n".encode("latin-1")
     )
     (d / "users.dat").write_text("5::F::1::10::48067\n3::M::56::16::70072\n")
-    (d / "ratings.dat").write_text(
-        "3::7::5::978300760\n3::10::3::978302109\n5::2::4::978301968\n5::7::2::978300275\n"
-    )
+    (d / "ratings.dat").write_text("3::7::5::978300760\n3::10::3::978302109\n5::2::4::978301968\n5::7::2::978300275\n")
     return d
 
 
@@ -96,8 +101,13 @@ def test_ml1m_format(tmp_path):
     assert items[2]["title"] == "Misérables, Les (1995)"
     users = ds.users.to_pylist()
     assert users[0] == {
-        "user_id": 0, "raw_user_id": 3, "age": 56, "age_group": "56+", "gender": "M",
-        "occupation": "self-employed", "zip": "70072",
+        "user_id": 0,
+        "raw_user_id": 3,
+        "age": 56,
+        "age_group": "56+",
+        "gender": "M",
+        "occupation": "self-employed",
+        "zip": "70072",
     }
     assert users[1]["age_group"] == "Under 18" and users[1]["occupation"] == "K-12 student"
     inter = ds.interactions.to_pydict()
@@ -134,8 +144,14 @@ _COLUMNS = GenericColumns(user_id="uid", item_id="movie", rating="stars", timest
 def _check_generic(ds: Dataset) -> None:
     items = ds.items.to_pylist()
     assert [r["raw_item_id"] for r in items] == [10, 20, 30]
-    assert items[0] == {"item_id": 0, "title": "Alien (1979)", "genres": ["Horror", "Sci-Fi"], "year": 1979,
-                        "raw_item_id": 10, "director": "Scott"}
+    assert items[0] == {
+        "item_id": 0,
+        "title": "Alien (1979)",
+        "genres": ["Horror", "Sci-Fi"],
+        "year": 1979,
+        "raw_item_id": 10,
+        "director": "Scott",
+    }
     assert items[2]["genres"] == [] and items[2]["year"] is None
     inter = ds.interactions.to_pydict()
     # users: alice=0, bob=1, carol=2 (sorted raw ids)
@@ -153,8 +169,13 @@ def test_generic_csv_and_parquet_round_trip(tmp_path):
     inter.to_parquet(tmp_path / "ratings.parquet")
     items.to_parquet(tmp_path / "movies.parquet")
     for ext in ("csv", "parquet"):
-        cfg = DataConfig(name="generic", path=str(tmp_path), interactions_file=f"ratings.{ext}",
-                         items_file=f"movies.{ext}", columns=_COLUMNS)
+        cfg = DataConfig(
+            name="generic",
+            path=str(tmp_path),
+            interactions_file=f"ratings.{ext}",
+            items_file=f"movies.{ext}",
+            columns=_COLUMNS,
+        )
         ds = load_dataset(cfg)
         assert ds.users is None and ds.n_users == 3
         _check_generic(ds)
@@ -168,10 +189,21 @@ def test_generic_with_users_file_and_given_labels(tmp_path):
     items.to_parquet(tmp_path / "m.parquet")
     users.to_parquet(tmp_path / "u.parquet")
     cols = _COLUMNS.model_copy(update={"rating": None, "label": "clicked"})
-    ds = load_generic(DataConfig(name="generic", path=str(tmp_path), interactions_file="i.parquet",
-                                 items_file="m.parquet", users_file="u.parquet", columns=cols))
-    assert ds.users.to_pydict() == {"user_id": [0, 1, 2, 3], "raw_user_id": ["alice", "bob", "carol", "dave"],
-                                   "city": ["Lima", "Rome", "Oslo", "Kyiv"]}
+    ds = load_generic(
+        DataConfig(
+            name="generic",
+            path=str(tmp_path),
+            interactions_file="i.parquet",
+            items_file="m.parquet",
+            users_file="u.parquet",
+            columns=cols,
+        )
+    )
+    assert ds.users.to_pydict() == {
+        "user_id": [0, 1, 2, 3],
+        "raw_user_id": ["alice", "bob", "carol", "dave"],
+        "city": ["Lima", "Rome", "Oslo", "Kyiv"],
+    }
     assert ds.interactions["label"].to_pylist() == [1, 0, 1, 0, 0, 1]
     assert ds.interactions["rating"].null_count == 6
     assert label_is_given(ds.interactions)
@@ -198,8 +230,10 @@ def test_synthetic_shapes_and_plausibility():
     titles = ds.items["title"].to_pylist()
     assert len(set(titles)) == len(titles)
     assert all(t.endswith(f"({y})") for t, y in zip(titles, ds.items["year"].to_pylist()))
-    assert all(1 <= len(g) and set(g) <= set(ds.items["genres"].combine_chunks().values.unique().to_pylist())
-               for g in ds.items["genres"].to_pylist())
+    assert all(
+        1 <= len(g) and set(g) <= set(ds.items["genres"].combine_chunks().values.unique().to_pylist())
+        for g in ds.items["genres"].to_pylist()
+    )
     inter = ds.interactions.to_pandas()
     assert set(inter["rating"].unique()) == {1.0, 2.0, 3.0, 4.0, 5.0}
     assert not inter.duplicated(["user_id", "item_id"]).any()
@@ -219,7 +253,9 @@ def _genre_matrix(ds: Dataset) -> np.ndarray:
     return m / m.sum(axis=1, keepdims=True)
 
 
-def _taste_score(samples: pa.Table, genre: np.ndarray, rows: np.ndarray, last: int | None, first: int | None) -> np.ndarray:
+def _taste_score(
+    samples: pa.Table, genre: np.ndarray, rows: np.ndarray, last: int | None, first: int | None
+) -> np.ndarray:
     """Liking of the target's genres by a user profile built from (part of) each sample's history."""
     hist = samples["history_item_ids"].combine_chunks()
     rat = samples["history_ratings"].combine_chunks().values.to_numpy()

@@ -19,8 +19,13 @@ def _table(user, item, rating, ts, label=None) -> pa.Table:
     rating = np.asarray(rating, dtype=np.float32)
     label = (rating > 3).astype(np.int8) if label is None else np.asarray(label, dtype=np.int8)
     t = pa.Table.from_arrays(
-        [pa.array(np.asarray(user, np.int64)), pa.array(np.asarray(item, np.int64)), pa.array(rating),
-         pa.array(np.asarray(ts, np.int64)), pa.array(label)],
+        [
+            pa.array(np.asarray(user, np.int64)),
+            pa.array(np.asarray(item, np.int64)),
+            pa.array(rating),
+            pa.array(np.asarray(ts, np.int64)),
+            pa.array(label),
+        ],
         schema=INTERACTIONS,
     )
     return with_label_source(t, given=False)
@@ -35,11 +40,17 @@ def _reference(rows: list[dict], min_history: int, max_history: int | None, spli
         hist = seen.setdefault(r["user_id"], [])
         if len(hist) >= min_history:
             kept = hist if max_history is None else hist[-max_history:] if max_history > 0 else []
-            out.append({
-                "user_id": r["user_id"], "item_id": r["item_id"], "rating": r["rating"],
-                "timestamp": r["timestamp"], "label": int(r["rating"] > threshold),
-                "history_item_ids": [h[0] for h in kept], "history_ratings": [h[1] for h in kept],
-            })
+            out.append(
+                {
+                    "user_id": r["user_id"],
+                    "item_id": r["item_id"],
+                    "rating": r["rating"],
+                    "timestamp": r["timestamp"],
+                    "label": int(r["rating"] > threshold),
+                    "history_item_ids": [h[0] for h in kept],
+                    "history_ratings": [h[1] for h in kept],
+                }
+            )
         hist.append((r["item_id"], r["rating"]))
     n = len(out)
     n_train = int(np.floor(split[0] * n + 1e-6))
@@ -74,8 +85,13 @@ def test_given_labels_are_kept_and_rating_free_histories_are_null():
     user, item, ts = [0, 0, 0, 1, 1, 1], [0, 1, 2, 0, 1, 2], [1, 2, 3, 4, 5, 6]
     label = [1, 0, 1, 0, 1, 1]
     t = pa.Table.from_arrays(
-        [pa.array(user, pa.int64()), pa.array(item, pa.int64()), pa.nulls(6, pa.float32()),
-         pa.array(ts, pa.int64()), pa.array(label, pa.int8())],
+        [
+            pa.array(user, pa.int64()),
+            pa.array(item, pa.int64()),
+            pa.nulls(6, pa.float32()),
+            pa.array(ts, pa.int64()),
+            pa.array(label, pa.int8()),
+        ],
         schema=INTERACTIONS,
     )
     s = rallrec_samples(with_label_source(t, given=True), DataConfig(min_history=1, split=(0.5, 0.25, 0.25)))

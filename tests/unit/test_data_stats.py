@@ -11,9 +11,15 @@ from ragrec.data.stats import history_stats, item_stats_before
 
 def _inter(rows):
     u, i, r, t = zip(*rows)
-    return pa.table({"user_id": pa.array(u, pa.int64()), "item_id": pa.array(i, pa.int64()),
-                     "rating": pa.array(r, pa.float32()), "timestamp": pa.array(t, pa.int64()),
-                     "label": pa.array([int(x > 3) for x in r], pa.int8())})
+    return pa.table(
+        {
+            "user_id": pa.array(u, pa.int64()),
+            "item_id": pa.array(i, pa.int64()),
+            "rating": pa.array(r, pa.float32()),
+            "timestamp": pa.array(t, pa.int64()),
+            "label": pa.array([int(x > 3) for x in r], pa.int8()),
+        }
+    )
 
 
 def test_item_stats_count_only_interactions_strictly_before_the_query_time():
@@ -28,8 +34,16 @@ def test_item_stats_count_only_interactions_strictly_before_the_query_time():
 def test_item_stats_match_a_brute_force_loop_on_random_data():
     rng = np.random.default_rng(0)
     n = 500
-    inter = _inter(list(zip(rng.integers(0, 50, n), rng.integers(0, 20, n), rng.integers(1, 6, n).astype(float),
-                            rng.integers(0, 1000, n))))
+    inter = _inter(
+        list(
+            zip(
+                rng.integers(0, 50, n),
+                rng.integers(0, 20, n),
+                rng.integers(1, 6, n).astype(float),
+                rng.integers(0, 1000, n),
+            )
+        )
+    )
     q_item, q_ts = rng.integers(0, 22, 200), rng.integers(0, 1100, 200)
     mean, count, _ = item_stats_before(inter, q_item, q_ts)
     it, ts, r = (inter.column(c).to_numpy() for c in ("item_id", "timestamp", "rating"))

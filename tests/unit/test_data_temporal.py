@@ -28,9 +28,13 @@ def _table(user, item, rating, ts, split=None, label=None) -> pa.Table:
     given = label is not None
     label = (rating > 3).astype(np.int8) if label is None else np.asarray(label, dtype=np.int8)
     t = pa.Table.from_arrays(
-        [pa.array(np.asarray(user, np.int64)), pa.array(np.asarray(item, np.int64)),
-         pa.array(rating) if not given else pa.nulls(len(label), pa.float32()),
-         pa.array(np.asarray(ts, np.int64)), pa.array(label)],
+        [
+            pa.array(np.asarray(user, np.int64)),
+            pa.array(np.asarray(item, np.int64)),
+            pa.array(rating) if not given else pa.nulls(len(label), pa.float32()),
+            pa.array(np.asarray(ts, np.int64)),
+            pa.array(label),
+        ],
         schema=INTERACTIONS,
     )
     if split is not None:
@@ -71,7 +75,13 @@ def test_month_windows_splits_and_histories_from_before_the_period():
     assert s["split"].to_pylist() == ["train", "train", "valid", "valid", "test", "test"]
     assert s["label"].to_pylist() == [1, 0, 1, 0, 1, 1]
     assert s["history_item_ids"].to_pylist() == [
-        [10, 11], [10, 11, 12], [10, 11, 12, 13], [10], [10, 11], [10, 11, 12, 13, 14]]
+        [10, 11],
+        [10, 11, 12],
+        [10, 11, 12, 13],
+        [10],
+        [10, 11],
+        [10, 11, 12, 13, 14],
+    ]
     assert s["history_ratings"].to_pylist()[2] == [5.0, 2.0, 4.0, 1.0]
     assert s["history_labels"].to_pylist() == [[1, 0], [1, 0, 1], [1, 0, 1, 0], [1], [1, 0], [1, 0, 1, 0, 1]]
     assert np.all(np.diff(s["timestamp"].to_numpy()) >= 0)
@@ -95,8 +105,15 @@ def test_longer_windows_take_in_the_earlier_months():
 
 
 def test_day_windows_cut_at_utc_midnight():
-    times = ["2020-03-06T23:59:59", "2020-03-07T00:00:00", "2020-03-08T23:59:59", "2020-03-09T00:00:00",
-             "2020-03-09T23:59:59", "2020-03-10T00:00:00", "2020-03-10T05:00:00"]
+    times = [
+        "2020-03-06T23:59:59",
+        "2020-03-07T00:00:00",
+        "2020-03-08T23:59:59",
+        "2020-03-09T00:00:00",
+        "2020-03-09T23:59:59",
+        "2020-03-10T00:00:00",
+        "2020-03-10T05:00:00",
+    ]
     t = _table([0] * 7, range(7), [4] * 7, [_s(x) for x in times])
     s = temporal_samples(t, _cfg(unit="day", windows=(2, 1, 1), min_history=1))
     assert s["item_id"].to_pylist() == [1, 2, 3, 4, 5, 6]
@@ -107,6 +124,7 @@ def test_day_windows_cut_at_utc_midnight():
 
 def _reference(rows: list[dict], unit: str, windows, min_history: int, max_history, threshold: float) -> list[dict]:
     """The protocol written the obvious way, with Python datetimes for the calendar."""
+
     def unit_of(ts: int) -> int:
         d = datetime.fromtimestamp(ts, tz=timezone.utc)
         return d.year * 12 + d.month - 1 if unit == "month" else d.toordinal()
@@ -122,23 +140,43 @@ def _reference(rows: list[dict], unit: str, windows, min_history: int, max_histo
             split = r["split"]
         else:
             rel = unit_of(r["timestamp"]) - start
-            split = None if rel < 0 else "train" if rel < windows[0] else "valid" if rel < windows[0] + windows[1] else "test"
+            split = (
+                None
+                if rel < 0
+                else "train"
+                if rel < windows[0]
+                else "valid"
+                if rel < windows[0] + windows[1]
+                else "test"
+            )
         if split is not None and len(hist) >= min_history:
             kept = hist if max_history is None else hist[-max_history:]
-            out.append({
-                "sample_id": len(out), "user_id": r["user_id"], "item_id": r["item_id"],
-                "label": int(r["rating"] > threshold), "rating": r["rating"], "timestamp": r["timestamp"],
-                "history_item_ids": [h["item_id"] for h in kept], "history_ratings": [h["rating"] for h in kept],
-                "split": split, "history_labels": [int(h["rating"] > threshold) for h in kept],
-            })
+            out.append(
+                {
+                    "sample_id": len(out),
+                    "user_id": r["user_id"],
+                    "item_id": r["item_id"],
+                    "label": int(r["rating"] > threshold),
+                    "rating": r["rating"],
+                    "timestamp": r["timestamp"],
+                    "history_item_ids": [h["item_id"] for h in kept],
+                    "history_ratings": [h["rating"] for h in kept],
+                    "split": split,
+                    "history_labels": [int(h["rating"] > threshold) for h in kept],
+                }
+            )
         hist.append(r)
     return out
 
 
 @pytest.mark.parametrize(
     "unit,windows,min_history,max_history,own",
-    [("month", (10, 5, 5), 1, None, False), ("month", (3, 0, 2), 3, 4, False),
-     ("day", (200, 60, 60), 2, 3, False), ("month", (1, 1, 1), 2, None, True)],
+    [
+        ("month", (10, 5, 5), 1, None, False),
+        ("month", (3, 0, 2), 3, 4, False),
+        ("day", (200, 60, 60), 2, 3, False),
+        ("month", (1, 1, 1), 2, None, True),
+    ],
 )
 def test_matches_reference_implementation(unit, windows, min_history, max_history, own):
     rng = np.random.default_rng(3)
@@ -175,19 +213,37 @@ def test_bad_split_value_in_table():
 
 # ---- generic files with labels and the user's own splits --------------------------------------------
 def _write_generic(tmp_path, fold: list[str]) -> DataConfig:
-    pd.DataFrame({
-        "uid": ["u1", "u1", "u1", "u2", "u2", "u1", "u2"],
-        "iid": ["b", "a", "c", "a", "c", "d", "b"],
-        "clicked": [1, 0, 1, 1, 0, 1, 1],
-        "when": ["2021-05-01", "2021-05-02", "2021-05-03", "2021-05-04", "2021-05-05", "2021-05-06", "2021-05-07"],
-        "fold": fold,
-    }).to_csv(tmp_path / "clicks.csv", index=False)
+    pd.DataFrame(
+        {
+            "uid": ["u1", "u1", "u1", "u2", "u2", "u1", "u2"],
+            "iid": ["b", "a", "c", "a", "c", "d", "b"],
+            "clicked": [1, 0, 1, 1, 0, 1, 1],
+            "when": ["2021-05-01", "2021-05-02", "2021-05-03", "2021-05-04", "2021-05-05", "2021-05-06", "2021-05-07"],
+            "fold": fold,
+        }
+    ).to_csv(tmp_path / "clicks.csv", index=False)
     pd.DataFrame({"iid": ["a", "b", "c", "d"], "name": ["Alpha", "Beta", "Gamma", "Delta"]}).to_csv(
-        tmp_path / "items.csv", index=False)
-    cols = GenericColumns(user_id="uid", item_id="iid", rating=None, label="clicked", timestamp="when",
-                          title="name", genres=None, split="fold")
-    return DataConfig(name="generic", path=str(tmp_path), interactions_file="clicks.csv", items_file="items.csv",
-                      columns=cols, protocol="temporal", min_history=1)
+        tmp_path / "items.csv", index=False
+    )
+    cols = GenericColumns(
+        user_id="uid",
+        item_id="iid",
+        rating=None,
+        label="clicked",
+        timestamp="when",
+        title="name",
+        genres=None,
+        split="fold",
+    )
+    return DataConfig(
+        name="generic",
+        path=str(tmp_path),
+        interactions_file="clicks.csv",
+        items_file="items.csv",
+        columns=cols,
+        protocol="temporal",
+        min_history=1,
+    )
 
 
 def test_labelled_generic_csv_with_own_splits(tmp_path):
@@ -226,7 +282,8 @@ def test_generic_items_without_genres_column_under_default_name(tmp_path):
     with pytest.raises(DataError, match="column 'genres' .* not found"):
         load_dataset(cfg.model_copy(update={"columns": GenericColumns(**cols, genres="genres")}))
     pd.DataFrame({"iid": ["a", "b", "c", "d"], "name": list("ABCD"), "Genre": list("xyzw")}).to_csv(
-        tmp_path / "items.csv", index=False)
+        tmp_path / "items.csv", index=False
+    )
     with pytest.raises(DataError, match="available columns: iid, name, Genre"):
         load_dataset(cfg.model_copy(update={"columns": GenericColumns(**cols)}))
 
@@ -234,8 +291,12 @@ def test_generic_items_without_genres_column_under_default_name(tmp_path):
 # ---- errors and dispatch ------------------------------------------------------------------------
 def test_empty_window_names_windows_and_date_range():
     # nothing in February 2005: the valid window of (1, 1, 1) months is empty
-    t = _table([0, 0, 0, 0], [0, 1, 2, 3], [4] * 4,
-               [_s("2005-01-03T00:00:00"), _s("2005-01-20T00:00:00"), _s("2005-03-02T00:00:00"), _s("2005-03-09T00:00:00")])
+    t = _table(
+        [0, 0, 0, 0],
+        [0, 1, 2, 3],
+        [4] * 4,
+        [_s("2005-01-03T00:00:00"), _s("2005-01-20T00:00:00"), _s("2005-03-02T00:00:00"), _s("2005-03-09T00:00:00")],
+    )
     with pytest.raises(DataError) as e:
         temporal_samples(t, _cfg(windows=(1, 1, 1), min_history=1))
     msg = str(e.value)
@@ -247,9 +308,15 @@ def test_empty_window_names_windows_and_date_range():
 
 
 def test_empty_train_window_from_min_history():
-    t = _table([0, 1, 2, 0], [0, 1, 2, 3], [4] * 4,
-               [_s("2005-01-03T00:00:00"), _s("2005-01-20T00:00:00"), _s("2005-02-02T00:00:00"), _s("2005-03-09T00:00:00")])
-    with pytest.raises(DataError, match=r"split 'train' is empty: its window 2005-01-01\.\.2005-01-31 holds 2 interactions"):
+    t = _table(
+        [0, 1, 2, 0],
+        [0, 1, 2, 3],
+        [4] * 4,
+        [_s("2005-01-03T00:00:00"), _s("2005-01-20T00:00:00"), _s("2005-02-02T00:00:00"), _s("2005-03-09T00:00:00")],
+    )
+    with pytest.raises(
+        DataError, match=r"split 'train' is empty: its window 2005-01-01\.\.2005-01-31 holds 2 interactions"
+    ):
         temporal_samples(t, _cfg(windows=(1, 1, 1), min_history=1))
 
 
@@ -273,7 +340,9 @@ def test_one_million_interactions_is_fast():
     elapsed = time.perf_counter() - t0
     assert elapsed < 20, f"temporal_samples took {elapsed:.1f} s on 1M interactions"
     # expected count via pandas: rows from 2001-05 on whose user has >= 5 earlier rows in stable order
-    df = pd.DataFrame({"u": user, "i": table["item_id"].to_numpy(), "t": ts}).sort_values(["t", "u", "i"], kind="stable")
+    df = pd.DataFrame({"u": user, "i": table["item_id"].to_numpy(), "t": ts}).sort_values(
+        ["t", "u", "i"], kind="stable"
+    )
     pos = df.groupby("u").cumcount().to_numpy()
     in_period = df["t"].to_numpy() >= _s("2001-05-01T00:00:00")
     assert s.num_rows == int((in_period & (pos >= 5)).sum())

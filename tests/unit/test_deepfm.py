@@ -29,23 +29,29 @@ def one_torch_thread():
 
 
 def tiny_tables():
-    users = pa.table({
-        "user_id": pa.array([0, 1, 2], pa.int64()),
-        "age": pa.array([17, 30, None], pa.int32()),
-        "gender": pa.array(["M", "F", None]),
-        "occupation": pa.array(["writer", "artist", "writer"]),
-    })
-    items = pa.table({
-        "item_id": pa.array([0, 1], pa.int64()),
-        "title": ["a", "b"],
-        "genres": pa.array([["Drama", "Action"], []], GENRES),
-        "year": pa.array([1990, None], pa.int32()),
-    })
-    samples = pa.table({
-        "user_id": pa.array([2, 0, 1], pa.int64()),
-        "item_id": pa.array([0, 1, 0], pa.int64()),
-        "label": pa.array([1, 0, 1], pa.int8()),
-    })
+    users = pa.table(
+        {
+            "user_id": pa.array([0, 1, 2], pa.int64()),
+            "age": pa.array([17, 30, None], pa.int32()),
+            "gender": pa.array(["M", "F", None]),
+            "occupation": pa.array(["writer", "artist", "writer"]),
+        }
+    )
+    items = pa.table(
+        {
+            "item_id": pa.array([0, 1], pa.int64()),
+            "title": ["a", "b"],
+            "genres": pa.array([["Drama", "Action"], []], GENRES),
+            "year": pa.array([1990, None], pa.int32()),
+        }
+    )
+    samples = pa.table(
+        {
+            "user_id": pa.array([2, 0, 1], pa.int64()),
+            "item_id": pa.array([0, 1, 0], pa.int64()),
+            "label": pa.array([1, 0, 1], pa.int8()),
+        }
+    )
     return samples, items, users
 
 
@@ -78,8 +84,10 @@ def test_encoding_with_a_saved_spec_keeps_the_training_vocabulary_and_handles_sl
     assert x["user_gender"].tolist() == [1, 0, 2]
     # a sliced items table (non-zero list offsets) encodes the same bags
     items2 = pa.concat_tables([items.slice(1), items]).slice(1)  # chunked, offset
-    np.testing.assert_array_equal(encode_features(samples, items2, users, spec)["item_genres"],
-                                  encode_features(samples, items, users, spec)["item_genres"])
+    np.testing.assert_array_equal(
+        encode_features(samples, items2, users, spec)["item_genres"],
+        encode_features(samples, items, users, spec)["item_genres"],
+    )
 
 
 def test_unknown_columns_bad_ids_and_bad_config_raise_clear_errors():
@@ -100,11 +108,23 @@ def test_unknown_columns_bad_ids_and_bad_config_raise_clear_errors():
 def test_missing_or_non_binary_labels_are_rejected(tmp_path):
     samples, items, users = tiny_tables()
     with pytest.raises(DataError, match=r"train samples row 1: label=2 is not 0/1"):
-        train_deepfm(samples.set_column(2, "label", pa.array([1, 2, 0], pa.int8())), None, items, users,
-                     use_ray=False, out_dir=tmp_path)
+        train_deepfm(
+            samples.set_column(2, "label", pa.array([1, 2, 0], pa.int8())),
+            None,
+            items,
+            users,
+            use_ray=False,
+            out_dir=tmp_path,
+        )
     with pytest.raises(DataError, match=r"valid samples: label: all 3 labels are 1"):
-        train_deepfm(samples, samples.set_column(2, "label", pa.array([1, 1, 1], pa.int8())), items, users,
-                     use_ray=False, out_dir=tmp_path)
+        train_deepfm(
+            samples,
+            samples.set_column(2, "label", pa.array([1, 1, 1], pa.int8())),
+            items,
+            users,
+            use_ray=False,
+            out_dir=tmp_path,
+        )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -155,18 +175,22 @@ def rule_tables(seed: int = 0, n_users: int = 240, n_items: int = 60, per_user: 
     """
     rng = np.random.default_rng(seed)
     gender = rng.choice(["M", "F"], n_users)
-    users = pa.table({
-        "user_id": np.arange(n_users, dtype=np.int64),
-        "age": pa.array(rng.integers(15, 65, n_users), pa.int32()),
-        "gender": gender,
-        "occupation": rng.choice(["a", "b", "c", "d"], n_users),
-    })
+    users = pa.table(
+        {
+            "user_id": np.arange(n_users, dtype=np.int64),
+            "age": pa.array(rng.integers(15, 65, n_users), pa.int32()),
+            "gender": gender,
+            "occupation": rng.choice(["a", "b", "c", "d"], n_users),
+        }
+    )
     main = rng.choice(["Action", "Romance"], n_items)
     filler = rng.choice(["Comedy", "Drama", "Horror"], n_items)
-    items = pa.table({
-        "item_id": np.arange(n_items, dtype=np.int64),
-        "genres": pa.array([[m, f] for m, f in zip(main, filler)], GENRES),
-    })
+    items = pa.table(
+        {
+            "item_id": np.arange(n_items, dtype=np.int64),
+            "genres": pa.array([[m, f] for m, f in zip(main, filler)], GENRES),
+        }
+    )
     u = np.repeat(np.arange(n_users), per_user)
     i = np.concatenate([rng.choice(n_items, per_user, replace=False) for _ in range(n_users)])
     like = (gender[u] == "M") == (main[i] == "Action")
@@ -209,8 +233,16 @@ def test_ml100k_test_auc_and_best_epoch_is_kept(data_dir, tmp_path):
     ds = load_dataset(cfg)
     s = rallrec_samples(ds.interactions, cfg)
     split = {k: s.filter(pc.equal(s["split"], k)) for k in ("train", "valid", "test")}
-    res = train_deepfm(split["train"], split["valid"], ds.items, ds.users, {"epochs": 10, "patience": 1},
-                       use_ray=False, seed=0, out_dir=tmp_path)
+    res = train_deepfm(
+        split["train"],
+        split["valid"],
+        ds.items,
+        ds.users,
+        {"epochs": 10, "patience": 1},
+        use_ray=False,
+        seed=0,
+        out_dir=tmp_path,
+    )
     test = ctr_metrics(split["test"]["label"].to_numpy(), res.predict_fn(split["test"]))
     assert test["auc"] > 0.6
     assert 0.5 < test["acc"] and test["logloss"] < 0.69  # better than a constant 0.5 prediction
@@ -228,8 +260,17 @@ def test_ray_path_agrees_with_standalone(ray_session, tmp_path):
     train, test = _cold_start_split(samples, 50)
     cfg = {"epochs": 2, "batch_size": 64}
     local = train_deepfm(train, test, items, users, cfg, use_ray=False, seed=0, out_dir=tmp_path / "local")
-    remote = train_deepfm(train, test, items, users, cfg, use_ray=True, seed=0, out_dir=tmp_path / "ray",
-                          storage_path=str(tmp_path / "ray_storage"))
+    remote = train_deepfm(
+        train,
+        test,
+        items,
+        users,
+        cfg,
+        use_ray=True,
+        seed=0,
+        out_dir=tmp_path / "ray",
+        storage_path=str(tmp_path / "ray_storage"),
+    )
     p_local, p_remote = local.predict_fn(test), remote.predict_fn(test)
     assert p_remote.shape == p_local.shape == (test.num_rows,)
     assert [h["epoch"] for h in remote.history] == [h["epoch"] for h in local.history]

@@ -49,7 +49,7 @@ def test_paired_delta_matches_auc_difference_and_detects_a_real_gap():
     assert bootstrap_delta_ci(y, good, good, n=100) == (0.0, 0.0, 0.0)
     # pairing: a small shift on the same samples is resolved far better than by the separate intervals
     noisy = np.clip(good + 0.05 * rng.standard_normal(400), 0, 1)
-    d2, lo2, hi2 = bootstrap_delta_ci(y, good, noisy, n=300, seed=1)
+    _d2, lo2, hi2 = bootstrap_delta_ci(y, good, noisy, n=300, seed=1)
     alo, ahi = bootstrap_ci(y, good, n=300, seed=1)
     assert hi2 - lo2 < 0.5 * (ahi - alo)
     with pytest.raises(ValueError, match="same length"):
@@ -57,16 +57,29 @@ def test_paired_delta_matches_auc_difference_and_detects_a_real_gap():
 
 
 def _row(name, auc, delta=None, key=""):
-    r = {"name": name, "key": key, "group": "", "auc": auc, "auc_lo": auc - 0.1, "auc_hi": auc + 0.1,
-         "logloss": 0.69, "acc": 0.5, "n": 10, "examples": None}
+    r = {
+        "name": name,
+        "key": key,
+        "group": "",
+        "auc": auc,
+        "auc_lo": auc - 0.1,
+        "auc_hi": auc + 0.1,
+        "logloss": 0.69,
+        "acc": 0.5,
+        "n": 10,
+        "examples": None,
+    }
     if delta is not None:
         r.update(delta=delta[0], delta_lo=delta[1], delta_hi=delta[2])
     return r
 
 
 def test_report_marks_only_significant_gaps_and_reading_says_which():
-    rows = [_row("RALLRec", 0.70, key=REFERENCE) | {"delta": None}, _row("A", 0.60, (-0.1, -0.15, -0.05)),
-            _row("B", 0.69, (-0.01, -0.05, 0.03))]
+    rows = [
+        _row("RALLRec", 0.70, key=REFERENCE) | {"delta": None},
+        _row("A", 0.60, (-0.1, -0.15, -0.05)),
+        _row("B", 0.69, (-0.01, -0.05, 0.03)),
+    ]
     rows.append(_row("item rate", 0.75, (0.05, 0.01, 0.09)) | {"group": "trivial"})
     table = format_rows(rows, "RALLRec")
     lines = table.splitlines()
@@ -119,9 +132,11 @@ def test_rows_carry_user_clustered_intervals_and_reading_uses_them():
     assert "auc_ulo" not in _metric_row("x", y, ref, 50, 0)
 
     # the reading judges significance on the user interval when rows have it
-    rows = [_row("RALLRec", 0.70, key=REFERENCE) | {"delta": None},
-            _row("A", 0.60, (-0.1, -0.15, -0.05)) | {"delta_ulo": -0.2, "delta_uhi": 0.02},
-            _row("B", 0.50, (-0.2, -0.25, -0.15)) | {"delta_ulo": -0.3, "delta_uhi": -0.1}]
+    rows = [
+        _row("RALLRec", 0.70, key=REFERENCE) | {"delta": None},
+        _row("A", 0.60, (-0.1, -0.15, -0.05)) | {"delta_ulo": -0.2, "delta_uhi": 0.02},
+        _row("B", 0.50, (-0.2, -0.25, -0.15)) | {"delta_ulo": -0.3, "delta_uhi": -0.1},
+    ]
     text = "\n".join(_reading(rows))
     assert "significantly better than: B (95% user-clustered interval" in text
     assert "not distinguishable from RALLRec (95% user-clustered interval of ΔAUC contains 0): A" in text
@@ -157,7 +172,7 @@ def test_fusion_rows_pair_the_fusion_with_each_input_and_report_the_coefficients
         fusion, fusion_rows, fusion_error = res, rows, None
 
     sections, notes, extra = _fusion_parts(Ev)
-    (title, body), = sections.items()
+    ((title, body),) = sections.items()
     assert "validation" in title and "fusion − fusion w/o LLM" in body and "ΔAUC vs the row's input" in body
     assert len(notes) == 1 and "RALLRec +" in notes[0] and "\n" not in notes[0]
     m = extra["fusion"]

@@ -114,8 +114,9 @@ def test_logit_clips():
 
 def test_item_user_baseline_table_equals_item_user_logit():
     rng = np.random.default_rng(0)
-    train = pa.table({"user_id": rng.integers(0, 40, 600), "item_id": rng.integers(0, 70, 600),
-                      "label": rng.integers(0, 2, 600)})
+    train = pa.table(
+        {"user_id": rng.integers(0, 40, 600), "item_id": rng.integers(0, 70, 600), "label": rng.integers(0, 2, 600)}
+    )
     test = pa.table({"user_id": np.r_[rng.integers(0, 45, 200), 400], "item_id": np.r_[rng.integers(0, 80, 200), 999]})
     table = ItemUserBaseline(train)
     want = item_user_logit(train, test)

@@ -162,7 +162,8 @@ def test_auc_decomposition_identity_and_parts_by_brute_force(seed):
     d = auc_decomposition(u, y, p)
     assert d["auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-12)
     assert d["w_within"] * d["auc_within"] + d["w_between"] * d["auc_between"] == pytest.approx(
-        roc_auc_score(y, p), abs=1e-12)
+        roc_auc_score(y, p), abs=1e-12
+    )
     assert d["w_within"] + d["w_between"] == pytest.approx(1.0)
     win, same = _brute_pairs(u, y, p)
     assert d["pairs"] == win.size and d["pairs_within"] == same.sum() and d["pairs_between"] == (~same).sum()

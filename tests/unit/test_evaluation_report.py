@@ -11,7 +11,15 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def test_write_report(tmp_path):
     rows = [
-        {"name": "RALLRec", "auc": 0.7772, "auc_lo": 0.7701, "auc_hi": 0.7843, "logloss": 0.6102, "acc": 0.6904, "n": 10000},
+        {
+            "name": "RALLRec",
+            "auc": 0.7772,
+            "auc_lo": 0.7701,
+            "auc_hi": 0.7843,
+            "logloss": 0.6102,
+            "acc": 0.6904,
+            "n": 10000,
+        },
         {"name": "item_rate", "auc": 0.7012, "auc_lo": 0.69, "auc_hi": 0.71, "logloss": 0.64, "acc": 0.65, "n": 10000},
         {"name": "zero-shot", "auc": float("nan"), "auc_lo": None, "auc_hi": None, "logloss": 0.7, "acc": 0.5, "n": 3},
     ]
@@ -39,7 +47,12 @@ def test_write_report(tmp_path):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert [r["name"] for r in metrics["rows"]] == ["RALLRec", "item_rate", "zero-shot"]
     assert metrics["rows"][2]["auc"] is None  # NaN -> null, valid JSON
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["auc.png", "auc_vs_k.png", "metrics.json", "report.md"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
+        "auc.png",
+        "auc_vs_k.png",
+        "metrics.json",
+        "report.md",
+    ]
 
 
 def test_failed_plot_leaves_no_partial_file(tmp_path):
@@ -66,8 +79,17 @@ def test_uauc_column_appears_only_when_rows_carry_it():
 
 
 def _urow(name, auc, ulo, uhi, delta=None):
-    r = {"name": name, "auc": auc, "auc_lo": auc - 0.01, "auc_hi": auc + 0.01, "auc_ulo": ulo, "auc_uhi": uhi,
-         "logloss": 0.69, "acc": 0.5, "n": 1000}
+    r = {
+        "name": name,
+        "auc": auc,
+        "auc_lo": auc - 0.01,
+        "auc_hi": auc + 0.01,
+        "auc_ulo": ulo,
+        "auc_uhi": uhi,
+        "logloss": 0.69,
+        "acc": 0.5,
+        "n": 1000,
+    }
     if delta is not None:
         r.update(zip(("delta", "delta_lo", "delta_hi", "delta_ulo", "delta_uhi"), delta))
     return r
@@ -76,21 +98,29 @@ def _urow(name, auc, ulo, uhi, delta=None):
 def test_table_shows_sample_and_user_intervals_and_stars_on_the_user_one(tmp_path):
     from ragrec.evaluation.report import USER_CI_NOTE, format_rows
 
-    rows = [_urow("RALLRec", 0.70, 0.62, 0.78) | {"delta": None},
-            # sample interval excludes 0, user interval does not: no star
-            _urow("A", 0.66, 0.58, 0.74, (-0.04, -0.06, -0.02, -0.09, 0.01)),
-            # both exclude 0: star
-            _urow("B", 0.60, 0.50, 0.70, (-0.10, -0.12, -0.08, -0.16, -0.04))]
+    rows = [
+        _urow("RALLRec", 0.70, 0.62, 0.78) | {"delta": None},
+        # sample interval excludes 0, user interval does not: no star
+        _urow("A", 0.66, 0.58, 0.74, (-0.04, -0.06, -0.02, -0.09, 0.01)),
+        # both exclude 0: star
+        _urow("B", 0.60, 0.50, 0.70, (-0.10, -0.12, -0.08, -0.16, -0.04)),
+    ]
     table = format_rows(rows, "RALLRec")
     head, _, ref, a, b = table.splitlines()
     cols = [c.strip() for c in head.strip("|").split("|")]
-    assert cols[:5] == ["variant", "AUC [95% CI, samples]", "[95% CI, users]",
-                        "ΔAUC vs RALLRec [95% CI, samples]", "[95% CI, users]"]
+    assert cols[:5] == [
+        "variant",
+        "AUC [95% CI, samples]",
+        "[95% CI, users]",
+        "ΔAUC vs RALLRec [95% CI, samples]",
+        "[95% CI, users]",
+    ]
     assert "| RALLRec | 0.7000 [0.6900, 0.7100] | [0.6200, 0.7800] | — | — |" in ref
     assert "| -0.0400 [-0.0600, -0.0200] | [-0.0900, +0.0100] |" in a and "*" not in a
     assert "| -0.1000 [-0.1200, -0.0800] | [-0.1600, -0.0400] * |" in b and b.count("*") == 1
-    text = write_report(tmp_path, title="t", config={}, counts={}, rows=rows, notes=[], plots={},
-                        reference="RALLRec").read_text()
+    text = write_report(
+        tmp_path, title="t", config={}, counts={}, rows=rows, notes=[], plots={}, reference="RALLRec"
+    ).read_text()
     assert USER_CI_NOTE in text and "resamples users" in USER_CI_NOTE and "the one to read" in USER_CI_NOTE
     assert "* = the user-clustered 95% interval excludes 0" in text
     # rows without user intervals keep the old single-interval layout and judge * on the sample interval
@@ -103,10 +133,20 @@ def test_table_shows_sample_and_user_intervals_and_stars_on_the_user_one(tmp_pat
 def test_decomposition_note_is_one_line():
     from ragrec.evaluation.report import decomposition_note
 
-    d = {"auc": 0.4309, "auc_within": 0.551, "auc_between": 0.412, "w_within": 0.934, "w_between": 0.066,
-         "users": 18, "users_both_labels": 17, "auc_user_only": 0.3988}
+    d = {
+        "auc": 0.4309,
+        "auc_within": 0.551,
+        "auc_between": 0.412,
+        "w_within": 0.934,
+        "w_between": 0.066,
+        "users": 18,
+        "users_both_labels": 17,
+        "auc_user_only": 0.3988,
+    }
     line = decomposition_note("RALLRec", d)
-    assert line.startswith("RALLRec: AUC 0.4309 = 0.93 × within-user AUC 0.55 + 0.07 × between-user AUC 0.41 "
-                           "on 18 users (17 with both labels)")
+    assert line.startswith(
+        "RALLRec: AUC 0.4309 = 0.93 × within-user AUC 0.55 + 0.07 × between-user AUC 0.41 "
+        "on 18 users (17 with both labels)"
+    )
     assert "AUC 0.3988" in line and "\n" not in line
     assert "within-user AUC —" in decomposition_note("x", d | {"auc_within": float("nan")})

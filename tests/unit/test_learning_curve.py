@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import typing
 import zlib
 
 import numpy as np
@@ -21,34 +22,49 @@ SLEEP = 0.15  # the fake LoRA stage's wall time
 
 # ---------------------------------------------------------------------------------------------------- config
 def test_config_accepts_the_curve_and_validates_the_grid_like_overrides():
-    cfg = load_config(None, ["eval.learning_curve=[512, 128]", "eval.learning_curve_grid={lora.lr: [5e-4, 2e-3], "
-                             "lora.epochs: [1, 2]}", "eval.variants=[]"])
+    cfg = load_config(
+        None,
+        [
+            "eval.learning_curve=[512, 128]",
+            "eval.learning_curve_grid={lora.lr: [5e-4, 2e-3], lora.epochs: [1, 2]}",
+            "eval.variants=[]",
+        ],
+    )
     assert cfg.eval.learning_curve == [512, 128] and cfg.eval.variants == []
     assert cfg.eval.learning_curve_grid == {"lora.lr": [0.0005, 0.002], "lora.epochs": [1, 2]}  # parsed as the field
     assert load_config(None).eval.learning_curve is None and load_config(None).eval.learning_curve_grid is None
-    for sets, msg in ((["eval.learning_curve_grid={lora.lrr: [1]}"], "no config field 'lora.lrr'"),
-                      (["eval.learning_curve_grid={nosuch.x: [1]}"], "no config field 'nosuch.x'"),
-                      (["eval.learning_curve_grid={lora.lr: [abc]}"], "lora.lr"),
-                      (["eval.learning_curve_grid={lora.r: [0.5]}"], "lora.r"),
-                      (["eval.learning_curve_grid={lora.train_samples: [8]}"], "x axis"),
-                      (["eval.learning_curve_grid={eval.bootstrap: [8]}"], "cannot be a grid field"),
-                      (["eval.learning_curve_grid={lora.epochs: []}"], "non-empty list"),
-                      (["eval.learning_curve=[0, 64]"], "zero-shot point"),
-                      (["eval.learning_curve=[64, 64]"], "distinct")):
+    for sets, msg in (
+        (["eval.learning_curve_grid={lora.lrr: [1]}"], "no config field 'lora.lrr'"),
+        (["eval.learning_curve_grid={nosuch.x: [1]}"], "no config field 'nosuch.x'"),
+        (["eval.learning_curve_grid={lora.lr: [abc]}"], "lora.lr"),
+        (["eval.learning_curve_grid={lora.r: [0.5]}"], "lora.r"),
+        (["eval.learning_curve_grid={lora.train_samples: [8]}"], "x axis"),
+        (["eval.learning_curve_grid={eval.bootstrap: [8]}"], "cannot be a grid field"),
+        (["eval.learning_curve_grid={lora.epochs: []}"], "non-empty list"),
+        (["eval.learning_curve=[0, 64]"], "zero-shot point"),
+        (["eval.learning_curve=[64, 64]"], "distinct"),
+    ):
         with pytest.raises(ConfigError, match=msg) as e:
             load_config(None, sets)
         assert len(str(e.value).splitlines()) == 2  # "<file>: invalid config" + one line naming the field
 
 
 def test_points_run_n_ascending_then_grid_combinations_with_their_overrides():
-    cfg = load_config(None, ["eval.learning_curve=[512, 128]",
-                             "eval.learning_curve_grid={lora.lr: [0.001, 0.002], lora.epochs: [1, 2]}"])
+    cfg = load_config(
+        None,
+        ["eval.learning_curve=[512, 128]", "eval.learning_curve_grid={lora.lr: [0.001, 0.002], lora.epochs: [1, 2]}"],
+    )
     pts = lc.curve_points(cfg)
     assert [(p.n, p.setting) for p in pts] == [
-        (128, "lora.lr=0.001, lora.epochs=1"), (128, "lora.lr=0.001, lora.epochs=2"),
-        (128, "lora.lr=0.002, lora.epochs=1"), (128, "lora.lr=0.002, lora.epochs=2"),
-        (512, "lora.lr=0.001, lora.epochs=1"), (512, "lora.lr=0.001, lora.epochs=2"),
-        (512, "lora.lr=0.002, lora.epochs=1"), (512, "lora.lr=0.002, lora.epochs=2")]
+        (128, "lora.lr=0.001, lora.epochs=1"),
+        (128, "lora.lr=0.001, lora.epochs=2"),
+        (128, "lora.lr=0.002, lora.epochs=1"),
+        (128, "lora.lr=0.002, lora.epochs=2"),
+        (512, "lora.lr=0.001, lora.epochs=1"),
+        (512, "lora.lr=0.001, lora.epochs=2"),
+        (512, "lora.lr=0.002, lora.epochs=1"),
+        (512, "lora.lr=0.002, lora.epochs=2"),
+    ]
     assert pts[1].overrides == {"lora.train_samples": 128, "lora.lr": 0.001, "lora.epochs": 2}
     assert pts[1].label == "N=128 (lora.lr=0.001, lora.epochs=2)"
     assert lc.CurvePoint(0).overrides == {} and lc.CurvePoint(0).label == "zero-shot (N=0)"
@@ -71,7 +87,7 @@ class _FakeBase:
 
     P(yes) on the test samples gets better with the adapter's ``lora.train_samples`` (and ``lora.lr``)."""
 
-    calls: list = []  # (stage, overrides) of every computed artifact, across instances
+    calls: typing.ClassVar[list] = []  # (stage, overrides) of every computed artifact, across instances
     examples_stage = "examples"
 
     def __init__(self, cfg, force=()):
@@ -84,12 +100,14 @@ class _FakeBase:
         users, items = rng.integers(0, 20, 600), rng.integers(0, 30, 600)
         bias = np.linspace(-1.5, 1.5, 20)[users] + np.linspace(-1, 1, 30)[items]
         label = (rng.random(600) < 1 / (1 + np.exp(-bias))).astype(np.int64)
-        inter = pa.table({"user_id": users, "item_id": items, "label": label, "rating": 1 + 4 * label,
-                          "timestamp": np.arange(600)})
+        inter = pa.table(
+            {"user_id": users, "item_id": items, "label": label, "rating": 1 + 4 * label, "timestamp": np.arange(600)}
+        )
         split = np.array(["train"] * 300 + ["valid"] * 60 + ["test"] * 240)
         samples = inter.append_column("split", pa.array(split)).append_column("sample_id", pa.array(np.arange(600)))
-        samples = samples.set_column(samples.schema.get_field_index("timestamp"), "timestamp",
-                                     pa.array(np.where(split == "train", 10, 1000)))
+        samples = samples.set_column(
+            samples.schema.get_field_index("timestamp"), "timestamp", pa.array(np.where(split == "train", 10, 1000))
+        )
 
         def ds(art):
             art.write_table(inter, "interactions")
@@ -140,8 +158,14 @@ class _FakeBase:
             strength = 0.3 * np.log2(a["n"]) * (1 + 100 * a["lr"])
             noise = np.random.default_rng(zlib.crc32(str(a).encode())).standard_normal(len(y))
             self.calls.append(("scores", a["n"]))
-            art.write_table(pa.table({"sample_id": test.column("sample_id"),
-                                      "prob": (1 / (1 + np.exp(-(strength * (y - 0.5) + noise)))).astype(np.float32)}))
+            art.write_table(
+                pa.table(
+                    {
+                        "sample_id": test.column("sample_id"),
+                        "prob": (1 / (1 + np.exp(-(strength * (y - 0.5) + noise)))).astype(np.float32),
+                    }
+                )
+            )
             return len(y)
 
         art = self.store.run("scores", {"adapter": adapter.key if adapter else None}, [self.arts["samples"]], compute)
@@ -170,8 +194,9 @@ class FakeSCoRe(_FakeBase):
     def upstream(self, cfg=None):
         self._upstream()
         if "sasrec" not in self.arts:
-            self.arts["sasrec"] = self.store.run("sasrec", {"fake": 1}, [],
-                                                 lambda art: art.write_json({"ndcg@10": 0.1, "hr@10": 0.2}, "metrics"))
+            self.arts["sasrec"] = self.store.run(
+                "sasrec", {"fake": 1}, [], lambda art: art.write_json({"ndcg@10": 0.1, "hr@10": 0.2}, "metrics")
+            )
         return self.arts
 
     def adapter(self, cfg=None):
@@ -182,9 +207,21 @@ class FakeSCoRe(_FakeBase):
 
 
 def _config(tmp_path, method):
-    return load_config(None, [f"method={method}", f"artifacts_dir={tmp_path / 'artifacts'}",
-                              f"output_dir={tmp_path / 'runs'}", "name=lc", "eval.variants=[]", "eval.bootstrap=60",
-                              "eval.learning_curve=[16, 4]", GRID, "eval.k_sweep=[3]", "eval.ke_sweep=[5]"])
+    return load_config(
+        None,
+        [
+            f"method={method}",
+            f"artifacts_dir={tmp_path / 'artifacts'}",
+            f"output_dir={tmp_path / 'runs'}",
+            "name=lc",
+            "eval.variants=[]",
+            "eval.bootstrap=60",
+            "eval.learning_curve=[16, 4]",
+            GRID,
+            "eval.k_sweep=[3]",
+            "eval.ke_sweep=[5]",
+        ],
+    )
 
 
 @pytest.mark.parametrize("method", ["rallrec", "score"])
@@ -215,7 +252,12 @@ def test_curve_only_evaluation_reports_ordered_points_and_cached_points_keep_the
 
     pts = metrics["learning_curve"]["points"]
     assert [(p["n_train"], p["grid"]) for p in pts] == [
-        (0, {}), (4, {"lora.lr": 0.001}), (4, {"lora.lr": 0.002}), (16, {"lora.lr": 0.001}), (16, {"lora.lr": 0.002})]
+        (0, {}),
+        (4, {"lora.lr": 0.001}),
+        (4, {"lora.lr": 0.002}),
+        (16, {"lora.lr": 0.001}),
+        (16, {"lora.lr": 0.002}),
+    ]
     # the right overrides reached the tuning: the full variant's retrieval/CI with N and lr of the point
     tuned = [c[1:] for c in _FakeBase.calls if c[0] == "lora"]
     strategy = "rerank" if method == "rallrec" else cfg.retrieval.strategy
@@ -232,7 +274,8 @@ def test_curve_only_evaluation_reports_ordered_points_and_cached_points_keep_the
     assert pts[4]["auc"] > pts[0]["auc"]
     assert metrics["learning_curve"]["baselines"] == {
         "zero-shot (N=0)": zs["auc"],
-        "item_user_logit": next(r["auc"] for r in metrics["rows"] if r["key"] == "item_user_logit")}
+        "item_user_logit": next(r["auc"] for r in metrics["rows"] if r["key"] == "item_user_logit"),
+    }
 
     # outputs: the report section, the plot, one prediction column per point
     report = (out / "report.md").read_text()
@@ -249,18 +292,39 @@ def test_curve_only_evaluation_reports_ordered_points_and_cached_points_keep_the
     _FakeBase.calls = []
     again = json.loads((module.evaluate(cfg).run_dir / "metrics.json").read_text())["learning_curve"]["points"]
     assert _FakeBase.calls == []
-    assert [(p["train_seconds"], p["score_seconds"], p["auc"]) for p in again] == \
-        [(p["train_seconds"], p["score_seconds"], p["auc"]) for p in pts]
+    assert [(p["train_seconds"], p["score_seconds"], p["auc"]) for p in again] == [
+        (p["train_seconds"], p["score_seconds"], p["auc"]) for p in pts
+    ]
 
 
 def test_plot_and_table_with_one_line_per_setting(tmp_path):
-    rows = [{"n_train": n, "setting": s, "auc": a, "auc_lo": a - .01, "auc_hi": a + .01, "auc_ulo": a - .03,
-             "auc_uhi": a + .03, "uauc": .6, "examples": 3 * n or None, "train_seconds": 10.0 * n,
-             "score_seconds": 30.0, "seconds": 10.0 * n + 30, **({"delta": a - .6, "delta_lo": -.01, "delta_hi": .2,
-                                                                   "delta_ulo": .01, "delta_uhi": .2} if n else {})}
-            for n, s, a in ((0, "", .6), (8, "lora.lr=0.001", .65), (64, "lora.lr=0.001", .7),
-                            (8, "lora.lr=0.002", .62), (64, "lora.lr=0.002", .72))]
-    lc.plot_learning_curve(rows, tmp_path / "c.png", {"zero-shot (N=0)": .6, "item_user_logit": .68})
+    rows = [
+        {
+            "n_train": n,
+            "setting": s,
+            "auc": a,
+            "auc_lo": a - 0.01,
+            "auc_hi": a + 0.01,
+            "auc_ulo": a - 0.03,
+            "auc_uhi": a + 0.03,
+            "uauc": 0.6,
+            "examples": 3 * n or None,
+            "train_seconds": 10.0 * n,
+            "score_seconds": 30.0,
+            "seconds": 10.0 * n + 30,
+            **(
+                {"delta": a - 0.6, "delta_lo": -0.01, "delta_hi": 0.2, "delta_ulo": 0.01, "delta_uhi": 0.2} if n else {}
+            ),
+        }
+        for n, s, a in (
+            (0, "", 0.6),
+            (8, "lora.lr=0.001", 0.65),
+            (64, "lora.lr=0.001", 0.7),
+            (8, "lora.lr=0.002", 0.62),
+            (64, "lora.lr=0.002", 0.72),
+        )
+    ]
+    lc.plot_learning_curve(rows, tmp_path / "c.png", {"zero-shot (N=0)": 0.6, "item_user_logit": 0.68})
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
     table = lc.format_curve(rows).splitlines()
     assert len(table) == 2 + len(rows) and "setting" in table[0]

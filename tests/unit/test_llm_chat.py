@@ -36,7 +36,7 @@ def test_yes_no_are_single_distinct_tokens_at_the_answer_position(tok):
     for answer, first in ((ANSWER_YES, yes_id), (ANSWER_NO, no_id)):
         full = tok(prompt + answer, add_special_tokens=False)["input_ids"]
         assert full[: len(base)] == base and full[len(base)] == first
-        assert tok.decode(full[len(base):]) == answer
+        assert tok.decode(full[len(base) :]) == answer
 
 
 def test_fit_prompts_truncates_the_start_of_long_texts(tok):

@@ -93,7 +93,9 @@ def test_greedy_generate_batched_equals_single_in_input_order(engine):
     assert len(batched) == len(PROMPTS) and batched == single
     assert len(set(batched)) == len(PROMPTS)  # different prompts -> different texts: order is checkable
     # greedy = argmax of the independent forward for the first token
-    first = engine.tokenizer.decode([int(_single_forward(engine, format_prompt(engine.tokenizer, PROMPTS[2])).argmax())])
+    first = engine.tokenizer.decode(
+        [int(_single_forward(engine, format_prompt(engine.tokenizer, PROMPTS[2])).argmax())]
+    )
     assert batched[2].startswith(first.strip())
 
 

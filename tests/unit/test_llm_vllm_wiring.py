@@ -56,9 +56,17 @@ def test_preprocess_builds_prompt_tokens_and_sampling():
 
 def test_generation_postprocess_keeps_caller_columns():
     row = {
-        "item_id": 3, "text": "Describe Heat.", "prompt": "<...>", "tokenized_prompt": [1, 2],
-        "sampling_params": {}, "generated_text": "  A heist film.\n", "generated_tokens": [5, 6],
-        "num_generated_tokens": 2, "num_input_tokens": 2, "metrics": {}, "time_taken_llm": 0.1,
+        "item_id": 3,
+        "text": "Describe Heat.",
+        "prompt": "<...>",
+        "tokenized_prompt": [1, 2],
+        "sampling_params": {},
+        "generated_text": "  A heist film.\n",
+        "generated_tokens": [5, 6],
+        "num_generated_tokens": 2,
+        "num_input_tokens": 2,
+        "metrics": {},
+        "time_taken_llm": 0.1,
     }
     assert V.generation_postprocess(row) == {"item_id": 3, "text": "Describe Heat.", "generated_text": "A heist film."}
 
@@ -83,7 +91,9 @@ def test_scoring_postprocess_reads_the_first_token_logprobs():
     yes_id, no_id = yes_no_token_ids(load_tokenizer(TINY_LLAMA))
     _, post = V.scoring_functions(CFG)
     row = {
-        "sample_id": 9, "text": "t", "generated_text": "Yes",
+        "sample_id": 9,
+        "text": "t",
+        "generated_text": "Yes",
         "logprobs": [{yes_id: {"logprob": math.log(0.6), "rank": 1}, no_id: {"logprob": math.log(0.2), "rank": 2}}],
     }
     out = post(row)

@@ -17,11 +17,18 @@ from ragrec.training import ray_train as rt
 
 # dropout on: the resumed run must also restore torch's RNG to draw the same dropout masks
 CFG = LoRAConfig(r=8, alpha=16, dropout=0.05, lr=1e-2, epochs=2, batch_size=4, grad_accum=1, max_tokens=128)
-TABLE = pa.table({"prompt": ["The user watched Alien (5 stars). Will he like Aliens?",
-                             "The user watched Heat (1 star). Will he like Ronin?",
-                             "The user watched Fargo (4 stars). Will he like Blood Simple?",
-                             "The user watched Cats (1 star). Will he like Evita?"] * 3,
-                  "answer": ["Yes.", "No.", "Yes.", "No."] * 3})  # 12 rows: 3 batches an epoch
+TABLE = pa.table(
+    {
+        "prompt": [
+            "The user watched Alien (5 stars). Will he like Aliens?",
+            "The user watched Heat (1 star). Will he like Ronin?",
+            "The user watched Fargo (4 stars). Will he like Blood Simple?",
+            "The user watched Cats (1 star). Will he like Evita?",
+        ]
+        * 3,
+        "answer": ["Yes.", "No.", "Yes.", "No."] * 3,
+    }
+)  # 12 rows: 3 batches an epoch
 
 
 class Killed(Exception):
@@ -76,13 +83,15 @@ def test_killed_after_epoch_0_resumes_at_epoch_1_with_the_uninterrupted_adapter(
     with monkeypatch.context() as m:
         _kill_after(m, lambda s: s["epoch"] == 0 and s["batch"] == 0)
         with pytest.raises(Killed):
-            lora.train_lora(TABLE, TINY_LLAMA, CFG, use_ray=False, seed=0, out_dir=tmp_path / "killed",
-                            checkpoint_dir=ckpt)
+            lora.train_lora(
+                TABLE, TINY_LLAMA, CFG, use_ray=False, seed=0, out_dir=tmp_path / "killed", checkpoint_dir=ckpt
+            )
     assert (ckpt / rt.STATE_FILE).exists() and not (tmp_path / "killed" / "adapter_model.safetensors").exists()
 
     epochs = _epochs_run(monkeypatch)
-    res = lora.train_lora(TABLE, TINY_LLAMA, CFG, use_ray=False, seed=0, out_dir=tmp_path / "resumed",
-                          checkpoint_dir=ckpt)
+    res = lora.train_lora(
+        TABLE, TINY_LLAMA, CFG, use_ray=False, seed=0, out_dir=tmp_path / "resumed", checkpoint_dir=ckpt
+    )
     assert epochs == [1]  # epoch 0 came from the checkpoint
     _assert_same_run(res, uninterrupted)
 
@@ -92,14 +101,30 @@ def test_killed_mid_epoch_resumes_at_the_next_batch(tmp_path, monkeypatch, unint
     with monkeypatch.context() as m:
         _kill_after(m, lambda s: s["epoch"] == 0 and s["batch"] == 2)  # epoch 1, after 2 of its 3 batches
         with pytest.raises(Killed):
-            lora.train_lora(TABLE, TINY_LLAMA, CFG, use_ray=False, seed=0, out_dir=tmp_path / "killed",
-                            checkpoint_dir=ckpt, checkpoint_steps=1)
+            lora.train_lora(
+                TABLE,
+                TINY_LLAMA,
+                CFG,
+                use_ray=False,
+                seed=0,
+                out_dir=tmp_path / "killed",
+                checkpoint_dir=ckpt,
+                checkpoint_steps=1,
+            )
     state = torch.load(ckpt / rt.STATE_FILE, weights_only=False)
     assert (state["epoch"], state["batch"], len(state["history"])) == (0, 2, 5)
 
     epochs = _epochs_run(monkeypatch)
-    res = lora.train_lora(TABLE, TINY_LLAMA, CFG, use_ray=False, seed=0, out_dir=tmp_path / "resumed",
-                          checkpoint_dir=ckpt, checkpoint_steps=1)
+    res = lora.train_lora(
+        TABLE,
+        TINY_LLAMA,
+        CFG,
+        use_ray=False,
+        seed=0,
+        out_dir=tmp_path / "resumed",
+        checkpoint_dir=ckpt,
+        checkpoint_steps=1,
+    )
     assert epochs == [1]
     _assert_same_run(res, uninterrupted)
 

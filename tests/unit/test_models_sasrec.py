@@ -68,12 +68,14 @@ def test_pad_sequences_hand_example():
     items = np.array([5, 1, 7, 0, 2, 3, 9])
     ts = np.array([3, 5, 1, 10, 2, 4, 2])
     got = pad_sequences(users, items, ts, num_users=4, max_len=3)
-    expect = np.array([
-        [3, 10, 6],  # most recent 3 of 7,2,9,5 -> 2,9,5 shifted by +1 (7 truncated)
-        [0, 0, 0],
-        [0, 0, 1],
-        [0, 4, 2],
-    ])
+    expect = np.array(
+        [
+            [3, 10, 6],  # most recent 3 of 7,2,9,5 -> 2,9,5 shifted by +1 (7 truncated)
+            [0, 0, 0],
+            [0, 0, 1],
+            [0, 4, 2],
+        ]
+    )
     assert got.dtype == np.int64
     np.testing.assert_array_equal(got, expect)
     np.testing.assert_array_equal(pad_sequences(users, items, ts, 4, 5)[0], [0, 8, 3, 10, 6])
@@ -95,8 +97,9 @@ def test_sample_negatives_are_uniform_over_unknown_items_only():
         counts = torch.bincount(items[u], minlength=10).double() / 6000
         assert set(items[u].unique().tolist()) == set(allowed)
         assert counts[allowed].sub(1 / len(allowed)).abs().max() < 0.03
-    none, ok_none = sample_negatives(users, 3, 10, interaction_keys(torch.tensor([], dtype=torch.long),
-                                                                    torch.tensor([], dtype=torch.long), 10), g)
+    none, ok_none = sample_negatives(
+        users, 3, 10, interaction_keys(torch.tensor([], dtype=torch.long), torch.tensor([], dtype=torch.long), 10), g
+    )
     assert ok_none.all() and none.min() >= 0 and none.max() < 10
 
 

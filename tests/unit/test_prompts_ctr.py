@@ -45,8 +45,13 @@ def test_prompt_text_female_user():
     lines = p.split("\n")
     assert lines[0] == "The user is a female. Her job is educator. Her age is 25."
     assert lines[1] == "She watched the following movies in the past, and rated them:"
-    # numbered from 0, in the given (retrieval) order, with stars; long title cut to 20 chars ("Dr. Strangelove or: " + trailing space trimmed)
-    assert lines[2:5] == ["0. GoldenEye (1995) (4 stars)", "1. Toy Story (1995) (1 star)", "2. Dr. Strangelove or: (5 stars)"]
+    # numbered from 0, in the given (retrieval) order, with stars;
+    # long title cut to 20 chars ("Dr. Strangelove or: " + trailing space trimmed)
+    assert lines[2:5] == [
+        "0. GoldenEye (1995) (4 stars)",
+        "1. Toy Story (1995) (1 star)",
+        "2. Dr. Strangelove or: (5 stars)",
+    ]
     assert lines[5] == "Note that more stars the user rated the movie, the user liked the movie more."
     assert lines[6] == "Based on the movies she has watched, deduce if she will like the movie ***Jumanji (1995)***."
     assert p.endswith("\nYou should ONLY tell me yes or no.")
@@ -131,19 +136,30 @@ def test_augment_views_rejects_mismatch_and_test_rows():
 
 
 def test_genres_and_stats_lines_are_optional_and_exact():
-    items = ITEMS.append_column("genres", pa.array([["Adventure"], ["Animation", "Comedy"], [], ["War"]],
-                                                   pa.list_(pa.string())))
+    items = ITEMS.append_column(
+        "genres", pa.array([["Adventure"], ["Animation", "Comedy"], [], ["War"]], pa.list_(pa.string()))
+    )
     s = ctx_samples([0, 2], [3, 1], [[1, 0], [0]], [[4.0, 1.0], [5.0]])
     plain = build_ctr_prompts(s, items, USERS)
     assert plain == build_ctr_prompts(s, ITEMS, USERS)  # both off: the paper's prompt, genres ignored
     p0, p1 = build_ctr_prompts(
-        s, items, USERS, genres=True,
-        stats={"user_mean": np.array([3.94, np.nan]), "user_count": np.array([120, 0]),
-               "item_mean": np.array([4.25, np.nan]), "item_count": np.array([85, 0]), "kind": "rating"})
+        s,
+        items,
+        USERS,
+        genres=True,
+        stats={
+            "user_mean": np.array([3.94, np.nan]),
+            "user_count": np.array([120, 0]),
+            "item_mean": np.array([4.25, np.nan]),
+            "item_count": np.array([85, 0]),
+            "kind": "rating",
+        },
+    )
     lines = p0.split("\n")
     assert lines[2:4] == ["0. GoldenEye (1995) (4 stars)", "1. Toy Story (1995) [Animation, Comedy] (1 star)"]
-    assert lines[5] == ("On average she rated past movies 3.9 stars (120 ratings). "
-                        "Other users rated this movie 4.2 stars (85 ratings).")
+    assert lines[5] == (
+        "On average she rated past movies 3.9 stars (120 ratings). Other users rated this movie 4.2 stars (85 ratings)."
+    )
     assert "***Jumanji (1995) [Adventure]***" in lines[6]
     assert "No other user has rated this movie yet." in p1 and "On average" not in p1
     with pytest.raises(ValueError, match="prompt.genres"):

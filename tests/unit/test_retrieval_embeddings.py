@@ -48,7 +48,7 @@ def test_item_index_matches_brute_force(metric):
     rng = np.random.default_rng(2)
     emb = rng.normal(size=(200, 16)).astype(np.float32)
     q = rng.normal(size=(7, 16)).astype(np.float32)
-    scores, ids = ItemIndex(emb, metric).search(q, 5)
+    _scores, ids = ItemIndex(emb, metric).search(q, 5)
     assert ids.shape == (7, 5) and ids.dtype == np.int64
     full = q @ emb.T if metric == "ip" else -((q[:, None, :] - emb[None]) ** 2).sum(-1)
     np.testing.assert_array_equal(ids, np.argsort(-full, axis=1)[:, :5])

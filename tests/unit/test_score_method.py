@@ -23,8 +23,12 @@ def test_variants_change_only_what_the_paper_ablates():
     assert got["no_ci"].ci.ks == 0 and got["no_ci"].lora.enabled
     assert got["zero_shot"].ci.ks == 0 and not got["zero_shot"].lora.enabled
     for cfg in got.values():  # everything else is the base config
-        assert cfg.sasrec == base.sasrec and cfg.car.model_dump(exclude={"enabled"}) == base.car.model_dump(
-            exclude={"enabled"}) and cfg.lora.r == 8 and cfg.lora.alpha == 32
+        assert (
+            cfg.sasrec == base.sasrec
+            and cfg.car.model_dump(exclude={"enabled"}) == base.car.model_dump(exclude={"enabled"})
+            and cfg.lora.r == 8
+            and cfg.lora.alpha == 32
+        )
     assert set(FULL) == {"ci.retriever", "sare.enabled", "lora.enabled"}
 
 
@@ -60,9 +64,13 @@ def test_rationale_pairs_are_seeded_training_samples_of_users_with_documents():
     from ragrec.methods.score import _by_sample_id, rationale_pairs
 
     n = 40
-    samples = pa.table({"sample_id": pa.array(np.arange(n), pa.int64()),
-                        "user_id": pa.array(np.arange(n) % 4, pa.int64()),
-                        "split": ["train"] * 30 + ["test"] * 10})
+    samples = pa.table(
+        {
+            "sample_id": pa.array(np.arange(n), pa.int64()),
+            "user_id": pa.array(np.arange(n) % 4, pa.int64()),
+            "split": ["train"] * 30 + ["test"] * 10,
+        }
+    )
     valid = np.array([True, False, True, True])
     a = rationale_pairs(samples, 12, seed=1, valid=valid)
     b = rationale_pairs(samples, 12, seed=1, valid=valid)

@@ -44,10 +44,18 @@ def test_builder_reports_a_missing_run(tmp_path, monkeypatch):
         serve_app.app({"batching": "false"})
 
 
-@pytest.mark.parametrize("name, text, value", [("batching", "false", False), ("batching", "True", True),
-                                               ("max_batch_size", "8", 8), ("predictor_cpus", "0.5", 0.5),
-                                               ("predictor_gpus", "1", 1.0),
-                                               ("torch_threads", "2", 2), ("max_items", 7, 7)])
+@pytest.mark.parametrize(
+    "name, text, value",
+    [
+        ("batching", "false", False),
+        ("batching", "True", True),
+        ("max_batch_size", "8", 8),
+        ("predictor_cpus", "0.5", 0.5),
+        ("predictor_gpus", "1", 1.0),
+        ("torch_threads", "2", 2),
+        ("max_items", 7, 7),
+    ],
+)
 def test_command_line_strings_become_typed_options(name, text, value):
     got = serve_app._parse(name, text)
     assert got == value and type(got) is type(value)

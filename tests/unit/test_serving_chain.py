@@ -29,10 +29,12 @@ def data():
     inter = inter.set_column(inter.schema.get_field_index("timestamp"), "timestamp", pa.array(ts))
     samples = rallrec_samples(inter, DataConfig(name="synthetic", min_history=3))
     rng = np.random.default_rng(0)
-    views = ItemViews(title=rng.normal(size=(N_ITEMS, 6)).astype(np.float32),
-                      text=rng.normal(size=(N_ITEMS, 8)).astype(np.float32),
-                      colla=rng.normal(size=(N_ITEMS, 5)).astype(np.float32),
-                      ssl=rng.normal(size=(N_ITEMS, 4)).astype(np.float32))
+    views = ItemViews(
+        title=rng.normal(size=(N_ITEMS, 6)).astype(np.float32),
+        text=rng.normal(size=(N_ITEMS, 8)).astype(np.float32),
+        colla=rng.normal(size=(N_ITEMS, 5)).astype(np.float32),
+        ssl=rng.normal(size=(N_ITEMS, 4)).astype(np.float32),
+    )
     for v in (views.text, views.colla, views.ssl):  # exact ties: items 1..3 embed like item 0
         v[1:4] = v[0]
     return inter, ds.items, ds.users, samples, views
@@ -83,7 +85,7 @@ def test_candidates_are_a_chronological_subset_holding_the_recent_and_the_most_s
         assert len(got) <= 2 * rcfg.k < len(full)
         it = iter(full)  # a subsequence of the full history: chronological order kept
         assert all(any(x == y for y in it) for x in got)
-        assert got[-rcfg.k:] == full[-rcfg.k:]
+        assert got[-rcfg.k :] == full[-rcfg.k :]
         sims = mixed[np.array(full)] @ mixed[target]
         assert set(np.array(full)[np.argsort(-sims)[: rcfg.k]]) <= set(got)
 
@@ -102,14 +104,15 @@ def chain(data):
     from ragrec.llm.registry import TINY_LLAMA
 
     inter, items, users, _, views = data
-    cfg = RunConfig(llm=LLMConfig(model=TINY_LLAMA, batch_size=4, max_prompt_tokens=512),
-                    retrieval=RetrievalConfig(k=5))
+    cfg = RunConfig(
+        llm=LLMConfig(model=TINY_LLAMA, batch_size=4, max_prompt_tokens=512), retrieval=RetrievalConfig(k=5)
+    )
     state = ServingState(cfg, UserHistories(inter, N_USERS), views, items, users, adapter_path=None)
     return ServingChain(state, HFEngine(cfg.llm), max_items=8)
 
 
 def test_chain_prompts_and_probabilities_equal_the_offline_chain(data, chain):
-    inter, items, users, samples, views = data
+    _inter, items, users, samples, views = data
     cfg = chain.state.cfg
     test = samples.filter(pc.equal(samples.column("split"), "test")).slice(0, 12)
     offline = with_context(test, views, cfg.retrieval)
@@ -166,11 +169,16 @@ def fusion_run(data, tmp_path_factory):
 
     inter, items, users, samples, views = data
     root = tmp_path_factory.mktemp("fusion_run")
-    cfg = RunConfig(data=DataConfig(name="synthetic", min_history=3), artifacts_dir=str(root / "artifacts"),
-                    output_dir=str(root / "runs"), name="fused", llm=LLMConfig(model=TINY_LLAMA, batch_size=4,
-                                                                                 max_prompt_tokens=512),
-                    retrieval=RetrievalConfig(k=5), lora={"enabled": False},
-                    eval={"fusion": True, "deepfm": {"epochs": 2, "embed_dim": 4, "hidden": [16], "batch_size": 256}})
+    cfg = RunConfig(
+        data=DataConfig(name="synthetic", min_history=3),
+        artifacts_dir=str(root / "artifacts"),
+        output_dir=str(root / "runs"),
+        name="fused",
+        llm=LLMConfig(model=TINY_LLAMA, batch_size=4, max_prompt_tokens=512),
+        retrieval=RetrievalConfig(k=5),
+        lora={"enabled": False},
+        eval={"fusion": True, "deepfm": {"epochs": 2, "embed_dim": 4, "hidden": [16], "batch_size": 256}},
+    )
     pipe = Pipeline(cfg)
 
     def tables(**t):
@@ -178,6 +186,7 @@ def fusion_run(data, tmp_path_factory):
             for name, table in t.items():
                 art.write_table(table, name)
             return {"rows": 0, "users": users.num_rows, "items": items.num_rows}
+
         return compute
 
     def arrays(**a):
@@ -185,11 +194,13 @@ def fusion_run(data, tmp_path_factory):
             for name, arr in a.items():
                 np.save(art.staging / f"{name}.npy", arr)
             return 0
+
         return compute
 
     a = pipe.arts
-    a["dataset"] = pipe.store.run("dataset", {"test": "fusion"}, [],
-                                  tables(interactions=inter, items=items, users=users))
+    a["dataset"] = pipe.store.run(
+        "dataset", {"test": "fusion"}, [], tables(interactions=inter, items=items, users=users)
+    )
     a["samples"] = pipe.store.run("samples", {"test": "fusion"}, [a["dataset"]], tables(samples=samples))
     a["text_features"] = pipe.store.run("text_features", {}, [a["dataset"]], arrays(title=views.title, text=views.text))
     a["lightgcn"] = pipe.store.run("lightgcn", {}, [a["dataset"]], arrays(item_emb=views.colla))
@@ -220,15 +231,16 @@ def test_served_fused_probability_equals_the_offline_fusion(data, fusion_run):
     from ragrec.methods import rallrec_evaluate
     from ragrec.serving import load_state
 
-    inter, items, users, samples, views = data
+    _inter, items, users, samples, views = data
     run_dir, pipe, baseline, engine = fusion_run
     state = load_state(run_dir)
     assert state.fusion is not None and state.fusion.model.features == ("llm", "crm", "item_user")
     chain = ServingChain(state, engine, max_items=8)
     cfg = state.cfg
     test = samples.filter(pc.equal(samples.column("split"), "test")).slice(0, 10)
-    probs = np.asarray(engine.score_yes_no(prompts_for(with_context(test, views, cfg.retrieval), items, users,
-                                                       cfg).to_pylist()))
+    probs = np.asarray(
+        engine.score_yes_no(prompts_for(with_context(test, views, cfg.retrieval), items, users, cfg).to_pylist())
+    )
     model = FusionModel.load(pipe.arts["fusion"].path / MODEL_FILE)
     want = model.predict(rallrec_evaluate.fusion_logits(pipe, test, probs, baseline))  # the evaluation's inputs
     got, got_probs = [], []

@@ -39,13 +39,21 @@ def test_as_of_window_equals_protocol_history_for_every_sample(max_history):
 
 def test_same_second_targets_get_different_histories_by_item_order():
     # user 0 rated items 5, 2, 9 in the same second t=100, after item 7 at t=50
-    inter = pa.table({"user_id": pa.array([0, 0, 0, 0], pa.int64()), "item_id": pa.array([5, 2, 9, 7], pa.int64()),
-                      "rating": pa.array([5, 4, 3, 2], pa.float32()), "timestamp": pa.array([100, 100, 100, 50], pa.int64())})
+    inter = pa.table(
+        {
+            "user_id": pa.array([0, 0, 0, 0], pa.int64()),
+            "item_id": pa.array([5, 2, 9, 7], pa.int64()),
+            "rating": pa.array([5, 4, 3, 2], pa.float32()),
+            "timestamp": pa.array([100, 100, 100, 50], pa.int64()),
+        }
+    )
     hist = UserHistories(inter, n_users=2)
     w = hist.window(0, np.array([2, 5, 9, 3, 1000]), as_of=100)
     lists = w.to_samples().column("history_item_ids").to_pylist()
     assert lists == [[7], [7, 2], [7, 2, 5], [7, 2], [7, 2, 5, 9]]
-    assert hist.window(0, np.array([5]), as_of=101).to_samples().column("history_item_ids").to_pylist() == [[7, 2, 5, 9]]
+    assert hist.window(0, np.array([5]), as_of=101).to_samples().column("history_item_ids").to_pylist() == [
+        [7, 2, 5, 9]
+    ]
     assert hist.window(0, np.array([5]), as_of=50).to_samples().column("history_item_ids").to_pylist() == [[]]
 
 
@@ -62,8 +70,14 @@ def test_default_window_is_the_whole_history_in_protocol_order():
 
 
 def test_user_without_ratings_has_empty_history_and_unknown_user_raises():
-    inter = pa.table({"user_id": pa.array([1], pa.int64()), "item_id": pa.array([3], pa.int64()),
-                      "rating": pa.array([4], pa.float32()), "timestamp": pa.array([10], pa.int64())})
+    inter = pa.table(
+        {
+            "user_id": pa.array([1], pa.int64()),
+            "item_id": pa.array([3], pa.int64()),
+            "rating": pa.array([4], pa.float32()),
+            "timestamp": pa.array([10], pa.int64()),
+        }
+    )
     hist = UserHistories(inter, n_users=3)
     assert hist.window(2, np.array([3])).to_samples().column("history_item_ids").to_pylist() == [[]]
     with pytest.raises(ValueError, match="unknown user_id 3"):

@@ -45,13 +45,17 @@ def toy_users(seed: int = 0):
     Group membership is invisible in the text, so only training can pull neighbours together.
     """
     rng = np.random.default_rng(seed)
-    vocab = [w for w in (Path(model_path("minilm-l6")) / "vocab.txt").read_text().split("\n")
-             if w.isalpha() and w.isascii() and len(w) >= 4]
+    vocab = [
+        w
+        for w in (Path(model_path("minilm-l6")) / "vocab.txt").read_text().split("\n")
+        if w.isalpha() and w.isascii() and len(w) >= 4
+    ]
     words = rng.choice(vocab, 300, replace=False)
     group = np.repeat(np.arange(GROUPS), PER_GROUP)
     docs = [" ".join(rng.choice(words, 6, replace=False)) for _ in range(U)]
-    nb = np.stack([rng.choice(np.flatnonzero((group == group[u]) & (np.arange(U) != u)), KC, replace=False)
-                   for u in range(U)])
+    nb = np.stack(
+        [rng.choice(np.flatnonzero((group == group[u]) & (np.arange(U) != u)), KC, replace=False) for u in range(U)]
+    )
     return docs, nb.astype(np.int64), group
 
 
@@ -108,7 +112,7 @@ def test_false_negative_mask():
 
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory):
-    docs, nb, group = toy_users()
+    docs, nb, _group = toy_users()
     out = tmp_path_factory.mktemp("car")
     res = train_car(docs, nb, CFG, use_ray=False, seed=3, out_dir=out)
     return res, out

@@ -89,7 +89,15 @@ def test_ray_path_matches_standalone(ray_session, standalone, tmp_path):
     res_local, _ = standalone
     tr_u, tr_i, te_u, te_i = community_graph()
     res = train_lightgcn(
-        tr_u, tr_i, U, I, CFG, eval_pairs=(te_u, te_i), use_ray=True, seed=3, out_dir=tmp_path / "out",
+        tr_u,
+        tr_i,
+        U,
+        I,
+        CFG,
+        eval_pairs=(te_u, te_i),
+        use_ray=True,
+        seed=3,
+        out_dir=tmp_path / "out",
         storage_path=str(tmp_path / "ray"),
     )
     assert res.item_emb.shape == (I, 16) and res.user_emb.shape == (U, 16)

@@ -13,8 +13,17 @@ import torch
 from ragrec.config import LoRAConfig
 from ragrec.llm.chat import add_special_tokens, format_prompt
 from ragrec.llm.registry import TINY_LLAMA, load_causal_lm, load_tokenizer
-from ragrec.training.lora import (IGNORE_INDEX, answer_loss, bucketed_batches, collate, encode_batch,
-                                  padding_fraction, resolve_precision, tokenize_examples, train_lora)
+from ragrec.training.lora import (
+    IGNORE_INDEX,
+    answer_loss,
+    bucketed_batches,
+    collate,
+    encode_batch,
+    padding_fraction,
+    resolve_precision,
+    tokenize_examples,
+    train_lora,
+)
 
 CFG = LoRAConfig(r=8, alpha=16, dropout=0.0, lr=1e-2, epochs=3, batch_size=4, grad_accum=2, max_tokens=128)
 PROMPTS = [
@@ -48,7 +57,7 @@ def test_labels_mask_exactly_the_prompt_tokens(tok):
         assert mask[b].tolist() == [0] * pad + [1] * n
         assert enc["position_ids"][b, pad:].tolist() == list(range(n))
         assert labels[b, : pad + len(p)].tolist() == [IGNORE_INDEX] * (pad + len(p))
-        assert labels[b, pad + len(p):].tolist() == a
+        assert labels[b, pad + len(p) :].tolist() == a
     assert ids.shape[1] == max(int(mask[b].sum()) for b in range(2))  # dynamic padding to the longest
 
 
@@ -58,7 +67,7 @@ def test_long_prompts_are_cut_from_the_left_keeping_header_and_question(tok):
     n = int(enc["attention_mask"][0].sum())
     assert n <= 64
     answer_at = int((enc["labels"][0] != IGNORE_INDEX).nonzero()[0])
-    kept = tok.decode(enc["input_ids"][0, enc["attention_mask"][0].argmax():answer_at])
+    kept = tok.decode(enc["input_ids"][0, enc["attention_mask"][0].argmax() : answer_at])
     header = format_prompt(tok, "X").split("X")[0]
     assert kept.startswith(header)  # chat template header survives
     assert "Will he like Up?" in kept and "Film number 299" in kept  # the end (newest) survives
@@ -70,8 +79,9 @@ def test_long_prompts_are_cut_from_the_left_keeping_header_and_question(tok):
 def _logits(model, tok, prompts):
     enc = encode_batch(tok, prompts, ["Yes."] * len(prompts), max_tokens=128)
     with torch.no_grad():
-        return model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                     position_ids=enc["position_ids"]).logits, enc
+        return model(
+            input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], position_ids=enc["position_ids"]
+        ).logits, enc
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +108,7 @@ def test_adapter_is_written_and_reloads_with_peft_and_changes_logits(trained, to
     assert conf["r"] == 8 and conf["lora_alpha"] == 16 and set(conf["target_modules"]) == {"q_proj", "v_proj"}
 
     base, _ = load_causal_lm(TINY_LLAMA, dtype="float32", device="cpu")
-    base_logits, enc = _logits(base, tok, PROMPTS)
+    base_logits, _enc = _logits(base, tok, PROMPTS)
     tuned = PeftModel.from_pretrained(load_causal_lm(TINY_LLAMA, dtype="float32", device="cpu")[0], trained.adapter_dir)
     tuned.eval()
     tuned_logits, _ = _logits(tuned, tok, PROMPTS)
@@ -120,8 +130,9 @@ def test_ray_path_reads_dataset_shard_and_writes_adapter(ray_session, tmp_path):
 
     ds = ray.data.from_items([{"prompt": p, "answer": a} for p, a in zip(PROMPTS * 2, ANSWERS * 2)])
     cfg = CFG.model_copy(update={"epochs": 1})
-    res = train_lora(ds, TINY_LLAMA, cfg, use_ray=True, seed=0, out_dir=tmp_path / "out",
-                     storage_path=str(tmp_path / "ray"))
+    res = train_lora(
+        ds, TINY_LLAMA, cfg, use_ray=True, seed=0, out_dir=tmp_path / "out", storage_path=str(tmp_path / "ray")
+    )
     assert len(res.history) == 2  # 8 rows / batch 4 on one worker
     assert (tmp_path / "out" / "adapter_model.safetensors").exists()
     assert all(np.isfinite(r["loss"]) for r in res.history)
@@ -134,8 +145,9 @@ def test_answer_loss_equals_the_full_logits_loss_and_first_token_loss_reads_the_
         full = model(**enc).loss  # transformers' loss over all positions' logits
         fast = answer_loss(model, enc)
         first = answer_loss(model, enc, first_token_only=True)
-        logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                       position_ids=enc["position_ids"]).logits
+        logits = model(
+            input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], position_ids=enc["position_ids"]
+        ).logits
     assert abs(float(full) - float(fast)) < 1e-4
     # first-token loss: the cross-entropy of the first answer token only, from the position before it
     rows = torch.arange(len(PROMPTS))
@@ -181,7 +193,13 @@ def test_bf16_training_follows_the_float32_loss_curve(tmp_path):
     table = pa.table({"prompt": PROMPTS * 4, "answer": ANSWERS * 4})
     curves = {}
     for prec in ("float32", "bfloat16"):
-        res = train_lora(table, TINY_LLAMA, CFG.model_copy(update={"precision": prec}), use_ray=False, seed=0,
-                         out_dir=tmp_path / prec)
+        res = train_lora(
+            table,
+            TINY_LLAMA,
+            CFG.model_copy(update={"precision": prec}),
+            use_ray=False,
+            seed=0,
+            out_dir=tmp_path / prec,
+        )
         curves[prec] = np.array([np.mean([r["loss"] for r in res.history if r["epoch"] == e]) for e in range(3)])
     assert np.all(np.abs(curves["bfloat16"] - curves["float32"]) < 0.02 * curves["float32"])

@@ -72,11 +72,12 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
 
 @pytest.mark.ray
 def test_ray_path_gives_same_embeddings(ray_session, trained, tmp_path):
-    res_local, _, text, colla = trained
+    _res_local, _, text, colla = trained
     cfg = CFG.model_copy(update={"epochs": 3})
     local = train_projector(text, colla, cfg, use_ray=False, seed=1, out_dir=tmp_path / "local")
-    res = train_projector(text, colla, cfg, use_ray=True, seed=1, out_dir=tmp_path / "ray",
-                          storage_path=str(tmp_path / "storage"))
+    res = train_projector(
+        text, colla, cfg, use_ray=True, seed=1, out_dir=tmp_path / "ray", storage_path=str(tmp_path / "storage")
+    )
     assert res.ssl_emb.shape == (N, D_COLLA)
     np.testing.assert_allclose(res.ssl_emb, local.ssl_emb, rtol=1e-4, atol=1e-5)
     assert [h["epoch"] for h in res.history] == [0, 1, 2]

@@ -35,8 +35,11 @@ def one_torch_thread():
 def toy_queries(seed: int = 0):
     """Prompts and candidate docs of random vocabulary words: which one is rank 0 must be learned."""
     rng = np.random.default_rng(seed)
-    vocab = [w for w in (Path(model_path("minilm-l6")) / "vocab.txt").read_text().split("\n")
-             if w.isalpha() and w.isascii() and len(w) >= 4]
+    vocab = [
+        w
+        for w in (Path(model_path("minilm-l6")) / "vocab.txt").read_text().split("\n")
+        if w.isalpha() and w.isascii() and len(w) >= 4
+    ]
     words = rng.choice(vocab, 300, replace=False)
     queries = ["the user liked " + " ".join(rng.choice(words, 4, replace=False)) for _ in range(P)]
     cands = [[" ".join(rng.choice(words, 4, replace=False)) for _ in range(K)] for _ in range(P)]
@@ -90,7 +93,7 @@ def test_tuning_puts_rank0_above_sampled_negatives(tuned):
     after = score_pairs(res.model_dir, queries, cands)
     assert rank0_wins(before) < 0.8  # measured 0.5-0.75 with random heads
     assert rank0_wins(after) >= 0.95  # measured 1.0
-    margin = lambda s: float((s[:, 0] - s[:, K1:].mean(axis=1)).mean())  # noqa: E731
+    margin = lambda s: float((s[:, 0] - s[:, K1:].mean(axis=1)).mean())
     assert margin(after) > margin(before) + 0.02  # in logits; x 1/τ = 50 inside the loss
     losses = [h["loss"] for h in res.history]
     assert losses[-1] < 0.6 * losses[0]
@@ -133,5 +136,6 @@ def test_ray_train_one_epoch_matches_standalone(ray_session, tmp_path):
     )
     assert res.model_dir == tmp_path / "ray" / "model" and (res.model_dir / "config.json").exists()
     assert len(res.history) == 1
-    np.testing.assert_allclose(score_pairs(res.model_dir, queries, cands), score_pairs(local.model_dir, queries, cands),
-                               atol=2e-4)
+    np.testing.assert_allclose(
+        score_pairs(res.model_dir, queries, cands), score_pairs(local.model_dir, queries, cands), atol=2e-4
+    )

@@ -128,16 +128,18 @@ def test_log_line_and_input_errors(tmp_path, caplog):
     with caplog.at_level("INFO", logger="ragrec.sasrec"):
         res = train_sasrec(u, i, t, U + EXTRA, I, cfg, use_ray=False, out_dir=tmp_path)
     line = f"NDCG@10={res.metrics['ndcg@10']:.4f} HR@10={res.metrics['hr@10']:.4f} over {U} users"
-    assert any(r.getMessage().startswith("SASRec leave-one-out (100 negatives): ") and line in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        r.getMessage().startswith("SASRec leave-one-out (100 negatives): ") and line in r.getMessage()
+        for r in caplog.records
+    )
     with pytest.raises(ValueError, match=r"sasrec train interactions: item_id\[1\]=100 is outside 0\.\.99"):
-        train_sasrec(np.array([0, 1]), np.array([0, 100]), np.array([1, 2]), 2, I, cfg, use_ray=False,
-                     out_dir=tmp_path)
+        train_sasrec(np.array([0, 1]), np.array([0, 100]), np.array([1, 2]), 2, I, cfg, use_ray=False, out_dir=tmp_path)
     with pytest.raises(ValueError, match="timestamps has shape"):
         train_sasrec(np.array([0, 1]), np.array([0, 1]), np.array([1]), 2, I, cfg, use_ray=False, out_dir=tmp_path)
     with pytest.raises(ValueError, match="no user has 3\\+ training interactions"):
-        train_sasrec(np.array([0, 0, 1]), np.array([0, 1, 2]), np.array([1, 2, 3]), 2, I, cfg, use_ray=False,
-                     out_dir=tmp_path)
+        train_sasrec(
+            np.array([0, 0, 1]), np.array([0, 1, 2]), np.array([1, 2, 3]), 2, I, cfg, use_ray=False, out_dir=tmp_path
+        )
 
 
 def test_neighbours_match_brute_force_and_exclude_self_and_invalid():
@@ -155,8 +157,10 @@ def test_neighbours_match_brute_force_and_exclude_self_and_invalid():
     np.testing.assert_array_equal(got, expect)
     assert not np.any(got == np.arange(40)[:, None])
     assert not np.isin(got, [3, 17, 29]).any()
-    np.testing.assert_array_equal(collaborative_neighbours(h, k), np.argsort(
-        -np.where(np.eye(40, dtype=bool), -np.inf, h @ h.T), axis=1, kind="stable")[:, :k])
+    np.testing.assert_array_equal(
+        collaborative_neighbours(h, k),
+        np.argsort(-np.where(np.eye(40, dtype=bool), -np.inf, h @ h.T), axis=1, kind="stable")[:, :k],
+    )
     with pytest.raises(ValueError, match="k=37 needs 1 <= k <= valid users - 1 = 36"):
         collaborative_neighbours(h, 37, valid=valid)
 
@@ -179,8 +183,9 @@ def test_neighbours_of_trained_users_share_recent_items(trained):
 def test_ray_path_writes_the_same_outputs_it_returns(ray_session, tmp_path):
     u, i, t, *_ = cycle_data()
     cfg = CFG.model_copy(update={"epochs": 2})
-    res = train_sasrec(u, i, t, U + EXTRA, I, cfg, use_ray=True, seed=1, out_dir=tmp_path / "out",
-                       storage_path=str(tmp_path / "ray"))
+    res = train_sasrec(
+        u, i, t, U + EXTRA, I, cfg, use_ray=True, seed=1, out_dir=tmp_path / "out", storage_path=str(tmp_path / "ray")
+    )
     out = tmp_path / "out"
     for name in ("user_emb.npy", "item_emb.npy", "history.json", "metrics.json"):
         assert (out / name).exists(), name

@@ -13,16 +13,28 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _rows():
     return [
-        TrialRow("a", {"retrieval.alpha": 0.5, "description.temperature": 0.8}, {"auc": 0.61, "logloss": 0.70, "acc": 0.55, "n": 24}),
-        TrialRow("b", {"retrieval.alpha": 0.8, "description.temperature": 0.8}, {"auc": 0.66, "logloss": 0.72, "acc": 0.60, "n": 24}),
+        TrialRow(
+            "a",
+            {"retrieval.alpha": 0.5, "description.temperature": 0.8},
+            {"auc": 0.61, "logloss": 0.70, "acc": 0.55, "n": 24},
+        ),
+        TrialRow(
+            "b",
+            {"retrieval.alpha": 0.8, "description.temperature": 0.8},
+            {"auc": 0.66, "logloss": 0.72, "acc": 0.60, "n": 24},
+        ),
         TrialRow("c", {"retrieval.alpha": 0.5, "description.temperature": 1.0}, {}, error="RuntimeError: boom"),
-        TrialRow("d", {"retrieval.alpha": 0.8, "description.temperature": 1.0}, {"auc": 0.66, "logloss": 0.65, "acc": 0.58, "n": 24}),
+        TrialRow(
+            "d",
+            {"retrieval.alpha": 0.8, "description.temperature": 1.0},
+            {"auc": 0.66, "logloss": 0.65, "acc": 0.58, "n": 24},
+        ),
     ]
 
 
 def test_best_row_by_mode_with_ties_to_the_first_and_failures_ignored():
     rows = _rows()
-    assert best_row(rows, "auc", "max").trial_id == "b"        # b and d tie: the earlier trial wins
+    assert best_row(rows, "auc", "max").trial_id == "b"  # b and d tie: the earlier trial wins
     assert best_row(rows, "logloss", "min").trial_id == "d"
     assert best_row(rows, "acc", "max").trial_id == "b"
     assert best_row([rows[2]], "auc", "max") is None

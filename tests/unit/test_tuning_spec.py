@@ -14,8 +14,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _write(tmp_path, doc: dict, base: dict | None = None) -> Path:
-    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base if base is not None else
-                                                       {"name": "b", "data": {"name": "synthetic"}}))
+    (tmp_path / "base.yaml").write_text(
+        yaml.safe_dump(base if base is not None else {"name": "b", "data": {"name": "synthetic"}})
+    )
     p = tmp_path / "sweep.yaml"
     p.write_text(yaml.safe_dump({"base": "base.yaml", "search_space": {"retrieval.k": {"grid": [3, 5]}}, **doc}))
     return p
@@ -24,11 +25,11 @@ def _write(tmp_path, doc: dict, base: dict | None = None) -> Path:
 def test_demo_sweep_loads_with_base_overrides_and_absolute_paths(tmp_path):
     spec = load_sweep(REPO / "configs" / "sweep_demo.yaml", cwd=tmp_path)
     cfg = spec.trial_config({})
-    assert cfg.llm.model == "tiny-random-llama"               # dotted override
+    assert cfg.llm.model == "tiny-random-llama"  # dotted override
     assert cfg.lightgcn.dim == 8 and cfg.lightgcn.epochs == 2  # nested section override, flattened
     assert cfg.data.synthetic.n_users == 40
-    assert cfg.description.max_items is None                   # untouched base value survives
-    assert cfg.artifacts_dir == str(tmp_path / "artifacts")    # relative -> absolute against the driver's cwd
+    assert cfg.description.max_items is None  # untouched base value survives
+    assert cfg.artifacts_dir == str(tmp_path / "artifacts")  # relative -> absolute against the driver's cwd
     assert spec.out_dir() == tmp_path / "runs" / "sweep_demo"
     assert spec.config.mode == "max" and spec.params == ["retrieval.alpha", "description.temperature"]
     trial = spec.trial_config({"retrieval.alpha": 0.8, "description.temperature": 1.0})
@@ -48,11 +49,15 @@ def test_ml100k_sweep_has_the_issue_space():
 
 
 def test_set_items_go_to_the_sweep_or_to_the_run_config(tmp_path):
-    assert split_overrides(["num_samples=2", "search_space.retrieval.k={grid: [7]}", "eval.max_valid_samples=9",
-                            "retrieval.alpha=0.5"]) == (
-        ["num_samples=2", "search_space.retrieval.k={grid: [7]}"], ["eval.max_valid_samples=9", "retrieval.alpha=0.5"])
-    spec = load_sweep(_write(tmp_path, {}), ["num_samples=3", "search_space.retrieval.k={grid: [7]}",
-                                             "eval.max_valid_samples=9"])
+    assert split_overrides(
+        ["num_samples=2", "search_space.retrieval.k={grid: [7]}", "eval.max_valid_samples=9", "retrieval.alpha=0.5"]
+    ) == (
+        ["num_samples=2", "search_space.retrieval.k={grid: [7]}"],
+        ["eval.max_valid_samples=9", "retrieval.alpha=0.5"],
+    )
+    spec = load_sweep(
+        _write(tmp_path, {}), ["num_samples=3", "search_space.retrieval.k={grid: [7]}", "eval.max_valid_samples=9"]
+    )
     assert spec.config.num_samples == 3 and spec.config.search_space["retrieval.k"].grid == [7]
     assert spec.trial_config({}).eval.max_valid_samples == 9
 
@@ -71,19 +76,22 @@ def test_tune_objects_per_kind():
     assert np.median(draws) == pytest.approx(1e-3, rel=0.15)  # log-uniform: median at the geometric mean
 
 
-@pytest.mark.parametrize("doc, needle", [
-    ({"search_space": {"retrieval.alpah": {"grid": [0.5]}}}, "retrieval.alpah"),
-    ({"search_space": {"retrieval.alpha": {"grid": [0.5, 1.5]}}}, "search_space.retrieval.alpha: value 1.5"),
-    ({"search_space": {"retrieval.k": {"grid": [3], "choice": [4]}}}, "exactly one of grid, choice"),
-    ({"search_space": {"retrieval.alpha": {"uniform": [0.9, 0.1]}}}, "low < high"),
-    ({"search_space": {"lora.lr": {"loguniform": [0, 0.1]}}}, "loguniform needs low > 0"),
-    ({"search_space": {}}, "search_space"),
-    ({"metric": "logloss", "mode": "max"}, "use mode: min"),
-    ({"metric": "rmse"}, "metric"),
-    ({"trials": 3}, "trials"),
-    ({"overrides": {"lora.rank": 4}}, "lora.rank"),
-    ({"base": "missing.yaml"}, "base: run config"),
-])
+@pytest.mark.parametrize(
+    "doc, needle",
+    [
+        ({"search_space": {"retrieval.alpah": {"grid": [0.5]}}}, "retrieval.alpah"),
+        ({"search_space": {"retrieval.alpha": {"grid": [0.5, 1.5]}}}, "search_space.retrieval.alpha: value 1.5"),
+        ({"search_space": {"retrieval.k": {"grid": [3], "choice": [4]}}}, "exactly one of grid, choice"),
+        ({"search_space": {"retrieval.alpha": {"uniform": [0.9, 0.1]}}}, "low < high"),
+        ({"search_space": {"lora.lr": {"loguniform": [0, 0.1]}}}, "loguniform needs low > 0"),
+        ({"search_space": {}}, "search_space"),
+        ({"metric": "logloss", "mode": "max"}, "use mode: min"),
+        ({"metric": "rmse"}, "metric"),
+        ({"trials": 3}, "trials"),
+        ({"overrides": {"lora.rank": 4}}, "lora.rank"),
+        ({"base": "missing.yaml"}, "base: run config"),
+    ],
+)
 def test_bad_sweep_files_name_the_field(tmp_path, doc, needle):
     with pytest.raises(ConfigError) as e:
         load_sweep(_write(tmp_path, doc))

@@ -11,5 +11,12 @@ from .fetch import fetch, verify
 from .protocols import build_samples, rallrec_samples, temporal_samples
 
 __all__ = [
-    "Dataset", "DataError", "build_samples", "fetch", "load_dataset", "rallrec_samples", "temporal_samples", "verify",
+    "DataError",
+    "Dataset",
+    "build_samples",
+    "fetch",
+    "load_dataset",
+    "rallrec_samples",
+    "temporal_samples",
+    "verify",
 ]

@@ -8,9 +8,9 @@ first offending row and translate its row index into a physical line number of t
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -54,12 +54,12 @@ class Delimited:
         length = stops - starts
         cr_only = (length == 1) & (arr[np.minimum(starts, max(len(arr) - 1, 0))] == ord("\r"))
         nonempty = np.flatnonzero((length > 0) & ~cr_only)
-        return int(nonempty[row]) + 1 if row < len(nonempty) else int(len(starts))
+        return int(nonempty[row]) + 1 if row < len(nonempty) else len(starts)
 
 
 def _line_of_text(buf: bytes, text: str) -> int | None:
     needle = text.encode("utf-8")
-    if buf.startswith(needle + b"\n") or buf.startswith(needle + b"\r") or buf == needle:
+    if buf.startswith((needle + b"\n", needle + b"\r")) or buf == needle:
         return 1
     pos = buf.find(b"\n" + needle + b"\n")
     if pos < 0:

@@ -42,7 +42,9 @@ class Dataset:
             ids = self.interactions.column(col)
             if len(ids) and (pc.min(ids).as_py() < 0 or pc.max(ids).as_py() >= n):
                 raise DataError(
-                    f"{col} outside 0..{n - 1}", file="interactions table", field=col,
+                    f"{col} outside 0..{n - 1}",
+                    file="interactions table",
+                    field=col,
                     fix="map raw ids to the dense ids of the items/users tables",
                 )
 
@@ -63,7 +65,9 @@ def _check_dense(table: pa.Table, col: str, name: str) -> None:
     ids = table.column(col).to_numpy()
     if not np.array_equal(ids, np.arange(len(ids))):
         raise DataError(
-            f"{col} is not 0..{len(ids) - 1} in row order", file=f"{name} table", field=col,
+            f"{col} is not 0..{len(ids) - 1} in row order",
+            file=f"{name} table",
+            field=col,
             fix=f"sort the {name} by dense id and number them 0..n-1",
         )
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import socket
 import tempfile
 import urllib.error
 import urllib.request
@@ -53,7 +52,9 @@ ARCHIVES: dict[str, Archive] = {
 
 def _archive(name: str) -> Archive:
     if name not in ARCHIVES:
-        raise DataError(f"no download known for dataset '{name}'", field="name", fix=f"use one of {', '.join(ARCHIVES)}")
+        raise DataError(
+            f"no download known for dataset '{name}'", field="name", fix=f"use one of {', '.join(ARCHIVES)}"
+        )
     return ARCHIVES[name]
 
 
@@ -100,7 +101,8 @@ def _offline_error(name: str, url: str, dest_dir: Path, reason: object) -> DataE
         f"cannot download {url}: the machine appears to be offline ({reason})",
         file=name,
         fix=(
-            f"on a machine with internet download {BASE_URL}{name}.zip (md5 {_archive(name).zip_md5}), unzip it so that "
+            f"on a machine with internet download {BASE_URL}{name}.zip (md5 {_archive(name).zip_md5}), "
+            f"unzip it so that "
             f"{dest_dir / name / _archive(name).required[0]} exists, then set RAGREC_DATA_DIR={dest_dir}"
         ),
     )
@@ -117,7 +119,7 @@ def _download(url: str, dest: Path, name: str, dest_dir: Path, timeout: float) -
             file=name,
             fix="check the URL (base_url) or download the archive by hand",
         ) from None
-    except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, OSError) as e:
+    except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise _offline_error(name, url, dest_dir, reason) from None
 
@@ -174,7 +176,8 @@ def fetch(
         got = md5sum(zip_path)
         if got != spec.zip_md5:
             raise DataError(
-                f"md5 of the downloaded archive is {got}, expected {spec.zip_md5}; the download is corrupt or not the official file",
+                f"md5 of the downloaded archive is {got}, expected {spec.zip_md5}; "
+                "the download is corrupt or not the official file",
                 file=url,
                 fix=f"retry `ragrec data fetch {name}`, or download {BASE_URL}{name}.zip by hand and check its md5",
             )

@@ -41,7 +41,8 @@ class _File:
             raise DataError(
                 f"{self.role} file not found",
                 file=self.path,
-                fix=f"set data.{self.role}_file to an existing .parquet or .csv file (relative paths resolve against data.path)",
+                fix=f"set data.{self.role}_file to an existing .parquet or .csv file "
+                "(relative paths resolve against data.path)",
             )
         suffix = self.path.suffix.lower()
         try:
@@ -95,7 +96,12 @@ class _File:
 
     def numeric(self, col: pa.Array, typ: pa.DataType, field: str) -> pa.Array:
         return cast_numeric(
-            col, typ, file=self.path, field=field, line_of=self.line_of, line_word=self.line_word,
+            col,
+            typ,
+            file=self.path,
+            field=field,
+            line_of=self.line_of,
+            line_word=self.line_word,
             fix=f"make every value of column '{field}' numeric",
         )
 
@@ -132,11 +138,15 @@ def _timestamps(f: _File, col: pa.Array, field: str) -> pa.Array:
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             import pandas as pd
 
-            bad = pd.to_datetime(pd.Series(col.to_numpy(zero_copy_only=False)), errors="coerce", format="ISO8601").isna()
+            bad = pd.to_datetime(
+                pd.Series(col.to_numpy(zero_copy_only=False)), errors="coerce", format="ISO8601"
+            ).isna()
             row = int(np.flatnonzero(bad.to_numpy())[0]) if bad.any() else None
             shown = f" {col[row].as_py()!r}" if row is not None else ""
             raise f.error(
-                f"{field}{shown} is neither seconds since the epoch nor an ISO date/time", row, field,
+                f"{field}{shown} is neither seconds since the epoch nor an ISO date/time",
+                row,
+                field,
                 f"write column '{field}' as integer seconds or ISO 8601 (2020-01-31T12:00:00)",
             ) from None
     return f.numeric(col, pa.int64(), field)
@@ -175,7 +185,9 @@ def _items(f: _File, cfg: DataConfig) -> tuple[pa.Table, pa.Array]:
     raw = f.ids(c.item_id, "item_id")
     dup = first_duplicate(raw)
     if dup is not None:
-        raise f.error(f"item id {raw[dup].as_py()!r} appears twice", dup, c.item_id, "give each item one row in the items file")
+        raise f.error(
+            f"item id {raw[dup].as_py()!r} appears twice", dup, c.item_id, "give each item one row in the items file"
+        )
     order = pc.sort_indices(raw)
     t = f.table.take(order)
     raw = raw.take(order)
@@ -205,7 +217,9 @@ def _users(f: _File, cfg: DataConfig) -> tuple[pa.Table, pa.Array]:
     raw = f.ids(key, "user_id")
     dup = first_duplicate(raw)
     if dup is not None:
-        raise f.error(f"user id {raw[dup].as_py()!r} appears twice", dup, key, "give each user one row in the users file")
+        raise f.error(
+            f"user id {raw[dup].as_py()!r} appears twice", dup, key, "give each user one row in the users file"
+        )
     order = pc.sort_indices(raw)
     t = f.table.take(order)
     cols = {"user_id": pa.array(np.arange(len(raw), dtype=np.int64)), "raw_user_id": raw.take(order)}
@@ -234,7 +248,9 @@ def _labels(f: _File, cfg: DataConfig, rating: pa.Array | None) -> pa.Array:
         assert rating is not None
         if rating.null_count:
             row = int(np.flatnonzero(rating.is_null().to_numpy(zero_copy_only=False))[0])
-            raise f.error(f"{c.rating} is empty", row, c.rating, "give every interaction a rating, or declare data.columns.label")
+            raise f.error(
+                f"{c.rating} is empty", row, c.rating, "give every interaction a rating, or declare data.columns.label"
+            )
         return pc.cast(pc.greater(rating, pa.scalar(cfg.label_threshold, pa.float32())), pa.int8())
     col = f.column(c.label, "label")
     if pa.types.is_boolean(col.type):
@@ -243,7 +259,9 @@ def _labels(f: _File, cfg: DataConfig, rating: pa.Array | None) -> pa.Array:
     ok = pc.fill_null(pc.is_in(col, value_set=pa.array([0.0, 1.0])), False).to_numpy(zero_copy_only=False)
     if not ok.all():
         row = int(np.flatnonzero(~ok)[0])
-        raise f.error(f"{c.label} {col[row].as_py()!r} is not 0 or 1", row, c.label, "labels must be 0/1 (or true/false)")
+        raise f.error(
+            f"{c.label} {col[row].as_py()!r} is not 0 or 1", row, c.label, "labels must be 0/1 (or true/false)"
+        )
     return pc.cast(col, pa.int8())
 
 
@@ -303,7 +321,11 @@ def load_generic(cfg: DataConfig) -> Dataset:
             fix="set data.interactions_file and data.items_file (.parquet or .csv)",
         )
     if c.rating is None and c.label is None:
-        raise DataError("neither a rating nor a label column is declared", field="data.columns", fix="set data.columns.rating or data.columns.label")
+        raise DataError(
+            "neither a rating nor a label column is declared",
+            field="data.columns",
+            fix="set data.columns.rating or data.columns.label",
+        )
     inter_f = _File(_resolve(cfg, cfg.interactions_file), "interactions")
     items_f = _File(_resolve(cfg, cfg.items_file), "items")
     items, item_raw = _items(items_f, cfg)
@@ -327,13 +349,15 @@ def load_generic(cfg: DataConfig) -> Dataset:
         raise inter_f.error(f"{c.timestamp} is empty", row, c.timestamp, "give every interaction a timestamp")
     rating = None
     if c.rating is not None:
-        rating = inter_f.numeric(inter_f.column(c.rating, "rating", optional=c.label is not None), pa.float32(), c.rating)
+        rating = inter_f.numeric(
+            inter_f.column(c.rating, "rating", optional=c.label is not None), pa.float32(), c.rating
+        )
     label = _labels(inter_f, cfg, rating)
     if rating is None:
         rating = pa.nulls(len(label), pa.float32())
-    inter = pa.Table.from_arrays(
-        [pa.array(user_dense), pa.array(item_dense), rating, ts, label], schema=INTERACTIONS
-    )
+    inter = pa.Table.from_arrays([pa.array(user_dense), pa.array(item_dense), rating, ts, label], schema=INTERACTIONS)
     if c.split is not None:
         inter = inter.append_column(pa.field("split", pa.string()), _split(inter_f, cfg))
-    return Dataset(name="generic", interactions=with_label_source(inter, given=c.label is not None), items=items, users=users)
+    return Dataset(
+        name="generic", interactions=with_label_source(inter, given=c.label is not None), items=items, users=users
+    )

@@ -70,7 +70,9 @@ def _missing_fix(name: str) -> str:
 
 
 def _malformed_fix(name: str, fname: str) -> str:
-    return f"{fname} must be the original file of the GroupLens {name} archive; re-fetch with `ragrec data fetch {name}`"
+    return (
+        f"{fname} must be the original file of the GroupLens {name} archive; re-fetch with `ragrec data fetch {name}`"
+    )
 
 
 def _check_folder(path: Path, dataset: str, required: tuple[str, ...]) -> None:
@@ -94,7 +96,9 @@ def _read(path: Path, dataset: str, fname: str, sep: str, names: list[str], desc
 
 
 def _num(data: Delimited, name: str, typ: pa.DataType, dataset: str) -> pa.Array:
-    return numeric_column(data, name, typ, fix=f"correct or remove that line ({_malformed_fix(dataset, data.path.name)})")
+    return numeric_column(
+        data, name, typ, fix=f"correct or remove that line ({_malformed_fix(dataset, data.path.name)})"
+    )
 
 
 def _raw_ids(data: Delimited, col: str, dataset: str) -> pa.Array:
@@ -113,7 +117,13 @@ def _raw_ids(data: Delimited, col: str, dataset: str) -> pa.Array:
 
 
 def _interactions(
-    ratings: Delimited, user_raw: pa.Array, item_raw: pa.Array, label_threshold: float, dataset: str, users_file: str, items_file: str
+    ratings: Delimited,
+    user_raw: pa.Array,
+    item_raw: pa.Array,
+    label_threshold: float,
+    dataset: str,
+    users_file: str,
+    items_file: str,
 ) -> pa.Table:
     """Canonical interactions from a ratings file with columns user, item, rating, timestamp."""
     u = dense_index(_num(ratings, "user", pa.int64(), dataset), user_raw)
@@ -166,19 +176,25 @@ def load_ml100k(path: str | Path, label_threshold: float = 3.0) -> Dataset:
 
     flag_names = [f"g{k}" for k in range(ML100K_GENRE_FLAGS)]
     item_file = _read(
-        path, ds, "u.item", "|", ["item", "title", "release_date", "video_release_date", "imdb_url", *flag_names],
+        path,
+        ds,
+        "u.item",
+        "|",
+        ["item", "title", "release_date", "video_release_date", "imdb_url", *flag_names],
         "movie id|title|release date|video release date|IMDb URL|19 genre flags",
     )
     item_raw_file = _raw_ids(item_file, "item", ds)
     item_raw, order = _entity_order(item_raw_file)
     it = item_file.table.take(order)
     flags = np.stack([_num(item_file, f, pa.int8(), ds).take(order).to_numpy() for f in flag_names], axis=1)
-    rows, cols = np.nonzero(flags)  # row-major: grouped by item, genres in u.genre order
+    _rows, cols = np.nonzero(flags)  # row-major: grouped by item, genres in u.genre order
     offsets = np.concatenate([[0], np.cumsum(np.count_nonzero(flags, axis=1))]).astype(np.int32)
     genres = pa.ListArray.from_arrays(pa.array(offsets), pa.array(genre_names[cols].astype(str), pa.string()))
     title = pc.utf8_trim_whitespace(it.column("title"))
     year = year_from_title(title)
-    release_year = pc.cast(pc.struct_field(pc.extract_regex(it.column("release_date"), r"(?P<y>\d{4})$"), "y"), pa.int32())
+    release_year = pc.cast(
+        pc.struct_field(pc.extract_regex(it.column("release_date"), r"(?P<y>\d{4})$"), "y"), pa.int32()
+    )
     items = pa.table(
         {
             "item_id": pa.array(np.arange(len(item_raw), dtype=np.int64)),
@@ -191,7 +207,14 @@ def load_ml100k(path: str | Path, label_threshold: float = 3.0) -> Dataset:
         }
     )
 
-    user_file = _read(path, ds, "u.user", "|", ["user", "age", "gender", "occupation", "zip"], "user id|age|gender|occupation|zip code")
+    user_file = _read(
+        path,
+        ds,
+        "u.user",
+        "|",
+        ["user", "age", "gender", "occupation", "zip"],
+        "user id|age|gender|occupation|zip code",
+    )
     user_raw, uorder = _entity_order(_raw_ids(user_file, "user", ds))
     ut = user_file.table.take(uorder)
     users = pa.table(
@@ -205,7 +228,9 @@ def load_ml100k(path: str | Path, label_threshold: float = 3.0) -> Dataset:
         }
     )
 
-    ratings = _read(path, ds, "u.data", "\t", ["user", "item", "rating", "timestamp"], "user id, item id, rating, timestamp")
+    ratings = _read(
+        path, ds, "u.data", "\t", ["user", "item", "rating", "timestamp"], "user id, item id, rating, timestamp"
+    )
     inter = _interactions(ratings, user_raw, item_raw, label_threshold, ds, "u.user", "u.item")
     return Dataset(name=ds, interactions=inter, items=items, users=users)
 
@@ -235,7 +260,14 @@ def load_ml1m(path: str | Path, label_threshold: float = 3.0) -> Dataset:
         }
     )
 
-    user_file = _read(path, ds, "users.dat", "::", ["user", "gender", "age", "occupation", "zip"], "UserID::Gender::Age::Occupation::Zip-code")
+    user_file = _read(
+        path,
+        ds,
+        "users.dat",
+        "::",
+        ["user", "gender", "age", "occupation", "zip"],
+        "UserID::Gender::Age::Occupation::Zip-code",
+    )
     user_raw, uorder = _entity_order(_raw_ids(user_file, "user", ds))
     ut = user_file.table.take(uorder)
     age = _num(user_file, "age", pa.int32(), ds).take(uorder)
@@ -268,6 +300,8 @@ def load_ml1m(path: str | Path, label_threshold: float = 3.0) -> Dataset:
         }
     )
 
-    ratings = _read(path, ds, "ratings.dat", "::", ["user", "item", "rating", "timestamp"], "UserID::MovieID::Rating::Timestamp")
+    ratings = _read(
+        path, ds, "ratings.dat", "::", ["user", "item", "rating", "timestamp"], "UserID::MovieID::Rating::Timestamp"
+    )
     inter = _interactions(ratings, user_raw, item_raw, label_threshold, ds, "users.dat", "movies.dat")
     return Dataset(name=ds, interactions=inter, items=items, users=users)

@@ -157,9 +157,18 @@ def _split_strings(codes: np.ndarray) -> pa.Array:
     return pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int8)), pa.array(SPLITS)).cast(pa.string())
 
 
-def _samples_table(rows: np.ndarray, user: np.ndarray, item: np.ndarray, label: np.ndarray, rating: pa.Array,
-                   ts: np.ndarray, history: list[pa.Array], split_codes: np.ndarray, schema: pa.Schema,
-                   extra: list[pa.Array] = ()) -> pa.Table:
+def _samples_table(
+    rows: np.ndarray,
+    user: np.ndarray,
+    item: np.ndarray,
+    label: np.ndarray,
+    rating: pa.Array,
+    ts: np.ndarray,
+    history: list[pa.Array],
+    split_codes: np.ndarray,
+    schema: pa.Schema,
+    extra: list[pa.Array] = (),
+) -> pa.Table:
     """The samples table of both protocols: ``rows`` (time order) are the sampled interactions."""
     return pa.Table.from_arrays(
         [
@@ -225,8 +234,9 @@ def rallrec_samples(interactions: pa.Table, cfg: DataConfig) -> pa.Table:
                 fix="lower data.min_history, change data.split, or use more data",
             )
 
-    return _samples_table(tl.order[keep], user, item, label, rating, ts, [hist_items, hist_ratings],
-                          split_codes, SAMPLES)
+    return _samples_table(
+        tl.order[keep], user, item, label, rating, ts, [hist_items, hist_ratings], split_codes, SAMPLES
+    )
 
 
 # ---- temporal ---------------------------------------------------------------------------------
@@ -250,7 +260,8 @@ def _iso_range(first: int, stop: int, unit: str) -> str:
 
 
 def _data_span(ts: np.ndarray) -> str:
-    return f"{ts.min().astype('datetime64[s]').astype('datetime64[D]')}..{ts.max().astype('datetime64[s]').astype('datetime64[D]')}"
+    days = ts.astype("datetime64[s]").astype("datetime64[D]")
+    return f"{days.min()}..{days.max()}"
 
 
 def _window_codes(ts: np.ndarray, cfg: DataConfig) -> tuple[np.ndarray, list[tuple[int, int]]]:
@@ -288,7 +299,9 @@ def _own_split_codes(interactions: pa.Table) -> np.ndarray:
     if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
         col = pc.cast(col, pa.string())
     idx = pc.index_in(col, value_set=pa.array(SPLITS, col.type))
-    bad = np.flatnonzero((pc.is_null(idx).to_numpy(zero_copy_only=False)) & col.is_valid().to_numpy(zero_copy_only=False))
+    bad = np.flatnonzero(
+        (pc.is_null(idx).to_numpy(zero_copy_only=False)) & col.is_valid().to_numpy(zero_copy_only=False)
+    )
     if len(bad):
         row = int(bad[0])
         raise DataError(
@@ -335,8 +348,9 @@ def temporal_samples(interactions: pa.Table, cfg: DataConfig) -> pa.Table:
     validate(interactions, INTERACTIONS, "interactions")
     _check_history_bounds(cfg)
     if interactions.num_rows == 0:
-        raise DataError("the interactions table is empty", file="interactions table",
-                        fix="load a dataset with interactions")
+        raise DataError(
+            "the interactions table is empty", file="interactions table", fix="load a dataset with interactions"
+        )
     user = interactions.column("user_id").to_numpy()
     item = interactions.column("item_id").to_numpy()
     ts = interactions.column("timestamp").to_numpy()
@@ -378,7 +392,7 @@ def temporal_samples(interactions: pa.Table, cfg: DataConfig) -> pa.Table:
             f"{_iso_range(bounds[0][0], bounds[2][1], t.unit)}",
             field="data.temporal.windows",
             fix=f"choose data.temporal.windows (train, valid, test in {t.unit}s) so that every window covers "
-                f"dates with data inside {span}, lower data.min_history, or change data.temporal.unit",
+            f"dates with data inside {span}, lower data.min_history, or change data.temporal.unit",
         )
 
     offsets32, flat = _flat_history(tl, keep, cfg.max_history)
@@ -386,8 +400,18 @@ def temporal_samples(interactions: pa.Table, cfg: DataConfig) -> pa.Table:
     hist_ratings = pa.ListArray.from_arrays(offsets32, _take(_take(rating, tl.row_of_grouped), flat))
     hist_labels = pa.ListArray.from_arrays(offsets32, pa.array(label[tl.row_of_grouped][flat], pa.int8()))
 
-    return _samples_table(tl.order[keep], user, item, label, rating, ts, [hist_items, hist_ratings],
-                          split_codes, TEMPORAL_SAMPLES, [hist_labels])
+    return _samples_table(
+        tl.order[keep],
+        user,
+        item,
+        label,
+        rating,
+        ts,
+        [hist_items, hist_ratings],
+        split_codes,
+        TEMPORAL_SAMPLES,
+        [hist_labels],
+    )
 
 
 def build_samples(interactions: pa.Table, cfg) -> pa.Table:

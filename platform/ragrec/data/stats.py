@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["item_stats_before", "history_stats"]
+__all__ = ["history_stats", "item_stats_before"]
 
 _TS_BITS = 34  # timestamps up to 2**34 s (year 2514) share an int64 key with item ids up to 2**29
 
@@ -27,8 +27,9 @@ def _values(interactions: pa.Table) -> tuple[np.ndarray, str]:
     return interactions.column("label").to_numpy().astype(np.float64), "label"
 
 
-def item_stats_before(interactions: pa.Table, item_ids: np.ndarray, timestamps: np.ndarray
-                      ) -> tuple[np.ndarray, np.ndarray, str]:
+def item_stats_before(
+    interactions: pa.Table, item_ids: np.ndarray, timestamps: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, str]:
     """``(mean, count, kind)`` over each queried item's interactions strictly before the queried timestamp.
 
     ``mean`` is NaN where ``count`` is 0; ``kind`` is ``"rating"`` (mean stars) or ``"label"`` (share liked).

@@ -24,8 +24,23 @@ from .dataset import Dataset
 from .schemas import INTERACTIONS, with_label_source
 
 GENRES: tuple[str, ...] = (
-    "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
-    "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
     "Western",
 )
 GENRE_NOUNS: tuple[tuple[str, ...], ...] = (
@@ -49,15 +64,54 @@ GENRE_NOUNS: tuple[tuple[str, ...], ...] = (
     ("Outlaw", "Saloon", "Canyon", "Sheriff", "Stagecoach", "Ranch"),
 )
 _ADJECTIVES: tuple[str, ...] = (
-    "Silent", "Last", "Golden", "Broken", "Hidden", "Midnight", "Crimson", "Lonely", "Wild", "Lost",
-    "Final", "Secret", "Frozen", "Burning", "Distant", "Electric", "Forgotten", "Savage", "Gentle",
-    "Dark", "Eternal", "Velvet", "Iron", "Restless",
+    "Silent",
+    "Last",
+    "Golden",
+    "Broken",
+    "Hidden",
+    "Midnight",
+    "Crimson",
+    "Lonely",
+    "Wild",
+    "Lost",
+    "Final",
+    "Secret",
+    "Frozen",
+    "Burning",
+    "Distant",
+    "Electric",
+    "Forgotten",
+    "Savage",
+    "Gentle",
+    "Dark",
+    "Eternal",
+    "Velvet",
+    "Iron",
+    "Restless",
 )
 _PATTERNS: tuple[str, ...] = ("The {a} {n}", "{a} {n}", "Return of the {a} {n}", "The {n}")  # see _titles
 OCCUPATIONS: tuple[str, ...] = (
-    "administrator", "artist", "doctor", "educator", "engineer", "entertainment", "executive",
-    "healthcare", "homemaker", "lawyer", "librarian", "marketing", "none", "other", "programmer",
-    "retired", "salesman", "scientist", "student", "technician", "writer",
+    "administrator",
+    "artist",
+    "doctor",
+    "educator",
+    "engineer",
+    "entertainment",
+    "executive",
+    "healthcare",
+    "homemaker",
+    "lawyer",
+    "librarian",
+    "marketing",
+    "none",
+    "other",
+    "programmer",
+    "retired",
+    "salesman",
+    "scientist",
+    "student",
+    "technician",
+    "writer",
 )
 # MovieLens-100K star proportions (1..5), used as quantile cut points of the latent score
 _STAR_SHARES = np.array([0.06, 0.11, 0.27, 0.34, 0.22])
@@ -129,7 +183,7 @@ def make_synthetic(cfg: SyntheticConfig, label_threshold: float = 3.0) -> Datase
     year = np.clip(2020 - np.floor(rng.exponential(14.0, n_i)), 1920, 2020).astype(np.int32)
     titles = _titles(rng, primary, year)
     names = np.array(_genre_names(n_g), dtype=object)
-    rows, cols = np.nonzero(member)
+    _rows, cols = np.nonzero(member)
     offsets = np.concatenate([[0], np.cumsum(member.sum(axis=1))]).astype(np.int32)
     items = pa.table(
         {

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -20,11 +21,11 @@ class Encoder(Protocol):
 
 def load_encoder(
     name_or_none: str | None,
-    llm_cfg: "LLMConfig",
+    llm_cfg: LLMConfig,
     *,
     pooling: str = "mean",
     max_tokens: int = 256,
-    engine: "Engine | None" = None,
+    engine: Engine | None = None,
 ) -> Encoder:
     """``embedding.model`` -> an encoder. ``None``: the LLM (``llm_cfg``, or the given ``engine``),
     mean-pooled final hidden state; a name / folder: a :class:`SentenceEncoder` (L2-normalised)."""

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -10,7 +11,7 @@ if TYPE_CHECKING:
     from ..llm.engine import Engine
 
 
-def llm_embed(engine: "Engine", texts: Sequence[str], *, pooling: str = "mean", max_tokens: int = 256) -> np.ndarray:
+def llm_embed(engine: Engine, texts: Sequence[str], *, pooling: str = "mean", max_tokens: int = 256) -> np.ndarray:
     """float32 ``(n, hidden)`` pooled hidden states (not normalised: PCA / the caller decides)."""
     return np.asarray(engine.embed(list(texts), pooling=pooling, max_tokens=max_tokens), dtype=np.float32)
 
@@ -18,7 +19,7 @@ def llm_embed(engine: "Engine", texts: Sequence[str], *, pooling: str = "mean", 
 class LLMEncoder:
     """``.encode(texts)`` over an engine's :meth:`embed` (the ``embedding.model = None`` encoder)."""
 
-    def __init__(self, engine: "Engine", pooling: str = "mean", max_tokens: int = 256) -> None:
+    def __init__(self, engine: Engine, pooling: str = "mean", max_tokens: int = 256) -> None:
         self.engine = engine
         self.pooling = pooling
         self.max_tokens = max_tokens

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["smoothed_rate", "item_rate", "item_user_logit", "trivial_baselines", "ItemUserBaseline"]
+__all__ = ["ItemUserBaseline", "item_rate", "item_user_logit", "smoothed_rate", "trivial_baselines"]
 
 _EPS = 1e-6
 

@@ -26,18 +26,29 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:
     from ..artifacts import Artifact, ArtifactStore
 
-__all__ = ["EPS", "DEFAULT_C", "FEATURES", "FusionModel", "FusionResult", "fit_fusion", "fuse", "logit",
-           "fusion_artifact", "comparison_rows", "MODEL_FILE"]
+__all__ = [
+    "DEFAULT_C",
+    "EPS",
+    "FEATURES",
+    "MODEL_FILE",
+    "FusionModel",
+    "FusionResult",
+    "comparison_rows",
+    "fit_fusion",
+    "fuse",
+    "fusion_artifact",
+    "logit",
+]
 
 EPS = 1e-6
 """Probabilities are clipped to [EPS, 1 - EPS] before the logit."""
@@ -132,19 +143,34 @@ class FusionModel:
 
     # ---- JSON ------------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return {"format": FORMAT, "features": list(self.features), "coef": self.coef.tolist(),
-                "intercept": self.intercept, "mean": self.mean.tolist(), "scale": self.scale.tolist(),
-                "C": float(self.C), "n_fit": int(self.n_fit), "standardized": True,
-                "raw_coef": self.raw_coef.tolist(), "raw_intercept": self.raw_intercept}
+        return {
+            "format": FORMAT,
+            "features": list(self.features),
+            "coef": self.coef.tolist(),
+            "intercept": self.intercept,
+            "mean": self.mean.tolist(),
+            "scale": self.scale.tolist(),
+            "C": float(self.C),
+            "n_fit": int(self.n_fit),
+            "standardized": True,
+            "raw_coef": self.raw_coef.tolist(),
+            "raw_intercept": self.raw_intercept,
+        }
 
     @classmethod
-    def from_dict(cls, d: Mapping) -> "FusionModel":
+    def from_dict(cls, d: Mapping) -> FusionModel:
         if d.get("format", FORMAT) != FORMAT:
             raise ValueError(f"fusion model: unknown format {d.get('format')!r} (expected {FORMAT!r})")
         try:
-            return cls(tuple(d["features"]), np.asarray(d["coef"], dtype=np.float64), float(d["intercept"]),
-                       np.asarray(d["mean"], dtype=np.float64), np.asarray(d["scale"], dtype=np.float64),
-                       float(d.get("C", DEFAULT_C)), int(d.get("n_fit", 0)))
+            return cls(
+                tuple(d["features"]),
+                np.asarray(d["coef"], dtype=np.float64),
+                float(d["intercept"]),
+                np.asarray(d["mean"], dtype=np.float64),
+                np.asarray(d["scale"], dtype=np.float64),
+                float(d.get("C", DEFAULT_C)),
+                int(d.get("n_fit", 0)),
+            )
         except KeyError as e:
             raise ValueError(f"fusion model: JSON lacks {e.args[0]!r}") from None
 
@@ -154,19 +180,22 @@ class FusionModel:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "FusionModel":
+    def load(cls, path: str | Path) -> FusionModel:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
     def describe(self, names: Mapping[str, str] | None = None) -> str:
         """One line: the standardised coefficients by input name (``names`` relabels them)."""
         names = names or {}
         terms = ", ".join(f"{names.get(f, f)} {c:+.3f}" for f, c in zip(self.features, self.coef))
-        return (f"logistic regression on {self.n_fit} validation samples, standardised logits (C={self.C:g}): "
-                f"{terms}, intercept {self.intercept:+.3f}")
+        return (
+            f"logistic regression on {self.n_fit} validation samples, standardised logits (C={self.C:g}): "
+            f"{terms}, intercept {self.intercept:+.3f}"
+        )
 
 
-def fit_fusion(logits: Mapping[str, Any], labels, *, C: float = DEFAULT_C,
-               features: Iterable[str] | None = None) -> FusionModel:
+def fit_fusion(
+    logits: Mapping[str, Any], labels, *, C: float = DEFAULT_C, features: Iterable[str] | None = None
+) -> FusionModel:
     """Fit the fusion on validation ``logits`` (name -> (n,) array) and 0/1 ``labels`` (n,).
 
     ``features`` picks and orders the inputs (default: every key of ``logits`` in its order).
@@ -187,8 +216,10 @@ def fit_fusion(logits: Mapping[str, Any], labels, *, C: float = DEFAULT_C,
     if not np.isin(y, (0, 1)).all():
         raise ValueError(f"fusion: labels must be 0/1, got values {np.unique(y)[:5].tolist()}")
     if y.min() == y.max():
-        raise ValueError(f"fusion: all {len(y)} validation labels are {int(y[0])}; the fit needs both classes "
-                         f"(raise eval.max_valid_samples or use eval.subset=random)")
+        raise ValueError(
+            f"fusion: all {len(y)} validation labels are {int(y[0])}; the fit needs both classes "
+            f"(raise eval.max_valid_samples or use eval.subset=random)"
+        )
     if C <= 0:
         raise ValueError(f"fusion: C must be > 0, got {C}")
     mean = x.mean(axis=0)
@@ -206,8 +237,15 @@ def _digest(arrays: Iterable[np.ndarray]) -> str:
     return h.hexdigest()[:16]
 
 
-def fusion_artifact(store: "ArtifactStore", logits: Mapping[str, Any], labels, inputs: list["Artifact"], *,
-                    C: float = DEFAULT_C, name: str = "fusion") -> "Artifact":
+def fusion_artifact(
+    store: ArtifactStore,
+    logits: Mapping[str, Any],
+    labels,
+    inputs: list[Artifact],
+    *,
+    C: float = DEFAULT_C,
+    name: str = "fusion",
+) -> Artifact:
     """The fusion model fitted on ``logits`` / ``labels`` as a cached artifact holding :data:`MODEL_FILE`.
 
     Keyed by the input artifacts, the feature names, ``C`` and a digest of the values (so a changed
@@ -215,13 +253,12 @@ def fusion_artifact(store: "ArtifactStore", logits: Mapping[str, Any], labels, i
     """
     feats = list(logits)
     y = np.asarray(labels).ravel()
-    spec = {"features": feats, "C": C, "n": int(len(y)),
-            "data": _digest([np.asarray(logits[f]) for f in feats] + [y])}
+    spec = {"features": feats, "C": C, "n": len(y), "data": _digest([np.asarray(logits[f]) for f in feats] + [y])}
 
-    def compute(art: "Artifact"):
+    def compute(art: Artifact):
         model = fit_fusion(logits, y, C=C)
         model.save(art.staging / MODEL_FILE)
-        return {"rows": int(len(y)), "features": feats}
+        return {"rows": len(y), "features": feats}
 
     return store.run(name, spec, inputs, compute)
 
@@ -242,7 +279,7 @@ class FusionResult:
     test_logits: dict[str, np.ndarray]
     names: dict[str, str]
     valid_auc: dict[str, float]
-    artifact: "Artifact | None" = None
+    artifact: Artifact | None = None
 
     def input_probs(self, feature: str) -> np.ndarray:
         """(n,) ``sigmoid`` of a test input's logit (its probability for a report row)."""
@@ -250,21 +287,36 @@ class FusionResult:
 
     def note(self) -> str:
         """The report's one line: both fits' standardised coefficients."""
-        return (f"fusion: {self.model.describe(self.names)}; w/o LLM: "
-                + ", ".join(f"{self.names.get(f, f)} {c:+.3f}" for f, c in zip(self.without_llm.features,
-                                                                                self.without_llm.coef))
-                + f", intercept {self.without_llm.intercept:+.3f}")
+        return (
+            f"fusion: {self.model.describe(self.names)}; w/o LLM: "
+            + ", ".join(
+                f"{self.names.get(f, f)} {c:+.3f}" for f, c in zip(self.without_llm.features, self.without_llm.coef)
+            )
+            + f", intercept {self.without_llm.intercept:+.3f}"
+        )
 
     def summary(self) -> dict:
         """JSON-able block for metrics.json: inputs, both models (coefficients, scaling), validation AUCs."""
-        return {"inputs": dict(self.names), "model": self.model.to_dict(), "without_llm": self.without_llm.to_dict(),
-                "valid": {"n": self.model.n_fit, "auc": dict(self.valid_auc)},
-                "artifact": self.artifact.key if self.artifact is not None else None}
+        return {
+            "inputs": dict(self.names),
+            "model": self.model.to_dict(),
+            "without_llm": self.without_llm.to_dict(),
+            "valid": {"n": self.model.n_fit, "auc": dict(self.valid_auc)},
+            "artifact": self.artifact.key if self.artifact is not None else None,
+        }
 
 
-def fuse(valid_logits: Mapping[str, Any], valid_labels, test_logits: Mapping[str, Any], names: Mapping[str, str],
-         *, C: float = DEFAULT_C, store: "ArtifactStore | None" = None, inputs: list["Artifact"] | None = None,
-         llm: str = "llm") -> FusionResult:
+def fuse(
+    valid_logits: Mapping[str, Any],
+    valid_labels,
+    test_logits: Mapping[str, Any],
+    names: Mapping[str, str],
+    *,
+    C: float = DEFAULT_C,
+    store: ArtifactStore | None = None,
+    inputs: list[Artifact] | None = None,
+    llm: str = "llm",
+) -> FusionResult:
     """Fit the fusion with and without the ``llm`` input on validation, apply both to the test inputs.
 
     With ``store`` the full model is the cached :func:`fusion_artifact` (keyed by ``inputs``).
@@ -289,8 +341,12 @@ def fuse(valid_logits: Mapping[str, Any], valid_labels, test_logits: Mapping[str
     return FusionResult(model, without, model.predict(test), without.predict(test), test, dict(names), auc, art)
 
 
-def comparison_rows(row: Callable[[str, np.ndarray, np.ndarray], dict], fused_name: str, fused: np.ndarray,
-                    against: Mapping[str, np.ndarray]) -> list[dict]:
+def comparison_rows(
+    row: Callable[[str, np.ndarray, np.ndarray], dict],
+    fused_name: str,
+    fused: np.ndarray,
+    against: Mapping[str, np.ndarray],
+) -> list[dict]:
     """Paired rows ``fused`` vs each of ``against`` (label -> probs) built by the method's ``row`` helper.
 
     ``row(name, probs, ref_probs)`` must return a report row whose ``delta`` is ``AUC(probs) -

@@ -44,8 +44,12 @@ def task_items(seed: int = 0, genre_in_title: bool = False) -> tuple[pa.Table, n
     from ..data import load_dataset
     from ..data.synthetic import GENRE_NOUNS, GENRES
 
-    items = load_dataset(DataConfig(name="synthetic", synthetic=SyntheticConfig(
-        n_users=20, n_items=1200, n_genres=18, ratings_per_user=5, seed=seed))).items
+    items = load_dataset(
+        DataConfig(
+            name="synthetic",
+            synthetic=SyntheticConfig(n_users=20, n_items=1200, n_genres=18, ratings_per_user=5, seed=seed),
+        )
+    ).items
     genre = np.full(items.num_rows, -1)
     for g, name in enumerate(TASK_GENRES):
         nouns = "|".join(GENRE_NOUNS[GENRES.index(name)])
@@ -56,13 +60,15 @@ def task_items(seed: int = 0, genre_in_title: bool = False) -> tuple[pa.Table, n
     if genre_in_title:  # "Hidden Crypt, a Horror movie" (short: fewer tokens to tune on)
         names = np.array(TASK_GENRES, dtype=object)[genre[keep]]
         short = pc.replace_substring_regex(items.column("title"), r"^(Return of the |The )| \(\d{4}\)$", "")
-        items = items.set_column(0, "title", pc.binary_join_element_wise(
-            short, ", a ", pa.array(names.tolist(), pa.string()), " movie", ""))
+        items = items.set_column(
+            0, "title", pc.binary_join_element_wise(short, ", a ", pa.array(names.tolist(), pa.string()), " movie", "")
+        )
     return items.add_column(0, "item_id", pa.array(np.arange(items.num_rows), pa.int64())), genre[keep]
 
 
-def genre_match_samples(items_genre: np.ndarray, n: int, *, n_liked: int = 3, n_disliked: int = 2,
-                        seed: int = 0) -> pa.Table:
+def genre_match_samples(
+    items_genre: np.ndarray, n: int, *, n_liked: int = 3, n_disliked: int = 2, seed: int = 0
+) -> pa.Table:
     """``n`` samples (``user_id``, ``item_id``, ``context_item_ids``, ``context_ratings``, ``label``) of the
     genre-match task over items with genres ``items_genre``; half of the labels are 1. Vectorised."""
     rng = np.random.default_rng(seed)
@@ -86,15 +92,19 @@ def genre_match_samples(items_genre: np.ndarray, n: int, *, n_liked: int = 3, n_
     perm = np.argsort(rng.random(hist.shape), axis=1)
     hist, stars = np.take_along_axis(hist, perm, 1), np.take_along_axis(stars, perm, 1).astype(np.float32)
     width = hist.shape[1]
-    return pa.table({
-        "user_id": pa.array(np.arange(n), pa.int64()),
-        "item_id": pa.array(target, pa.int64()),
-        "context_item_ids": pa.ListArray.from_arrays(pa.array(np.arange(n + 1) * width, pa.int32()),
-                                                      pa.array(hist.ravel(), pa.int64())),
-        "context_ratings": pa.ListArray.from_arrays(pa.array(np.arange(n + 1) * width, pa.int32()),
-                                                     pa.array(stars.ravel(), pa.float32())),
-        "label": pa.array(label, pa.int8()),
-    })
+    return pa.table(
+        {
+            "user_id": pa.array(np.arange(n), pa.int64()),
+            "item_id": pa.array(target, pa.int64()),
+            "context_item_ids": pa.ListArray.from_arrays(
+                pa.array(np.arange(n + 1) * width, pa.int32()), pa.array(hist.ravel(), pa.int64())
+            ),
+            "context_ratings": pa.ListArray.from_arrays(
+                pa.array(np.arange(n + 1) * width, pa.int32()), pa.array(stars.ravel(), pa.float32())
+            ),
+            "label": pa.array(label, pa.int8()),
+        }
+    )
 
 
 @dataclass
@@ -112,22 +122,41 @@ class LearnabilityResult:
     history: list[dict] = field(default_factory=list)
 
     def line(self) -> str:
-        return (f"genre-match task: zero-shot AUC {self.auc_zero_shot:.4f} -> tuned AUC {self.auc_tuned:.4f} "
-                f"on {self.n_test} held-out prompts after {self.n_train} examples ({self.train_seconds:.0f} s "
-                f"tuning, {self.score_seconds:.0f} s scoring; final loss {self.final_loss:.3f}; tuned P(yes) "
-                f"{self.p_yes_tuned[0]:.2f}-{self.p_yes_tuned[1]:.2f})")
+        return (
+            f"genre-match task: zero-shot AUC {self.auc_zero_shot:.4f} -> tuned AUC {self.auc_tuned:.4f} "
+            f"on {self.n_test} held-out prompts after {self.n_train} examples ({self.train_seconds:.0f} s "
+            f"tuning, {self.score_seconds:.0f} s scoring; final loss {self.final_loss:.3f}; tuned P(yes) "
+            f"{self.p_yes_tuned[0]:.2f}-{self.p_yes_tuned[1]:.2f})"
+        )
 
 
-DEFAULT_LORA = LoRAConfig(r=8, alpha=16, dropout=0.0, target_modules=["q_proj", "v_proj"], lr=3e-3, epochs=2,
-                          batch_size=8, max_tokens=256, loss="first_token")
+DEFAULT_LORA = LoRAConfig(
+    r=8,
+    alpha=16,
+    dropout=0.0,
+    target_modules=["q_proj", "v_proj"],
+    lr=3e-3,
+    epochs=2,
+    batch_size=8,
+    max_tokens=256,
+    loss="first_token",
+)
 """The tuning the check uses: 2 epochs of 256 examples = 64 optimizer steps. The yes/no decision forms
 abruptly after a few dozen steps and not before: measured held-out AUC on this task with SmolLM2-135M
 (2026-11-30, in-loop evaluation every 16 steps): 0.644 untuned, 0.657 at step 16, 0.817 at step 32, 0.933 at
 step 48, 0.972 at step 64. With lr 1e-3 and one epoch (32 steps) the adapter learns the base rate only."""
 
 
-def check_learnability(llm: LLMConfig, lora: LoRAConfig = DEFAULT_LORA, *, n_train: int = 256, n_test: int = 200,
-                       seed: int = 0, genre_in_title: bool = True, out_dir: str | None = None) -> LearnabilityResult:
+def check_learnability(
+    llm: LLMConfig,
+    lora: LoRAConfig = DEFAULT_LORA,
+    *,
+    n_train: int = 256,
+    n_test: int = 200,
+    seed: int = 0,
+    genre_in_title: bool = True,
+    out_dir: str | None = None,
+) -> LearnabilityResult:
     """Tune ``llm.model`` on ``n_train`` genre-match examples and score ``n_test`` held-out prompts, before
     and after tuning (the prompt builder, trainer and engine of ``ragrec run``; no Ray).
 
@@ -147,8 +176,12 @@ def check_learnability(llm: LLMConfig, lora: LoRAConfig = DEFAULT_LORA, *, n_tra
     y_test = test.column("label").to_numpy()
     train_prompts = build_ctr_prompts(train, items, None)
     test_prompts = build_ctr_prompts(test, items, None)
-    examples = pa.table({"prompt": train_prompts,
-                         "answer": np.where(train.column("label").to_numpy() > 0, ANSWER_YES, ANSWER_NO).tolist()})
+    examples = pa.table(
+        {
+            "prompt": train_prompts,
+            "answer": np.where(train.column("label").to_numpy() > 0, ANSWER_YES, ANSWER_NO).tolist(),
+        }
+    )
     t0 = time.perf_counter()
     base = HFEngine(llm).score_yes_no(test_prompts)
     with tempfile.TemporaryDirectory() as tmp:
@@ -159,6 +192,13 @@ def check_learnability(llm: LLMConfig, lora: LoRAConfig = DEFAULT_LORA, *, n_tra
         t3 = time.perf_counter()
     last = [h["loss"] for h in res.history if h["epoch"] == res.history[-1]["epoch"]]
     return LearnabilityResult(
-        auc_zero_shot=float(roc_auc_score(y_test, base)), auc_tuned=float(roc_auc_score(y_test, tuned)),
-        n_train=n_train, n_test=n_test, train_seconds=t2 - t1, score_seconds=(t1 - t0) + (t3 - t2),
-        final_loss=float(np.mean(last)), p_yes_tuned=(float(tuned.min()), float(tuned.max())), history=res.history)
+        auc_zero_shot=float(roc_auc_score(y_test, base)),
+        auc_tuned=float(roc_auc_score(y_test, tuned)),
+        n_train=n_train,
+        n_test=n_test,
+        train_seconds=t2 - t1,
+        score_seconds=(t1 - t0) + (t3 - t2),
+        final_loss=float(np.mean(last)),
+        p_yes_tuned=(float(tuned.min()), float(tuned.max())),
+        history=res.history,
+    )

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
 
-__all__ = ["PROB_CLIP", "ctr_metrics", "uauc", "bootstrap_ci", "bootstrap_delta_ci", "auc_decomposition"]
+__all__ = ["PROB_CLIP", "auc_decomposition", "bootstrap_ci", "bootstrap_delta_ci", "ctr_metrics", "uauc"]
 
 PROB_CLIP = 1e-7
 """Probabilities are clipped to [PROB_CLIP, 1 - PROB_CLIP] for the log loss."""
@@ -162,8 +162,9 @@ def bootstrap_ci(
         raise ValueError(f"need n >= 1 and 0 < level < 1, got n={n}, level={level}")
     y, p = _check(labels, probs)
     inverse = _group_index(groups, len(y))
-    vals = np.concatenate([_bootstrap_values(y, p, counts, metric)
-                           for counts in _resample_counts(len(y), n, seed, inverse)])
+    vals = np.concatenate(
+        [_bootstrap_values(y, p, counts, metric) for counts in _resample_counts(len(y), n, seed, inverse)]
+    )
     return _percentiles(vals, level)
 
 
@@ -232,8 +233,12 @@ def bootstrap_delta_ci(
     inverse = _group_index(groups, len(y))
     ones = np.ones((1, len(y)))
     delta = float(_bootstrap_values(y, pa_, ones, metric)[0] - _bootstrap_values(y, pb, ones, metric)[0])
-    vals = np.concatenate([_bootstrap_values(y, pa_, c, metric) - _bootstrap_values(y, pb, c, metric)
-                           for c in _resample_counts(len(y), n, seed, inverse)])
+    vals = np.concatenate(
+        [
+            _bootstrap_values(y, pa_, c, metric) - _bootstrap_values(y, pb, c, metric)
+            for c in _resample_counts(len(y), n, seed, inverse)
+        ]
+    )
     lo, hi = _percentiles(vals, level)
     return delta, lo, hi
 

@@ -17,10 +17,18 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-__all__ = ["write_report", "plot_auc_bars", "plot_curve", "plot_sweep", "format_rows", "delta_interval",
-           "decomposition_note", "USER_CI_NOTE"]
+__all__ = [
+    "USER_CI_NOTE",
+    "decomposition_note",
+    "delta_interval",
+    "format_rows",
+    "plot_auc_bars",
+    "plot_curve",
+    "plot_sweep",
+    "write_report",
+]
 
 ROW_KEYS = ("name", "auc", "auc_lo", "auc_hi", "logloss", "acc", "n")
 
@@ -38,9 +46,11 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
-USER_CI_NOTE = ("Two 95% intervals: [95% CI, samples] resamples test samples; [95% CI, users] resamples users "
-                "with all their samples (a user-clustered bootstrap). Samples of one user are correlated, so the "
-                "sample interval is too narrow: the user-clustered interval is the one to read.")
+USER_CI_NOTE = (
+    "Two 95% intervals: [95% CI, samples] resamples test samples; [95% CI, users] resamples users "
+    "with all their samples (a user-clustered bootstrap). Samples of one user are correlated, so the "
+    "sample interval is too narrow: the user-clustered interval is the one to read."
+)
 
 
 def fmt_num(x) -> str:
@@ -67,10 +77,12 @@ def _significant(row: Mapping) -> bool:
 
 def decomposition_note(name: str, d: Mapping) -> str:
     """One line: ``name AUC a = w × within-user AUC + w × between-user AUC on U users`` (see auc_decomposition)."""
-    f2 = lambda x: "—" if x is None or math.isnan(x) else f"{x:.2f}"  # noqa: E731
-    line = (f"{name}: AUC {fmt_num(d['auc'])} = {f2(d['w_within'])} × within-user AUC {f2(d['auc_within'])} "
-            f"+ {f2(d['w_between'])} × between-user AUC {f2(d['auc_between'])} on {d['users']} users "
-            f"({d['users_both_labels']} with both labels)")
+    f2 = lambda x: "—" if x is None or math.isnan(x) else f"{x:.2f}"
+    line = (
+        f"{name}: AUC {fmt_num(d['auc'])} = {f2(d['w_within'])} × within-user AUC {f2(d['auc_within'])} "
+        f"+ {f2(d['w_between'])} × between-user AUC {f2(d['auc_between'])} on {d['users']} users "
+        f"({d['users_both_labels']} with both labels)"
+    )
     if d.get("auc_user_only") is not None and not math.isnan(d["auc_user_only"]):
         line += f"; scoring by the user's positive rate alone (in-sample) gives AUC {d['auc_user_only']:.4f}"
     return line + "."
@@ -111,8 +123,10 @@ def format_rows(rows: Sequence[Mapping], reference: str | None = None) -> str:
             if d is None:
                 cells += ["—", "—"] if has_duci else ["—"]
             elif has_duci:
-                cells += [f"{d:+.4f} {fmt_ci(r['delta_lo'], r['delta_hi'], '+.4f')}",
-                          fmt_ci(r.get("delta_ulo"), r.get("delta_uhi"), "+.4f") + star]
+                cells += [
+                    f"{d:+.4f} {fmt_ci(r['delta_lo'], r['delta_hi'], '+.4f')}",
+                    fmt_ci(r.get("delta_ulo"), r.get("delta_uhi"), "+.4f") + star,
+                ]
             else:
                 cells.append(f"{d:+.4f} {fmt_ci(r['delta_lo'], r['delta_hi'], '+.4f')}{star}")
         cells += [fmt_num(r["logloss"]), fmt_num(r["acc"]), str(r["n"])]
@@ -183,7 +197,10 @@ def plot_curve(
 
 
 def plot_sweep(
-    xs: Sequence[float], rows: Sequence[Mapping], path: str | os.PathLike, xlabel: str,
+    xs: Sequence[float],
+    rows: Sequence[Mapping],
+    path: str | os.PathLike,
+    xlabel: str,
     baselines: Mapping[str, float] | None = None,
 ) -> None:
     """AUC with its 95% CI band (user-clustered when rows have it) over a swept parameter (one row per x);
@@ -196,7 +213,14 @@ def plot_sweep(
         raise ValueError(f"plot_sweep: {len(rows)} rows for {len(xs)} x values")
     fig, ax = plt.subplots(figsize=(5, 3.5))
     try:
-        ax.fill_between(list(xs), lo, hi, alpha=0.25, color="tab:blue", label="95% CI (users)" if any("auc_ulo" in r for r in rows) else "95% CI")
+        ax.fill_between(
+            list(xs),
+            lo,
+            hi,
+            alpha=0.25,
+            color="tab:blue",
+            label="95% CI (users)" if any("auc_ulo" in r for r in rows) else "95% CI",
+        )
         ax.plot(list(xs), auc, marker="o", color="tab:blue", label="AUC")
         for i, (name, value) in enumerate((baselines or {}).items()):
             ax.axhline(value, ls="--", lw=0.9, color=f"C{i + 1}", label=name)
@@ -251,10 +275,12 @@ def write_report(
     if any("auc_ulo" in r for r in rows):
         lines += [USER_CI_NOTE, ""]
     if any("delta" in r for r in rows):
-        which = ("the user-clustered 95% interval" if any("delta_ulo" in r for r in rows)
-                 else "the 95% interval")
-        lines += [f"ΔAUC: paired bootstrap against {reference or 'the reference row'} on the same samples; "
-                  f"* = {which} excludes 0 (a real gap, not noise).", ""]
+        which = "the user-clustered 95% interval" if any("delta_ulo" in r for r in rows) else "the 95% interval"
+        lines += [
+            f"ΔAUC: paired bootstrap against {reference or 'the reference row'} on the same samples; "
+            f"* = {which} excludes 0 (a real gap, not noise).",
+            "",
+        ]
     for heading, body in (sections or {}).items():
         lines += [f"## {heading}", "", body, ""]
     lines += ["## Samples", "", *[f"- {k}: {v}" for k, v in counts.items()], ""]

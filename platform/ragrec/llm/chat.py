@@ -19,7 +19,8 @@ user text* (oldest history first) so the template's header and the question at t
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 ANSWER_YES = "Yes."
 ANSWER_NO = "No."
@@ -64,7 +65,7 @@ def _answer_first_token(tokenizer: Any, answer: str) -> tuple[int, list[int]]:
             f"the prompt (prompt ids are not a prefix of prompt+answer ids); yes/no scoring needs a "
             f"tokenizer that splits the answer at the prompt boundary"
         )
-    return full[len(base)], full[len(base):]
+    return full[len(base)], full[len(base) :]
 
 
 def yes_no_token_ids(tokenizer: Any) -> tuple[int, int]:

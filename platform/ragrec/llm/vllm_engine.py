@@ -22,7 +22,8 @@ from __future__ import annotations
 import functools
 import math
 import os
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -41,10 +42,25 @@ FOUND_COLUMN = "score_found"
 # columns the Ray LLM stages add to a row; postprocess drops them and keeps the caller's columns
 _ENGINE_COLUMNS = frozenset(
     {
-        "prompt", "tokenized_prompt", "prompt_token_ids", "sampling_params", "messages", "model",
-        "generated_tokens", "generated_text", "num_generated_tokens", "num_input_tokens", "logprobs",
-        "prompt_logprobs", "metrics", "embeddings", "time_taken_llm", "params", "request_id",
-        "batch_uuid", "__inference_error__",
+        "prompt",
+        "tokenized_prompt",
+        "prompt_token_ids",
+        "sampling_params",
+        "messages",
+        "model",
+        "generated_tokens",
+        "generated_text",
+        "num_generated_tokens",
+        "num_input_tokens",
+        "logprobs",
+        "prompt_logprobs",
+        "metrics",
+        "embeddings",
+        "time_taken_llm",
+        "params",
+        "request_id",
+        "batch_uuid",
+        "__inference_error__",
     }
 )
 
@@ -52,7 +68,7 @@ _ENGINE_COLUMNS = frozenset(
 # ---------------------------------------------------------------------------------------------
 # model source / config
 # ---------------------------------------------------------------------------------------------
-def model_source(llm_cfg: "LLMConfig") -> str:
+def model_source(llm_cfg: LLMConfig) -> str:
     """What vLLM loads: a Hugging Face id as is (each node fetches it), else a local folder.
 
     Registry names resolve to the driver's cache folder: on a multi-node cluster point
@@ -64,7 +80,7 @@ def model_source(llm_cfg: "LLMConfig") -> str:
     return model_path(llm_cfg.model)
 
 
-def engine_kwargs(llm_cfg: "LLMConfig", max_new_tokens: int, adapter_path: str | None = None) -> dict[str, Any]:
+def engine_kwargs(llm_cfg: LLMConfig, max_new_tokens: int, adapter_path: str | None = None) -> dict[str, Any]:
     """``vllm.LLM`` / ``AsyncEngineArgs`` kwargs derived from the LLM config."""
     kwargs: dict[str, Any] = dict(
         dtype=llm_cfg.dtype,
@@ -80,9 +96,7 @@ def engine_kwargs(llm_cfg: "LLMConfig", max_new_tokens: int, adapter_path: str |
     return kwargs
 
 
-def processor_config(
-    llm_cfg: "LLMConfig", max_new_tokens: int, adapter_path: str | None = None
-) -> Any:
+def processor_config(llm_cfg: LLMConfig, max_new_tokens: int, adapter_path: str | None = None) -> Any:
     """``ray.data.llm.vLLMEngineProcessorConfig`` for this LLM config (our own prompt preparation)."""
     from ray.data.llm import vLLMEngineProcessorConfig
 
@@ -202,30 +216,42 @@ def scoring_sampling() -> dict[str, Any]:
 # processors
 # ---------------------------------------------------------------------------------------------
 def generation_functions(
-    llm_cfg: "LLMConfig", sampling: Mapping[str, Any], text_column: str = TEXT_COLUMN, adapter_path: str | None = None
+    llm_cfg: LLMConfig, sampling: Mapping[str, Any], text_column: str = TEXT_COLUMN, adapter_path: str | None = None
 ) -> tuple[Any, Any]:
     """``(preprocess, postprocess)`` row functions of the generation processor."""
     pre = functools.partial(
-        prepare_row, source=model_source(llm_cfg), sampling=dict(sampling),
-        max_prompt_tokens=llm_cfg.max_prompt_tokens, text_column=text_column, adapter_path=adapter_path,
+        prepare_row,
+        source=model_source(llm_cfg),
+        sampling=dict(sampling),
+        max_prompt_tokens=llm_cfg.max_prompt_tokens,
+        text_column=text_column,
+        adapter_path=adapter_path,
     )
     return pre, generation_postprocess
 
 
 def scoring_functions(
-    llm_cfg: "LLMConfig", text_column: str = TEXT_COLUMN, adapter_path: str | None = None
+    llm_cfg: LLMConfig, text_column: str = TEXT_COLUMN, adapter_path: str | None = None
 ) -> tuple[Any, Any]:
     """``(preprocess, postprocess)`` row functions of the scoring processor."""
     source = model_source(llm_cfg)
     pre = functools.partial(
-        prepare_row, source=source, sampling=scoring_sampling(),
-        max_prompt_tokens=llm_cfg.max_prompt_tokens, text_column=text_column, adapter_path=adapter_path,
+        prepare_row,
+        source=source,
+        sampling=scoring_sampling(),
+        max_prompt_tokens=llm_cfg.max_prompt_tokens,
+        text_column=text_column,
+        adapter_path=adapter_path,
     )
     return pre, functools.partial(scoring_postprocess, source=source)
 
 
 def build_generation_processor(
-    llm_cfg: "LLMConfig", sampling: Mapping[str, Any], *, text_column: str = TEXT_COLUMN, adapter_path: str | None = None
+    llm_cfg: LLMConfig,
+    sampling: Mapping[str, Any],
+    *,
+    text_column: str = TEXT_COLUMN,
+    adapter_path: str | None = None,
 ) -> Any:
     """Ray Data processor: rows with ``text_column`` -> same rows + ``generated_text``.
 
@@ -240,7 +266,7 @@ def build_generation_processor(
 
 
 def build_scoring_processor(
-    llm_cfg: "LLMConfig", *, text_column: str = TEXT_COLUMN, adapter_path: str | None = None
+    llm_cfg: LLMConfig, *, text_column: str = TEXT_COLUMN, adapter_path: str | None = None
 ) -> Any:
     """Ray Data processor: rows with ``text_column`` -> same rows + ``p_yes`` + ``score_found``."""
     from ray.data.llm import build_processor
@@ -255,7 +281,7 @@ def build_scoring_processor(
 class VLLMEngine:
     """:class:`ragrec.llm.engine.Engine` on an offline ``vllm.LLM`` (one per Ray actor / GPU)."""
 
-    def __init__(self, llm_cfg: "LLMConfig", adapter_path: str | None = None, max_new_tokens: int = 512) -> None:
+    def __init__(self, llm_cfg: LLMConfig, adapter_path: str | None = None, max_new_tokens: int = 512) -> None:
         try:
             import vllm
         except ImportError as e:

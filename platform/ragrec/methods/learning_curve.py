@@ -124,8 +124,13 @@ class LearningCurve:
         self.scored: dict[CurvePoint, _Scored] = {}
         self.rows: dict[CurvePoint, dict] = {}
 
-    def run(self, scored: dict[str, "_Scored"], zero_shot: Callable[[], "_Scored"],
-            score: Callable[[dict[str, Any], str], "_Scored"], done: Callable[[], Any] = lambda: None) -> None:
+    def run(
+        self,
+        scored: dict[str, _Scored],
+        zero_shot: Callable[[], _Scored],
+        score: Callable[[dict[str, Any], str], _Scored],
+        done: Callable[[], Any] = lambda: None,
+    ) -> None:
         """Score the zero-shot point and every point (``score(overrides, label)``, the full variant with
         ``overrides``); ``done()`` after each (the evaluation rewrites its report). The zero-shot point is the
         evaluation's ``scored["zero_shot"]`` row, scored by ``zero_shot()`` and added there when the variants
@@ -139,16 +144,31 @@ class LearningCurve:
             self.add(p, score(p.overrides, p.label))
             done()
 
-    def add(self, point: CurvePoint, scored: "_Scored") -> dict:
+    def add(self, point: CurvePoint, scored: _Scored) -> dict:
         from .rallrec_evaluate import _row
 
         zs = self.scored.get(CurvePoint(0))
         train, score = point_seconds(self.store, scored.keys)
-        row = {"n_train": point.n, "setting": point.setting, "grid": dict(point.grid),
-               **_row(point.label, self.labels, scored.probs, zs, self.cfg, examples=scored.examples,
-                      group="learning curve", key=f"curve:{point.label}", user_ids=self.users),
-               "train_seconds": round(train, 3), "score_seconds": round(score, 3), "seconds": round(train + score, 3),
-               "artifacts": dict(scored.keys)}
+        row = {
+            "n_train": point.n,
+            "setting": point.setting,
+            "grid": dict(point.grid),
+            **_row(
+                point.label,
+                self.labels,
+                scored.probs,
+                zs,
+                self.cfg,
+                examples=scored.examples,
+                group="learning curve",
+                key=f"curve:{point.label}",
+                user_ids=self.users,
+            ),
+            "train_seconds": round(train, 3),
+            "score_seconds": round(score, 3),
+            "seconds": round(train + score, 3),
+            "artifacts": dict(scored.keys),
+        }
         self.scored[point], self.rows[point] = scored, row
         return row
 
@@ -170,24 +190,30 @@ class LearningCurve:
         if BASELINE in baselines:
             lines[BASELINE] = baselines[BASELINE]
         grid = self.cfg.eval.learning_curve_grid or {}
-        text = (f"The full variant LoRA-tuned on N sampled training samples (`lora.train_samples`, before any "
-                f"mixed-view augmentation; IT examples = what the tuning actually saw)"
-                + (f", crossed with {', '.join(f'`{k}`' for k in grid)}" if grid else "")
-                + ", scored on the same test samples as every row above; N = 0 is the zero-shot variant. ΔAUC is "
-                  "paired against zero-shot. Time = wall time of the point's training (examples + LoRA) and "
-                  "scoring when it was computed.\n\n" + format_curve(rows))
+        text = (
+            "The full variant LoRA-tuned on N sampled training samples (`lora.train_samples`, before any "
+            "mixed-view augmentation; IT examples = what the tuning actually saw)"
+            + (f", crossed with {', '.join(f'`{k}`' for k in grid)}" if grid else "")
+            + ", scored on the same test samples as every row above; N = 0 is the zero-shot variant. ΔAUC is "
+            "paired against zero-shot. Time = wall time of the point's training (examples + LoRA) and "
+            "scoring when it was computed.\n\n" + format_curve(rows)
+        )
         plots = {}
         if any(r["n_train"] > 0 for r in rows):
             plots[PLOT] = (lambda r, b: lambda path: plot_learning_curve(r, path, b))(rows, lines)
-        extra = {"learning_curve": {"points": rows, "grid": grid, "baselines": lines,
-                                    "planned": [p.label for p in self.points]}}
+        extra = {
+            "learning_curve": {
+                "points": rows,
+                "grid": grid,
+                "baselines": lines,
+                "planned": [p.label for p in self.points],
+            }
+        }
         return {SECTION: text}, plots, extra
 
 
 def _value(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
-
-
 
 
 def duration(seconds: float) -> str:
@@ -205,14 +231,28 @@ def format_curve(rows: Sequence[Mapping]) -> str:
     """Markdown table of the curve's rows: N, grid setting (when any), AUC with both intervals, UAUC, ΔAUC vs
     zero-shot (user-clustered interval; ``*`` when it excludes 0), IT examples and the wall times."""
     has_grid = any(r.get("setting") for r in rows)
-    head = ["N"] + (["setting"] if has_grid else []) + [
-        "AUC [95% CI, samples]", "[95% CI, users]", "UAUC", "ΔAUC vs zero-shot [95% CI, users]", "IT examples",
-        "training", "scoring", "time"]
+    head = (
+        ["N"]
+        + (["setting"] if has_grid else [])
+        + [
+            "AUC [95% CI, samples]",
+            "[95% CI, users]",
+            "UAUC",
+            "ΔAUC vs zero-shot [95% CI, users]",
+            "IT examples",
+            "training",
+            "scoring",
+            "time",
+        ]
+    )
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [f"{r['n_train']:,}"] + ([r.get("setting") or "—"] if has_grid else [])
-        cells += [f"{fmt_num(r['auc'])} {fmt_ci(r.get('auc_lo'), r.get('auc_hi'))}", fmt_ci(r.get("auc_ulo"), r.get("auc_uhi")),
-                  fmt_num(r.get("uauc"))]
+        cells += [
+            f"{fmt_num(r['auc'])} {fmt_ci(r.get('auc_lo'), r.get('auc_hi'))}",
+            fmt_ci(r.get("auc_ulo"), r.get("auc_uhi")),
+            fmt_num(r.get("uauc")),
+        ]
         d = r.get("delta")
         if d is None:
             cells.append("—")
@@ -221,14 +261,18 @@ def format_curve(rows: Sequence[Mapping]) -> str:
             star = " *" if lo is not None and hi is not None and (lo > 0 or hi < 0) else ""
             cells.append(f"{d:+.4f} {fmt_ci(lo, hi, '+.4f')}{star}")
         cells.append("—" if r.get("examples") is None else f"{r['examples']:,}")
-        cells += [duration(r["train_seconds"]) if r["n_train"] else "—", duration(r["score_seconds"]),
-                  duration(r["seconds"])]
+        cells += [
+            duration(r["train_seconds"]) if r["n_train"] else "—",
+            duration(r["score_seconds"]),
+            duration(r["seconds"]),
+        ]
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
-def plot_learning_curve(rows: Sequence[Mapping], path: str | os.PathLike,
-                        baselines: Mapping[str, float] | None = None) -> None:
+def plot_learning_curve(
+    rows: Sequence[Mapping], path: str | os.PathLike, baselines: Mapping[str, float] | None = None
+) -> None:
     """AUC against N (log x axis) with the user-clustered 95% interval as error bars, one line per grid
     setting, and dashed horizontal lines for ``baselines`` (zero-shot, item+user); PNG at ``path``."""
     from ..evaluation.report import plt

@@ -51,15 +51,19 @@ def dataset_stage(store: ArtifactStore, cfg: RunConfig) -> Artifact:
         art.write_table(ds.items, "items")
         if ds.users is not None:
             art.write_table(ds.users, "users")
-        return {"rows": ds.interactions.num_rows, "items": ds.items.num_rows,
-                "users": ds.users.num_rows if ds.users is not None else None}
+        return {
+            "rows": ds.interactions.num_rows,
+            "items": ds.items.num_rows,
+            "users": ds.users.num_rows if ds.users is not None else None,
+        }
 
     return store.run("dataset", data_cfg, [], compute)
 
 
 def samples_stage(store: ArtifactStore, cfg: RunConfig, ds_art: Artifact) -> Artifact:
-    spec = cfg.data.model_dump(mode="json", include={"protocol", "min_history", "max_history", "split",
-                                                     "label_threshold"})
+    spec = cfg.data.model_dump(
+        mode="json", include={"protocol", "min_history", "max_history", "split", "label_threshold"}
+    )
     if cfg.data.protocol == "temporal":  # (rallrec keys unchanged so existing caches stay valid)
         spec["temporal"] = cfg.data.temporal.model_dump(mode="json")
         spec["own_split_column"] = cfg.data.columns.split
@@ -123,8 +127,14 @@ def descriptions_stage(store: ArtifactStore, cfg: RunConfig, ds_art: Artifact) -
         items = items.slice(0, cfg.description.max_items)
     d = cfg.description
     return generate_stage(
-        store, "descriptions", description_prompts(items, d.template), key="item_id", prompt="prompt",
-        llm_cfg=cfg.llm, block_size=d.block_size, inputs=[ds_art],
+        store,
+        "descriptions",
+        description_prompts(items, d.template),
+        key="item_id",
+        prompt="prompt",
+        llm_cfg=cfg.llm,
+        block_size=d.block_size,
+        inputs=[ds_art],
         sampling={"max_new_tokens": d.max_new_tokens, "temperature": d.temperature, "top_p": d.top_p, "seed": cfg.seed},
     )
 
@@ -136,8 +146,9 @@ def text_features_stage(store: ArtifactStore, cfg: RunConfig, ds_art: Artifact, 
     items = ds_art.read_table("items")
     e = cfg.embedding
     common = dict(llm_cfg=cfg.llm, encoder=e.model, pooling=e.pooling, max_tokens=e.max_tokens, block_size=256)
-    title_art = embed_stage(store, "embed_title", items.select(["item_id", "title"]), key="item_id", text="title",
-                            inputs=[ds_art], **common)
+    title_art = embed_stage(
+        store, "embed_title", items.select(["item_id", "title"]), key="item_id", text="title", inputs=[ds_art], **common
+    )
     parts = [title_art]
     if desc_art is not None:
         desc = desc_art.read_table()
@@ -173,39 +184,61 @@ def lightgcn_stage(store: ArtifactStore, cfg: RunConfig, ds_art: Artifact, sampl
         interactions = ds_art.read_table("interactions")
         inter = train_interactions(interactions, samples_art.read_table("samples"))
         # Recall@20 sanity metric on the held-out period's positive interactions
-        held = interactions.filter(pc.and_(pc.greater_equal(interactions.column("timestamp"),
-                                                           _cut_timestamp(samples_art.read_table("samples"))),
-                                           pc.equal(interactions.column("label"), 1)))
+        held = interactions.filter(
+            pc.and_(
+                pc.greater_equal(interactions.column("timestamp"), _cut_timestamp(samples_art.read_table("samples"))),
+                pc.equal(interactions.column("label"), 1),
+            )
+        )
         n_users = ds_art.manifest().get("users") or int(pc.max(interactions.column("user_id")).as_py()) + 1
         n_items = ds_art.manifest()["items"]
-        res = train_lightgcn(inter.column("user_id").to_numpy(), inter.column("item_id").to_numpy(), n_users,
-                             n_items, cfg.lightgcn, ratings=inter.column("rating").to_numpy(),
-                             eval_pairs=(held.column("user_id").to_numpy(), held.column("item_id").to_numpy())
-                             if held.num_rows else None,
-                             use_ray=True, seed=cfg.seed, out_dir=str(art.staging / "train"),
-                             num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu)
+        res = train_lightgcn(
+            inter.column("user_id").to_numpy(),
+            inter.column("item_id").to_numpy(),
+            n_users,
+            n_items,
+            cfg.lightgcn,
+            ratings=inter.column("rating").to_numpy(),
+            eval_pairs=(held.column("user_id").to_numpy(), held.column("item_id").to_numpy())
+            if held.num_rows
+            else None,
+            use_ray=True,
+            seed=cfg.seed,
+            out_dir=str(art.staging / "train"),
+            num_workers=cfg.ray.num_workers,
+            use_gpu=cfg.ray.use_gpu,
+        )
         np.save(art.staging / "item_emb.npy", res.item_emb.astype(np.float32))
         np.save(art.staging / "user_emb.npy", res.user_emb.astype(np.float32))
         art.write_json(res.history, "history")
         return {"rows": int(res.item_emb.shape[0]), "edges": inter.num_rows}
 
-    return store.run("lightgcn", {"lightgcn": cfg.lightgcn.model_dump(), "seed": cfg.seed}, [ds_art, samples_art],
-                     compute)
+    return store.run(
+        "lightgcn", {"lightgcn": cfg.lightgcn.model_dump(), "seed": cfg.seed}, [ds_art, samples_art], compute
+    )
 
 
 def projector_stage(store: ArtifactStore, cfg: RunConfig, text_art: Artifact, lg_art: Artifact) -> Artifact:
     from ..training.projector import train_projector
 
     def compute(art: Artifact):
-        res = train_projector(np.load(text_art.file("text.npy")), np.load(lg_art.file("item_emb.npy")), cfg.projector,
-                              use_ray=True, seed=cfg.seed, out_dir=str(art.staging / "train"),
-                              num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu)
+        res = train_projector(
+            np.load(text_art.file("text.npy")),
+            np.load(lg_art.file("item_emb.npy")),
+            cfg.projector,
+            use_ray=True,
+            seed=cfg.seed,
+            out_dir=str(art.staging / "train"),
+            num_workers=cfg.ray.num_workers,
+            use_gpu=cfg.ray.use_gpu,
+        )
         np.save(art.staging / "ssl_emb.npy", res.ssl_emb.astype(np.float32))
         art.write_json(res.history, "history")
         return {"rows": int(res.ssl_emb.shape[0])}
 
-    return store.run("projector", {"projector": cfg.projector.model_dump(), "seed": cfg.seed}, [text_art, lg_art],
-                     compute)
+    return store.run(
+        "projector", {"projector": cfg.projector.model_dump(), "seed": cfg.seed}, [text_art, lg_art], compute
+    )
 
 
 @dataclass
@@ -244,8 +277,9 @@ def with_context(samples: pa.Table, views: ItemViews, rcfg: RetrievalConfig) -> 
     return select_history(samples, rcfg, views.get(rcfg.embedding))
 
 
-def prompts_for(samples: pa.Table, items: pa.Table, users: pa.Table | None, cfg: RunConfig,
-                interactions: pa.Table | None = None) -> pa.Array:
+def prompts_for(
+    samples: pa.Table, items: pa.Table, users: pa.Table | None, cfg: RunConfig, interactions: pa.Table | None = None
+) -> pa.Array:
     """The CTR prompt of every sample; ``prompt.stats`` also needs the ``interactions`` (item averages so far)."""
     from ..llm.prompts_ctr import build_ctr_prompts
 
@@ -254,8 +288,12 @@ def prompts_for(samples: pa.Table, items: pa.Table, users: pa.Table | None, cfg:
         if interactions is None:
             raise ValueError("prompt.stats needs the interactions table (the target's ratings before each sample)")
         stats = prompt_stats(samples, interactions)
-    return pa.array(build_ctr_prompts(samples, items, users, max_title_chars=cfg.prompt.max_title_chars,
-                                      stats=stats, genres=cfg.prompt.genres), pa.string())
+    return pa.array(
+        build_ctr_prompts(
+            samples, items, users, max_title_chars=cfg.prompt.max_title_chars, stats=stats, genres=cfg.prompt.genres
+        ),
+        pa.string(),
+    )
 
 
 def prompt_stats(samples: pa.Table, interactions: pa.Table) -> dict:
@@ -266,8 +304,9 @@ def prompt_stats(samples: pa.Table, interactions: pa.Table) -> dict:
     missing = [c for c in ("history_ratings", "timestamp") if c not in samples.column_names]
     if missing:
         raise ValueError(f"prompt.stats: samples lack {missing}")
-    im, ic, kind = item_stats_before(interactions, samples.column("item_id").to_numpy(),
-                                     samples.column("timestamp").to_numpy())
+    im, ic, kind = item_stats_before(
+        interactions, samples.column("item_id").to_numpy(), samples.column("timestamp").to_numpy()
+    )
     um, uc = history_stats(samples.column("history_ratings"))
     return {"user_mean": um, "user_count": uc, "item_mean": im, "item_count": ic, "kind": kind}
 
@@ -281,8 +320,14 @@ def train_subset(samples: pa.Table, n: int, seed: int) -> pa.Table:
     return train.take(pa.array(idx))
 
 
-def training_examples(samples: pa.Table, views: ItemViews, items: pa.Table, users: pa.Table | None,
-                      cfg: RunConfig, interactions: pa.Table | None = None) -> pa.Table:
+def training_examples(
+    samples: pa.Table,
+    views: ItemViews,
+    items: pa.Table,
+    users: pa.Table | None,
+    cfg: RunConfig,
+    interactions: pa.Table | None = None,
+) -> pa.Table:
     """Instruction-tuning examples (prompt, answer, view) for the sampled training subset."""
     from ..llm.chat import ANSWER_NO, ANSWER_YES
     from ..llm.prompts_ctr import augment_views
@@ -295,12 +340,14 @@ def training_examples(samples: pa.Table, views: ItemViews, items: pa.Table, user
     else:
         table = retrieved.append_column("view", pa.array(["retrieved"] * retrieved.num_rows, pa.string()))
     answers = np.where(table.column("label").to_numpy() > 0, ANSWER_YES, ANSWER_NO)
-    return pa.table({
-        "sample_id": table.column("sample_id"),
-        "view": table.column("view"),
-        "prompt": prompts_for(table, items, users, cfg, interactions),
-        "answer": pa.array(answers.tolist(), pa.string()),
-    })
+    return pa.table(
+        {
+            "sample_id": table.column("sample_id"),
+            "view": table.column("view"),
+            "prompt": prompts_for(table, items, users, cfg, interactions),
+            "answer": pa.array(answers.tolist(), pa.string()),
+        }
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -323,10 +370,19 @@ def lora_stage(store: ArtifactStore, cfg: RunConfig, examples_art: Artifact) -> 
     def compute(art: Artifact):
         storage = art.staging / "train"
         steps = int(os.environ.get("RAGREC_LORA_CHECKPOINT_STEPS", LORA_CHECKPOINT_STEPS)) or None
-        res = train_lora(examples_art.read_table(), cfg.llm.model, cfg.lora, use_ray=True, seed=cfg.seed,
-                         out_dir=str(art.staging / "adapter"), num_workers=cfg.ray.num_workers,
-                         use_gpu=cfg.ray.use_gpu, load_in_8bit=cfg.llm.load_in_8bit, storage_path=str(storage),
-                         checkpoint_steps=steps)
+        res = train_lora(
+            examples_art.read_table(),
+            cfg.llm.model,
+            cfg.lora,
+            use_ray=True,
+            seed=cfg.seed,
+            out_dir=str(art.staging / "adapter"),
+            num_workers=cfg.ray.num_workers,
+            use_gpu=cfg.ray.use_gpu,
+            load_in_8bit=cfg.llm.load_in_8bit,
+            storage_path=str(storage),
+            checkpoint_steps=steps,
+        )
         art.write_json(res.history, "history")
         shutil.rmtree(storage, ignore_errors=True)  # the optimizer states are not part of the artifact
         return {"rows": examples_art.manifest()["rows"]}
@@ -371,8 +427,12 @@ class Pipeline:
         """Instruction-tuning examples of ``cfg`` (default: the pipeline's config; variants pass theirs)."""
         cfg, a = cfg or self.cfg, self.arts
         items, users = a["dataset"].read_table("items"), read_users(a["dataset"])
-        spec = {"retrieval": cfg.retrieval.model_dump(), "prompt": cfg.prompt.model_dump(),
-                "train_samples": cfg.lora.train_samples, "seed": cfg.seed}
+        spec = {
+            "retrieval": cfg.retrieval.model_dump(),
+            "prompt": cfg.prompt.model_dump(),
+            "train_samples": cfg.lora.train_samples,
+            "seed": cfg.seed,
+        }
 
         def compute(art: Artifact):
             inter = a["dataset"].read_table("interactions") if cfg.prompt.stats else None
@@ -395,11 +455,19 @@ class Pipeline:
 
     def eval_samples(self, split_name: str = "test") -> pa.Table:
         limit = self.cfg.eval.max_test_samples if split_name == "test" else self.cfg.eval.max_valid_samples
-        return eval_subset(split(self.arts["samples"].read_table("samples"), split_name), limit,
-                           self.cfg.eval.subset, self.cfg.seed)
+        return eval_subset(
+            split(self.arts["samples"].read_table("samples"), split_name), limit, self.cfg.eval.subset, self.cfg.seed
+        )
 
-    def predict(self, views: ItemViews, rcfg: RetrievalConfig, adapter: Artifact | None, split_name: str = "test",
-                name: str = "scores", cfg: RunConfig | None = None) -> tuple[pa.Table, Artifact]:
+    def predict(
+        self,
+        views: ItemViews,
+        rcfg: RetrievalConfig,
+        adapter: Artifact | None,
+        split_name: str = "test",
+        name: str = "scores",
+        cfg: RunConfig | None = None,
+    ) -> tuple[pa.Table, Artifact]:
         """Score the ``split_name`` samples with the context chosen by ``rcfg``: ``(predictions, scores artifact)``.
 
         ``predictions`` = the samples (without history lists) + ``context_item_ids`` + ``prob`` float32.
@@ -409,11 +477,21 @@ class Pipeline:
         inter = a["dataset"].read_table("interactions") if cfg.prompt.stats else None
         prompts = prompts_for(samples, a["dataset"].read_table("items"), read_users(a["dataset"]), cfg, inter)
         rows = pa.table({"sample_id": samples.column("sample_id"), "prompt": prompts})
-        art = score_stage(self.store, name, rows, key="sample_id", prompt="prompt", llm_cfg=cfg.llm, adapter=adapter,
-                          block_size=cfg.llm.batch_size * 8, inputs=[a["samples"]])
+        art = score_stage(
+            self.store,
+            name,
+            rows,
+            key="sample_id",
+            prompt="prompt",
+            llm_cfg=cfg.llm,
+            adapter=adapter,
+            block_size=cfg.llm.batch_size * 8,
+            inputs=[a["samples"]],
+        )
         probs = art.read_table().column("prob")
-        return samples.drop_columns([c for c in ("history_item_ids", "history_ratings") if c in samples.column_names]) \
-            .append_column("prob", probs), art
+        return samples.drop_columns(
+            [c for c in ("history_item_ids", "history_ratings") if c in samples.column_names]
+        ).append_column("prob", probs), art
 
 
 def evaluate_split(cfg: RunConfig, split_name: str = "valid", force: tuple[str, ...] = ()) -> dict:
@@ -437,9 +515,13 @@ RUN_FILE = "run.json"
 def write_run_file(run_dir: Path, cfg: RunConfig, arts: dict[str, Artifact | None]) -> Path:
     """``run.json``: the exact config and the artifact of every stage, so a finished run can be served."""
     store_root = next(a.store.root for a in arts.values() if a is not None)
-    payload = {"method": cfg.method, "name": cfg.name, "artifacts_dir": store_root,
-               "artifacts": {k: {"stage": v.stage, "key": v.key} for k, v in arts.items() if v is not None},
-               "config": cfg.model_dump(mode="json")}
+    payload = {
+        "method": cfg.method,
+        "name": cfg.name,
+        "artifacts_dir": store_root,
+        "artifacts": {k: {"stage": v.stage, "key": v.key} for k, v in arts.items() if v is not None},
+        "config": cfg.model_dump(mode="json"),
+    }
     out = run_dir / RUN_FILE
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2))
@@ -458,10 +540,12 @@ class LoadedRun:
 
     def views(self) -> ItemViews:
         a = self.arts
-        return ItemViews(title=np.load(a["text_features"].file("title.npy")),
-                         text=np.load(a["text_features"].file("text.npy")),
-                         colla=np.load(a["lightgcn"].file("item_emb.npy")),
-                         ssl=np.load(a["projector"].file("ssl_emb.npy")))
+        return ItemViews(
+            title=np.load(a["text_features"].file("title.npy")),
+            text=np.load(a["text_features"].file("text.npy")),
+            colla=np.load(a["lightgcn"].file("item_emb.npy")),
+            ssl=np.load(a["projector"].file("ssl_emb.npy")),
+        )
 
 
 def load_run(run_dir: str | Path) -> LoadedRun:
@@ -469,20 +553,26 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     run_dir = Path(run_dir)
     path = run_dir / RUN_FILE
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: RUN_DIR must be the output folder of a finished "
-                                f"`ragrec run` (runs/<name>/); run the config first")
+        raise FileNotFoundError(
+            f"{path} not found: RUN_DIR must be the output folder of a finished "
+            f"`ragrec run` (runs/<name>/); run the config first"
+        )
     payload = json.loads(path.read_text())
     if payload.get("method", "rallrec") != "rallrec":
-        raise ValueError(f"{path}: this is a {payload['method']!r} run; serving needs a RALLRec run "
-                         f"(method: rallrec), e.g. runs/rallrec_ml100k")
+        raise ValueError(
+            f"{path}: this is a {payload['method']!r} run; serving needs a RALLRec run "
+            f"(method: rallrec), e.g. runs/rallrec_ml100k"
+        )
     cfg = RunConfig.model_validate(payload["config"])
     store = ArtifactStore(payload["artifacts_dir"])
     arts = {}
     for name, ref in payload["artifacts"].items():
         art = Artifact(store, ref["stage"], ref["key"])
         if not art.done:
-            raise FileNotFoundError(f"{path}: artifact {name} ({art.uri}) is missing; rerun `ragrec run` with "
-                                    f"this run's config to rebuild it")
+            raise FileNotFoundError(
+                f"{path}: artifact {name} ({art.uri}) is missing; rerun `ragrec run` with "
+                f"this run's config to rebuild it"
+            )
         arts[name] = art
     return LoadedRun(run_dir, cfg, store, arts)
 
@@ -518,7 +608,8 @@ def run(cfg: RunConfig, force: tuple[str, ...] = ()) -> RunResult:
     for name, p in others.items():
         rows.append(_metric_row(name, labels, p, cfg.eval.bootstrap, cfg.seed, users, against=probs))
     fusion_rows, f_sections, f_notes, f_extra, f_cols = (
-        _run_fusion(pipe, views, cfg, adapter, preds, rows[0]["name"]) if cfg.eval.fusion else ([], {}, [], {}, {}))
+        _run_fusion(pipe, views, cfg, adapter, preds, rows[0]["name"]) if cfg.eval.fusion else ([], {}, [], {}, {})
+    )
     for col, values in f_cols.items():  # p_fused, p_fused_no_llm in predictions.parquet
         preds = preds.append_column(col, pa.array(values.astype(np.float32)))
 
@@ -537,26 +628,53 @@ def run(cfg: RunConfig, force: tuple[str, ...] = ()) -> RunResult:
         if art is not None:
             hist = art.read_json("history")
             if hist and "loss" in hist[0]:
-                plots[f"{stage}_loss"] = (lambda h, s: lambda p: plot_curve(
-                    list(range(1, len(h) + 1)), {"loss": [r["loss"] for r in h]}, p, "step", f"{s} loss"))(hist, stage)
+                plots[f"{stage}_loss"] = (
+                    lambda h, s: (
+                        lambda p: plot_curve(
+                            list(range(1, len(h) + 1)), {"loss": [r["loss"] for r in h]}, p, "step", f"{s} loss"
+                        )
+                    )
+                )(hist, stage)
     wall = time.perf_counter() - t0
-    notes = [f"wall time {wall:.0f} s", "artifacts: " + ", ".join(f"{k}={v.key}" for k, v in pipe.arts.items() if v),
-             decomposition_note(rows[0]["name"], auc_decomposition(users, labels, probs))]
+    notes = [
+        f"wall time {wall:.0f} s",
+        "artifacts: " + ", ".join(f"{k}={v.key}" for k, v in pipe.arts.items() if v),
+        decomposition_note(rows[0]["name"], auc_decomposition(users, labels, probs)),
+    ]
     best_trivial = max(r["auc"] for r in rows[1:]) if len(rows) > 1 else None
     if best_trivial is not None and rows[0]["auc"] < best_trivial:
         notes.append(f"{rows[0]['name']} does NOT beat the best trivial baseline (AUC {best_trivial:.4f}).")
     rows += fusion_rows
     notes += f_notes
-    write_report(run_dir, title=f"RALLRec on {cfg.data.name}", config=cfg.model_dump(mode="json"), counts=counts,
-                 rows=rows, notes=notes, plots=plots, sections=f_sections, extra=f_extra, reference=main)
+    write_report(
+        run_dir,
+        title=f"RALLRec on {cfg.data.name}",
+        config=cfg.model_dump(mode="json"),
+        counts=counts,
+        rows=rows,
+        notes=notes,
+        plots=plots,
+        sections=f_sections,
+        extra=f_extra,
+        reference=main,
+    )
     metrics = {"rows": rows, "counts": counts, "wall_seconds": round(wall, 1), **f_extra}
-    log.info("RALLRec %s: AUC %.4f  LogLoss %.4f  ACC %.4f  (%d samples, %.0f s) -> %s", cfg.data.name, rows[0]["auc"],
-             rows[0]["logloss"], rows[0]["acc"], preds.num_rows, wall, run_dir / "report.md")
+    log.info(
+        "RALLRec %s: AUC %.4f  LogLoss %.4f  ACC %.4f  (%d samples, %.0f s) -> %s",
+        cfg.data.name,
+        rows[0]["auc"],
+        rows[0]["logloss"],
+        rows[0]["acc"],
+        preds.num_rows,
+        wall,
+        run_dir / "report.md",
+    )
     return RunResult(run_dir, metrics, dict(pipe.arts))
 
 
-def _run_fusion(pipe: Pipeline, views: ItemViews, cfg: RunConfig, adapter: Artifact | None, preds: pa.Table,
-                llm_name: str) -> tuple[list[dict], dict, list[str], dict, dict[str, np.ndarray]]:
+def _run_fusion(
+    pipe: Pipeline, views: ItemViews, cfg: RunConfig, adapter: Artifact | None, preds: pa.Table, llm_name: str
+) -> tuple[list[dict], dict, list[str], dict, dict[str, np.ndarray]]:
     """``eval.fusion`` in `ragrec run`: DeepFM (the evaluation's cached stage), the validation scores and the
     fusion artifact (all added to ``pipe.arts``, so run.json references them and serving finds them).
 
@@ -573,14 +691,23 @@ def _run_fusion(pipe: Pipeline, views: ItemViews, cfg: RunConfig, adapter: Artif
     labels, users = preds.column("label").to_numpy(), preds.column("user_id").to_numpy()
     crm = res.input_probs("crm")
     full, no_llm = fusion_labels(res.names)
-    rows = [_metric_row(n, labels, p, cfg.eval.bootstrap, cfg.seed, users)
-            for n, p in ((res.names["crm"], crm), (full, res.fused), (no_llm, res.fused_without_llm))]
+    rows = [
+        _metric_row(n, labels, p, cfg.eval.bootstrap, cfg.seed, users)
+        for n, p in ((res.names["crm"], crm), (full, res.fused), (no_llm, res.fused_without_llm))
+    ]
     sections, notes, extra = fusion_report(res, fusion_comparisons(res, labels, users, cfg, probs, crm))
     return rows, sections, notes, extra, {"p_fused": res.fused, "p_fused_no_llm": res.fused_without_llm}
 
 
-def _metric_row(name: str, labels: np.ndarray, probs: np.ndarray, n_boot: int, seed: int,
-                user_ids: np.ndarray | None = None, against: np.ndarray | None = None) -> dict:
+def _metric_row(
+    name: str,
+    labels: np.ndarray,
+    probs: np.ndarray,
+    n_boot: int,
+    seed: int,
+    user_ids: np.ndarray | None = None,
+    against: np.ndarray | None = None,
+) -> dict:
     """AUC with its sample-bootstrap interval (``auc_lo``, ``auc_hi``), LogLoss, ACC; with ``user_ids`` also
     the user-clustered interval (``auc_ulo``, ``auc_uhi``: users resampled with all their samples) and UAUC;
     with ``against`` (the main model's probabilities on the same samples) the paired ΔAUC = this row − main
@@ -589,8 +716,13 @@ def _metric_row(name: str, labels: np.ndarray, probs: np.ndarray, n_boot: int, s
 
     m = ctr_metrics(labels, probs)
     lo, hi = bootstrap_ci(labels, probs, metric="auc", n=n_boot, seed=seed)
-    row = {"name": name, **{k: float(v) for k, v in m.items()}, "auc_lo": float(lo), "auc_hi": float(hi),
-           "n": int(len(labels))}
+    row = {
+        "name": name,
+        **{k: float(v) for k, v in m.items()},
+        "auc_lo": float(lo),
+        "auc_hi": float(hi),
+        "n": len(labels),
+    }
     if user_ids is not None:
         ulo, uhi = bootstrap_ci(labels, probs, metric="auc", n=n_boot, seed=seed, groups=user_ids)
         row.update(auc_ulo=float(ulo), auc_uhi=float(uhi), uauc=float(uauc(user_ids, labels, probs)))

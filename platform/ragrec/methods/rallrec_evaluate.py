@@ -55,19 +55,34 @@ class Variant:
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
-VARIANTS: dict[str, Variant] = {v.name: v for v in (
-    Variant("zero_shot", "w/o IT (zero-shot)", "Table 3", {**FULL, "lora.enabled": False}),
-    Variant("recent", "w/o retrieval (recent-K)", "Table 3",
-            {**FULL, "retrieval.strategy": "recent", "prompt.augmentation": False}),
-    Variant("rella", "ReLLa (text retrieval)", "Table 1",
-            {**FULL, "retrieval.strategy": "relevance", "retrieval.embedding": "text"}),
-    Variant("hybrid", "Hybrid-Score (½ text, ½ colla)", "Table 1", {**FULL, "retrieval.strategy": "hybrid"}),
-    Variant("concat", "concat w/o SSL", "Table 4",
-            {**FULL, "retrieval.strategy": "relevance", "retrieval.embedding": "concat"}),
-    Variant("concat_ssl", "concat + SSL", "Table 4", {**FULL, "retrieval.strategy": "relevance"}),
-    Variant("rallrec", "RALLRec (concat + SSL + reranker)", "Table 1", dict(FULL)),
-    Variant("no_aug", "w/o data augmentation", "Table 3", {**FULL, "prompt.augmentation": False}),
-)}
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        Variant("zero_shot", "w/o IT (zero-shot)", "Table 3", {**FULL, "lora.enabled": False}),
+        Variant(
+            "recent",
+            "w/o retrieval (recent-K)",
+            "Table 3",
+            {**FULL, "retrieval.strategy": "recent", "prompt.augmentation": False},
+        ),
+        Variant(
+            "rella",
+            "ReLLa (text retrieval)",
+            "Table 1",
+            {**FULL, "retrieval.strategy": "relevance", "retrieval.embedding": "text"},
+        ),
+        Variant("hybrid", "Hybrid-Score (½ text, ½ colla)", "Table 1", {**FULL, "retrieval.strategy": "hybrid"}),
+        Variant(
+            "concat",
+            "concat w/o SSL",
+            "Table 4",
+            {**FULL, "retrieval.strategy": "relevance", "retrieval.embedding": "concat"},
+        ),
+        Variant("concat_ssl", "concat + SSL", "Table 4", {**FULL, "retrieval.strategy": "relevance"}),
+        Variant("rallrec", "RALLRec (concat + SSL + reranker)", "Table 1", dict(FULL)),
+        Variant("no_aug", "w/o data augmentation", "Table 3", {**FULL, "prompt.augmentation": False}),
+    )
+}
 REFERENCE = "rallrec"
 BASELINE_VARIANTS = ("deepfm",)
 
@@ -99,14 +114,24 @@ def deepfm_stage(pipe: Pipeline):
     def compute(art):
         samples = a["samples"].read_table("samples").drop_columns(drop)
         items, users = a["dataset"].read_table("items"), read_users(a["dataset"])
-        res = train_deepfm(split(samples, "train"), split(samples, "valid"), items, users, cfg.eval.deepfm,
-                           use_ray=True, seed=cfg.seed, out_dir=str(art.staging / "model"),
-                           num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu)
+        res = train_deepfm(
+            split(samples, "train"),
+            split(samples, "valid"),
+            items,
+            users,
+            cfg.eval.deepfm,
+            use_ray=True,
+            seed=cfg.seed,
+            out_dir=str(art.staging / "model"),
+            num_workers=cfg.ray.num_workers,
+            use_gpu=cfg.ray.use_gpu,
+        )
         art.write_json(res.history, "history")
         return {"rows": len(res.history)}
 
-    return pipe.store.run("deepfm", {"deepfm": cfg.eval.deepfm, "seed": cfg.seed}, [a["dataset"], a["samples"]],
-                          compute)
+    return pipe.store.run(
+        "deepfm", {"deepfm": cfg.eval.deepfm, "seed": cfg.seed}, [a["dataset"], a["samples"]], compute
+    )
 
 
 def deepfm_probs(pipe: Pipeline, test: pa.Table) -> np.ndarray:
@@ -133,12 +158,22 @@ def fusion_logits(pipe: Pipeline, samples: pa.Table, llm_probs: np.ndarray, base
     """The fusion inputs of ``samples``: logit of the LLM's P(yes), of DeepFM's P(click), item+user log-odds."""
     from ..evaluation.fusion import logit
 
-    return {"llm": logit(llm_probs), "crm": logit(deepfm_probs(pipe, samples)),
-            "item_user": baseline.logit(samples.column("user_id").to_numpy(), samples.column("item_id").to_numpy())}
+    return {
+        "llm": logit(llm_probs),
+        "crm": logit(deepfm_probs(pipe, samples)),
+        "item_user": baseline.logit(samples.column("user_id").to_numpy(), samples.column("item_id").to_numpy()),
+    }
 
 
-def rallrec_fusion(pipe: Pipeline, views: ItemViews, vcfg: RunConfig, adapter, test: pa.Table,
-                   test_probs: np.ndarray, llm_name: str = "RALLRec"):
+def rallrec_fusion(
+    pipe: Pipeline,
+    views: ItemViews,
+    vcfg: RunConfig,
+    adapter,
+    test: pa.Table,
+    test_probs: np.ndarray,
+    llm_name: str = "RALLRec",
+):
     """Fit the fusion of ``vcfg`` (+ ``adapter``) on the validation split and apply it to ``test``.
 
     Scores the ``eval.max_valid_samples`` validation samples (a cached scores artifact, like the test
@@ -152,29 +187,61 @@ def rallrec_fusion(pipe: Pipeline, views: ItemViews, vcfg: RunConfig, adapter, t
 
     valid, vart = pipe.predict(views, vcfg.retrieval, adapter, split_name="valid", cfg=vcfg)
     a = pipe.arts
-    baseline = ItemUserBaseline(train_interactions(a["dataset"].read_table("interactions"),
-                                                   a["samples"].read_table("samples")))
+    baseline = ItemUserBaseline(
+        train_interactions(a["dataset"].read_table("interactions"), a["samples"].read_table("samples"))
+    )
     vlog = fusion_logits(pipe, valid, valid.column("prob").to_numpy(), baseline)
     tlog = fusion_logits(pipe, test, test_probs, baseline)
-    res = fuse(vlog, valid.column("label").to_numpy(), tlog, {**FUSION_NAMES, "llm": llm_name}, store=pipe.store,
-               inputs=[vart, a["deepfm"], a["samples"], a["dataset"]])
+    res = fuse(
+        vlog,
+        valid.column("label").to_numpy(),
+        tlog,
+        {**FUSION_NAMES, "llm": llm_name},
+        store=pipe.store,
+        inputs=[vart, a["deepfm"], a["samples"], a["dataset"]],
+    )
     return res, vart
 
 
-def fusion_comparisons(res, labels: np.ndarray, users: np.ndarray | None, cfg: RunConfig, llm_probs: np.ndarray,
-                       crm_probs: np.ndarray, row=None) -> list[dict]:
+def fusion_comparisons(
+    res,
+    labels: np.ndarray,
+    users: np.ndarray | None,
+    cfg: RunConfig,
+    llm_probs: np.ndarray,
+    crm_probs: np.ndarray,
+    row=None,
+) -> list[dict]:
     """Paired ΔAUC rows of the fusion against each input and against the fusion w/o LLM (the LLM's marginal
     value over collaborative filtering), built by :func:`_row` (or ``row(name, probs, ref_probs)``)."""
     from ..evaluation.fusion import comparison_rows
 
     if row is None:
+
         def row(name, probs, ref_probs):
-            return _row(name, labels, probs, _Scored(name, name, "fusion", ref_probs), cfg, group="fusion", key=name,
-                        user_ids=users)
+            return _row(
+                name,
+                labels,
+                probs,
+                _Scored(name, name, "fusion", ref_probs),
+                cfg,
+                group="fusion",
+                key=name,
+                user_ids=users,
+            )
+
     n = res.names
-    rows = comparison_rows(row, "fusion", res.fused, {n["llm"]: llm_probs, n["crm"]: crm_probs,
-                                                      n["item_user"]: res.input_probs("item_user"),
-                                                      "fusion w/o LLM": res.fused_without_llm})
+    rows = comparison_rows(
+        row,
+        "fusion",
+        res.fused,
+        {
+            n["llm"]: llm_probs,
+            n["crm"]: crm_probs,
+            n["item_user"]: res.input_probs("item_user"),
+            "fusion w/o LLM": res.fused_without_llm,
+        },
+    )
     return [{k: v for k, v in r.items() if k != "examples"} for r in rows]  # no IT-examples column here
 
 
@@ -183,13 +250,18 @@ def fusion_report(res, comparisons: list[dict]) -> tuple[dict[str, str], list[st
     from ..evaluation.report import format_rows
 
     n = res.names
-    text = (f"Logistic regression fitted on {res.model.n_fit} validation samples over the logits of {n['llm']}, "
-            f"{n['crm']} and the item+user baseline ({n['item_user']}, training interactions only), applied "
-            f"unchanged to the test samples above (`ragrec.evaluation.fusion`). Each row is the paired ΔAUC of "
-            f"the fusion against one of its inputs; `fusion − fusion w/o LLM` is the LLM's marginal value over "
-            f"collaborative filtering.\n\n" + format_rows(comparisons, "the row's input"))
-    return ({f"Fusion: {n['llm']} + {n['crm']} + item/user, fitted on validation": text}, [res.note()],
-            {"fusion": {**res.summary(), "comparisons": comparisons}})
+    text = (
+        f"Logistic regression fitted on {res.model.n_fit} validation samples over the logits of {n['llm']}, "
+        f"{n['crm']} and the item+user baseline ({n['item_user']}, training interactions only), applied "
+        f"unchanged to the test samples above (`ragrec.evaluation.fusion`). Each row is the paired ΔAUC of "
+        f"the fusion against one of its inputs; `fusion − fusion w/o LLM` is the LLM's marginal value over "
+        f"collaborative filtering.\n\n" + format_rows(comparisons, "the row's input")
+    )
+    return (
+        {f"Fusion: {n['llm']} + {n['crm']} + item/user, fitted on validation": text},
+        [res.note()],
+        {"fusion": {**res.summary(), "comparisons": comparisons}},
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -259,8 +331,9 @@ class Evaluation:
         ref = variant_config(self.cfg, FULL)
         if _same(vcfg.retrieval.model_dump(), ref.retrieval.model_dump()) and REFERENCE in self.scored:
             return self.scored[REFERENCE]
-        adapter = self.pipe.adapter(self.views, vcfg) if self.cfg.eval.sweep_adapter == "retrain" \
-            else self.full_adapter()
+        adapter = (
+            self.pipe.adapter(self.views, vcfg) if self.cfg.eval.sweep_adapter == "retrain" else self.full_adapter()
+        )
         probs, keys = self._score(vcfg, adapter)
         examples = self._examples(vcfg) if self.cfg.eval.sweep_adapter == "retrain" else None
         return _Scored(label, label, "sweep", probs, examples, keys)
@@ -280,8 +353,9 @@ class Evaluation:
         log.info("evaluate: fusion (RALLRec + DeepFM + item/user, fitted on the validation split)")
         ref = self.run_point({}, VARIANTS[REFERENCE].label)  # the full variant's test scores (cached)
         try:
-            res, vart = rallrec_fusion(self.pipe, self.views, variant_config(self.cfg, FULL), self.full_adapter(),
-                                       self.test, ref.probs)
+            res, vart = rallrec_fusion(
+                self.pipe, self.views, variant_config(self.cfg, FULL), self.full_adapter(), self.test, ref.probs
+            )
         except ValueError as e:
             self.fusion_error = fusion_skipped(self.cfg.eval.fusion, e)
             return
@@ -290,15 +364,17 @@ class Evaluation:
             crm = self.scored["deepfm"].probs
         else:
             crm = deepfm_probs(self.pipe, self.test).astype(np.float64)
-            self.scored["deepfm"] = _Scored("deepfm", "DeepFM (ID-based CTR)", "fusion", crm,
-                                            keys={"deepfm": deepfm_key})
+            self.scored["deepfm"] = _Scored(
+                "deepfm", "DeepFM (ID-based CTR)", "fusion", crm, keys={"deepfm": deepfm_key}
+            )
         keys = {"fusion": res.artifact.key, "valid_scores": vart.key, "deepfm": deepfm_key}
         full, no_llm = fusion_labels(res.names)
         self.scored["fusion"] = _Scored("fusion", full, "fusion", res.fused, keys=keys)
         self.scored["fusion_no_llm"] = _Scored("fusion_no_llm", no_llm, "fusion", res.fused_without_llm, keys=keys)
         self.fusion = res
-        self.fusion_rows = fusion_comparisons(res, self.test.column("label").to_numpy(),
-                                              self.test.column("user_id").to_numpy(), self.cfg, ref.probs, crm)
+        self.fusion_rows = fusion_comparisons(
+            res, self.test.column("label").to_numpy(), self.test.column("user_id").to_numpy(), self.cfg, ref.probs, crm
+        )
 
     # ---- the whole evaluation ------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -314,9 +390,13 @@ class Evaluation:
             self.write()
         if "deepfm" in cfg.eval.variants_for("rallrec"):
             log.info("evaluate: DeepFM baseline (Ray Train)")
-            self.scored["deepfm"] = _Scored("deepfm", "DeepFM (ID-based CTR)", "Table 1",
-                                            deepfm_probs(self.pipe, self.test).astype(np.float64),
-                                            keys={"deepfm": self.pipe.arts["deepfm"].key})
+            self.scored["deepfm"] = _Scored(
+                "deepfm",
+                "DeepFM (ID-based CTR)",
+                "Table 1",
+                deepfm_probs(self.pipe, self.test).astype(np.float64),
+                keys={"deepfm": self.pipe.arts["deepfm"].key},
+            )
             self.write()
         if fusion_on(cfg):
             self.run_fusion()
@@ -325,8 +405,9 @@ class Evaluation:
             self.k_points[k] = self.run_point({"retrieval.k": k}, f"K={k}")
             self.write()
         for alpha in cfg.eval.alpha_sweep if sweeps_on(cfg) else []:
-            self.alpha_points[alpha] = self.run_point({"retrieval.alpha": alpha, "retrieval.beta": 1.0},
-                                                      f"alpha={alpha:.3g}")
+            self.alpha_points[alpha] = self.run_point(
+                {"retrieval.alpha": alpha, "retrieval.beta": 1.0}, f"alpha={alpha:.3g}"
+            )
             self.write()
         if curve_on(cfg):
             self.curve = LearningCurve(cfg, self.pipe.store, self.test)
@@ -340,8 +421,12 @@ class Evaluation:
         labels = self.test.column("label").to_numpy()
         users = self.test.column("user_id").to_numpy()
         ref = self.scored.get(REFERENCE)
-        rows = [_row(s.label, labels, s.probs, ref, self.cfg, examples=s.examples, group=s.table, key=s.name,
-                     user_ids=users) for s in self.scored.values()]
+        rows = [
+            _row(
+                s.label, labels, s.probs, ref, self.cfg, examples=s.examples, group=s.table, key=s.name, user_ids=users
+            )
+            for s in self.scored.values()
+        ]
         samples = self.pipe.arts["samples"].read_table("samples")
         train = train_interactions(self.pipe.arts["dataset"].read_table("interactions"), samples)
         for name, p in trivial_baselines(train, self.test).items():
@@ -352,14 +437,18 @@ class Evaluation:
         labels = self.test.column("label").to_numpy()
         ref = self.scored.get(REFERENCE)
         users = self.test.column("user_id").to_numpy()
-        return [{xname: x, **_row(s.label, labels, s.probs, ref, self.cfg, examples=s.examples, key=s.label,
-                                  user_ids=users)}
-                for x, s in points.items()]
+        return [
+            {
+                xname: x,
+                **_row(s.label, labels, s.probs, ref, self.cfg, examples=s.examples, key=s.label, user_ids=users),
+            }
+            for x, s in points.items()
+        ]
 
     def write(self, final: bool = False) -> dict:
-        from ..evaluation.report import format_rows, plot_auc_bars, plot_sweep, write_report
-
         import pyarrow.parquet as pq
+
+        from ..evaluation.report import format_rows, plot_auc_bars, plot_sweep, write_report
 
         cfg = self.cfg
         rows = self._rows()
@@ -367,34 +456,42 @@ class Evaluation:
         a_rows = self._sweep_rows(self.alpha_points, "alpha")
         counts = dict(self.pipe.arts["samples"].manifest()["splits"])
         counts[f"evaluated ({cfg.eval.subset} test samples)"] = self.test.num_rows
-        counts["users evaluated"] = int(len(np.unique(self.test.column("user_id").to_numpy())))
+        counts["users evaluated"] = len(np.unique(self.test.column("user_id").to_numpy()))
         counts["positive rate of evaluated"] = round(float(self.test.column("label").to_numpy().mean()), 4)
         trivial = {r["name"]: r["auc"] for r in rows if r["group"] == "trivial"}
         plots = {"auc": (lambda r: lambda p: plot_auc_bars(r, p))(rows)}
         f_sections, f_notes, f_extra = _fusion_parts(self)
         sections = dict(f_sections)
-        adapter_note = ("every point uses the full variant's adapter (eval.sweep_adapter=shared: "
-                        "only the retrieval changes at inference)" if cfg.eval.sweep_adapter == "shared"
-                        else "every point tunes its own adapter (eval.sweep_adapter=retrain)")
+        adapter_note = (
+            "every point uses the full variant's adapter (eval.sweep_adapter=shared: "
+            "only the retrieval changes at inference)"
+            if cfg.eval.sweep_adapter == "shared"
+            else "every point tunes its own adapter (eval.sweep_adapter=retrain)"
+        )
         if k_rows:
             sections["K sweep (Figure 3)"] = f"{adapter_note}.\n\n" + format_rows(k_rows, "RALLRec")
             if len(k_rows) > 1:
-                plots["auc_vs_k"] = (lambda r: lambda p: plot_sweep([x["k"] for x in r], r, p, "K (history items)",
-                                                                    trivial))(k_rows)
+                plots["auc_vs_k"] = (
+                    lambda r: lambda p: plot_sweep([x["k"] for x in r], r, p, "K (history items)", trivial)
+                )(k_rows)
         if a_rows:
             sections["α sweep, β = 1 (Figure 4)"] = f"{adapter_note}.\n\n" + format_rows(a_rows, "RALLRec")
             if len(a_rows) > 1:
-                plots["auc_vs_alpha"] = (lambda r: lambda p: plot_sweep([x["alpha"] for x in r], r, p,
-                                                                        "α (relevance weight)", trivial))(a_rows)
-        c_sections, c_plots, c_extra = self.curve.report({r["key"]: r["auc"] for r in rows}) if self.curve \
-            else ({}, {}, {})
+                plots["auc_vs_alpha"] = (
+                    lambda r: lambda p: plot_sweep([x["alpha"] for x in r], r, p, "α (relevance weight)", trivial)
+                )(a_rows)
+        c_sections, c_plots, c_extra = (
+            self.curve.report({r["key"]: r["auc"] for r in rows}) if self.curve else ({}, {}, {})
+        )
         sections.update(c_sections)
         plots.update(c_plots)
         wall = time.perf_counter() - self.t0
-        notes = [f"{'finished' if final else 'in progress'}; wall time so far {wall:.0f} s",
-                 f"model {cfg.llm.model}; LoRA on {cfg.lora.train_samples} sampled training samples "
-                 f"({'x3 mixed views' if cfg.prompt.augmentation else 'one view'}), K = {cfg.retrieval.k}, "
-                 f"α = {cfg.retrieval.alpha:.3g}, β = {cfg.retrieval.beta:g}"]
+        notes = [
+            f"{'finished' if final else 'in progress'}; wall time so far {wall:.0f} s",
+            f"model {cfg.llm.model}; LoRA on {cfg.lora.train_samples} sampled training samples "
+            f"({'x3 mixed views' if cfg.prompt.augmentation else 'one view'}), K = {cfg.retrieval.k}, "
+            f"α = {cfg.retrieval.alpha:.3g}, β = {cfg.retrieval.beta:g}",
+        ]
         notes += _decomposition_notes(self.test, self.scored.get(REFERENCE)) + _reading(rows)
         notes += f_notes
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -405,13 +502,27 @@ class Evaluation:
         for name, probs in (self.curve.columns() if self.curve else {}).items():
             preds = preds.append_column(name, pa.array(probs.astype(np.float32)))
         pq.write_table(preds, self.out_dir / "predictions.parquet")
-        extra = {"k_sweep": k_rows, "alpha_sweep": a_rows, "wall_seconds": round(wall, 1), "finished": final,
-                 "artifacts": {s.name: s.keys for s in self.scored.values()}}
+        extra = {
+            "k_sweep": k_rows,
+            "alpha_sweep": a_rows,
+            "wall_seconds": round(wall, 1),
+            "finished": final,
+            "artifacts": {s.name: s.keys for s in self.scored.values()},
+        }
         extra.update(f_extra)
         extra.update(c_extra)
-        write_report(self.out_dir, title=f"RALLRec evaluation on {cfg.data.name}", config=cfg.model_dump(mode="json"),
-                     counts=counts, rows=rows, notes=notes, plots=plots, sections=sections,
-                     reference="RALLRec", extra=extra)
+        write_report(
+            self.out_dir,
+            title=f"RALLRec evaluation on {cfg.data.name}",
+            config=cfg.model_dump(mode="json"),
+            counts=counts,
+            rows=rows,
+            notes=notes,
+            plots=plots,
+            sections=sections,
+            reference="RALLRec",
+            extra=extra,
+        )
         return {"rows": rows, "k_sweep": k_rows, "alpha_sweep": a_rows, "counts": counts, "wall_seconds": wall}
 
 
@@ -426,11 +537,22 @@ def _same(a: dict, b: dict) -> bool:
     """Equal configs up to float noise (2/3 written as 0.6666667 in YAML is the paper's 2/3)."""
     return a.keys() == b.keys() and all(
         abs(a[k] - b[k]) < 1e-6 if isinstance(a[k], float) and isinstance(b[k], (int, float)) else a[k] == b[k]
-        for k in a)
+        for k in a
+    )
 
 
-def _row(name: str, labels: np.ndarray, probs: np.ndarray, ref: _Scored | None, cfg: RunConfig, *,
-         examples: int | None = None, group: str = "", key: str = "", user_ids: np.ndarray | None = None) -> dict:
+def _row(
+    name: str,
+    labels: np.ndarray,
+    probs: np.ndarray,
+    ref: _Scored | None,
+    cfg: RunConfig,
+    *,
+    examples: int | None = None,
+    group: str = "",
+    key: str = "",
+    user_ids: np.ndarray | None = None,
+) -> dict:
     """One report row. ``auc_lo/auc_hi`` and ``delta_lo/delta_hi`` resample samples; with ``user_ids`` the row
     also gets ``uauc`` and the user-clustered intervals ``auc_ulo/auc_uhi`` and ``delta_ulo/delta_uhi``
     (users resampled with all their samples; the intervals to read)."""
@@ -438,8 +560,16 @@ def _row(name: str, labels: np.ndarray, probs: np.ndarray, ref: _Scored | None, 
 
     m = ctr_metrics(labels, probs)
     lo, hi = bootstrap_ci(labels, probs, metric="auc", n=cfg.eval.bootstrap, seed=cfg.seed)
-    row = {"name": name, "key": key, "group": group, **{k: float(v) for k, v in m.items()},
-           "auc_lo": float(lo), "auc_hi": float(hi), "n": int(len(labels)), "examples": examples}
+    row = {
+        "name": name,
+        "key": key,
+        "group": group,
+        **{k: float(v) for k, v in m.items()},
+        "auc_lo": float(lo),
+        "auc_hi": float(hi),
+        "n": len(labels),
+        "examples": examples,
+    }
     if user_ids is not None:
         ulo, uhi = bootstrap_ci(labels, probs, metric="auc", n=cfg.eval.bootstrap, seed=cfg.seed, groups=user_ids)
         row.update(auc_ulo=float(ulo), auc_uhi=float(uhi), uauc=float(uauc(user_ids, labels, probs)))
@@ -447,8 +577,9 @@ def _row(name: str, labels: np.ndarray, probs: np.ndarray, ref: _Scored | None, 
         d, dlo, dhi = bootstrap_delta_ci(labels, probs, ref.probs, n=cfg.eval.bootstrap, seed=cfg.seed)
         row.update(delta=d, delta_lo=dlo, delta_hi=dhi)
         if user_ids is not None:
-            _, dulo, duhi = bootstrap_delta_ci(labels, probs, ref.probs, n=cfg.eval.bootstrap, seed=cfg.seed,
-                                               groups=user_ids)
+            _, dulo, duhi = bootstrap_delta_ci(
+                labels, probs, ref.probs, n=cfg.eval.bootstrap, seed=cfg.seed, groups=user_ids
+            )
             row.update(delta_ulo=dulo, delta_uhi=duhi)
     elif ref is not None:
         row.update(delta=None)

@@ -58,10 +58,19 @@ def sasrec_stage(store: ArtifactStore, cfg: RunConfig, ds_art: Artifact, samples
         inter = _train_inter(ds_art, samples_art)
         n_users, n_items = ds_art.manifest()["users"], ds_art.manifest()["items"]
         n_users = n_users or int(pc.max(ds_art.read_table("interactions").column("user_id")).as_py()) + 1
-        res = train_sasrec(inter.column("user_id").to_numpy(), inter.column("item_id").to_numpy(),
-                           inter.column("timestamp").to_numpy(), n_users, n_items, cfg.sasrec, use_ray=True,
-                           seed=cfg.seed, out_dir=str(art.staging / "train"), num_workers=cfg.ray.num_workers,
-                           use_gpu=cfg.ray.use_gpu)
+        res = train_sasrec(
+            inter.column("user_id").to_numpy(),
+            inter.column("item_id").to_numpy(),
+            inter.column("timestamp").to_numpy(),
+            n_users,
+            n_items,
+            cfg.sasrec,
+            use_ray=True,
+            seed=cfg.seed,
+            out_dir=str(art.staging / "train"),
+            num_workers=cfg.ray.num_workers,
+            use_gpu=cfg.ray.use_gpu,
+        )
         np.save(art.staging / "user_emb.npy", res.user_emb.astype(np.float32))
         np.save(art.staging / "item_emb.npy", res.item_emb.astype(np.float32))
         art.write_json(res.history, "history")
@@ -77,9 +86,16 @@ def user_docs_stage(store: ArtifactStore, cfg: RunConfig, ds_art: Artifact, samp
 
     def compute(art: Artifact):
         inter = _train_inter(ds_art, samples_art)
-        n_users = ds_art.manifest()["users"] or int(pc.max(ds_art.read_table("interactions").column("user_id")).as_py()) + 1
-        docs = user_documents(inter, ds_art.read_table("items"), n_users, max_items=cfg.user_text.max_items,
-                              max_title_chars=cfg.user_text.max_title_chars)
+        n_users = (
+            ds_art.manifest()["users"] or int(pc.max(ds_art.read_table("interactions").column("user_id")).as_py()) + 1
+        )
+        docs = user_documents(
+            inter,
+            ds_art.read_table("items"),
+            n_users,
+            max_items=cfg.user_text.max_items,
+            max_title_chars=cfg.user_text.max_title_chars,
+        )
         art.write_table(docs)
         return {"rows": docs.num_rows, "with_doc": int(pc.sum(pc.greater(docs.column("n_liked"), 0)).as_py() or 0)}
 
@@ -100,8 +116,17 @@ def car_stage(store: ArtifactStore, cfg: RunConfig, sasrec_art: Artifact, docs_a
         h = np.load(sasrec_art.file("user_emb.npy"))
         valid = _valid_users(docs_art) & (np.abs(h).sum(axis=1) > 0)
         nbrs = collaborative_neighbours(h, cfg.car.kc, valid=valid)
-        res = train_car(docs, nbrs, cfg.car, valid=valid, use_ray=True, seed=cfg.seed,
-                        out_dir=str(art.staging / "train"), num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu)
+        res = train_car(
+            docs,
+            nbrs,
+            cfg.car,
+            valid=valid,
+            use_ray=True,
+            seed=cfg.seed,
+            out_dir=str(art.staging / "train"),
+            num_workers=cfg.ray.num_workers,
+            use_gpu=cfg.ray.use_gpu,
+        )
         np.save(art.staging / "user_emb.npy", encode_users(res.model_dir, docs).astype(np.float32))
         art.write_json(res.history, "history")
         return {"rows": len(docs), "anchors": int(valid.sum())}
@@ -139,30 +164,45 @@ def rationale_pairs(samples: pa.Table, n: int, seed: int, valid: np.ndarray) -> 
     ok = valid[train.column("user_id").to_numpy()]
     train = train.filter(pa.array(ok))
     if train.num_rows == 0:
-        raise ValueError("SCoRe: no training sample belongs to a user with liked training items; "
-                         "check data.label_threshold / the temporal windows")
+        raise ValueError(
+            "SCoRe: no training sample belongs to a user with liked training items; "
+            "check data.label_threshold / the temporal windows"
+        )
     if n < train.num_rows:
         idx = np.sort(np.random.default_rng(seed + 17).choice(train.num_rows, size=n, replace=False))
         train = train.take(pa.array(idx))
     return train
 
 
-def rationales_stage(store: ArtifactStore, cfg: RunConfig, ds_art: Artifact, samples_art: Artifact,
-                     docs_art: Artifact) -> Artifact:
+def rationales_stage(
+    store: ArtifactStore, cfg: RunConfig, ds_art: Artifact, samples_art: Artifact, docs_art: Artifact
+) -> Artifact:
     """Step 3: the LLM's self-assessment ``r_t = LLM(P^r(d(H(u_t)), d(v_t)))`` for sampled training pairs."""
     from ..llm.prompts_score import history_documents, rationale_prompts
 
     items = ds_art.read_table("items")
     pairs = rationale_pairs(samples_art.read_table("samples"), cfg.rationale.pairs, cfg.seed, _valid_users(docs_art))
-    hist = history_documents(pairs, items, max_items=cfg.user_text.max_items, label_threshold=cfg.data.label_threshold,
-                             max_title_chars=cfg.user_text.max_title_chars)
+    hist = history_documents(
+        pairs,
+        items,
+        max_items=cfg.user_text.max_items,
+        label_threshold=cfg.data.label_threshold,
+        max_title_chars=cfg.user_text.max_title_chars,
+    )
     prompts = rationale_prompts(pairs, hist, items, cfg.rationale.template, cfg.user_text.max_title_chars)
     rows = pa.table({"sample_id": pairs.column("sample_id"), "prompt": pa.array(prompts, pa.string())})
     r = cfg.rationale
-    return generate_stage(store, "rationales", rows, key="sample_id", prompt="prompt", llm_cfg=cfg.llm,
-                          block_size=r.block_size, inputs=[samples_art, docs_art],
-                          sampling={"max_new_tokens": r.max_new_tokens, "temperature": r.temperature,
-                                    "top_p": r.top_p, "seed": cfg.seed})
+    return generate_stage(
+        store,
+        "rationales",
+        rows,
+        key="sample_id",
+        prompt="prompt",
+        llm_cfg=cfg.llm,
+        block_size=r.block_size,
+        inputs=[samples_art, docs_art],
+        sampling={"max_new_tokens": r.max_new_tokens, "temperature": r.temperature, "top_p": r.top_p, "seed": cfg.seed},
+    )
 
 
 def _by_sample_id(samples: pa.Table, ids: pa.Array | pa.ChunkedArray) -> pa.Table:
@@ -171,8 +211,16 @@ def _by_sample_id(samples: pa.Table, ids: pa.Array | pa.ChunkedArray) -> pa.Tabl
     return samples.take(pa.array(pos))
 
 
-def sare_stage(store: ArtifactStore, cfg: RunConfig, ds_art: Artifact, samples_art: Artifact, docs_art: Artifact,
-               car_art: Artifact, base_art: Artifact, rat_art: Artifact) -> Artifact:
+def sare_stage(
+    store: ArtifactStore,
+    cfg: RunConfig,
+    ds_art: Artifact,
+    samples_art: Artifact,
+    docs_art: Artifact,
+    car_art: Artifact,
+    base_art: Artifact,
+    rat_art: Artifact,
+) -> Artifact:
     """Steps 4-5: rank the Ke CAR-retrieved users by cos(TxtEmb(r_t), TxtEmb(d(H(u_i)))) and tune SARE on it."""
     from ..llm.prompts_score import basic_prompts, history_documents
     from ..retrieval.users import rank_by_rationale
@@ -184,20 +232,41 @@ def sare_stage(store: ArtifactStore, cfg: RunConfig, ds_art: Artifact, samples_a
         pairs = _by_sample_id(samples_art.read_table("samples"), rat.column("sample_id"))
         docs = np.array(docs_art.read_table().column("doc").to_pylist(), dtype=object)
         valid = _valid_users(docs_art)
-        cand = _candidates(np.load(car_art.file("user_emb.npy")), pairs.column("user_id").to_numpy(), valid,
-                           cfg.ci.ke)  # (P, Ke)
+        cand = _candidates(
+            np.load(car_art.file("user_emb.npy")), pairs.column("user_id").to_numpy(), valid, cfg.ci.ke
+        )  # (P, Ke)
         txt_users = np.load(base_art.file("user_emb.npy"))  # TxtEmb of d(H(u)), untuned encoder
         r_emb = encode_users(cfg.car.encoder, rat.column("text").to_pylist())
         order = rank_by_rationale(r_emb, txt_users[cand])  # (P, Ke) positions, best first
         ranked = np.take_along_axis(cand, order, axis=1)
         items = ds_art.read_table("items")
-        hist = history_documents(pairs, items, max_items=cfg.user_text.max_items,
-                                 label_threshold=cfg.data.label_threshold, max_title_chars=cfg.user_text.max_title_chars)
+        hist = history_documents(
+            pairs,
+            items,
+            max_items=cfg.user_text.max_items,
+            label_threshold=cfg.data.label_threshold,
+            max_title_chars=cfg.user_text.max_title_chars,
+        )
         queries = basic_prompts(pairs, hist, items, cfg.user_text.max_title_chars).to_pylist()
-        res = train_sare(queries, docs[ranked].tolist(), cfg.sare, use_ray=True, seed=cfg.seed,
-                         out_dir=str(art.staging / "train"), num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu)
-        art.write_table(pa.table({"sample_id": pairs.column("sample_id"),
-                                  "ranked_user_ids": pa.array(ranked.tolist(), pa.list_(pa.int64()))}), "ranking")
+        res = train_sare(
+            queries,
+            docs[ranked].tolist(),
+            cfg.sare,
+            use_ray=True,
+            seed=cfg.seed,
+            out_dir=str(art.staging / "train"),
+            num_workers=cfg.ray.num_workers,
+            use_gpu=cfg.ray.use_gpu,
+        )
+        art.write_table(
+            pa.table(
+                {
+                    "sample_id": pairs.column("sample_id"),
+                    "ranked_user_ids": pa.array(ranked.tolist(), pa.list_(pa.int64())),
+                }
+            ),
+            "ranking",
+        )
         art.write_json(res.history, "history")
         return {"rows": len(queries)}
 
@@ -250,8 +319,9 @@ class Pipeline:
             a["car"] = car_stage(store, cfg, a["sasrec"], a["user_docs"])
         if cfg.ci.ks > 0 and cfg.sare.enabled and a.get("sare") is None:
             a["rationales"] = rationales_stage(store, cfg, a["dataset"], a["samples"], a["user_docs"])
-            a["sare"] = sare_stage(store, cfg, a["dataset"], a["samples"], a["user_docs"], a["car"], a["user_base"],
-                                   a["rationales"])
+            a["sare"] = sare_stage(
+                store, cfg, a["dataset"], a["samples"], a["user_docs"], a["car"], a["user_base"], a["rationales"]
+            )
         return a
 
     @functools.cached_property
@@ -271,10 +341,18 @@ class Pipeline:
     def ci_contexts(self, samples: pa.Table, cfg: RunConfig, name: str) -> Artifact:
         """Per sample the Ke retrieved users, reranked by SARE (or left in retrieval order): ``ci_user_ids``."""
         a = self.arts
-        spec = {"retriever": cfg.ci.retriever, "ke": cfg.ci.ke, "sare": cfg.sare.enabled,
-                "n": samples.num_rows, "ids": _ids_digest(samples)}
-        inputs = [a["samples"], a["user_docs"], {"car": a.get("car"), "base": a["user_base"], "cf": a["sasrec"]}
-                  [cfg.ci.retriever]] + ([a["sare"]] if cfg.sare.enabled else [])
+        spec = {
+            "retriever": cfg.ci.retriever,
+            "ke": cfg.ci.ke,
+            "sare": cfg.sare.enabled,
+            "n": samples.num_rows,
+            "ids": _ids_digest(samples),
+        }
+        inputs = [
+            a["samples"],
+            a["user_docs"],
+            {"car": a.get("car"), "base": a["user_base"], "cf": a["sasrec"]}[cfg.ci.retriever],
+        ] + ([a["sare"]] if cfg.sare.enabled else [])
 
         def compute(art: Artifact):
             users = samples.column("user_id").to_numpy()
@@ -286,13 +364,21 @@ class Pipeline:
                 from ..training.sare import score_pairs
 
                 docs = np.array(self.docs.to_pylist(), dtype=object)
-                queries = basic_prompts(samples, self._history(samples, cfg), self.items,
-                                        cfg.user_text.max_title_chars).to_pylist()
-                scores = score_pairs(_sare_model_dir(a["sare"]), queries, docs[cand].tolist(),
-                                     max_tokens=cfg.sare.max_tokens)
+                queries = basic_prompts(
+                    samples, self._history(samples, cfg), self.items, cfg.user_text.max_title_chars
+                ).to_pylist()
+                scores = score_pairs(
+                    _sare_model_dir(a["sare"]), queries, docs[cand].tolist(), max_tokens=cfg.sare.max_tokens
+                )
                 cand = np.take_along_axis(cand, order_by_scores(scores), axis=1)
-            art.write_table(pa.table({"sample_id": samples.column("sample_id"),
-                                      "ci_user_ids": pa.array(cand.tolist(), pa.list_(pa.int64()))}))
+            art.write_table(
+                pa.table(
+                    {
+                        "sample_id": samples.column("sample_id"),
+                        "ci_user_ids": pa.array(cand.tolist(), pa.list_(pa.int64())),
+                    }
+                )
+            )
             return samples.num_rows
 
         return self.store.run("ci_contexts", spec, [x for x in inputs if x is not None], compute)
@@ -300,9 +386,13 @@ class Pipeline:
     def _history(self, samples: pa.Table, cfg: RunConfig) -> pa.Array:
         from ..llm.prompts_score import history_documents
 
-        return history_documents(samples, self.items, max_items=cfg.user_text.max_items,
-                                 label_threshold=cfg.data.label_threshold,
-                                 max_title_chars=cfg.user_text.max_title_chars)
+        return history_documents(
+            samples,
+            self.items,
+            max_items=cfg.user_text.max_items,
+            label_threshold=cfg.data.label_threshold,
+            max_title_chars=cfg.user_text.max_title_chars,
+        )
 
     def prompts(self, samples: pa.Table, cfg: RunConfig, name: str) -> pa.Array:
         """``P^s`` (``ci.ks > 0``) or ``P^b`` for each sample."""
@@ -325,14 +415,26 @@ class Pipeline:
             return None
         a = self.arts
         sub = train_subset(a["samples"].read_table("samples"), cfg.lora.train_samples, cfg.seed)
-        spec = {"ci": cfg.ci.model_dump(), "sare": cfg.sare.enabled, "user_text": cfg.user_text.model_dump(),
-                "train_samples": cfg.lora.train_samples, "seed": cfg.seed}
+        spec = {
+            "ci": cfg.ci.model_dump(),
+            "sare": cfg.sare.enabled,
+            "user_text": cfg.user_text.model_dump(),
+            "train_samples": cfg.lora.train_samples,
+            "seed": cfg.seed,
+        }
 
         def compute(art: Artifact):
             prompts = self.prompts(sub, cfg, "train")
             answers = np.where(sub.column("label").to_numpy() > 0, ANSWER_YES, ANSWER_NO)
-            art.write_table(pa.table({"sample_id": sub.column("sample_id"), "prompt": prompts,
-                                      "answer": pa.array(answers.tolist(), pa.string())}))
+            art.write_table(
+                pa.table(
+                    {
+                        "sample_id": sub.column("sample_id"),
+                        "prompt": prompts,
+                        "answer": pa.array(answers.tolist(), pa.string()),
+                    }
+                )
+            )
             return sub.num_rows
 
         inputs = [x for x in (a["samples"], a["user_docs"], a.get("car"), a.get("sare"), a["sasrec"]) if x is not None]
@@ -344,17 +446,28 @@ class Pipeline:
     def eval_samples(self, split_name: str = "test") -> pa.Table:
         e = self.cfg.eval
         limit = e.max_test_samples if split_name == "test" else e.max_valid_samples
-        return eval_subset(split(self.arts["samples"].read_table("samples"), split_name), limit, e.subset,
-                           self.cfg.seed)
+        return eval_subset(
+            split(self.arts["samples"].read_table("samples"), split_name), limit, e.subset, self.cfg.seed
+        )
 
-    def predict(self, adapter: Artifact | None, cfg: RunConfig | None = None, split_name: str = "test",
-                name: str = "scores") -> tuple[pa.Table, Artifact]:
+    def predict(
+        self, adapter: Artifact | None, cfg: RunConfig | None = None, split_name: str = "test", name: str = "scores"
+    ) -> tuple[pa.Table, Artifact]:
         """Score the evaluation samples with ``cfg``'s prompts: (samples + ``prob``, scores artifact)."""
         cfg = cfg or self.cfg
         samples = self.eval_samples(split_name)
         rows = pa.table({"sample_id": samples.column("sample_id"), "prompt": self.prompts(samples, cfg, split_name)})
-        art = score_stage(self.store, name, rows, key="sample_id", prompt="prompt", llm_cfg=cfg.llm, adapter=adapter,
-                          block_size=cfg.llm.batch_size * 8, inputs=[self.arts["samples"]])
+        art = score_stage(
+            self.store,
+            name,
+            rows,
+            key="sample_id",
+            prompt="prompt",
+            llm_cfg=cfg.llm,
+            adapter=adapter,
+            block_size=cfg.llm.batch_size * 8,
+            inputs=[self.arts["samples"]],
+        )
         keep = [c for c in samples.column_names if not c.startswith("history_")]
         return samples.select(keep).append_column("prob", art.read_table().column("prob")), art
 
@@ -412,21 +525,44 @@ def run(cfg: RunConfig, force: tuple[str, ...] = ()) -> RunResult:
         art = a.get(stage)
         hist = art.read_json("history") if art is not None else None
         if hist and "loss" in hist[0]:
-            plots[f"{stage}_loss"] = (lambda h, s: lambda p: plot_curve(
-                list(range(1, len(h) + 1)), {"loss": [r["loss"] for r in h]}, p, "step", f"{s} loss"))(hist, stage)
+            plots[f"{stage}_loss"] = (
+                lambda h, s: (
+                    lambda p: plot_curve(
+                        list(range(1, len(h) + 1)), {"loss": [r["loss"] for r in h]}, p, "step", f"{s} loss"
+                    )
+                )
+            )(hist, stage)
     wall = time.perf_counter() - t0
-    notes = [f"wall time {wall:.0f} s",
-             f"SASRec sanity (leave-one-out, {cfg.sasrec.eval_negatives} negatives): NDCG@10 "
-             f"{sas.get('ndcg@10', float('nan')):.4f}, HR@10 {sas.get('hr@10', float('nan')):.4f}",
-             "artifacts: " + ", ".join(f"{k}={v.key}" for k, v in a.items() if v is not None),
-             decomposition_note(rows[0]["name"], auc_decomposition(preds.column("user_id").to_numpy(),
-                                                                   preds.column("label").to_numpy(), probs))]
+    notes = [
+        f"wall time {wall:.0f} s",
+        f"SASRec sanity (leave-one-out, {cfg.sasrec.eval_negatives} negatives): NDCG@10 "
+        f"{sas.get('ndcg@10', float('nan')):.4f}, HR@10 {sas.get('hr@10', float('nan')):.4f}",
+        "artifacts: " + ", ".join(f"{k}={v.key}" for k, v in a.items() if v is not None),
+        decomposition_note(
+            rows[0]["name"],
+            auc_decomposition(preds.column("user_id").to_numpy(), preds.column("label").to_numpy(), probs),
+        ),
+    ]
     best_trivial = max(r["auc"] for r in rows[1:])
     if rows[0]["auc"] < best_trivial:
         notes.append(f"{rows[0]['name']} does NOT beat the best trivial baseline (AUC {best_trivial:.4f}).")
-    write_report(run_dir, title=f"SCoRe on {cfg.data.name}", config=cfg.model_dump(mode="json"), counts=counts,
-                 rows=rows, notes=notes, plots=plots)
+    write_report(
+        run_dir,
+        title=f"SCoRe on {cfg.data.name}",
+        config=cfg.model_dump(mode="json"),
+        counts=counts,
+        rows=rows,
+        notes=notes,
+        plots=plots,
+    )
     metrics = {"rows": rows, "counts": counts, "sasrec": sas, "wall_seconds": round(wall, 1)}
-    log.info("SCoRe %s: AUC %.4f  UAUC %.4f  (%d samples, %.0f s) -> %s", cfg.data.name, rows[0]["auc"],
-             rows[0]["uauc"], preds.num_rows, wall, run_dir / "report.md")
+    log.info(
+        "SCoRe %s: AUC %.4f  UAUC %.4f  (%d samples, %.0f s) -> %s",
+        cfg.data.name,
+        rows[0]["auc"],
+        rows[0]["uauc"],
+        preds.num_rows,
+        wall,
+        run_dir / "report.md",
+    )
     return RunResult(run_dir, metrics, dict(a))

@@ -37,8 +37,16 @@ from ..config import RunConfig
 from ..evaluation.fusion import skipped as fusion_skipped
 from .learning_curve import LearningCurve, curve_on, fusion_on, sweeps_on
 from .rallrec import train_interactions
-from .rallrec_evaluate import _decomposition_notes, _reading, _row, _Scored, variant_config
-from .rallrec_evaluate import _fusion_parts, fusion_comparisons, fusion_labels
+from .rallrec_evaluate import (
+    _decomposition_notes,
+    _fusion_parts,
+    _reading,
+    _row,
+    _Scored,
+    fusion_comparisons,
+    fusion_labels,
+    variant_config,
+)
 from .score import Pipeline, RunResult
 
 log = logging.getLogger("ragrec.evaluate")
@@ -53,14 +61,17 @@ class Variant:
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
-VARIANTS: dict[str, Variant] = {v.name: v for v in (
-    Variant("zero_shot", "zero-shot (P^b, w/o IT)", {**FULL, "lora.enabled": False, "ci.ks": 0}),
-    Variant("no_ci", "w/o CI (TALLRec-style P^b)", {**FULL, "ci.ks": 0}),
-    Variant("score_base", "SCoRe-base (untuned retriever)", {**FULL, "ci.retriever": "base"}),
-    Variant("score_cf", "SCoRe-cf (SASRec neighbours)", {**FULL, "ci.retriever": "cf"}),
-    Variant("score_rerank", "SCoRe-rerank (w/o SARE)", {**FULL, "sare.enabled": False}),
-    Variant("score", "SCoRe (CAR + SARE)", dict(FULL)),
-)}
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        Variant("zero_shot", "zero-shot (P^b, w/o IT)", {**FULL, "lora.enabled": False, "ci.ks": 0}),
+        Variant("no_ci", "w/o CI (TALLRec-style P^b)", {**FULL, "ci.ks": 0}),
+        Variant("score_base", "SCoRe-base (untuned retriever)", {**FULL, "ci.retriever": "base"}),
+        Variant("score_cf", "SCoRe-cf (SASRec neighbours)", {**FULL, "ci.retriever": "cf"}),
+        Variant("score_rerank", "SCoRe-rerank (w/o SARE)", {**FULL, "sare.enabled": False}),
+        Variant("score", "SCoRe (CAR + SARE)", dict(FULL)),
+    )
+}
 REFERENCE = "score"
 FUSION_NAMES = {"llm": "SCoRe", "crm": "SASRec", "item_user": "item_user_logit"}
 
@@ -79,8 +90,11 @@ def sasrec_logits(pipe: Pipeline, samples: pa.Table) -> tuple[np.ndarray, str]:
     users, items = samples.column("user_id").to_numpy(), samples.column("item_id").to_numpy()
     if (art.path / "train" / MODEL_FILE).exists():
         return SASRecScorer(art.path / "train")(samples.column("history_item_ids"), items), "history"
-    log.warning("evaluate: SASRec artifact %s has no saved weights; the fusion uses h_u . e_i from the training "
-                "sequences (retrain with --force sasrec to score each sample's own history)", art.key)
+    log.warning(
+        "evaluate: SASRec artifact %s has no saved weights; the fusion uses h_u . e_i from the training "
+        "sequences (retrain with --force sasrec to score each sample's own history)",
+        art.key,
+    )
     h, e = np.load(art.file("user_emb.npy")), np.load(art.file("item_emb.npy"))
     return (h[users].astype(np.float64) * e[items].astype(np.float64)).sum(1), "train_user_vector"
 
@@ -163,17 +177,26 @@ class Evaluation:
             valid = self.pipe.eval_samples("valid")
             if not np.array_equal(vpreds.column("sample_id").to_numpy(), valid.column("sample_id").to_numpy()):
                 raise RuntimeError("validation predictions are not aligned with the validation samples")
-            baseline = ItemUserBaseline(train_interactions(a["dataset"].read_table("interactions"),
-                                                           a["samples"].read_table("samples")))
+            baseline = ItemUserBaseline(
+                train_interactions(a["dataset"].read_table("interactions"), a["samples"].read_table("samples"))
+            )
             (crm_v, how), (crm_t, _) = sasrec_logits(self.pipe, valid), sasrec_logits(self.pipe, self.test)
 
             def inputs(t: pa.Table, probs: np.ndarray, crm: np.ndarray) -> dict[str, np.ndarray]:
-                return {"llm": logit(probs), "crm": crm,
-                        "item_user": baseline.logit(t.column("user_id").to_numpy(), t.column("item_id").to_numpy())}
+                return {
+                    "llm": logit(probs),
+                    "crm": crm,
+                    "item_user": baseline.logit(t.column("user_id").to_numpy(), t.column("item_id").to_numpy()),
+                }
 
-            res = fuse(inputs(valid, vpreds.column("prob").to_numpy(), crm_v), valid.column("label").to_numpy(),
-                       inputs(self.test, ref.probs, crm_t), FUSION_NAMES, store=self.pipe.store,
-                       inputs=[vart, a["sasrec"], a["samples"], a["dataset"]])
+            res = fuse(
+                inputs(valid, vpreds.column("prob").to_numpy(), crm_v),
+                valid.column("label").to_numpy(),
+                inputs(self.test, ref.probs, crm_t),
+                FUSION_NAMES,
+                store=self.pipe.store,
+                inputs=[vart, a["sasrec"], a["samples"], a["dataset"]],
+            )
         except ValueError as e:
             self.fusion_error = fusion_skipped(self.cfg.eval.fusion, e)
             return
@@ -186,8 +209,9 @@ class Evaluation:
         self.fusion, self.fusion_crm_mode = res, how
 
         def row(name, probs, ref_probs):
-            return self._row(_Scored(name, name, "fusion", probs), _Scored(name, name, "fusion", ref_probs),
-                             group="fusion", key=name)
+            return self._row(
+                _Scored(name, name, "fusion", probs), _Scored(name, name, "fusion", ref_probs), group="fusion", key=name
+            )
 
         self.fusion_rows = fusion_comparisons(res, None, None, self.cfg, ref.probs, crm, row=row)
 
@@ -224,8 +248,16 @@ class Evaluation:
 
     # ---- report ----------------------------------------------------------------------------------------
     def _row(self, s: _Scored, ref: _Scored | None, **kw) -> dict:
-        return _row(s.label, self.test.column("label").to_numpy(), s.probs, ref, self.cfg, examples=s.examples,
-                    user_ids=self.test.column("user_id").to_numpy(), **kw)
+        return _row(
+            s.label,
+            self.test.column("label").to_numpy(),
+            s.probs,
+            ref,
+            self.cfg,
+            examples=s.examples,
+            user_ids=self.test.column("user_id").to_numpy(),
+            **kw,
+        )
 
     def _rows(self) -> list[dict]:
         from ..evaluation.baselines import trivial_baselines
@@ -239,9 +271,9 @@ class Evaluation:
         return rows
 
     def write(self, final: bool = False) -> dict:
-        from ..evaluation.report import format_rows, plot_auc_bars, plot_sweep, write_report
-
         import pyarrow.parquet as pq
+
+        from ..evaluation.report import format_rows, plot_auc_bars, plot_sweep, write_report
 
         cfg = self.cfg
         rows = self._rows()
@@ -250,7 +282,7 @@ class Evaluation:
         ks_rows = [{"ks": x, **self._row(s, ref, key=s.label)} for x, s in self.ks_points.items()]
         counts = dict(self.pipe.arts["samples"].manifest()["splits"])
         counts[f"evaluated ({cfg.eval.subset} test samples)"] = self.test.num_rows
-        counts["users evaluated"] = int(len(np.unique(self.test.column("user_id").to_numpy())))
+        counts["users evaluated"] = len(np.unique(self.test.column("user_id").to_numpy()))
         counts["positive rate of evaluated"] = round(float(self.test.column("label").to_numpy().mean()), 4)
         trivial = {r["name"]: r["auc"] for r in rows if r["group"] == "trivial"}
         plots = {"auc": (lambda r: lambda p: plot_auc_bars(r, p))(rows)}
@@ -259,30 +291,36 @@ class Evaluation:
         if self.fusion is not None:
             f_extra["fusion"]["crm_score"] = self.fusion_crm_mode
             if self.fusion_crm_mode != "history":
-                f_notes.append("fusion: the SASRec artifact has no saved weights, so its input is h_u · e_i from the "
-                               "training sequences (retrain with --force sasrec to score each sample's own history)")
+                f_notes.append(
+                    "fusion: the SASRec artifact has no saved weights, so its input is h_u · e_i from the "
+                    "training sequences (retrain with --force sasrec to score each sample's own history)"
+                )
         sections = dict(f_sections)
-        for title, pts, x, xlabel, plot in (("Ke sweep (Figure 4)", ke_rows, "ke", "Ke (users retrieved by CAR)",
-                                             "auc_vs_ke"),
-                                            ("Ks sweep (Figure 4)", ks_rows, "ks", "Ks (users in the prompt)",
-                                             "auc_vs_ks")):
+        for title, pts, x, xlabel, plot in (
+            ("Ke sweep (Figure 4)", ke_rows, "ke", "Ke (users retrieved by CAR)", "auc_vs_ke"),
+            ("Ks sweep (Figure 4)", ks_rows, "ks", "Ks (users in the prompt)", "auc_vs_ks"),
+        ):
             if pts:
                 sections[title] = f"{note}.\n\n" + format_rows(pts, "SCoRe")
                 if len(pts) > 1:
-                    plots[plot] = (lambda r, x, xl: lambda p: plot_sweep([q[x] for q in r], r, p, xl, trivial))(
-                        pts, x, xlabel)
-        c_sections, c_plots, c_extra = self.curve.report({r["key"]: r["auc"] for r in rows}) if self.curve \
-            else ({}, {}, {})
+                    plots[plot] = (lambda r, col, xl: lambda p: plot_sweep([q[col] for q in r], r, p, xl, trivial))(
+                        pts, x, xlabel
+                    )
+        c_sections, c_plots, c_extra = (
+            self.curve.report({r["key"]: r["auc"] for r in rows}) if self.curve else ({}, {}, {})
+        )
         sections.update(c_sections)
         plots.update(c_plots)
         sas = self.pipe.arts["sasrec"].read_json("metrics")
         wall = time.perf_counter() - self.t0
-        notes = [f"{'finished' if final else 'in progress'}; wall time so far {wall:.0f} s",
-                 f"model {cfg.llm.model}; LoRA r={cfg.lora.r} α={cfg.lora.alpha} on {cfg.lora.train_samples} "
-                 f"sampled training samples; Ke = {cfg.ci.ke}, Ks = {cfg.ci.ks}, Kc = {cfg.car.kc}; "
-                 f"SARE tuned on {cfg.rationale.pairs} self-assessed pairs",
-                 f"SASRec sanity (leave-one-out, {cfg.sasrec.eval_negatives} negatives): NDCG@10 "
-                 f"{sas.get('ndcg@10', float('nan')):.4f}, HR@10 {sas.get('hr@10', float('nan')):.4f}"]
+        notes = [
+            f"{'finished' if final else 'in progress'}; wall time so far {wall:.0f} s",
+            f"model {cfg.llm.model}; LoRA r={cfg.lora.r} α={cfg.lora.alpha} on {cfg.lora.train_samples} "
+            f"sampled training samples; Ke = {cfg.ci.ke}, Ks = {cfg.ci.ks}, Kc = {cfg.car.kc}; "
+            f"SARE tuned on {cfg.rationale.pairs} self-assessed pairs",
+            f"SASRec sanity (leave-one-out, {cfg.sasrec.eval_negatives} negatives): NDCG@10 "
+            f"{sas.get('ndcg@10', float('nan')):.4f}, HR@10 {sas.get('hr@10', float('nan')):.4f}",
+        ]
         notes += _decomposition_notes(self.test, ref) + _reading(rows, REFERENCE, "SCoRe")
         notes += f_notes
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -293,13 +331,28 @@ class Evaluation:
         for name, probs in (self.curve.columns() if self.curve else {}).items():
             preds = preds.append_column(name, pa.array(probs.astype(np.float32)))
         pq.write_table(preds, self.out_dir / "predictions.parquet")
-        extra = {"ke_sweep": ke_rows, "ks_sweep": ks_rows, "sasrec": sas, "wall_seconds": round(wall, 1),
-                 "finished": final, "artifacts": {s.name: s.keys for s in self.scored.values()}}
+        extra = {
+            "ke_sweep": ke_rows,
+            "ks_sweep": ks_rows,
+            "sasrec": sas,
+            "wall_seconds": round(wall, 1),
+            "finished": final,
+            "artifacts": {s.name: s.keys for s in self.scored.values()},
+        }
         extra.update(f_extra)
         extra.update(c_extra)
-        write_report(self.out_dir, title=f"SCoRe evaluation on {cfg.data.name}", config=cfg.model_dump(mode="json"),
-                     counts=counts, rows=rows, notes=notes, plots=plots, sections=sections, reference="SCoRe",
-                     extra=extra)
+        write_report(
+            self.out_dir,
+            title=f"SCoRe evaluation on {cfg.data.name}",
+            config=cfg.model_dump(mode="json"),
+            counts=counts,
+            rows=rows,
+            notes=notes,
+            plots=plots,
+            sections=sections,
+            reference="SCoRe",
+            extra=extra,
+        )
         return {"rows": rows, "ke_sweep": ke_rows, "ks_sweep": ks_rows, "counts": counts, "wall_seconds": wall}
 
 

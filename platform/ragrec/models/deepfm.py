@@ -24,7 +24,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
-from pydantic import BaseModel, ConfigDict, Field as PField
+from pydantic import BaseModel, ConfigDict
+from pydantic import Field as PField
 from torch import nn
 
 from ragrec.data.errors import DataError
@@ -92,15 +93,19 @@ class FeatureSpec:
     bag_len: dict[str, int] = field(default_factory=dict)  # padded width of each bag field
 
     def to_json(self) -> str:
-        return json.dumps({"fields": [asdict(f) for f in self.fields], "n_users": self.n_users,
-                           "n_items": self.n_items, "bag_len": self.bag_len})
+        return json.dumps(
+            {
+                "fields": [asdict(f) for f in self.fields],
+                "n_users": self.n_users,
+                "n_items": self.n_items,
+                "bag_len": self.bag_len,
+            }
+        )
 
     @staticmethod
-    def from_json(text: str) -> "FeatureSpec":
+    def from_json(text: str) -> FeatureSpec:
         d = json.loads(text)
-        fields = tuple(
-            FieldSpec(**{**f, "vocab": tuple(f["vocab"]), "edges": tuple(f["edges"])}) for f in d["fields"]
-        )
+        fields = tuple(FieldSpec(**{**f, "vocab": tuple(f["vocab"]), "edges": tuple(f["edges"])}) for f in d["fields"])
         return FeatureSpec(fields, int(d["n_users"]), int(d["n_items"]), {k: int(v) for k, v in d["bag_len"].items()})
 
 
@@ -110,12 +115,20 @@ class FeatureSpec:
 
 def _check_dense(table: pa.Table, id_col: str, what: str) -> None:
     if id_col not in table.schema.names:
-        raise DataError(f"no '{id_col}' column (columns: {', '.join(table.schema.names)})", file=f"{what} table",
-                        field=id_col, fix=f"pass the canonical {what} table (ragrec.data.load_dataset)")
+        raise DataError(
+            f"no '{id_col}' column (columns: {', '.join(table.schema.names)})",
+            file=f"{what} table",
+            field=id_col,
+            fix=f"pass the canonical {what} table (ragrec.data.load_dataset)",
+        )
     ids = table.column(id_col).to_numpy()
     if not np.array_equal(ids, np.arange(len(ids))):
-        raise DataError(f"{id_col} is not 0..{len(ids) - 1} in row order", file=f"{what} table", field=id_col,
-                        fix=f"sort the {what} table by dense id (row k must hold {id_col} k)")
+        raise DataError(
+            f"{id_col} is not 0..{len(ids) - 1} in row order",
+            file=f"{what} table",
+            field=id_col,
+            fix=f"sort the {what} table by dense id (row k must hold {id_col} k)",
+        )
 
 
 def _column_spec(table: pa.Table, what: str, column: str, prefix: str, bins: dict[str, list[float]]) -> FieldSpec:
@@ -123,7 +136,8 @@ def _column_spec(table: pa.Table, what: str, column: str, prefix: str, bins: dic
     if column not in table.schema.names:
         raise DataError(
             f"unknown column '{column}' (columns: {', '.join(table.schema.names)})",
-            file=f"{what} table", field=column,
+            file=f"{what} table",
+            field=column,
             fix=f"list only existing {what} columns in deepfm {prefix}_fields (or leave it None for the defaults)",
         )
     col = table.column(column)
@@ -134,20 +148,32 @@ def _column_spec(table: pa.Table, what: str, column: str, prefix: str, bins: dic
         return FieldSpec(name, what, column, "bag", len(vocab) + 1, vocab)
     if column in bins:
         if not (pa.types.is_integer(typ) or pa.types.is_floating(typ)):
-            raise DataError(f"bins given for non-numeric column '{column}' ({typ})", file=f"{what} table",
-                            field=column, fix=f"remove deepfm bins.{column}")
+            raise DataError(
+                f"bins given for non-numeric column '{column}' ({typ})",
+                file=f"{what} table",
+                field=column,
+                fix=f"remove deepfm bins.{column}",
+            )
         edges = tuple(float(e) for e in bins[column])
         if list(edges) != sorted(set(edges)):
             raise ValueError(f"deepfm bins.{column} must be strictly increasing, got {list(edges)}")
         return FieldSpec(name, what, column, "bucket", len(edges) + 2, (), edges)
     if pa.types.is_floating(typ):
-        raise DataError(f"float column '{column}' has no bucket edges", file=f"{what} table", field=column,
-                        fix=f"set deepfm bins.{column} = [edges...] or leave the column out")
+        raise DataError(
+            f"float column '{column}' has no bucket edges",
+            file=f"{what} table",
+            field=column,
+            fix=f"set deepfm bins.{column} = [edges...] or leave the column out",
+        )
     if pa.types.is_integer(typ) or pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_boolean(typ):
         vocab = _vocab(col)
         return FieldSpec(name, what, column, "cat", len(vocab) + 1, vocab)
-    raise DataError(f"column '{column}' has unsupported type {typ}", file=f"{what} table", field=column,
-                    fix="use string / integer / list<string> columns, or numeric ones with deepfm bins")
+    raise DataError(
+        f"column '{column}' has unsupported type {typ}",
+        file=f"{what} table",
+        field=column,
+        fix="use string / integer / list<string> columns, or numeric ones with deepfm bins",
+    )
 
 
 def _vocab(values: pa.Array | pa.ChunkedArray) -> tuple:
@@ -172,16 +198,22 @@ def build_spec(
     _check_dense(items, "item_id", "items")
     user_cols: list[str] = []
     if users is None and n_users is None:
-        raise DataError("no users table and no n_users", file="users table",
-                        fix="pass the users table, or n_users = number of dense user ids")
+        raise DataError(
+            "no users table and no n_users",
+            file="users table",
+            fix="pass the users table, or n_users = number of dense user ids",
+        )
     if users is not None:
         _check_dense(users, "user_id", "users")
         n_users = users.num_rows
         names = users.schema.names
         user_cols = [c for c in DEFAULT_USER_FIELDS if c in names] if cfg.user_fields is None else cfg.user_fields
     elif cfg.user_fields:
-        raise DataError(f"user_fields {cfg.user_fields} given but there is no users table", file="users table",
-                        fix="pass the users table or set deepfm user_fields to []")
+        raise DataError(
+            f"user_fields {cfg.user_fields} given but there is no users table",
+            file="users table",
+            fix="pass the users table or set deepfm user_fields to []",
+        )
     item_names = items.schema.names
     item_cols = [c for c in DEFAULT_ITEM_FIELDS if c in item_names] if cfg.item_fields is None else cfg.item_fields
     fields = [
@@ -210,9 +242,12 @@ def _index_in(values: pa.Array | pa.ChunkedArray, vocab: tuple) -> np.ndarray:
 def _encode_rows(table: pa.Table, f: FieldSpec, bag_len: int) -> np.ndarray:
     """Field ``f`` for every row of ``table``: (n,) int64, or (n, bag_len) for bags (0-padded)."""
     if f.column not in table.schema.names:
-        raise DataError(f"unknown column '{f.column}' (columns: {', '.join(table.schema.names)})",
-                        file=f"{f.source} table", field=f.column,
-                        fix="pass the same users/items tables the DeepFM model was trained with")
+        raise DataError(
+            f"unknown column '{f.column}' (columns: {', '.join(table.schema.names)})",
+            file=f"{f.source} table",
+            field=f.column,
+            fix="pass the same users/items tables the DeepFM model was trained with",
+        )
     col = table.column(f.column)
     if f.kind == "cat":
         return _index_in(col, f.vocab)
@@ -235,18 +270,31 @@ def _encode_rows(table: pa.Table, f: FieldSpec, bag_len: int) -> np.ndarray:
 
 def _ids(samples: pa.Table, col: str, n: int, what: str) -> np.ndarray:
     if col not in samples.schema.names:
-        raise DataError(f"no '{col}' column (columns: {', '.join(samples.schema.names)})", file="samples table",
-                        field=col, fix="pass a samples table (ragrec.data.rallrec_samples)")
+        raise DataError(
+            f"no '{col}' column (columns: {', '.join(samples.schema.names)})",
+            file="samples table",
+            field=col,
+            fix="pass a samples table (ragrec.data.rallrec_samples)",
+        )
     arr = samples.column(col)
     if not pa.types.is_integer(arr.type) or arr.null_count:
-        raise DataError(f"'{col}' must be non-null integer dense ids, got {arr.type} with {arr.null_count} nulls",
-                        file="samples table", field=col, fix="use the dense ids of the canonical tables")
+        raise DataError(
+            f"'{col}' must be non-null integer dense ids, got {arr.type} with {arr.null_count} nulls",
+            file="samples table",
+            field=col,
+            fix="use the dense ids of the canonical tables",
+        )
     ids = arr.to_numpy().astype(np.int64)
     bad = np.flatnonzero((ids < 0) | (ids >= n))
     if len(bad):
-        raise DataError(f"{col}={int(ids[bad[0]])} is outside 0..{n - 1} ({what} has {n} rows)",
-                        file="samples table", line=int(bad[0]), line_word="row", field=col,
-                        fix=f"use the {what} table the samples were built from")
+        raise DataError(
+            f"{col}={int(ids[bad[0]])} is outside 0..{n - 1} ({what} has {n} rows)",
+            file="samples table",
+            line=int(bad[0]),
+            line_word="row",
+            field=col,
+            fix=f"use the {what} table the samples were built from",
+        )
     return ids
 
 
@@ -268,11 +316,17 @@ def encode_features(
     uid = _ids(samples, "user_id", spec.n_users, "users")
     iid = _ids(samples, "item_id", spec.n_items, "items")
     if users is not None and users.num_rows != spec.n_users:
-        raise DataError(f"users table has {users.num_rows} rows, the model was built for {spec.n_users}",
-                        file="users table", fix="pass the users table the model was trained with")
+        raise DataError(
+            f"users table has {users.num_rows} rows, the model was built for {spec.n_users}",
+            file="users table",
+            fix="pass the users table the model was trained with",
+        )
     if items.num_rows != spec.n_items:
-        raise DataError(f"items table has {items.num_rows} rows, the model was built for {spec.n_items}",
-                        file="items table", fix="pass the items table the model was trained with")
+        raise DataError(
+            f"items table has {items.num_rows} rows, the model was built for {spec.n_items}",
+            file="items table",
+            fix="pass the items table the model was trained with",
+        )
     out: dict[str, torch.Tensor] = {}
     for f in spec.fields:
         if f.kind == "id":
@@ -280,8 +334,11 @@ def encode_features(
             continue
         table = users if f.source == "users" else items
         if table is None:
-            raise DataError(f"field {f.name} needs the users table", file="users table",
-                            fix="pass the users table the model was trained with")
+            raise DataError(
+                f"field {f.name} needs the users table",
+                file="users table",
+                fix="pass the users table the model was trained with",
+            )
         per_row = _encode_rows(table, f, spec.bag_len.get(f.name, 1))
         out[f.name] = torch.from_numpy(per_row[uid if f.source == "users" else iid])
     return out
@@ -298,8 +355,13 @@ class DeepFM(nn.Module):
     the mean of their non-padding members (``EmbeddingBag(mode="mean", padding_idx=0)``).
     """
 
-    def __init__(self, spec: FeatureSpec, embed_dim: int = 16, hidden: list[int] | tuple[int, ...] = (256, 256),
-                 dropout: float = 0.2):
+    def __init__(
+        self,
+        spec: FeatureSpec,
+        embed_dim: int = 16,
+        hidden: list[int] | tuple[int, ...] = (256, 256),
+        dropout: float = 0.2,
+    ):
         super().__init__()
         self.names = [f.name for f in spec.fields]
         self.bags = {f.name for f in spec.fields if f.kind == "bag"}
@@ -317,8 +379,11 @@ class DeepFM(nn.Module):
     @staticmethod
     def _table(f: FieldSpec, dim: int) -> nn.Module:
         pad = None if f.kind == "id" else 0
-        emb = (nn.EmbeddingBag(f.size, dim, mode="mean", padding_idx=0) if f.kind == "bag"
-               else nn.Embedding(f.size, dim, padding_idx=pad))
+        emb = (
+            nn.EmbeddingBag(f.size, dim, mode="mean", padding_idx=0)
+            if f.kind == "bag"
+            else nn.Embedding(f.size, dim, padding_idx=pad)
+        )
         nn.init.normal_(emb.weight, std=0.01)
         if pad is not None:
             with torch.no_grad():

@@ -91,9 +91,7 @@ def sample_bpr_batch(
     return torch.cat([pos_label_index, neg], dim=1)
 
 
-def bpr_step(
-    model: torch.nn.Module, adj: torch.Tensor, label_index: torch.Tensor, lambda_reg: float
-) -> torch.Tensor:
+def bpr_step(model: torch.nn.Module, adj: torch.Tensor, label_index: torch.Tensor, lambda_reg: float) -> torch.Tensor:
     """BPR loss (scalar) of a (2, 2B) positives+negatives batch via ``LightGCN.recommendation_loss``.
 
     ``adj``: the graph as the model expects it (normalised CSR, or ``edge_index`` with normalize=True).

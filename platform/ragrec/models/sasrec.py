@@ -21,10 +21,10 @@ from torch import nn
 
 __all__ = [
     "SASRec",
-    "pad_sequences",
     "interaction_keys",
-    "sample_negatives",
     "leave_one_out_metrics",
+    "pad_sequences",
+    "sample_negatives",
 ]
 
 
@@ -38,8 +38,15 @@ class SASRec(nn.Module):
         dropout: on embeddings, attention and FFN.
     """
 
-    def __init__(self, num_items: int, dim: int = 64, num_layers: int = 2, num_heads: int = 1,
-                 max_len: int = 50, dropout: float = 0.2):
+    def __init__(
+        self,
+        num_items: int,
+        dim: int = 64,
+        num_layers: int = 2,
+        num_heads: int = 1,
+        max_len: int = 50,
+        dropout: float = 0.2,
+    ):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"sasrec.dim={dim} must be divisible by sasrec.num_heads={num_heads}")
@@ -48,8 +55,13 @@ class SASRec(nn.Module):
         self.pos_emb = nn.Embedding(self.max_len, dim)
         self.emb_dropout = nn.Dropout(dropout)
         layer = nn.TransformerEncoderLayer(
-            d_model=dim, nhead=num_heads, dim_feedforward=dim, dropout=dropout, activation="relu",
-            batch_first=True, norm_first=True,
+            d_model=dim,
+            nhead=num_heads,
+            dim_feedforward=dim,
+            dropout=dropout,
+            activation="relu",
+            batch_first=True,
+            norm_first=True,
         )
         self.encoder = nn.TransformerEncoder(layer, num_layers=num_layers, enable_nested_tensor=False)
         self.final_norm = nn.LayerNorm(dim)
@@ -60,7 +72,7 @@ class SASRec(nn.Module):
 
     def attention_mask(self, seqs: torch.Tensor) -> torch.Tensor:
         """Boolean mask (B*heads, L, L), True = blocked: later positions and padded keys, never self."""
-        b, length = seqs.shape
+        _b, length = seqs.shape
         pad = seqs == 0
         eye = torch.eye(length, dtype=torch.bool, device=seqs.device)
         causal = torch.ones(length, length, dtype=torch.bool, device=seqs.device).triu(1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["normalize", "mix", "pca"]
+__all__ = ["mix", "normalize", "pca"]
 
 
 def _as_matrix(x: np.ndarray, name: str) -> np.ndarray:

@@ -46,9 +46,10 @@ The output columns are ``context_item_ids`` (list<int64>) and ``context_ratings`
 from __future__ import annotations
 
 import functools
+import itertools
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -62,9 +63,9 @@ __all__ = [
     "CONTEXT_ITEMS",
     "CONTEXT_RATINGS",
     "SIM_MATRIX_MAX_ITEMS",
+    "reorder_by_time",
     "rerank_position_scores",
     "select_history",
-    "reorder_by_time",
 ]
 
 CONTEXT_ITEMS = "context_item_ids"
@@ -240,7 +241,7 @@ def _blocks(p: _Flat, chunk: int) -> list[tuple[np.ndarray, np.ndarray]]:
     order = np.argsort(p.lengths, kind="stable")
     lengths = p.lengths[order]
     bounds = _block_bounds(lengths, chunk).tolist()
-    return [(order[b0:b1], lengths[b0:b1]) for b0, b1 in zip(bounds[:-1], bounds[1:])]
+    return [(order[b0:b1], lengths[b0:b1]) for b0, b1 in itertools.pairwise(bounds)]
 
 
 def _block(p: _Flat, rows: np.ndarray, lengths: np.ndarray) -> _Block:
@@ -411,7 +412,7 @@ class _RerankCodes:
     dtype: type
 
     @staticmethod
-    def of(k: int, alpha: float, beta: float, pos_bits: int) -> "_RerankCodes":
+    def of(k: int, alpha: float, beta: float, pos_bits: int) -> _RerankCodes:
         rel_tab, rec_tab = rerank_position_scores(k, alpha, beta)
         values = np.unique(np.concatenate([rel_tab, rec_tab]))
         dtype = _key_dtype(len(values).bit_length(), pos_bits)

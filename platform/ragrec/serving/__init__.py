@@ -9,10 +9,24 @@ from .schemas import Catalog, ItemPrediction, PredictRequest, PredictResponse, R
 from .state import FusionScorer, HistoryWindow, ServingState, UserHistories, load_state
 
 __all__ = [
-    "Catalog", "FusionScorer", "HistoryWindow", "ItemPrediction", "PredictRequest", "PredictResponse", "Predictor",
+    "Catalog",
+    "FusionScorer",
+    "HistoryWindow",
+    "ItemPrediction",
+    "PredictRequest",
+    "PredictResponse",
+    "Predictor",
+    "RequestError",
     "Reranker",
-    "RequestError", "Retriever", "ServingChain", "ServingState", "UserHistories", "build_app", "check_request",
-    "load_state", "retrieval_matrices", "serve_run",
+    "Retriever",
+    "ServingChain",
+    "ServingState",
+    "UserHistories",
+    "build_app",
+    "check_request",
+    "load_state",
+    "retrieval_matrices",
+    "serve_run",
 ]
 
 
@@ -23,8 +37,9 @@ def build_app(run_dir: str, batching: bool = True, **options):
     return _build(run_dir, batching=batching, **options)
 
 
-def serve_run(run_dir: str, *, host: str = "127.0.0.1", port: int = 8000, batching: bool = True,
-              blocking: bool = True) -> str:
+def serve_run(
+    run_dir: str, *, host: str = "127.0.0.1", port: int = 8000, batching: bool = True, blocking: bool = True
+) -> str:
     """See :func:`ragrec.serving.app.serve_run` (imported lazily)."""
     from .app import serve_run as _run
 

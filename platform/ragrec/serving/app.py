@@ -24,7 +24,7 @@ from ray import serve
 
 from .schemas import Catalog, Health, PredictRequest, PredictResponse, RequestError, check_request
 
-__all__ = ["ServeOptions", "build_app", "serve_run", "APP_NAME"]
+__all__ = ["APP_NAME", "ServeOptions", "build_app", "serve_run"]
 
 log = logging.getLogger("ragrec.serving")
 APP_NAME = "ragrec"
@@ -47,8 +47,9 @@ class ServeOptions:
 
     def __post_init__(self) -> None:
         if self.predictor_gpus < 0 or self.predictor_cpus < 0:
-            raise ValueError(f"predictor_cpus / predictor_gpus must be >= 0, got {self.predictor_cpus} / "
-                             f"{self.predictor_gpus}")
+            raise ValueError(
+                f"predictor_cpus / predictor_gpus must be >= 0, got {self.predictor_cpus} / {self.predictor_gpus}"
+            )
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -124,8 +125,13 @@ class PredictorDeployment:
         opts = ServeOptions(**options)
         torch.set_num_threads(opts.torch_threads or os.cpu_count() or 1)
         state = load_state(run_dir)
-        self.predictor = Predictor(state.cfg, state.items, state.users,
-                                   load_engine(state.cfg.llm, adapter_path=state.adapter_path), fusion=state.fusion)
+        self.predictor = Predictor(
+            state.cfg,
+            state.items,
+            state.users,
+            load_engine(state.cfg.llm, adapter_path=state.adapter_path),
+            fusion=state.fusion,
+        )
         self.batching = opts.batching
         self._batched.set_max_batch_size(opts.max_batch_size)
         self._batched.set_batch_wait_timeout_s(opts.batch_wait_timeout_s)
@@ -155,8 +161,13 @@ class Ingress:
 
     @api.get("/healthz")
     async def healthz(self) -> Health:
-        return Health(status="ok", run=self.run, n_users=self.catalog.n_users, n_items=self.catalog.n_items,
-                      batching=self.batching)
+        return Health(
+            status="ok",
+            run=self.run,
+            n_users=self.catalog.n_users,
+            n_items=self.catalog.n_items,
+            batching=self.batching,
+        )
 
     @api.post("/predict")
     async def predict(self, req: PredictRequest) -> PredictResponse:
@@ -201,15 +212,17 @@ def build_app(run_dir: str, batching: bool = True, **options) -> serve.Applicati
     ongoing = opts.max_ongoing_requests
     retriever = RetrieverDeployment.options(ray_actor_options=light, max_ongoing_requests=ongoing).bind(run_dir)
     reranker = RerankerDeployment.options(ray_actor_options=light, max_ongoing_requests=ongoing).bind(run_dir)
-    predictor = PredictorDeployment.options(ray_actor_options=predictor_resources(opts),
-                                            max_ongoing_requests=max(ongoing, 2 * opts.max_batch_size)) \
-        .bind(run_dir, asdict(opts))
-    return Ingress.options(ray_actor_options=light, max_ongoing_requests=ongoing) \
-        .bind(retriever, reranker, predictor, asdict(catalog), name, batching)
+    predictor = PredictorDeployment.options(
+        ray_actor_options=predictor_resources(opts), max_ongoing_requests=max(ongoing, 2 * opts.max_batch_size)
+    ).bind(run_dir, asdict(opts))
+    return Ingress.options(ray_actor_options=light, max_ongoing_requests=ongoing).bind(
+        retriever, reranker, predictor, asdict(catalog), name, batching
+    )
 
 
-def serve_run(run_dir: str, *, host: str = "127.0.0.1", port: int = 8000, batching: bool = True,
-              blocking: bool = True) -> str:
+def serve_run(
+    run_dir: str, *, host: str = "127.0.0.1", port: int = 8000, batching: bool = True, blocking: bool = True
+) -> str:
     """Start the service for ``run_dir`` on ``http://host:port`` and return that URL.
 
     Connects to ``RAY_ADDRESS`` or starts a local Ray (``ragrec.runtime.init``). ``blocking=True`` keeps

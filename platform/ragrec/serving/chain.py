@@ -20,7 +20,8 @@ context and probability as the offline pipeline.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -32,13 +33,13 @@ from .state import HistoryWindow, ServingState, samples_table
 
 if TYPE_CHECKING:
     from ..llm.engine import Engine
-    from .state import FusionScorer
     from ..methods.rallrec import ItemViews
+    from .state import FusionScorer
 
-__all__ = ["Retriever", "Reranker", "Predictor", "ServingChain", "retrieval_matrices"]
+__all__ = ["Predictor", "Reranker", "Retriever", "ServingChain", "retrieval_matrices"]
 
 
-def retrieval_matrices(views: "ItemViews", rcfg: RetrievalConfig) -> list[np.ndarray]:
+def retrieval_matrices(views: ItemViews, rcfg: RetrievalConfig) -> list[np.ndarray]:
     """The (n_items, d) embeddings ``with_context`` ranks by for ``rcfg``: none (recent), two (hybrid), or one."""
     if rcfg.strategy == "recent":
         return []
@@ -111,7 +112,7 @@ class Retriever:
 class Reranker:
     """The run's history selection (``with_context``) on candidate histories; ids stay the run's ids."""
 
-    def __init__(self, views: "ItemViews", rcfg: RetrievalConfig) -> None:
+    def __init__(self, views: ItemViews, rcfg: RetrievalConfig) -> None:
         self.views = views
         self.rcfg = rcfg
 
@@ -124,12 +125,17 @@ class Reranker:
         flat = hist.flatten().to_numpy()
         uniq, inv = np.unique(np.concatenate([targets, flat]), return_inverse=True)
         v = self.views
-        sub = ItemViews(title=v.title[uniq], text=v.text[uniq], colla=v.colla[uniq],
-                        ssl=v.ssl[uniq] if v.ssl is not None else None)
-        compact = candidates.set_column(candidates.schema.get_field_index("item_id"), "item_id",
-                                        pa.array(inv[: len(targets)].astype(np.int64)))
-        compact = compact.set_column(compact.schema.get_field_index("history_item_ids"), "history_item_ids",
-                                     pa.ListArray.from_arrays(hist.offsets, pa.array(inv[len(targets):].astype(np.int64))))
+        sub = ItemViews(
+            title=v.title[uniq], text=v.text[uniq], colla=v.colla[uniq], ssl=v.ssl[uniq] if v.ssl is not None else None
+        )
+        compact = candidates.set_column(
+            candidates.schema.get_field_index("item_id"), "item_id", pa.array(inv[: len(targets)].astype(np.int64))
+        )
+        compact = compact.set_column(
+            compact.schema.get_field_index("history_item_ids"),
+            "history_item_ids",
+            pa.ListArray.from_arrays(hist.offsets, pa.array(inv[len(targets) :].astype(np.int64))),
+        )
         out = with_context(compact, sub, self.rcfg)
         ctx = out.column(CONTEXT_ITEMS).combine_chunks()
         ids = pa.ListArray.from_arrays(ctx.offsets, pa.array(uniq[ctx.flatten().to_numpy()].astype(np.int64)))
@@ -140,8 +146,14 @@ class Predictor:
     """ReLLa prompts + yes/no scoring for a batch of requests' contexts (one engine call); ``fusion``: the
     run's :class:`~ragrec.serving.state.FusionScorer` or None."""
 
-    def __init__(self, cfg: RunConfig, items: pa.Table, users: pa.Table | None, engine: "Engine",
-                 fusion: "FusionScorer | None" = None) -> None:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        items: pa.Table,
+        users: pa.Table | None,
+        engine: Engine,
+        fusion: FusionScorer | None = None,
+    ) -> None:
         self.cfg, self.items, self.users, self.engine = cfg, items, users, engine
         self.fusion = fusion
 
@@ -164,22 +176,25 @@ class Predictor:
         return self.fusion(contexts.column("user_id").to_numpy(), contexts.column("item_id").to_numpy(), probs)
 
 
-def response(req: PredictRequest, contexts: pa.Table, probs: np.ndarray,
-             fused: np.ndarray | None = None) -> PredictResponse:
+def response(
+    req: PredictRequest, contexts: pa.Table, probs: np.ndarray, fused: np.ndarray | None = None
+) -> PredictResponse:
     """The API answer for ``req`` from its reranked contexts, probabilities and fused probabilities (request
     order; ``p_fused`` is null without a fusion model)."""
     ids = contexts.column(CONTEXT_ITEMS).to_pylist()
     rats = contexts.column(CONTEXT_RATINGS).to_pylist()
     pf = [None] * len(req.item_ids) if fused is None else [float(x) for x in np.asarray(fused).tolist()]
-    preds = [ItemPrediction(item_id=i, prob=float(p), history_item_ids=h, history_ratings=r, p_fused=f)
-             for i, p, h, r, f in zip(req.item_ids, probs.tolist(), ids, rats, pf)]
+    preds = [
+        ItemPrediction(item_id=i, prob=float(p), history_item_ids=h, history_ratings=r, p_fused=f)
+        for i, p, h, r, f in zip(req.item_ids, probs.tolist(), ids, rats, pf)
+    ]
     return PredictResponse(user_id=req.user_id, predictions=preds)
 
 
 class ServingChain:
     """Retriever -> Reranker -> Predictor in one process (tests, ``serve_load`` references)."""
 
-    def __init__(self, state: ServingState, engine: "Engine", max_items: int = 100, margin: int | None = None):
+    def __init__(self, state: ServingState, engine: Engine, max_items: int = 100, margin: int | None = None):
         rcfg = state.cfg.retrieval
         self.state = state
         self.catalog = Catalog(state.n_users, state.n_items, max_items)

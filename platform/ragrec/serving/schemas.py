@@ -14,8 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["PredictRequest", "ItemPrediction", "PredictResponse", "Health", "RequestError", "Catalog",
-           "check_request"]
+__all__ = ["Catalog", "Health", "ItemPrediction", "PredictRequest", "PredictResponse", "RequestError", "check_request"]
 
 
 class PredictRequest(BaseModel):
@@ -38,8 +37,11 @@ class ItemPrediction(BaseModel):
     prob: float = Field(description="P(the user likes the item) = softmax([yes, no])[0]")
     history_item_ids: list[int] = Field(description="the history items shown to the LLM, in prompt order")
     history_ratings: list[float]
-    p_fused: float | None = Field(None, description="the run's fusion (LLM + DeepFM + item/user baseline, fitted on "
-                                                    "validation) of this item; null when the run has no fusion model")
+    p_fused: float | None = Field(
+        None,
+        description="the run's fusion (LLM + DeepFM + item/user baseline, fitted on "
+        "validation) of this item; null when the run has no fusion model",
+    )
 
 
 class PredictResponse(BaseModel):
@@ -77,8 +79,10 @@ def check_request(req: PredictRequest, catalog: Catalog) -> None:
     """Raise :class:`RequestError` when ``req`` names unknown ids (404) or too many items (413)."""
     n = len(req.item_ids)
     if n > catalog.max_items:
-        raise RequestError(413, f"item_ids holds {n} items; at most {catalog.max_items} per request: "
-                                f"split the list into several requests")
+        raise RequestError(
+            413,
+            f"item_ids holds {n} items; at most {catalog.max_items} per request: split the list into several requests",
+        )
     if not 0 <= req.user_id < catalog.n_users:
         raise RequestError(404, f"unknown user_id {req.user_id}: this run knows users 0..{catalog.n_users - 1}")
     ids = np.asarray(req.item_ids, dtype=np.int64)

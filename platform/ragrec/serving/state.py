@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from ..evaluation.fusion import FusionModel
     from ..training.deepfm import DeepFMPredictor
 
-__all__ = ["HistoryWindow", "UserHistories", "ServingState", "FusionScorer", "load_state", "load_fusion"]
+__all__ = ["FusionScorer", "HistoryWindow", "ServingState", "UserHistories", "load_fusion", "load_state"]
 
 
 @dataclass(frozen=True)
@@ -58,16 +58,19 @@ class HistoryWindow:
         return samples_table(self.user_id, self.item_ids, self.items[flat], self.ratings[flat], offsets)
 
 
-def samples_table(user_id: int, item_ids: np.ndarray, items: np.ndarray, ratings: np.ndarray,
-                  offsets: np.ndarray) -> pa.Table:
+def samples_table(
+    user_id: int, item_ids: np.ndarray, items: np.ndarray, ratings: np.ndarray, offsets: np.ndarray
+) -> pa.Table:
     """Samples-like table of n targets: ``offsets`` (n + 1,) int32 cut the flat ``items`` / ``ratings``."""
     off = pa.array(np.asarray(offsets, dtype=np.int32))
-    return pa.table({
-        "user_id": pa.array(np.full(len(item_ids), user_id, dtype=np.int64)),
-        "item_id": pa.array(np.asarray(item_ids, dtype=np.int64)),
-        "history_item_ids": pa.ListArray.from_arrays(off, pa.array(np.asarray(items, dtype=np.int64))),
-        "history_ratings": pa.ListArray.from_arrays(off, pa.array(np.asarray(ratings, dtype=np.float32))),
-    })
+    return pa.table(
+        {
+            "user_id": pa.array(np.full(len(item_ids), user_id, dtype=np.int64)),
+            "item_id": pa.array(np.asarray(item_ids, dtype=np.int64)),
+            "history_item_ids": pa.ListArray.from_arrays(off, pa.array(np.asarray(items, dtype=np.int64))),
+            "history_ratings": pa.ListArray.from_arrays(off, pa.array(np.asarray(ratings, dtype=np.float32))),
+        }
+    )
 
 
 class UserHistories:
@@ -85,8 +88,10 @@ class UserHistories:
         ts = interactions.column("timestamp").to_numpy().astype(np.int64)
         rating = interactions.column("rating").to_numpy(zero_copy_only=False).astype(np.float32)
         if user.size and (user.min() < 0 or user.max() >= n_users):
-            raise ValueError(f"interactions hold user ids outside [0, {n_users}); the users table and the "
-                             f"interactions of the run disagree")
+            raise ValueError(
+                f"interactions hold user ids outside [0, {n_users}); the users table and the "
+                f"interactions of the run disagree"
+            )
         order = time_order(user, item, ts)
         order = order[np.argsort(user[order], kind="stable")]  # user by user, protocol order inside
         self.items, self.ratings, self.timestamps = item[order], rating[order], ts[order]
@@ -119,9 +124,9 @@ class FusionScorer:
     ``deepfm``: the run's DeepFM; ``baseline``: item+user table of the run's training interactions.
     """
 
-    model: "FusionModel"
-    deepfm: "DeepFMPredictor"
-    baseline: "ItemUserBaseline"
+    model: FusionModel
+    deepfm: DeepFMPredictor
+    baseline: ItemUserBaseline
     items: pa.Table
     users: pa.Table | None
 
@@ -132,8 +137,11 @@ class FusionScorer:
         u = np.asarray(user_ids, dtype=np.int64)
         i = np.asarray(item_ids, dtype=np.int64)
         pairs = pa.table({"user_id": pa.array(u), "item_id": pa.array(i)})
-        return {"llm": logit(llm_probs), "crm": logit(self.deepfm(pairs, self.items, self.users)),
-                "item_user": self.baseline.logit(u, i)}
+        return {
+            "llm": logit(llm_probs),
+            "crm": logit(self.deepfm(pairs, self.items, self.users)),
+            "item_user": self.baseline.logit(u, i),
+        }
 
     def __call__(self, user_ids: np.ndarray, item_ids: np.ndarray, llm_probs: np.ndarray) -> np.ndarray:
         """(n,) float64 fused probabilities."""
@@ -147,7 +155,7 @@ class ServingState:
 
     cfg: RunConfig
     histories: UserHistories
-    views: "ItemViews"  # noqa: F821  (ragrec.methods.rallrec.ItemViews)
+    views: ItemViews  # noqa: F821  (ragrec.methods.rallrec.ItemViews)
     items: pa.Table
     users: pa.Table | None
     adapter_path: str | None
@@ -177,15 +185,25 @@ def load_state(run_dir: str | Path) -> ServingState:
 
     run = load_run(run_dir)
     if run.cfg.prompt.stats:
-        raise ValueError(f"{run_dir}: the run was tuned with prompt.stats, which serving does not build yet (the "
-                         f"prompts would differ from the offline ones); serve a run made with prompt.stats: false")
+        raise ValueError(
+            f"{run_dir}: the run was tuned with prompt.stats, which serving does not build yet (the "
+            f"prompts would differ from the offline ones); serve a run made with prompt.stats: false"
+        )
     ds = run.arts["dataset"]
     interactions, items, users = ds.read_table("interactions"), ds.read_table("items"), read_users(ds)
     lora = run.arts.get("lora")
     adapter = str(lora.path / "adapter") if lora is not None and run.cfg.lora.enabled else None
     histories = UserHistories(interactions, n_users_of(interactions, users), run.cfg.data.max_history)
-    return ServingState(run.cfg, histories, run.views(), items, users, adapter, name=run.cfg.name,
-                        fusion=load_fusion(run, interactions, items, users))
+    return ServingState(
+        run.cfg,
+        histories,
+        run.views(),
+        items,
+        users,
+        adapter,
+        name=run.cfg.name,
+        fusion=load_fusion(run, interactions, items, users),
+    )
 
 
 def load_fusion(run, interactions: pa.Table, items: pa.Table, users: pa.Table | None) -> FusionScorer | None:
@@ -199,8 +217,10 @@ def load_fusion(run, interactions: pa.Table, items: pa.Table, users: pa.Table | 
     if "fusion" not in arts:
         return None
     if "deepfm" not in arts:
-        raise FileNotFoundError(f"{run.run_dir}: run.json names a fusion model but no deepfm artifact; rerun "
-                                f"`ragrec run` with eval.fusion=true")
+        raise FileNotFoundError(
+            f"{run.run_dir}: run.json names a fusion model but no deepfm artifact; rerun "
+            f"`ragrec run` with eval.fusion=true"
+        )
     model = FusionModel.load(arts["fusion"].path / MODEL_FILE)
     if set(model.features) != set(FEATURES):
         raise ValueError(f"{run.run_dir}: the fusion model's inputs {list(model.features)} are not {list(FEATURES)}")

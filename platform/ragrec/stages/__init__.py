@@ -5,4 +5,4 @@ from .embed import embed_stage, from_numpy, to_numpy
 from .generate import generate_stage
 from .score import score_stage
 
-__all__ = ["StageOutput", "run_llm_stage", "generate_stage", "embed_stage", "score_stage", "to_numpy", "from_numpy"]
+__all__ = ["StageOutput", "embed_stage", "from_numpy", "generate_stage", "run_llm_stage", "score_stage", "to_numpy"]

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401  (pa.compute)
+import pyarrow.compute
 
 from ..artifacts import Artifact
 from ..config import LLMConfig
@@ -37,8 +37,15 @@ Op = Literal["generate", "score", "embed"]
 class LLMWorker:
     """Ray Data actor: loads the engine once, then maps blocks of texts to outputs."""
 
-    def __init__(self, op: Op, llm_cfg: dict, params: dict, adapter_path: str | None = None,
-                 encoder: str | None = None, threads: int | None = None):
+    def __init__(
+        self,
+        op: Op,
+        llm_cfg: dict,
+        params: dict,
+        adapter_path: str | None = None,
+        encoder: str | None = None,
+        threads: int | None = None,
+    ):
         import torch
 
         torch.set_num_threads(threads or os.cpu_count() or 1)
@@ -60,16 +67,22 @@ class LLMWorker:
         # Ray may hand over several checkpoint blocks in one batch: each is processed on its own so
         # that its seed, and therefore its output, does not depend on how the blocks were bundled.
         blocks = batch.column("block").to_numpy()
-        parts = [self._block(batch.filter(pa.compute.equal(batch.column("block"), b)), int(b))
-                 for b in np.unique(blocks)]
+        parts = [
+            self._block(batch.filter(pa.compute.equal(batch.column("block"), b)), int(b)) for b in np.unique(blocks)
+        ]
         return pa.concat_tables(parts)
 
     def _block(self, part: pa.Table, block: int) -> pa.Table:
         texts = part.column("text").to_pylist()
         p = self.params
         if self.op == "generate":
-            out = self.engine.generate(texts, max_new_tokens=p["max_new_tokens"], temperature=p["temperature"],
-                                       top_p=p["top_p"], seed=int(p.get("seed", 0)) + block)
+            out = self.engine.generate(
+                texts,
+                max_new_tokens=p["max_new_tokens"],
+                temperature=p["temperature"],
+                top_p=p["top_p"],
+                seed=int(p.get("seed", 0)) + block,
+            )
             col = pa.array(out, pa.string())
         elif self.op == "score":
             col = pa.array(np.asarray(self.engine.score_yes_no(texts), dtype=np.float32), pa.float32())
@@ -77,8 +90,10 @@ class LLMWorker:
             if self.encoder is not None:
                 emb = np.asarray(self.encoder.encode(texts), dtype=np.float32)
             else:
-                emb = np.asarray(self.engine.embed(texts, pooling=p.get("pooling", "mean"),
-                                                   max_tokens=p.get("max_tokens", 256)), dtype=np.float32)
+                emb = np.asarray(
+                    self.engine.embed(texts, pooling=p.get("pooling", "mean"), max_tokens=p.get("max_tokens", 256)),
+                    dtype=np.float32,
+                )
             col = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1), pa.float32()), emb.shape[1])
         return pa.table({"row": part.column("row"), "block": part.column("block"), "output": col})
 
@@ -130,21 +145,40 @@ def run_llm_stage(
         if llm_cfg.engine == "vllm":
             _run_vllm(art, texts, todo, op=op, llm_cfg=llm_cfg, params=params, adapter_path=adapter_path)
         else:
-            _run_actor_pool(art, texts, todo, op=op, llm_cfg=llm_cfg, params=params,
-                            adapter_path=adapter_path, encoder=encoder, desc=desc or f"{art.stage}")
+            _run_actor_pool(
+                art,
+                texts,
+                todo,
+                op=op,
+                llm_cfg=llm_cfg,
+                params=params,
+                adapter_path=adapter_path,
+                encoder=encoder,
+                desc=desc or f"{art.stage}",
+            )
     table = art.read_blocks()
     table = table.sort_by("row")
     if table.num_rows != n or not np.array_equal(table.column("row").to_numpy(), np.arange(n)):
-        raise RuntimeError(f"stage {art.stage}: block checkpoints in {art.staging} are inconsistent "
-                           f"({table.num_rows} rows for {n} inputs); rerun with --force {art.stage}")
-    return StageOutput(table.column("output").combine_chunks(), reused=sorted(done & {b[0] for b in blocks}),
-                       computed=[b[0] for b in todo])
+        raise RuntimeError(
+            f"stage {art.stage}: block checkpoints in {art.staging} are inconsistent "
+            f"({table.num_rows} rows for {n} inputs); rerun with --force {art.stage}"
+        )
+    return StageOutput(
+        table.column("output").combine_chunks(),
+        reused=sorted(done & {b[0] for b in blocks}),
+        computed=[b[0] for b in todo],
+    )
 
 
 def _block_tables(texts: pa.Array, todo: list[tuple[int, int, int]]) -> list[pa.Table]:
     return [
-        pa.table({"row": pa.array(np.arange(s, e), pa.int64()), "block": pa.array(np.full(e - s, b), pa.int64()),
-                  "text": texts.slice(s, e - s)})
+        pa.table(
+            {
+                "row": pa.array(np.arange(s, e), pa.int64()),
+                "block": pa.array(np.full(e - s, b), pa.int64()),
+                "text": texts.slice(s, e - s),
+            }
+        )
         for b, s, e in todo
     ]
 
@@ -156,8 +190,14 @@ def _run_actor_pool(art, texts, todo, *, op, llm_cfg, params, adapter_path, enco
     cpus = max(1, int(ray.available_resources().get("CPU", 1)))
     ds = ds.map_batches(
         LLMWorker,
-        fn_constructor_kwargs=dict(op=op, llm_cfg=llm_cfg.model_dump(), params=params, adapter_path=adapter_path,
-                                   encoder=encoder, threads=cpus if llm_cfg.num_gpus_per_actor == 0 else None),
+        fn_constructor_kwargs=dict(
+            op=op,
+            llm_cfg=llm_cfg.model_dump(),
+            params=params,
+            adapter_path=adapter_path,
+            encoder=encoder,
+            threads=cpus if llm_cfg.num_gpus_per_actor == 0 else None,
+        ),
         batch_size=None,  # one checkpoint block = one Ray block = one call
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=llm_cfg.actors),
@@ -202,17 +242,28 @@ def _run_vllm(art, texts, todo, *, op, llm_cfg, params, adapter_path=None) -> No
 
     ds = ray.data.from_arrow(_block_tables(texts, todo))
     if op == "generate":
-        sampling = vllm_engine.generation_sampling(params["max_new_tokens"], params["temperature"], params["top_p"],
-                                                   int(params.get("seed", 0)))
-        processor, column, typ = vllm_engine.build_generation_processor(llm_cfg, sampling), \
-            vllm_engine.GENERATED_COLUMN, pa.string()
+        sampling = vllm_engine.generation_sampling(
+            params["max_new_tokens"], params["temperature"], params["top_p"], int(params.get("seed", 0))
+        )
+        processor, column, typ = (
+            vllm_engine.build_generation_processor(llm_cfg, sampling),
+            vllm_engine.GENERATED_COLUMN,
+            pa.string(),
+        )
     elif op == "score":
-        processor, column, typ = vllm_engine.build_scoring_processor(llm_cfg, adapter_path=adapter_path), \
-            vllm_engine.SCORE_COLUMN, pa.float32()
+        processor, column, typ = (
+            vllm_engine.build_scoring_processor(llm_cfg, adapter_path=adapter_path),
+            vllm_engine.SCORE_COLUMN,
+            pa.float32(),
+        )
     else:
-        raise NotImplementedError("embedding with the vllm engine: set embedding.model to a sentence encoder "
-                                  "(e.g. minilm-l6) or use llm.engine=hf for the embedding stages")
+        raise NotImplementedError(
+            "embedding with the vllm engine: set embedding.model to a sentence encoder "
+            "(e.g. minilm-l6) or use llm.engine=hf for the embedding stages"
+        )
     out = processor(ds).select_columns(["row", "block", column])
-    batches = (pa.table({"row": b.column("row"), "block": b.column("block"), "output": b.column(column).cast(typ)})
-               for b in out.iter_batches(batch_size=None, batch_format="pyarrow"))
+    batches = (
+        pa.table({"row": b.column("row"), "block": b.column("block"), "output": b.column(column).cast(typ)})
+        for b in out.iter_batches(batch_size=None, batch_format="pyarrow")
+    )
     _collect(art, batches, todo, f"{art.stage} (vllm)")

@@ -6,7 +6,7 @@ With ``encoder=None`` the LLM itself embeds (mean-pooled final hidden state, the
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -33,13 +33,26 @@ def embed_stage(
     block_size: int = 256,
     inputs: Iterable[Artifact] = (),
 ) -> Artifact:
-    spec = {"llm": _engine_spec(llm_cfg) if encoder is None else None, "encoder": encoder, "pooling": pooling,
-            "max_tokens": max_tokens, "n": rows.num_rows, "texts": _digest(rows.column(text))}
+    spec = {
+        "llm": _engine_spec(llm_cfg) if encoder is None else None,
+        "encoder": encoder,
+        "pooling": pooling,
+        "max_tokens": max_tokens,
+        "n": rows.num_rows,
+        "texts": _digest(rows.column(text)),
+    }
 
     def compute(art: Artifact):
-        out = run_llm_stage(art, rows.column(text).combine_chunks(), op="embed", llm_cfg=llm_cfg,
-                            params={"pooling": pooling, "max_tokens": max_tokens}, block_size=block_size,
-                            encoder=encoder, desc=name)
+        out = run_llm_stage(
+            art,
+            rows.column(text).combine_chunks(),
+            op="embed",
+            llm_cfg=llm_cfg,
+            params={"pooling": pooling, "max_tokens": max_tokens},
+            block_size=block_size,
+            encoder=encoder,
+            desc=name,
+        )
         art.write_table(pa.table({key: rows.column(key), "embedding": out.values}))
         return out.manifest()
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import pyarrow as pa
 
@@ -30,12 +30,24 @@ def generate_stage(
     ``sampling``: max_new_tokens, temperature, top_p, seed. Each distinct sampling config (e.g. a
     temperature in a sweep) is its own artifact.
     """
-    spec = {"llm": _engine_spec(llm_cfg), "sampling": sampling, "block_size": block_size, "n": rows.num_rows,
-            "prompts": _digest(rows.column(prompt))}
+    spec = {
+        "llm": _engine_spec(llm_cfg),
+        "sampling": sampling,
+        "block_size": block_size,
+        "n": rows.num_rows,
+        "prompts": _digest(rows.column(prompt)),
+    }
 
     def compute(art: Artifact):
-        out = run_llm_stage(art, rows.column(prompt).combine_chunks(), op="generate", llm_cfg=llm_cfg,
-                            params=sampling, block_size=block_size, desc=name)
+        out = run_llm_stage(
+            art,
+            rows.column(prompt).combine_chunks(),
+            op="generate",
+            llm_cfg=llm_cfg,
+            params=sampling,
+            block_size=block_size,
+            desc=name,
+        )
         art.write_table(pa.table({key: rows.column(key), "text": out.values}))
         return out.manifest()
 
@@ -60,7 +72,7 @@ def _digest(col: pa.ChunkedArray | pa.Array) -> str:
     import hashlib
 
     h = hashlib.sha256()
-    for chunk in (col.chunks if isinstance(col, pa.ChunkedArray) else [col]):
+    for chunk in col.chunks if isinstance(col, pa.ChunkedArray) else [col]:
         for buf in chunk.buffers():
             if buf is not None:
                 h.update(memoryview(buf))

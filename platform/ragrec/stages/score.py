@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import pyarrow as pa
 
@@ -27,13 +27,24 @@ def score_stage(
     inputs: Iterable[Artifact] = (),
 ) -> Artifact:
     """The artifact's table is ``(key, prob)`` with prob = softmax([yes, no])[0] at the answer position."""
-    spec = {"llm": _engine_spec(llm_cfg), "adapter": adapter.key if adapter else None, "n": rows.num_rows,
-            "prompts": _digest(rows.column(prompt))}
+    spec = {
+        "llm": _engine_spec(llm_cfg),
+        "adapter": adapter.key if adapter else None,
+        "n": rows.num_rows,
+        "prompts": _digest(rows.column(prompt)),
+    }
     adapter_path = str(adapter.path / "adapter") if adapter is not None else None
 
     def compute(art: Artifact):
-        out = run_llm_stage(art, rows.column(prompt).combine_chunks(), op="score", llm_cfg=llm_cfg,
-                            block_size=block_size, adapter_path=adapter_path, desc=name)
+        out = run_llm_stage(
+            art,
+            rows.column(prompt).combine_chunks(),
+            op="score",
+            llm_cfg=llm_cfg,
+            block_size=block_size,
+            adapter_path=adapter_path,
+            desc=name,
+        )
         art.write_table(pa.table({key: rows.column(key), "prob": out.values}))
         return out.manifest()
 

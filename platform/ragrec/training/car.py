@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -143,7 +143,7 @@ def train_loop(config: dict) -> list[dict]:
             emb = model(st_features(rt.unwrap(model), [docs[u] for u in users], dev))["sentence_embedding"]
             inv = torch.as_tensor(inverse, device=dev)
             mask = torch.as_tensor(false_negative_mask(a, p, neighbours), device=dev)
-            logits = infonce_logits(emb[inv[: len(a)]], emb[inv[len(a):]], cfg.temperature, mask)
+            logits = infonce_logits(emb[inv[: len(a)]], emb[inv[len(a) :]], cfg.temperature, mask)
             loss = F.cross_entropy(logits, torch.arange(len(a), device=dev))
             optimizer.zero_grad()
             loss.backward()
@@ -151,8 +151,12 @@ def train_loop(config: dict) -> list[dict]:
             total += loss.item() * len(a)
             count += len(a)
             progress.set_postfix(loss=f"{loss.item():.4f}")
-        row = {"epoch": epoch, "loss": total / max(count, 1), "anchors": int(len(anchors)),
-               "seconds": time.perf_counter() - t0}
+        row = {
+            "epoch": epoch,
+            "loss": total / max(count, 1),
+            "anchors": len(anchors),
+            "seconds": time.perf_counter() - t0,
+        }
         history.append(row)
         rt.checkpoint_epoch(row, model, optimizer, epoch, cfg.epochs, history, config.get("report_every"))
 
@@ -233,8 +237,15 @@ def train_car(
         "seed": int(seed),
         "out_dir": str(out_dir),
     }
-    history = rt.run_loop(train_loop, config, use_ray=use_ray, name="car", num_workers=num_workers,
-                          use_gpu=use_gpu, storage_path=storage_path)
+    history = rt.run_loop(
+        train_loop,
+        config,
+        use_ray=use_ray,
+        name="car",
+        num_workers=num_workers,
+        use_gpu=use_gpu,
+        storage_path=storage_path,
+    )
     return CARResult(model_dir=Path(out_dir) / MODEL_SUBDIR, history=history)
 
 
@@ -255,6 +266,7 @@ def encode_users(
     if len(docs) == 0:
         dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
         return np.zeros((0, int(dim())), dtype=np.float32)
-    emb = model.encode(list(docs), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
-                       show_progress_bar=False)
+    emb = model.encode(
+        list(docs), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+    )
     return np.ascontiguousarray(emb, dtype=np.float32)

@@ -13,9 +13,10 @@ from __future__ import annotations
 import copy
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -111,7 +112,12 @@ def train_loop(config: dict) -> list[dict]:
             m = ctr_metrics(vy, probs)
             row |= {"valid_auc": m["auc"], "valid_logloss": m["logloss"]}
             if m["auc"] > best["auc"]:
-                best = {"auc": m["auc"], "epoch": epoch, "state": copy.deepcopy(rt.unwrap(model).state_dict()), "bad": 0}
+                best = {
+                    "auc": m["auc"],
+                    "epoch": epoch,
+                    "state": copy.deepcopy(rt.unwrap(model).state_dict()),
+                    "bad": 0,
+                }
             else:
                 best["bad"] += 1
                 stop = best["bad"] >= cfg.patience
@@ -121,8 +127,16 @@ def train_loop(config: dict) -> list[dict]:
         if stop:
             break
         if rt.report_due(epoch, cfg.epochs, config.get("report_every")):
-            rt.report_state(row, {"model": rt.unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                                  "epoch": epoch, "history": history, "best": best})
+            rt.report_state(
+                row,
+                {
+                    "model": rt.unwrap(model).state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "epoch": epoch,
+                    "history": history,
+                    "best": best,
+                },
+            )
 
     final_state = best["state"] if best["state"] is not None else rt.unwrap(model).state_dict()
     if history:
@@ -146,14 +160,24 @@ def _labels(samples: pa.Table, what: str) -> np.ndarray:
     if samples.num_rows == 0:
         raise DataError("no samples", file=f"{what} samples", fix=f"pass a non-empty {what} split")
     if "label" not in samples.schema.names:
-        raise DataError(f"no 'label' column (columns: {', '.join(samples.schema.names)})", file=f"{what} samples",
-                        field="label", fix="pass a samples table (ragrec.data.rallrec_samples)")
+        raise DataError(
+            f"no 'label' column (columns: {', '.join(samples.schema.names)})",
+            file=f"{what} samples",
+            field="label",
+            fix="pass a samples table (ragrec.data.rallrec_samples)",
+        )
     col = samples.column("label")
     y = col.to_numpy(zero_copy_only=False).astype(np.float64)  # nulls -> NaN
     bad = np.flatnonzero(~np.isin(y, (0.0, 1.0)))
     if len(bad):
-        raise DataError(f"label={col[int(bad[0])].as_py()} is not 0/1", file=f"{what} samples", line=int(bad[0]),
-                        line_word="row", field="label", fix="labels must be 0 or 1 (no nulls)")
+        raise DataError(
+            f"label={col[int(bad[0])].as_py()} is not 0/1",
+            file=f"{what} samples",
+            line=int(bad[0]),
+            line_word="row",
+            field="label",
+            fix="labels must be 0 or 1 (no nulls)",
+        )
     return y.astype(np.float32)
 
 
@@ -201,11 +225,22 @@ def train_deepfm(
     if valid is not None:
         vy = _labels(valid, "valid")
         if vy.min() == vy.max():
-            raise DataError(f"all {len(vy)} labels are {int(vy[0])}: AUC is undefined", file="valid samples",
-                            field="label", fix="pass a validation split with both classes, or valid=None")
+            raise DataError(
+                f"all {len(vy)} labels are {int(vy[0])}: AUC is undefined",
+                file="valid samples",
+                field="label",
+                fix="pass a validation split with both classes, or valid=None",
+            )
         config["valid_x"], config["valid_y"] = _arrays(encode_features(valid, items, users, spec)), vy
-    history = rt.run_loop(train_loop, config, use_ray=use_ray, name="deepfm", num_workers=num_workers,
-                          use_gpu=use_gpu, storage_path=storage_path)
+    history = rt.run_loop(
+        train_loop,
+        config,
+        use_ray=use_ray,
+        name="deepfm",
+        num_workers=num_workers,
+        use_gpu=use_gpu,
+        storage_path=storage_path,
+    )
     model_dir = Path(out_dir)
     predictor = DeepFMPredictor(model_dir)
     return DeepFMResult(model_dir, history, lambda samples: predictor(samples, items, users))

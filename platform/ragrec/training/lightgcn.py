@@ -163,8 +163,15 @@ def train_lightgcn(
     if eval_pairs is not None:
         eu, ei = validate_interactions(eval_pairs[0], eval_pairs[1], num_users, num_items, "lightgcn eval_pairs")
         config["eval_users"], config["eval_items"] = eu, ei
-    history = rt.run_loop(train_loop, config, use_ray=use_ray, name="lightgcn", num_workers=num_workers,
-                          use_gpu=use_gpu, storage_path=storage_path)
+    history = rt.run_loop(
+        train_loop,
+        config,
+        use_ray=use_ray,
+        name="lightgcn",
+        num_workers=num_workers,
+        use_gpu=use_gpu,
+        storage_path=storage_path,
+    )
     out = Path(out_dir)
     return LightGCNResult(
         item_emb=np.load(out / "item_emb.npy"), user_emb=np.load(out / "user_emb.npy"), history=history

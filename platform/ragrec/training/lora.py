@@ -25,9 +25,10 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -72,8 +73,9 @@ def tokenize_examples(tokenizer: Any, prompts: Sequence[str], answers: Sequence[
     and, as a last guard, cut from the left.
     """
     if len(prompts) != len(answers) or not len(prompts):
-        raise ValueError(f"tokenize_examples: need as many answers as prompts (>0), got {len(prompts)} and "
-                         f"{len(answers)}")
+        raise ValueError(
+            f"tokenize_examples: need as many answers as prompts (>0), got {len(prompts)} and {len(answers)}"
+        )
     answer_ids = tokenizer([str(a) + tokenizer.eos_token for a in answers], add_special_tokens=False)["input_ids"]
     longest_answer = max(map(len, answer_ids))
     budget = max_tokens - longest_answer
@@ -84,7 +86,7 @@ def tokenize_examples(tokenizer: Any, prompts: Sequence[str], answers: Sequence[
         )
     texts = fit_prompts(tokenizer, [str(p) for p in prompts], budget)
     prompt_ids = tokenizer(texts, add_special_tokens=add_special_tokens(tokenizer))["input_ids"]
-    ids = [np.asarray(p[max(0, len(p) - budget):] + a, dtype=np.int64) for p, a in zip(prompt_ids, answer_ids)]
+    ids = [np.asarray(p[max(0, len(p) - budget) :] + a, dtype=np.int64) for p, a in zip(prompt_ids, answer_ids)]
     p_len = np.fromiter((min(len(p), budget) for p in prompt_ids), dtype=np.int64, count=len(prompt_ids))
     return Encoded(ids, p_len)
 
@@ -102,7 +104,7 @@ def collate(enc: Encoded, idx: Sequence[int] | np.ndarray, pad_id: int) -> dict[
     width = int(lens.max())
     input_ids = np.full((len(idx), width), pad_id, dtype=np.int64)
     for row, i in enumerate(idx):
-        input_ids[row, width - lens[row]:] = enc.ids[i]
+        input_ids[row, width - lens[row] :] = enc.ids[i]
     pos = np.arange(width)[None, :]
     start = (width - lens)[:, None]  # first real token of each row
     attention = pos >= start
@@ -124,16 +126,22 @@ def answer_loss(model: Any, batch: dict[str, torch.Tensor], first_token_only: bo
     """
     labels = batch["labels"]
     span = int((labels != IGNORE_INDEX).sum(1).max())  # answers end at the last position (left padding)
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   position_ids=batch["position_ids"], logits_to_keep=span + 1, use_cache=False).logits[:, :-1]
+    logits = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        position_ids=batch["position_ids"],
+        logits_to_keep=span + 1,
+        use_cache=False,
+    ).logits[:, :-1]
     targets = labels[:, -span:]
     if first_token_only:
         first = (targets != IGNORE_INDEX).int().argmax(1)
         keep = torch.zeros_like(targets, dtype=torch.bool)
         keep[torch.arange(len(targets)), first] = True
         targets = targets.masked_fill(~keep, IGNORE_INDEX)
-    return torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                             ignore_index=IGNORE_INDEX)
+    return torch.nn.functional.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX
+    )
 
 
 def encode_batch(
@@ -242,8 +250,9 @@ def train_loop(config: dict) -> list[dict]:
         kwargs = {"quantization_config": BitsAndBytesConfig(load_in_8bit=True), "device_map": {"": dev.index or 0}}
     elif config.get("load_in_8bit"):
         log.warning("llm.load_in_8bit needs a GPU; training the LoRA adapter on a %s model instead", dev.type)
-    model, tokenizer = load_causal_lm(config["model_name"], dtype=config.get("dtype", "auto"), device=str(dev),
-                                      **kwargs)
+    model, tokenizer = load_causal_lm(
+        config["model_name"], dtype=config.get("dtype", "auto"), device=str(dev), **kwargs
+    )
     if kwargs:
         from peft import prepare_model_for_kbit_training
 
@@ -270,8 +279,13 @@ def train_loop(config: dict) -> list[dict]:
         n_batches = len(enc.ids) // cfg.batch_size
     total_steps = max(1, -(-n_batches // cfg.grad_accum) * cfg.epochs)
     scheduler = _schedule(optimizer, cfg, total_steps)
-    log.info("lora: %d examples, %d tokens, %s, %d optimizer steps", len(enc.ids), int(lengths.sum()),
-             f"autocast {amp}" if amp is not None else "float32", total_steps)
+    log.info(
+        "lora: %d examples, %d tokens, %s, %d optimizer steps",
+        len(enc.ids),
+        int(lengths.sum()),
+        f"autocast {amp}" if amp is not None else "float32",
+        total_steps,
+    )
     start_epoch, skip, history = 0, 0, []
     ckpt_dir, ckpt_steps = config.get("checkpoint_dir"), config.get("checkpoint_steps")
     state = rt.load_state(ckpt_dir)
@@ -300,17 +314,31 @@ def train_loop(config: dict) -> list[dict]:
             if pending == cfg.grad_accum:
                 _step(optimizer, scheduler, params, cfg)
                 pending = 0
-            history.append({"step": len(history), "epoch": epoch, "loss": loss.item(),
-                            "tokens": int(lengths[idx].sum()), "seconds": time.perf_counter() - t_step})
+            history.append(
+                {
+                    "step": len(history),
+                    "epoch": epoch,
+                    "loss": loss.item(),
+                    "tokens": int(lengths[idx].sum()),
+                    "seconds": time.perf_counter() - t_step,
+                }
+            )
             bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
             if pending == 0 and ckpt_steps and scheduler.last_epoch % ckpt_steps == 0 and i + 1 < len(batches):
-                rt.report_state({"epoch": epoch, "batch": i + 1, "loss": history[-1]["loss"]},
-                                _train_state(model, optimizer, scheduler, epoch - 1, i + 1, history), ckpt_dir)
+                rt.report_state(
+                    {"epoch": epoch, "batch": i + 1, "loss": history[-1]["loss"]},
+                    _train_state(model, optimizer, scheduler, epoch - 1, i + 1, history),
+                    ckpt_dir,
+                )
         if pending:
             _step(optimizer, scheduler, params, cfg)
         epoch_losses = [h["loss"] for h in history if h["epoch"] == epoch]
-        row = {"epoch": epoch, "loss": float(np.mean(epoch_losses)) if epoch_losses else float("nan"),
-               "seconds": time.perf_counter() - t0, "padding": padding_fraction(lengths, batches)}
+        row = {
+            "epoch": epoch,
+            "loss": float(np.mean(epoch_losses)) if epoch_losses else float("nan"),
+            "seconds": time.perf_counter() - t0,
+            "padding": padding_fraction(lengths, batches),
+        }
         if rt.report_due(epoch, cfg.epochs, config.get("report_every")):
             rt.report_state(row, _train_state(model, optimizer, scheduler, epoch, 0, history), ckpt_dir)
 
@@ -330,8 +358,15 @@ def _train_state(model, optimizer, scheduler, epoch: int, batch: int, history: l
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
-    return {"adapter": get_peft_model_state_dict(rt.unwrap(model)), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "epoch": epoch, "batch": batch, "history": list(history), "rng": rng}
+    return {
+        "adapter": get_peft_model_state_dict(rt.unwrap(model)),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "epoch": epoch,
+        "batch": batch,
+        "history": list(history),
+        "rng": rng,
+    }
 
 
 def _set_rng(rng: dict | None) -> None:
@@ -346,7 +381,7 @@ def _schedule(optimizer: torch.optim.Optimizer, cfg: LoRAConfig, total_steps: in
     """``lora.schedule``: constant lr, or linear warm-up over ``warmup`` of the steps then linear decay to 0."""
     if cfg.schedule == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    warm = max(1, int(round(cfg.warmup * total_steps)))
+    warm = max(1, round(cfg.warmup * total_steps))
 
     def factor(step: int) -> float:
         if step < warm:
@@ -399,11 +434,19 @@ def train_lora(
         table = _check_table(examples)
         dataset = None
     else:
-        raise TypeError(f"train_lora: examples must be a pyarrow.Table or ray.data.Dataset, got {type(examples).__name__}")
-    config = {"model_name": model_name, "cfg": cfg.model_dump(), "seed": int(seed), "out_dir": str(out_dir),
-              "dtype": dtype, "load_in_8bit": bool(load_in_8bit),
-              "checkpoint_dir": str(checkpoint_dir) if checkpoint_dir is not None else None,
-              "checkpoint_steps": checkpoint_steps}
+        raise TypeError(
+            f"train_lora: examples must be a pyarrow.Table or ray.data.Dataset, got {type(examples).__name__}"
+        )
+    config = {
+        "model_name": model_name,
+        "cfg": cfg.model_dump(),
+        "seed": int(seed),
+        "out_dir": str(out_dir),
+        "dtype": dtype,
+        "load_in_8bit": bool(load_in_8bit),
+        "checkpoint_dir": str(checkpoint_dir) if checkpoint_dir is not None else None,
+        "checkpoint_steps": checkpoint_steps,
+    }
     if use_ray:
         if dataset is None:
             dataset = ray.data.from_arrow(table)

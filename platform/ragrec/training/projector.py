@@ -123,6 +123,13 @@ def train_projector(
         "seed": int(seed),
         "out_dir": str(out_dir),
     }
-    history = rt.run_loop(train_loop, config, use_ray=use_ray, name="projector", num_workers=num_workers,
-                          use_gpu=use_gpu, storage_path=storage_path)
+    history = rt.run_loop(
+        train_loop,
+        config,
+        use_ray=use_ray,
+        name="projector",
+        num_workers=num_workers,
+        use_gpu=use_gpu,
+        storage_path=storage_path,
+    )
     return ProjectorResult(ssl_emb=np.load(Path(out_dir) / "ssl_emb.npy"), history=history)

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 import shutil
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -86,7 +87,7 @@ def torch_device(preferred: str = "auto"):
 
         dev = torch.device(device(preferred))
     if dev.type == "cpu":
-        threads = int(os.environ.get("RAGREC_TORCH_THREADS", 0)) or max(1, (os.cpu_count() or 1) // world_size())
+        threads = int(os.environ.get("RAGREC_TORCH_THREADS") or 0) or max(1, (os.cpu_count() or 1) // world_size())
         torch.set_num_threads(threads)
     return dev
 
@@ -130,8 +131,9 @@ class LogProgress:
             if now - last >= self._every:
                 last = now
                 extra = " ".join(f"{k}={v}" for k, v in self._postfix.items())
-                self._log.info("%s: %d/%s steps, %.2f steps/s %s", self._desc, n, self._total or "?",
-                                  n / (now - t0), extra)
+                self._log.info(
+                    "%s: %d/%s steps, %.2f steps/s %s", self._desc, n, self._total or "?", n / (now - t0), extra
+                )
 
 
 # ----------------------------------------------------------------------------- model / data
@@ -373,15 +375,23 @@ def run_loop(
     """``train_loop(config)`` on Ray Train workers (:func:`fit`, ``use_ray``) or in this process; the
     loop's return value (rank 0's under Ray). Every trainer's ``train_*`` entry point ends here."""
     if use_ray:
-        return fit(train_loop, config, num_workers=num_workers, use_gpu=use_gpu, storage_path=storage_path,
-                   name=name)["return_value"]
+        return fit(train_loop, config, num_workers=num_workers, use_gpu=use_gpu, storage_path=storage_path, name=name)[
+            "return_value"
+        ]
     return train_loop(config)
 
 
-def checkpoint_epoch(row: dict[str, Any], model, optimizer, epoch: int, epochs: int, history: list[dict],
-                     every: int | None = None) -> None:
+def checkpoint_epoch(
+    row: dict[str, Any], model, optimizer, epoch: int, epochs: int, history: list[dict], every: int | None = None
+) -> None:
     """Report ``row`` with a resumable checkpoint (model, optimizer, epoch, history) when one is due."""
     if report_due(epoch, epochs, every):
-        report_state(row, {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                           "epoch": epoch, "history": history})
-
+        report_state(
+            row,
+            {
+                "model": unwrap(model).state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "epoch": epoch,
+                "history": history,
+            },
+        )

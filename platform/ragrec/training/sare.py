@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -69,8 +69,14 @@ def load_cross_encoder(name_or_dir: str | Path, device: str | torch.device = "cp
 
 def encode_pairs(tokenizer, queries: Sequence[str], docs: Sequence[str], max_tokens: int, device) -> dict:
     """Tokenised ``(query, doc)`` pairs, truncated ``longest_first`` to ``max_tokens``, padded, on ``device``."""
-    enc = tokenizer(list(queries), list(docs), truncation="longest_first", max_length=int(max_tokens),
-                    padding=True, return_tensors="pt")
+    enc = tokenizer(
+        list(queries),
+        list(docs),
+        truncation="longest_first",
+        max_length=int(max_tokens),
+        padding=True,
+        return_tensors="pt",
+    )
     return {k: v.to(device) for k, v in enc.items()}
 
 
@@ -151,8 +157,12 @@ def train_loop(config: dict) -> list[dict]:
             hits += int((logits[:, :1] > logits[:, 1:]).all(dim=1).sum())
             count += len(sel)
             progress.set_postfix(loss=f"{loss.item():.4f}")
-        row = {"epoch": epoch, "loss": total / max(count, 1), "acc": hits / max(count, 1),
-               "seconds": time.perf_counter() - t0}
+        row = {
+            "epoch": epoch,
+            "loss": total / max(count, 1),
+            "acc": hits / max(count, 1),
+            "seconds": time.perf_counter() - t0,
+        }
         history.append(row)
         rt.checkpoint_epoch(row, model, optimizer, epoch, cfg.epochs, history, config.get("report_every"))
 
@@ -208,8 +218,15 @@ def train_sare(
         "seed": int(seed),
         "out_dir": str(out_dir),
     }
-    history = rt.run_loop(train_loop, config, use_ray=use_ray, name="sare", num_workers=num_workers,
-                          use_gpu=use_gpu, storage_path=storage_path)
+    history = rt.run_loop(
+        train_loop,
+        config,
+        use_ray=use_ray,
+        name="sare",
+        num_workers=num_workers,
+        use_gpu=use_gpu,
+        storage_path=storage_path,
+    )
     return SAREResult(model_dir=Path(out_dir) / MODEL_SUBDIR, history=history)
 
 
@@ -250,11 +267,16 @@ def score_pairs(
 
     q_flat = np.repeat(np.arange(num_q), num_k)  # (Q*K,) query of each pair
     d_flat = [d for row in docs for d in row]
-    order = np.argsort(-(np.fromiter((len(queries[q]) for q in q_flat), dtype=np.int64, count=len(q_flat))
-                         + np.fromiter((len(d) for d in d_flat), dtype=np.int64, count=len(d_flat))), kind="stable")
+    order = np.argsort(
+        -(
+            np.fromiter((len(queries[q]) for q in q_flat), dtype=np.int64, count=len(q_flat))
+            + np.fromiter((len(d) for d in d_flat), dtype=np.int64, count=len(d_flat))
+        ),
+        kind="stable",
+    )
     out = np.empty(num_q * num_k, dtype=np.float32)
     for start in range(0, len(order), batch_size):
-        sel = order[start:start + batch_size]
+        sel = order[start : start + batch_size]
         enc = encode_pairs(tokenizer, [queries[q] for q in q_flat[sel]], [d_flat[i] for i in sel], max_len, dev)
         out[sel] = model(**enc).logits[:, 0].float().cpu().numpy()
     return out.reshape(num_q, num_k)

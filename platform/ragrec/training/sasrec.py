@@ -122,8 +122,9 @@ def train_loop(config: dict) -> list[dict]:
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         model.train()
-        batches = rt.epoch_batches(train_users.numel(), cfg.batch_size, seed=seed, epoch=epoch, rank=rank,
-                                   world_size=world)
+        batches = rt.epoch_batches(
+            train_users.numel(), cfg.batch_size, seed=seed, epoch=epoch, rank=rank, world_size=world
+        )
         bar = rt.LogProgress(batches, total=len(batches), desc=f"sasrec epoch {epoch}")
         total, count = 0.0, 0
         for idx in bar:
@@ -234,23 +235,37 @@ def train_sasrec(
         "out_dir": str(out_dir),
         "eval_every": eval_every,
     }
-    history = rt.run_loop(train_loop, config, use_ray=use_ray, name="sasrec", num_workers=num_workers,
-                          use_gpu=use_gpu, storage_path=storage_path)
+    history = rt.run_loop(
+        train_loop,
+        config,
+        use_ray=use_ray,
+        name="sasrec",
+        num_workers=num_workers,
+        use_gpu=use_gpu,
+        storage_path=storage_path,
+    )
     out = Path(out_dir)
     metrics = json.loads((out / "metrics.json").read_text())
     log.info(
         "SASRec leave-one-out (%d negatives): NDCG@%d=%.4f HR@%d=%.4f over %d users",
-        cfg.eval_negatives, EVAL_K, metrics[f"ndcg@{EVAL_K}"], EVAL_K, metrics[f"hr@{EVAL_K}"],
+        cfg.eval_negatives,
+        EVAL_K,
+        metrics[f"ndcg@{EVAL_K}"],
+        EVAL_K,
+        metrics[f"hr@{EVAL_K}"],
         metrics["users_evaluated"],
     )
     return SASRecResult(
-        user_emb=np.load(out / "user_emb.npy"), item_emb=np.load(out / "item_emb.npy"), history=history,
+        user_emb=np.load(out / "user_emb.npy"),
+        item_emb=np.load(out / "item_emb.npy"),
+        history=history,
         metrics=metrics,
     )
 
 
-def collaborative_neighbours(user_emb: np.ndarray, k: int, *, valid: np.ndarray | None = None,
-                             block_elems: int = 1 << 26) -> np.ndarray:
+def collaborative_neighbours(
+    user_emb: np.ndarray, k: int, *, valid: np.ndarray | None = None, block_elems: int = 1 << 26
+) -> np.ndarray:
     """(U, k) int64: each user's top-k other users by dot product ``h_i . h_t``, best first.
 
     The user itself and users with ``valid[t] == False`` (e.g. no training data: pass
@@ -293,8 +308,10 @@ class SASRecScorer:
         model_dir = Path(model_dir)
         meta_path = model_dir / META_FILE
         if not (meta_path.exists() and (model_dir / MODEL_FILE).exists()):
-            raise FileNotFoundError(f"{model_dir}: no {MODEL_FILE} / {META_FILE}; the SASRec was trained before "
-                                    f"weights were saved: retrain it (ragrec run CONFIG --force sasrec)")
+            raise FileNotFoundError(
+                f"{model_dir}: no {MODEL_FILE} / {META_FILE}; the SASRec was trained before "
+                f"weights were saved: retrain it (ragrec run CONFIG --force sasrec)"
+            )
         meta = json.loads(meta_path.read_text())
         self.cfg = SASRecConfig.model_validate(meta["cfg"])
         self.num_items = int(meta["num_items"])
@@ -334,6 +351,8 @@ class SASRecScorer:
         if tgt.numel() and (int(tgt.min()) < 0 or int(tgt.max()) >= self.num_items):
             raise ValueError(f"sasrec: target item ids must lie in [0, {self.num_items})")
         dev, step = self.device, _EVAL_CHUNK
-        out = [self.model.score(seqs[s : s + step].to(dev), tgt[s : s + step, None].to(dev))[:, 0].cpu()
-               for s in range(0, seqs.size(0), step)]
+        out = [
+            self.model.score(seqs[s : s + step].to(dev), tgt[s : s + step, None].to(dev))[:, 0].cpu()
+            for s in range(0, seqs.size(0), step)
+        ]
         return torch.cat(out).double().numpy() if out else np.zeros(0)

@@ -44,9 +44,16 @@ def trials_frame(rows: list[TrialRow], params: list[str], metric: str, mode: str
     """One row per trial: rank, trial_id, best, each param, auc, logloss, acc, n, status; sorted best first
     (failed trials last)."""
     best = best_row(rows, metric, mode)
-    records = [{"trial_id": r.trial_id, "best": r is best, **{p: r.params.get(p) for p in params},
-                **{c: r.metrics.get(c) for c in COLUMNS}, "status": "ok" if r.error is None else r.error}
-               for r in rows]
+    records = [
+        {
+            "trial_id": r.trial_id,
+            "best": r is best,
+            **{p: r.params.get(p) for p in params},
+            **{c: r.metrics.get(c) for c in COLUMNS},
+            "status": "ok" if r.error is None else r.error,
+        }
+        for r in rows
+    ]
     df = pd.DataFrame.from_records(records, columns=["trial_id", "best", *params, *COLUMNS, "status"])
     df = df.sort_values(metric, ascending=(mode == "min"), na_position="last", kind="stable").reset_index(drop=True)
     df.insert(0, "rank", range(1, len(df) + 1))
@@ -104,7 +111,7 @@ def plot_sweep(df: pd.DataFrame, params: list[str], metric: str, path: str | os.
     os.replace(tmp, path)
 
 
-def write_results(out_dir: Path, spec: "SweepSpec", rows: list[TrialRow], best: TrialRow, test: dict) -> pd.DataFrame:
+def write_results(out_dir: Path, spec: SweepSpec, rows: list[TrialRow], best: TrialRow, test: dict) -> pd.DataFrame:
     """Write ``results.csv``, ``results.md``, ``sweep.png`` and ``sweep.json`` into ``out_dir``."""
     cfg = spec.config
     df = trials_frame(rows, spec.params, cfg.metric, cfg.mode)
@@ -143,8 +150,20 @@ def write_results(out_dir: Path, spec: "SweepSpec", rows: list[TrialRow], best: 
         "",
     ]
     (out_dir / "results.md").write_text("\n".join(md))
-    (out_dir / "sweep.json").write_text(json.dumps(
-        {"name": cfg.name, "metric": cfg.metric, "mode": cfg.mode, "best_config": best.params,
-         "valid": best.metrics, "test": test, "trials": df.to_dict(orient="records"),
-         "base_config": spec.base_raw}, indent=2, default=str))
+    (out_dir / "sweep.json").write_text(
+        json.dumps(
+            {
+                "name": cfg.name,
+                "metric": cfg.metric,
+                "mode": cfg.mode,
+                "best_config": best.params,
+                "valid": best.metrics,
+                "test": test,
+                "trials": df.to_dict(orient="records"),
+                "base_config": spec.base_raw,
+            },
+            indent=2,
+            default=str,
+        )
+    )
     return df

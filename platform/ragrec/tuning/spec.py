@@ -34,8 +34,14 @@ from ..config import ConfigError, RunConfig, _Strict, apply_overrides, read_yaml
 METRICS = ("auc", "logloss", "acc")
 DEFAULT_MODE = {"auc": "max", "acc": "max", "logloss": "min"}
 # run-config fields holding paths: made absolute in the driver because Tune runs trials in their own folder
-_PATH_FIELDS = ("artifacts_dir", "output_dir", "data.path", "data.interactions_file", "data.items_file",
-                "data.users_file")
+_PATH_FIELDS = (
+    "artifacts_dir",
+    "output_dir",
+    "data.path",
+    "data.interactions_file",
+    "data.items_file",
+    "data.users_file",
+)
 
 
 class ParamSpace(_Strict):
@@ -48,7 +54,7 @@ class ParamSpace(_Strict):
     loguniform: tuple[float, float] | None = None
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> "ParamSpace":
+    def _exactly_one(self) -> ParamSpace:
         given = [k for k in ("grid", "choice", "uniform", "loguniform") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(f"give exactly one of grid, choice, uniform, loguniform (got {given or 'none'})")
@@ -115,15 +121,19 @@ class SweepConfig(_Strict):
 
     name: str = Field("sweep", pattern=r"^[A-Za-z0-9_.-]+$", description="results go to <output_dir>/<name>/")
     base: str = Field(..., description="run config YAML, relative to the sweep file")
-    overrides: dict[str, Any] = Field(default_factory=dict,
-                                      description="dotted run-config fields (nested sections allowed) set in every trial")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict, description="dotted run-config fields (nested sections allowed) set in every trial"
+    )
     search_space: dict[str, ParamSpace] = Field(..., min_length=1)
     num_samples: int = Field(1, ge=1)
     metric: Literal["auc", "logloss", "acc"] = "auc"
     mode: Literal["max", "min"] | None = None
     max_concurrent_trials: int = Field(1, ge=1, description="1 on a small machine: each trial runs Ray Data/Train")
-    trial_cpus: float = Field(0.01, gt=0, description="CPUs held by the trial driver itself; its Ray Data actors and "
-                                                      "Train workers request their own")
+    trial_cpus: float = Field(
+        0.01,
+        gt=0,
+        description="CPUs held by the trial driver itself; its Ray Data actors and Train workers request their own",
+    )
     seed: int | None = Field(0, description="random state of the search (uniform/choice draws)")
 
     @field_validator("overrides", mode="before")
@@ -136,17 +146,21 @@ class SweepConfig(_Strict):
     def _known_fields(cls, v: dict) -> dict:
         bad = [k for k in v if _field_info(k) is None]
         if bad:
-            raise ValueError(f"{bad} are not run-config fields (use dotted paths such as retrieval.alpha; "
-                             f"sections: {list(RunConfig.model_fields)})")
+            raise ValueError(
+                f"{bad} are not run-config fields (use dotted paths such as retrieval.alpha; "
+                f"sections: {list(RunConfig.model_fields)})"
+            )
         return v
 
     @model_validator(mode="after")
-    def _mode(self) -> "SweepConfig":
+    def _mode(self) -> SweepConfig:
         if self.mode is None:
             self.mode = DEFAULT_MODE[self.metric]
         elif self.mode != DEFAULT_MODE[self.metric]:
-            raise ValueError(f"mode '{self.mode}' with metric '{self.metric}' would select the worst trial; "
-                             f"use mode: {DEFAULT_MODE[self.metric]} (or leave mode out)")
+            raise ValueError(
+                f"mode '{self.mode}' with metric '{self.metric}' would select the worst trial; "
+                f"use mode: {DEFAULT_MODE[self.metric]} (or leave mode out)"
+            )
         return self
 
 

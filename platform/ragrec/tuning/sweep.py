@@ -61,18 +61,22 @@ def _tuner(spec: SweepSpec, storage: Path):
 
     cfg = spec.config
     env = {k: os.environ[k] for k in _FORWARD_ENV if k in os.environ}
-    trainable = tune.with_resources(tune.with_parameters(_trial, base_raw=spec.base_raw, env=env),
-                                    {"cpu": cfg.trial_cpus})
+    trainable = tune.with_resources(
+        tune.with_parameters(_trial, base_raw=spec.base_raw, env=env), {"cpu": cfg.trial_cpus}
+    )
     return tune.Tuner(
         trainable,
         param_space={k: v.to_tune() for k, v in cfg.search_space.items()},
         tune_config=tune.TuneConfig(
-            metric=cfg.metric, mode=cfg.mode, num_samples=cfg.num_samples,
+            metric=cfg.metric,
+            mode=cfg.mode,
+            num_samples=cfg.num_samples,
             max_concurrent_trials=cfg.max_concurrent_trials,
             search_alg=BasicVariantGenerator(max_concurrent=cfg.max_concurrent_trials, random_state=cfg.seed),
         ),
-        run_config=tune.RunConfig(name=cfg.name, storage_path=str(storage), verbose=1,
-                                  failure_config=tune.FailureConfig(max_failures=0)),
+        run_config=tune.RunConfig(
+            name=cfg.name, storage_path=str(storage), verbose=1, failure_config=tune.FailureConfig(max_failures=0)
+        ),
     )
 
 
@@ -81,9 +85,14 @@ def _rows(spec: SweepSpec, grid) -> list[TrialRow]:
     for i, r in enumerate(grid):
         m = r.metrics or {}
         params = {k: r.config[k] for k in spec.params}
-        rows.append(TrialRow(trial_id=str(m.get("trial_id", i)), params=params,
-                             metrics={k: m[k] for k in METRIC_KEYS if k in m},
-                             error=None if r.error is None else f"{type(r.error).__name__}: {r.error}".splitlines()[0]))
+        rows.append(
+            TrialRow(
+                trial_id=str(m.get("trial_id", i)),
+                params=params,
+                metrics={k: m[k] for k in METRIC_KEYS if k in m},
+                error=None if r.error is None else f"{type(r.error).__name__}: {r.error}".splitlines()[0],
+            )
+        )
     return rows
 
 
@@ -113,8 +122,13 @@ def run_sweep(config_path: str, overrides: list[str] | None = None) -> SweepResu
         errors = "\n".join(f"  trial {r.trial_id} {r.params}: {r.error}" for r in rows)
         raise RuntimeError(f"sweep {spec.config.name}: every trial failed (logs under {storage}):\n{errors}")
     env = {k: os.environ[k] for k in _FORWARD_ENV if k in os.environ}
-    log.info("sweep %s: best on valid %s (%s %.4f); evaluating it on test", spec.config.name, best.params,
-             spec.config.metric, best.metrics[spec.config.metric])
+    log.info(
+        "sweep %s: best on valid %s (%s %.4f); evaluating it on test",
+        spec.config.name,
+        best.params,
+        spec.config.metric,
+        best.metrics[spec.config.metric],
+    )
     test = _evaluate(spec.base_raw, best.params, "test", env)
     write_results(out_dir, spec, rows, best, test)
     return SweepResult(out_dir=out_dir, best_config=dict(best.params), valid=dict(best.metrics), test=test, trials=rows)

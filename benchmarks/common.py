@@ -1,4 +1,4 @@
-"""Shared benchmark machinery (DESIGN §9): timing, peak memory, matmul peak, results file.
+"""Shared benchmark machinery (docs/architecture.md §9): timing, peak memory, matmul peak, results file.
 
 Every benchmark compares a ragrec stage with a reference implementation run in the same process on the
 same inputs and reports the *ratio* of their rates; absolute times on shared machines are noise.

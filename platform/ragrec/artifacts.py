@@ -168,6 +168,21 @@ def _start_attempt(staging: Path) -> list[dict]:
     return attempts
 
 
+def spec_fields(model, include: Iterable[str] | None = None, *, late: Iterable[str] = ()) -> dict:
+    """The cache spec of a config section: ``model.model_dump(mode="json")`` (only ``include`` when given),
+    where each field named in ``late`` enters only when set away from its default.
+
+    This is how a stage gains a config field without invalidating its existing artifacts: the new field is
+    ``late`` and defaults to the old behaviour, so every key computed before it existed stays the same. A
+    change of a stage's *output* for the same spec is a ``version`` bump instead (``docs/architecture.md`` §3).
+    """
+    dump = model.model_dump(mode="json", include=set(include) if include is not None else None)
+    for name in late:
+        if name in dump and getattr(model, name) == type(model).model_fields[name].default:
+            dump.pop(name)
+    return dump
+
+
 class ArtifactStore:
     """Content-addressed store rooted at a local directory or a pyarrow.fs URI."""
 

@@ -97,11 +97,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"report: {result.run_dir / 'report.md'}")
         elif args.command == "evaluate":
             from .evaluation.report import format_rows
-            from .methods import evaluate
+            from .methods import evaluate, get_method
 
             cfg = load_config(args.config, args.overrides)
             result = evaluate(cfg, force=tuple(args.force))
-            print(format_rows(result.metrics["rows"], "RALLRec"))
+            print(format_rows(result.metrics["rows"], get_method(cfg.method).title))
             print(f"report: {result.run_dir / 'report.md'}")
         elif args.command == "sweep":
             from .tuning import run_sweep
@@ -131,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
         elif args.command == "config":
             cfg = load_config(args.config, args.overrides)
-            print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+            from .methods import get_method
+
+            print(yaml.safe_dump(get_method(cfg.method).config_dict(cfg), sort_keys=False))
         elif args.command == "data":
             from .data import fetch
             from .data.fetch import verify

@@ -33,8 +33,19 @@ def seed_everything(seed: int) -> None:
         pass
 
 
+_RAY_DEFAULTS: dict[str, object] = {"address": None, "num_cpus": None}
+
+
+def use_ray_config(ray_cfg) -> None:
+    """Make ``ray_cfg`` (a config's ``ray`` section: ``address``, ``num_cpus``) the defaults of :func:`init`,
+    so the first stage that needs Ray starts or joins the one the config names. Every command that runs a
+    config calls this (``ragrec run / evaluate / sweep / serve``); Ray itself starts only when needed."""
+    _RAY_DEFAULTS.update(address=ray_cfg.address, num_cpus=ray_cfg.num_cpus)
+
+
 def init(address: str | None = None, num_cpus: int | None = None, **kwargs) -> None:
-    """Connect to ``address`` / ``$RAY_ADDRESS`` if given, else start a local Ray on this machine.
+    """Connect to ``address`` / the config's ``ray.address`` / ``$RAY_ADDRESS``, else start a local Ray on this
+    machine with ``num_cpus`` / the config's ``ray.num_cpus`` / all CPUs (see :func:`use_ray_config`).
 
     Idempotent: does nothing when Ray is already initialised (tests share one session).
     """
@@ -42,7 +53,8 @@ def init(address: str | None = None, num_cpus: int | None = None, **kwargs) -> N
 
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS")
+    address = address or _RAY_DEFAULTS["address"] or os.environ.get("RAY_ADDRESS")
+    num_cpus = num_cpus or _RAY_DEFAULTS["num_cpus"]
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     if address:
         log.info("connecting to Ray at %s", address)

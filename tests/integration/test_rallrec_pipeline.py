@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ragrec.config import load_config
-from ragrec.methods.rallrec import run
+from ragrec.methods import run
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.ray]

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ragrec.config import load_config
-from ragrec.methods.score import run
+from ragrec.methods import run
 from ragrec.methods.score_evaluate import evaluate
 
 REPO = Path(__file__).resolve().parents[2]

@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.ray]
 @pytest.fixture(scope="module")
 def slice_run(ray_session, data_dir, slice_artifacts, tmp_path_factory) -> Path:
     from ragrec.config import load_config
-    from ragrec.methods.rallrec import run
+    from ragrec.methods import run
 
     out = tmp_path_factory.mktemp("serve-run")
     cfg = load_config(

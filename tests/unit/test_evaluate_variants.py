@@ -7,7 +7,8 @@ from sklearn.metrics import roc_auc_score
 from ragrec.config import load_config
 from ragrec.evaluation.metrics import bootstrap_ci, bootstrap_delta_ci
 from ragrec.evaluation.report import format_rows
-from ragrec.methods.rallrec_evaluate import FULL, REFERENCE, VARIANTS, _reading, _same, variant_config
+from ragrec.methods.evaluation import reading, same_config, variant_config
+from ragrec.methods.rallrec_evaluate import FULL, REFERENCE, VARIANTS
 
 
 def test_variant_configs_change_only_their_fields():
@@ -33,8 +34,8 @@ def test_variant_configs_change_only_their_fields():
 def test_same_retrieval_tolerates_yaml_rounding_of_two_thirds():
     a = load_config(None, ["retrieval.alpha=0.6666667"]).retrieval.model_dump()
     b = variant_config(load_config(None), {**FULL, "retrieval.alpha": 2 / 3}).retrieval.model_dump()
-    assert _same(a, b)
-    assert not _same(a, {**b, "alpha": 0.5}) and not _same(a, {**b, "k": 5})
+    assert same_config(a, b)
+    assert not same_config(a, {**b, "alpha": 0.5}) and not same_config(a, {**b, "k": 5})
 
 
 def test_paired_delta_matches_auc_difference_and_detects_a_real_gap():
@@ -86,7 +87,7 @@ def test_report_marks_only_significant_gaps_and_reading_says_which():
     assert "ΔAUC vs RALLRec" in lines[0]
     assert lines[3].count("*") == 1 and "-0.1000 [-0.1500, -0.0500] *" in lines[3]
     assert "*" not in lines[4] and "| — |" in lines[2]
-    text = "\n".join(_reading(rows))
+    text = "\n".join(reading(rows, REFERENCE, "RALLRec"))
     assert "significantly better than: A" in text and "not distinguishable" in text and "B" in text
     assert "does NOT beat the best trivial baseline (AUC 0.7500)" in text
 
@@ -94,7 +95,7 @@ def test_report_marks_only_significant_gaps_and_reading_says_which():
 def test_eval_subset_first_or_seeded_random_in_split_order():
     import pyarrow as pa
 
-    from ragrec.methods.rallrec import eval_subset
+    from ragrec.methods.common import eval_subset
 
     part = pa.table({"sample_id": pa.array(range(100), pa.int64()), "user_id": pa.array([i // 25 for i in range(100)])})
     assert eval_subset(part, 10, "first", 0).column("sample_id").to_pylist() == list(range(10))
@@ -109,9 +110,9 @@ def test_eval_subset_first_or_seeded_random_in_split_order():
 def test_rows_carry_user_clustered_intervals_and_reading_uses_them():
     from types import SimpleNamespace
 
-    from ragrec.methods.rallrec import _metric_row
-    from ragrec.methods.rallrec_evaluate import _row as eval_row
-    from ragrec.methods.rallrec_evaluate import _Scored
+    from ragrec.methods.common import metric_row
+    from ragrec.methods.evaluation import Scored
+    from ragrec.methods.evaluation import variant_row as eval_row
 
     rng = np.random.default_rng(0)
     users = np.repeat(np.arange(30), 20)
@@ -120,16 +121,16 @@ def test_rows_carry_user_clustered_intervals_and_reading_uses_them():
     ref = np.clip(0.5 + 0.3 * (yu.repeat(20) - 0.5) + rng.normal(0, 0.1, 600), 0, 1)
     other = np.clip(ref + rng.normal(0, 0.2, 30).repeat(20), 0, 1)
     cfg = SimpleNamespace(eval=SimpleNamespace(bootstrap=300), seed=0)
-    row = eval_row("other", y, other, _Scored("full", "RALLRec", "", ref), cfg, key="x", user_ids=users)
+    row = eval_row("other", y, other, Scored("full", "RALLRec", "", ref), cfg, key="x", user_ids=users)
     for k in ("auc_ulo", "auc_uhi", "uauc", "delta_ulo", "delta_uhi"):
         assert np.isfinite(row[k]), k
     assert row["auc_ulo"] <= row["auc"] <= row["auc_uhi"] and row["delta_ulo"] <= row["delta"] <= row["delta_uhi"]
     assert row["auc_uhi"] - row["auc_ulo"] > 1.5 * (row["auc_hi"] - row["auc_lo"])
     assert row["delta_uhi"] - row["delta_ulo"] > 1.5 * (row["delta_hi"] - row["delta_lo"])
     assert "auc_ulo" not in eval_row("other", y, other, None, cfg)
-    m = _metric_row("other", y, other, 300, 0, users)  # `ragrec run` rows: same intervals and UAUC
+    m = metric_row("other", y, other, 300, 0, users)  # `ragrec run` rows: same intervals and UAUC
     assert (m["auc_ulo"], m["auc_uhi"], m["uauc"]) == (row["auc_ulo"], row["auc_uhi"], row["uauc"])
-    assert "auc_ulo" not in _metric_row("x", y, ref, 50, 0)
+    assert "auc_ulo" not in metric_row("x", y, ref, 50, 0)
 
     # the reading judges significance on the user interval when rows have it
     rows = [
@@ -137,14 +138,15 @@ def test_rows_carry_user_clustered_intervals_and_reading_uses_them():
         _row("A", 0.60, (-0.1, -0.15, -0.05)) | {"delta_ulo": -0.2, "delta_uhi": 0.02},
         _row("B", 0.50, (-0.2, -0.25, -0.15)) | {"delta_ulo": -0.3, "delta_uhi": -0.1},
     ]
-    text = "\n".join(_reading(rows))
+    text = "\n".join(reading(rows, REFERENCE, "RALLRec"))
     assert "significantly better than: B (95% user-clustered interval" in text
     assert "not distinguishable from RALLRec (95% user-clustered interval of ΔAUC contains 0): A" in text
 
 
 def test_fusion_rows_pair_the_fusion_with_each_input_and_report_the_coefficients():
     from ragrec.evaluation.fusion import fuse, logit
-    from ragrec.methods.rallrec_evaluate import FUSION_NAMES, _fusion_parts, fusion_comparisons, fusion_labels
+    from ragrec.methods.evaluation import fusion_comparisons, fusion_labels, fusion_parts
+    from ragrec.methods.rallrec_evaluate import FUSION_NAMES
 
     rng = np.random.default_rng(0)
 
@@ -171,7 +173,7 @@ def test_fusion_rows_pair_the_fusion_with_each_input_and_report_the_coefficients
     class Ev:
         fusion, fusion_rows, fusion_error = res, rows, None
 
-    sections, notes, extra = _fusion_parts(Ev)
+    sections, notes, extra = fusion_parts(Ev)
     ((title, body),) = sections.items()
     assert "validation" in title and "fusion − fusion w/o LLM" in body and "ΔAUC vs the row's input" in body
     assert len(notes) == 1 and "RALLRec +" in notes[0] and "\n" not in notes[0]
@@ -184,19 +186,19 @@ def test_fusion_rows_pair_the_fusion_with_each_input_and_report_the_coefficients
     class Skipped:
         fusion, fusion_rows, fusion_error = None, [], "fusion: all 10 validation labels are 1"
 
-    assert _fusion_parts(Skipped) == ({}, ["fusion skipped: fusion: all 10 validation labels are 1"], {})
+    assert fusion_parts(Skipped) == ({}, ["fusion skipped: fusion: all 10 validation labels are 1"], {})
 
 
 def test_run_rows_carry_the_paired_delta_against_the_main_model():
-    from ragrec.methods.rallrec import _metric_row
+    from ragrec.methods.common import metric_row
 
     rng = np.random.default_rng(0)
     users = np.repeat(np.arange(40), 10)
     y = rng.integers(0, 2, 400)
     good = np.clip(0.5 + 0.3 * (y - 0.5) + rng.normal(0, 0.15, 400), 0.01, 0.99)
     noise = rng.random(400)
-    same = _metric_row("same", y, good, 200, 0, users, against=good)
+    same = metric_row("same", y, good, 200, 0, users, against=good)
     assert same["delta"] == 0 and same["delta_lo"] == same["delta_hi"] == 0 and same["delta_ulo"] == 0
-    worse = _metric_row("noise", y, noise, 200, 0, users, against=good)
-    assert worse["delta"] == pytest.approx(worse["auc"] - _metric_row("m", y, good, 10, 0)["auc"])
+    worse = metric_row("noise", y, noise, 200, 0, users, against=good)
+    assert worse["delta"] == pytest.approx(worse["auc"] - metric_row("m", y, good, 10, 0)["auc"])
     assert worse["delta_uhi"] < 0 and worse["delta_hi"] < 0  # a real gap: both intervals exclude 0

@@ -173,17 +173,17 @@ class _FakeBase:
 
 
 class FakeRALLRec(_FakeBase):
-    def upstream(self):
+    def upstream(self, cfg=None):
         self._upstream()
         return "views"
 
-    def examples(self, views, cfg=None):
+    def examples(self, cfg=None):
         return self._examples(cfg or self.cfg)
 
-    def adapter(self, views, cfg=None):
+    def adapter(self, cfg=None):
         return self._adapter(cfg or self.cfg)
 
-    def predict(self, views, rcfg, adapter, split_name="test", name="scores", cfg=None):
+    def predict(self, adapter, cfg=None, split_name="test", name="scores"):
         assert split_name == "test", "curve-only must not score the validation split (no fusion)"
         return self._predict(adapter)
 

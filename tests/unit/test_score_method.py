@@ -5,8 +5,8 @@ import json
 import pytest
 
 from ragrec.config import ConfigError, load_config
-from ragrec.methods.rallrec import load_run
-from ragrec.methods.rallrec_evaluate import variant_config
+from ragrec.methods.common import load_run
+from ragrec.methods.evaluation import variant_config
 from ragrec.methods.score import Pipeline
 from ragrec.methods.score_evaluate import FULL, VARIANTS
 
@@ -52,9 +52,13 @@ def test_variant_lists_are_checked_per_method():
 def test_pipeline_and_serving_refuse_the_wrong_method(tmp_path):
     with pytest.raises(ValueError, match="method: score"):
         Pipeline(load_config("configs/rallrec_ml100k.yaml"))
-    (tmp_path / "run.json").write_text(json.dumps({"method": "score", "config": {}}))
-    with pytest.raises(ValueError, match="serving needs a RALLRec run"):
-        load_run(tmp_path)
+    payload = {"method": "score", "config": {}, "artifacts_dir": str(tmp_path / "a"), "artifacts": {}}
+    (tmp_path / "run.json").write_text(json.dumps(payload))
+    assert load_run(tmp_path).method == "score"  # any method's run opens
+    from ragrec.serving.state import load_state
+
+    with pytest.raises(ValueError, match="serving a SCoRe run is not supported yet: .*Serve a RALLRec run"):
+        load_state(tmp_path)
 
 
 def test_rationale_pairs_are_seeded_training_samples_of_users_with_documents():

@@ -14,7 +14,8 @@ import pytest
 from ragrec.config import DataConfig, LLMConfig, RetrievalConfig, RunConfig, SyntheticConfig
 from ragrec.data import rallrec_samples
 from ragrec.data.synthetic import make_synthetic
-from ragrec.methods.rallrec import ItemViews, prompts_for, with_context
+from ragrec.llm.prompts_ctr import prompts_for
+from ragrec.retrieval.context import ItemViews, with_context
 from ragrec.serving import PredictRequest, RequestError, ServingChain, ServingState, UserHistories
 from ragrec.serving.chain import Reranker, Retriever, retrieval_matrices
 
@@ -164,7 +165,8 @@ def fusion_run(data, tmp_path_factory):
     from ragrec.llm.hf_engine import HFEngine
     from ragrec.llm.registry import TINY_LLAMA
     from ragrec.methods import rallrec_evaluate
-    from ragrec.methods.rallrec import Pipeline, train_interactions, write_run_file
+    from ragrec.methods.common import train_interactions, write_run_file
+    from ragrec.methods.rallrec import Pipeline
     from ragrec.training import deepfm as deepfm_training
 
     inter, items, users, samples, views = data
@@ -222,7 +224,7 @@ def fusion_run(data, tmp_path_factory):
     a["fusion"] = fusion_artifact(pipe.store, vlog, valid.column("label").to_numpy(), [a["deepfm"]])
     run_dir = cfg.run_dir()
     run_dir.mkdir(parents=True)
-    write_run_file(run_dir, cfg, a)
+    write_run_file(run_dir, cfg, a, cfg.model_dump(mode="json"))
     return run_dir, pipe, baseline, engine
 
 

@@ -15,7 +15,7 @@ from .schemas import INTERACTIONS, ITEMS, USERS, validate
 
 @dataclass
 class Dataset:
-    """Canonical tables of one dataset (DESIGN §3), validated on construction.
+    """Canonical tables of one dataset (docs/architecture.md §2), validated on construction.
 
     Attributes:
         name: dataset name (``"ml-100k"``, ``"ml-1m"``, ``"generic"``, ``"synthetic"``).

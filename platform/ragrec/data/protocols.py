@@ -1,4 +1,4 @@
-"""Sample protocols: canonical interactions -> ``samples`` tables (DESIGN §3).
+"""Sample protocols: canonical interactions -> ``samples`` tables (docs/architecture.md §2).
 
 * :func:`rallrec_samples` (ReLLa / RALLRec): every rating is a sample, global 80/10/10 time split.
 * :func:`temporal_samples` (CoLLM / SCoRe): the last calendar windows (months or days) are

@@ -1,4 +1,4 @@
-"""Arrow schemas of the canonical tables (DESIGN §3) and a validator.
+"""Arrow schemas of the canonical tables (docs/architecture.md §2) and a validator.
 
 All ids are dense ``int64`` in ``0..n-1``; the raw ids of the source files are kept in
 ``raw_user_id`` / ``raw_item_id`` columns of ``users`` / ``items``. The schemas below list the *base*

@@ -1,4 +1,4 @@
-"""Trivial CTR baselines from training labels only (DESIGN §7).
+"""Trivial CTR baselines from training labels only (docs/architecture.md §7).
 
 Every report carries them: on MovieLens they are strong, and an LLM method that does not beat them
 must say so.

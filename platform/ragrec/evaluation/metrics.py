@@ -1,4 +1,4 @@
-"""CTR metrics (DESIGN §7): AUC / LogLoss / ACC via scikit-learn, user-averaged AUC, bootstrap CIs.
+"""CTR metrics (docs/architecture.md §7): AUC / LogLoss / ACC via scikit-learn, user-averaged AUC, bootstrap CIs.
 
 :func:`uauc` and :func:`bootstrap_ci` use the rank (Mann-Whitney) form of the AUC,
 ``AUC = P(score_pos > score_neg) + 0.5 P(score_pos == score_neg)``, which equals

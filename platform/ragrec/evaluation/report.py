@@ -1,4 +1,4 @@
-"""Run reports (DESIGN §7): ``report.md`` + ``metrics.json`` + PNG plots, written atomically.
+"""Run reports (docs/architecture.md §7): ``report.md`` + ``metrics.json`` + PNG plots, written atomically.
 
 The markdown table follows the paper's tables: ``variant | AUC [95% CI] | LogLoss | ACC | n``. Rows with a
 user-clustered interval (``auc_ulo``, ``auc_uhi``; ``delta_ulo``, ``delta_uhi``) get a second interval

@@ -1,4 +1,4 @@
-"""CTR prompts of ReLLa / RALLRec for MovieLens (DESIGN §5 step 7, paper §2.3) and the "mixed" views.
+"""CTR prompts of ReLLa / RALLRec for MovieLens (paper §2.3) and the "mixed" views.
 
 A prompt (``{...}`` filled per sample; the profile line is omitted when nothing is known)::
 
@@ -16,6 +16,8 @@ says "the user" / "the user's". History lines are numbered from 0 in the order o
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -262,3 +264,35 @@ def augment_views(
         views.append(t.append_column(pa.field("view", pa.string()), pa.array([name] * t.num_rows, pa.string())))
     out = pa.concat_tables(views)
     return out.take(pa.array(rng.permutation(out.num_rows), pa.int64()))
+
+
+def prompts_for(
+    samples: pa.Table, items: pa.Table, users: pa.Table | None, cfg: Any, interactions: pa.Table | None = None
+) -> pa.Array:
+    """The CTR prompt of every sample; ``prompt.stats`` also needs the ``interactions`` (item averages so far)."""
+    stats = None
+    if cfg.prompt.stats:
+        if interactions is None:
+            raise ValueError("prompt.stats needs the interactions table (the target's ratings before each sample)")
+        stats = prompt_stats(samples, interactions)
+    return pa.array(
+        build_ctr_prompts(
+            samples, items, users, max_title_chars=cfg.prompt.max_title_chars, stats=stats, genres=cfg.prompt.genres
+        ),
+        pa.string(),
+    )
+
+
+def prompt_stats(samples: pa.Table, interactions: pa.Table) -> dict:
+    """``prompt.stats`` numbers of each sample: its user's past ratings (``history_ratings``) and its target's
+    ratings strictly before the sample's ``timestamp``."""
+    from ..data.stats import history_stats, item_stats_before
+
+    missing = [c for c in ("history_ratings", "timestamp") if c not in samples.column_names]
+    if missing:
+        raise ValueError(f"prompt.stats: samples lack {missing}")
+    im, ic, kind = item_stats_before(
+        interactions, samples.column("item_id").to_numpy(), samples.column("timestamp").to_numpy()
+    )
+    um, uc = history_stats(samples.column("history_ratings"))
+    return {"user_mean": um, "user_count": uc, "item_mean": im, "item_count": ic, "kind": kind}

@@ -1,4 +1,4 @@
-"""SCoRe's texts (paper §3, DESIGN §5 SCoRe): behaviour documents and the prompts P^r, P^b, P^s.
+"""SCoRe's texts (paper §3): behaviour documents and the prompts P^r, P^b, P^s.
 
 * ``d(H(u))`` — a user's behaviour document: the titles of the user's most recent *liked* training
   items, e.g. ``"Heat (1995)", "Fargo (1996)"``. It is what CAR embeds, what SARE reads next to

@@ -1,30 +1,50 @@
-"""The four methods, each a short pipeline of cached stages. ``run(cfg)`` dispatches on ``cfg.method``."""
+"""The methods, each a short pipeline of cached stages behind one contract (:mod:`ragrec.methods.base`).
+
+``run(cfg)`` and ``evaluate(cfg)`` dispatch through the registry on ``cfg.method``; see
+``docs/architecture.md`` for the contract and how to add a method.
+"""
 
 from __future__ import annotations
 
 from ..config import RunConfig
+from .base import METHODS, Method, MethodPipeline, get_method
+from .common import RunResult, load_run
 
 
-def run(cfg: RunConfig, force: tuple[str, ...] = ()):
-    if cfg.method == "rallrec":
-        from .rallrec import run as run_rallrec
+def run(cfg: RunConfig, force: tuple[str, ...] = ()) -> RunResult:
+    """``ragrec run``: the method of ``cfg`` end to end (:func:`ragrec.methods.runner.run`)."""
+    from .runner import run as run_method
 
-        return run_rallrec(cfg, force=force)
-    if cfg.method == "score":
-        from .score import run as run_score
-
-        return run_score(cfg, force=force)
-    raise ValueError(f"method '{cfg.method}' is not implemented yet")
+    return run_method(cfg, force=force)
 
 
 def evaluate(cfg: RunConfig, force: tuple[str, ...] = ()):
-    """The method's paper evaluation (variants, baselines, sweeps) on ``cfg``'s test samples."""
-    if cfg.method == "rallrec":
-        from .rallrec_evaluate import evaluate as evaluate_rallrec
+    """``ragrec evaluate``: the method's paper evaluation (variants, baselines, sweeps) on ``cfg``'s test samples."""
+    return get_method(cfg.method).evaluate(cfg, force=force)
 
-        return evaluate_rallrec(cfg, force=force)
-    if cfg.method == "score":
-        from .score_evaluate import evaluate as evaluate_score
 
-        return evaluate_score(cfg, force=force)
-    raise ValueError(f"`ragrec evaluate` is not implemented for method '{cfg.method}' yet")
+def evaluate_split(cfg: RunConfig, split_name: str = "valid", force: tuple[str, ...] = ()) -> dict:
+    """Train what ``cfg`` needs (cached stages are reused) and score one split: the Tune objective.
+
+    Returns ``{"auc", "logloss", "acc", "n", "split"}`` of ``cfg``'s method on ``split_name``.
+    """
+    from ..evaluation.metrics import ctr_metrics
+
+    pipe = get_method(cfg.method).pipeline(cfg, force)
+    pipe.upstream()
+    preds, _ = pipe.predict(pipe.adapter(), split_name=split_name)
+    m = ctr_metrics(preds.column("label").to_numpy(), preds.column("prob").to_numpy())
+    return {**{k: float(v) for k, v in m.items()}, "n": preds.num_rows, "split": split_name}
+
+
+__all__ = [
+    "METHODS",
+    "Method",
+    "MethodPipeline",
+    "RunResult",
+    "evaluate",
+    "evaluate_split",
+    "get_method",
+    "load_run",
+    "run",
+]

@@ -4,7 +4,7 @@ instruction-tuning samples.
 ``eval.learning_curve`` lists training-sample counts N (``lora.train_samples``, before RALLRec's mixed-view
 augmentation); ``eval.learning_curve_grid`` optionally crosses every N with more config fields (one curve
 per combination). Each point is the method's full variant with those overrides, applied by
-:func:`~ragrec.methods.rallrec_evaluate.variant_config` like every variant, and scored on the evaluation's
+:func:`~ragrec.methods.evaluation.variant_config` like every variant, and scored on the evaluation's
 test samples; the zero-shot variant is the point N = 0. The evaluations (``rallrec_evaluate``,
 ``score_evaluate``) supply how to score one point; this module orders the points, times them, builds the
 rows, the report section, the ``metrics.json`` block and ``learning_curve.png``.
@@ -22,7 +22,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -30,9 +30,7 @@ import pyarrow as pa
 from ..artifacts import Artifact, ArtifactStore
 from ..config import RunConfig
 from ..evaluation.report import fmt_ci, fmt_num
-
-if TYPE_CHECKING:
-    from .rallrec_evaluate import _Scored
+from .evaluation import Scored, variant_row
 
 log = logging.getLogger("ragrec.evaluate")
 
@@ -121,14 +119,14 @@ class LearningCurve:
         self.labels = test.column("label").to_numpy()
         self.users = test.column("user_id").to_numpy()
         self.points = curve_points(cfg)
-        self.scored: dict[CurvePoint, _Scored] = {}
+        self.scored: dict[CurvePoint, Scored] = {}
         self.rows: dict[CurvePoint, dict] = {}
 
     def run(
         self,
-        scored: dict[str, _Scored],
-        zero_shot: Callable[[], _Scored],
-        score: Callable[[dict[str, Any], str], _Scored],
+        scored: dict[str, Scored],
+        zero_shot: Callable[[], Scored],
+        score: Callable[[dict[str, Any], str], Scored],
         done: Callable[[], Any] = lambda: None,
     ) -> None:
         """Score the zero-shot point and every point (``score(overrides, label)``, the full variant with
@@ -144,8 +142,7 @@ class LearningCurve:
             self.add(p, score(p.overrides, p.label))
             done()
 
-    def add(self, point: CurvePoint, scored: _Scored) -> dict:
-        from .rallrec_evaluate import _row
+    def add(self, point: CurvePoint, scored: Scored) -> dict:
 
         zs = self.scored.get(CurvePoint(0))
         train, score = point_seconds(self.store, scored.keys)
@@ -153,7 +150,7 @@ class LearningCurve:
             "n_train": point.n,
             "setting": point.setting,
             "grid": dict(point.grid),
-            **_row(
+            **variant_row(
                 point.label,
                 self.labels,
                 scored.probs,

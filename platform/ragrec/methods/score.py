@@ -1,6 +1,6 @@
 """SCoRe (self-assessing collaborative retrieval): similar users' behaviour as natural-language context.
 
-A chain of cached stages (DESIGN §5 SCoRe); each builds one artifact, so a rerun or a variant only
+A chain of cached stages (``docs/architecture.md``); each builds one artifact, so a rerun or a variant only
 computes what its parameters change:
 
   dataset -> samples (temporal protocol) -> sasrec (CRM: user vectors h_u, neighbours N^c)
@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,18 +26,11 @@ import pyarrow.compute as pc
 
 from ..artifacts import Artifact, ArtifactStore
 from ..config import RunConfig
-from ..runtime import seed_everything, setup_logging
 from ..stages import generate_stage, score_stage
-from .rallrec import (
-    _metric_row,
-    dataset_stage,
-    eval_subset,
-    lora_stage,
-    samples_stage,
-    split,
-    train_interactions,
-    write_run_file,
-)
+from ..stages.data import dataset_stage, samples_stage
+from .base import MethodPipeline
+from .common import split, train_interactions, train_subset
+from .rallrec import lora_stage
 
 log = logging.getLogger("ragrec.score")
 
@@ -293,17 +285,16 @@ def _sare_model_dir(sare_art: Artifact) -> Path:
     return sare_art.path / "train" / "model"
 
 
-class Pipeline:
-    """Builds the SCoRe artifacts of one config; variants reuse every upstream stage."""
+class Pipeline(MethodPipeline):
+    """The SCoRe artifacts of one config; variants reuse every upstream stage."""
+
+    loss_stages = ("sasrec", "car", "sare", "lora")
+    examples_stage = "score_examples"
 
     def __init__(self, cfg: RunConfig, force: tuple[str, ...] = ()):
         if cfg.method != "score":
             raise ValueError(f"the SCoRe pipeline needs method: score (got '{cfg.method}')")
-        setup_logging()
-        seed_everything(cfg.seed)
-        self.cfg = cfg
-        self.store = ArtifactStore(cfg.artifacts_dir, force=force)
-        self.arts: dict[str, Artifact | None] = {}
+        super().__init__(cfg, force)
 
     # -- upstream ---------------------------------------------------------------------------------
     def upstream(self, cfg: RunConfig | None = None) -> dict[str, Artifact | None]:
@@ -408,7 +399,6 @@ class Pipeline:
     def adapter(self, cfg: RunConfig | None = None) -> Artifact | None:
         """The LoRA adapter of ``cfg``'s prompts (None when ``lora.enabled`` is false)."""
         from ..llm.chat import ANSWER_NO, ANSWER_YES
-        from .rallrec import train_subset
 
         cfg = cfg or self.cfg
         if not cfg.lora.enabled:
@@ -443,13 +433,6 @@ class Pipeline:
             a["examples"] = ex
         return lora_stage(self.store, cfg, ex)
 
-    def eval_samples(self, split_name: str = "test") -> pa.Table:
-        e = self.cfg.eval
-        limit = e.max_test_samples if split_name == "test" else e.max_valid_samples
-        return eval_subset(
-            split(self.arts["samples"].read_table("samples"), split_name), limit, e.subset, self.cfg.seed
-        )
-
     def predict(
         self, adapter: Artifact | None, cfg: RunConfig | None = None, split_name: str = "test", name: str = "scores"
     ) -> tuple[pa.Table, Artifact]:
@@ -471,98 +454,18 @@ class Pipeline:
         keep = [c for c in samples.column_names if not c.startswith("history_")]
         return samples.select(keep).append_column("prob", art.read_table().column("prob")), art
 
+    def report_notes(self) -> list[str]:
+        sas = self.arts["sasrec"].read_json("metrics")
+        return [
+            f"SASRec sanity (leave-one-out, {self.cfg.sasrec.eval_negatives} negatives): NDCG@10 "
+            f"{sas.get('ndcg@10', float('nan')):.4f}, HR@10 {sas.get('hr@10', float('nan')):.4f}"
+        ]
+
+    def report_metrics(self) -> dict:
+        return {"sasrec": self.arts["sasrec"].read_json("metrics")}
+
 
 def _ids_digest(samples: pa.Table) -> str:
     import hashlib
 
     return hashlib.sha256(samples.column("sample_id").to_numpy().tobytes()).hexdigest()[:16]
-
-
-def metric_row(name: str, preds: pa.Table, probs: np.ndarray, cfg: RunConfig) -> dict:
-    """AUC (sample and user-clustered bootstrap intervals), LogLoss, ACC, UAUC of ``probs`` on ``preds``' labels."""
-    labels = preds.column("label").to_numpy()
-    return _metric_row(name, labels, probs, cfg.eval.bootstrap, cfg.seed, preds.column("user_id").to_numpy())
-
-
-@dataclass
-class RunResult:
-    run_dir: Path
-    metrics: dict
-    artifacts: dict[str, Artifact | None] = field(default_factory=dict)
-
-
-def run(cfg: RunConfig, force: tuple[str, ...] = ()) -> RunResult:
-    """Train and evaluate SCoRe for ``cfg``; the report goes to ``cfg.run_dir()``."""
-    import pyarrow.parquet as pq
-
-    from ..evaluation.baselines import trivial_baselines
-    from ..evaluation.metrics import auc_decomposition
-    from ..evaluation.report import decomposition_note, plot_auc_bars, plot_curve, write_report
-
-    t0 = time.perf_counter()
-    pipe = Pipeline(cfg, force)
-    a = pipe.upstream()
-    adapter = pipe.adapter()
-    a["lora"] = adapter
-    preds, score_art = pipe.predict(adapter)
-    a["scores"] = score_art
-    probs = preds.column("prob").to_numpy()
-    rows = [metric_row("SCoRe" if adapter else "SCoRe (zero-shot)", preds, probs, cfg)]
-    train = train_interactions(a["dataset"].read_table("interactions"), a["samples"].read_table("samples"))
-    for name, p in trivial_baselines(train, preds).items():
-        rows.append(metric_row(name, preds, p, cfg))
-
-    run_dir = cfg.run_dir()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    pq.write_table(preds, run_dir / "predictions.parquet")
-    write_run_file(run_dir, cfg, a)
-    counts = dict(a["samples"].manifest()["splits"])
-    counts["evaluated"] = preds.num_rows
-    counts["train_examples"] = a["examples"].manifest()["rows"] if adapter else 0
-    sas = a["sasrec"].read_json("metrics")
-    plots = {"auc": lambda p: plot_auc_bars(rows, p)}
-    for stage in ("sasrec", "car", "sare", "lora"):
-        art = a.get(stage)
-        hist = art.read_json("history") if art is not None else None
-        if hist and "loss" in hist[0]:
-            plots[f"{stage}_loss"] = (
-                lambda h, s: (
-                    lambda p: plot_curve(
-                        list(range(1, len(h) + 1)), {"loss": [r["loss"] for r in h]}, p, "step", f"{s} loss"
-                    )
-                )
-            )(hist, stage)
-    wall = time.perf_counter() - t0
-    notes = [
-        f"wall time {wall:.0f} s",
-        f"SASRec sanity (leave-one-out, {cfg.sasrec.eval_negatives} negatives): NDCG@10 "
-        f"{sas.get('ndcg@10', float('nan')):.4f}, HR@10 {sas.get('hr@10', float('nan')):.4f}",
-        "artifacts: " + ", ".join(f"{k}={v.key}" for k, v in a.items() if v is not None),
-        decomposition_note(
-            rows[0]["name"],
-            auc_decomposition(preds.column("user_id").to_numpy(), preds.column("label").to_numpy(), probs),
-        ),
-    ]
-    best_trivial = max(r["auc"] for r in rows[1:])
-    if rows[0]["auc"] < best_trivial:
-        notes.append(f"{rows[0]['name']} does NOT beat the best trivial baseline (AUC {best_trivial:.4f}).")
-    write_report(
-        run_dir,
-        title=f"SCoRe on {cfg.data.name}",
-        config=cfg.model_dump(mode="json"),
-        counts=counts,
-        rows=rows,
-        notes=notes,
-        plots=plots,
-    )
-    metrics = {"rows": rows, "counts": counts, "sasrec": sas, "wall_seconds": round(wall, 1)}
-    log.info(
-        "SCoRe %s: AUC %.4f  UAUC %.4f  (%d samples, %.0f s) -> %s",
-        cfg.data.name,
-        rows[0]["auc"],
-        rows[0]["uauc"],
-        preds.num_rows,
-        wall,
-        run_dir / "report.md",
-    )
-    return RunResult(run_dir, metrics, dict(a))

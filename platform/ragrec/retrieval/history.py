@@ -1,4 +1,4 @@
-"""History retrieval for RALLRec prompts (DESIGN §5 steps 5-6; paper §2.2.4 and §2.4).
+"""History retrieval for RALLRec prompts (paper §2.2.4 and §2.4).
 
 For each CTR sample the prompt shows K items of the user's history. :func:`select_history` picks them,
 fully vectorised, without any per-sample Python and with almost no padding:

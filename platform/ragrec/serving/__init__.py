@@ -1,4 +1,4 @@
-"""Ray Serve for a finished RALLRec run (DESIGN §6): retrieve -> rerank -> predict behind FastAPI.
+"""Ray Serve for a finished RALLRec run (docs/architecture.md §6): retrieve -> rerank -> predict behind FastAPI.
 
 Plain, Serve-free logic lives in :mod:`.schemas`, :mod:`.state` and :mod:`.chain` (testable without
 Ray); :mod:`.app` wraps it into deployments (imported lazily: it needs ``ray.serve`` and FastAPI).

@@ -182,7 +182,8 @@ class Ingress:
 
 def catalog_of(run_dir: str, max_items: int) -> tuple[Catalog, str]:
     """Id ranges of the run (from its dataset tables) and the run's name."""
-    from ..methods.rallrec import load_run, read_users
+    from ..methods import load_run
+    from ..stages.data import read_users
     from .state import n_users_of
 
     run = load_run(run_dir)
@@ -228,9 +229,11 @@ def serve_run(
     Connects to ``RAY_ADDRESS`` or starts a local Ray (``ragrec.runtime.init``). ``blocking=True`` keeps
     serving until Ctrl-C, then shuts Serve down; ``blocking=False`` returns once the app is up.
     """
+    from ..methods import load_run
     from ..runtime import init
 
-    init()
+    ray_cfg = load_run(run_dir).cfg.ray
+    init(ray_cfg.address, ray_cfg.num_cpus)
     app = build_app(run_dir, batching=batching)
     serve.start(http_options={"host": host, "port": port})
     serve.run(app, name=APP_NAME, route_prefix="/")

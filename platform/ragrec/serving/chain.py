@@ -4,12 +4,12 @@
   restricted to the user's history items (``IDSelectorBatch``): for each target the ``K + margin`` most
   similar history items, plus the K most recent history positions. The result is each target's history
   cut down to these candidate positions, still in chronological order.
-* :class:`Reranker` — :func:`ragrec.methods.rallrec.with_context` (the offline retrieval: alpha/beta
+* :class:`Reranker` — :func:`ragrec.retrieval.context.with_context` (the offline retrieval: alpha/beta
   rerank of Eq. 8, or the run's other strategy) on the candidates. Because the candidates hold the
   relevance top-K and the K most recent positions of the full history in their original order, the
   selection equals the one over the full history; the similarities are recomputed exactly from the
   item views (only the rows of the items involved), so faiss only has to find a superset.
-* :class:`Predictor` — the ReLLa prompt (:func:`ragrec.methods.rallrec.prompts_for`) and the engine's
+* :class:`Predictor` — the ReLLa prompt (:func:`ragrec.llm.prompts_ctr.prompts_for`) and the engine's
   ``score_yes_no`` (the LoRA-tuned LLM), for many requests at once; with the run's fusion model
   (:class:`~ragrec.serving.state.FusionScorer`) also ``p_fused`` from those probabilities, DeepFM and the
   item+user baseline.
@@ -33,7 +33,7 @@ from .state import HistoryWindow, ServingState, samples_table
 
 if TYPE_CHECKING:
     from ..llm.engine import Engine
-    from ..methods.rallrec import ItemViews
+    from ..retrieval.context import ItemViews
     from .state import FusionScorer
 
 __all__ = ["Predictor", "Reranker", "Retriever", "ServingChain", "retrieval_matrices"]
@@ -118,7 +118,7 @@ class Reranker:
 
     def rerank(self, candidates: pa.Table) -> pa.Table:
         """``candidates`` + ``context_item_ids`` / ``context_ratings`` (K items each, prompt order)."""
-        from ..methods.rallrec import ItemViews, with_context
+        from ..retrieval.context import ItemViews, with_context
 
         hist = candidates.column("history_item_ids").combine_chunks()
         targets = candidates.column("item_id").to_numpy()
@@ -158,7 +158,7 @@ class Predictor:
         self.fusion = fusion
 
     def prompts(self, contexts: pa.Table) -> list[str]:
-        from ..methods.rallrec import prompts_for
+        from ..llm.prompts_ctr import prompts_for
 
         return prompts_for(contexts, self.items, self.users, self.cfg).to_pylist()
 

@@ -155,7 +155,7 @@ class ServingState:
 
     cfg: RunConfig
     histories: UserHistories
-    views: ItemViews  # noqa: F821  (ragrec.methods.rallrec.ItemViews)
+    views: ItemViews  # noqa: F821  (ragrec.retrieval.context.ItemViews)
     items: pa.Table
     users: pa.Table | None
     adapter_path: str | None
@@ -181,9 +181,12 @@ def n_users_of(interactions: pa.Table, users: pa.Table | None) -> int:
 
 def load_state(run_dir: str | Path) -> ServingState:
     """Read the run written by ``ragrec run`` in ``run_dir`` (its ``run.json``) into memory."""
-    from ..methods.rallrec import load_run, read_users
+    from ..methods import get_method, load_run
+    from ..retrieval.context import ItemViews
+    from ..stages.data import read_users
 
     run = load_run(run_dir)
+    get_method(run.method).require_servable()
     if run.cfg.prompt.stats:
         raise ValueError(
             f"{run_dir}: the run was tuned with prompt.stats, which serving does not build yet (the "
@@ -197,7 +200,7 @@ def load_state(run_dir: str | Path) -> ServingState:
     return ServingState(
         run.cfg,
         histories,
-        run.views(),
+        ItemViews.from_artifacts(run.arts),
         items,
         users,
         adapter,
@@ -210,7 +213,7 @@ def load_fusion(run, interactions: pa.Table, items: pa.Table, users: pa.Table | 
     """The run's :class:`FusionScorer` (None when its run.json names no ``fusion`` artifact)."""
     from ..evaluation.baselines import ItemUserBaseline
     from ..evaluation.fusion import FEATURES, MODEL_FILE, FusionModel
-    from ..methods.rallrec import train_interactions
+    from ..methods.common import train_interactions
     from ..training.deepfm import DeepFMPredictor
 
     arts = run.arts

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 import pyarrow as pa
 
-from ..artifacts import Artifact, ArtifactStore
+from ..artifacts import Artifact, ArtifactStore, spec_fields
 from ..config import LLMConfig
 from .base import run_llm_stage
 
@@ -60,12 +60,8 @@ def _engine_spec(llm_cfg: LLMConfig) -> dict:
     ``dtype`` and ``load_in_8bit`` enter only when set away from their defaults, so that the keys of
     artifacts computed before they were part of the spec stay valid.
     """
-    spec = {"model": llm_cfg.model, "max_prompt_tokens": llm_cfg.max_prompt_tokens}
-    if llm_cfg.dtype != "auto":
-        spec["dtype"] = llm_cfg.dtype
-    if llm_cfg.load_in_8bit:
-        spec["load_in_8bit"] = True
-    return spec
+    fields = ("model", "max_prompt_tokens", "dtype", "load_in_8bit")
+    return spec_fields(llm_cfg, fields, late=("dtype", "load_in_8bit"))
 
 
 def _digest(col: pa.ChunkedArray | pa.Array) -> str:

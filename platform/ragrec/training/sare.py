@@ -6,7 +6,7 @@ its candidates are the documents of its Ke CAR-retrieved users, ORDERED by the s
 ranking (:func:`ragrec.retrieval.users.rank_by_rationale`). The positive is the candidate at rank 0;
 each epoch draws K2 negatives uniformly without replacement from ranks >= K1.
 (The paper's formula writes ``Sample_K1(O[K2:])``; this module follows the config's naming:
-``sare.k1`` = first negative rank, ``sare.k2`` = negatives per query, as in DESIGN §5.)
+``sare.k1`` = first negative rank, ``sare.k2`` = negatives per query, as in the SCoRe paper.)
 
 Model: ``transformers.AutoModelForSequenceClassification(num_labels=1)`` loaded offline from
 ``ragrec.llm.registry.model_path(cfg.model)``. For ``minilm-l6`` (a sentence-transformers BERT

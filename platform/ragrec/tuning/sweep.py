@@ -1,6 +1,6 @@
 """``ragrec sweep``: Ray Tune over run-config fields, objective on the validation split, best reported on test.
 
-Each trial is ``evaluate_split(trial_config, "valid")``: it builds the RALLRec stages its config needs
+Each trial is ``evaluate_split(trial_config, "valid")``: it builds the stages its method (any registered one) needs
 in the shared content-addressed store (an ABSOLUTE ``artifacts_dir``), so stages whose inputs a trial
 does not change are reused from earlier trials and a new description temperature, say, recomputes
 only descriptions -> embeddings -> projector -> ... -> scores.
@@ -41,7 +41,7 @@ class SweepResult:
 
 
 def _evaluate(base_raw: dict, params: dict, split_name: str, env: dict[str, str]) -> dict:
-    from ..methods.rallrec import evaluate_split
+    from ..methods import evaluate_split
 
     os.environ.update(env)
     return evaluate_split(trial_config(base_raw, params), split_name)

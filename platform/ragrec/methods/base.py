@@ -1,0 +1,186 @@
+"""The method contract: what every method implements, and the registry that the CLI, the Serve app and the
+Tune sweep use to find one (``get_method(cfg.method)``), so that no layer above knows a method by name.
+
+A method is two things:
+
+* a :class:`MethodPipeline` subclass (its stages behind three calls): ``upstream()`` builds every cached
+  stage before instruction tuning, ``adapter(cfg)`` the LoRA adapter of a config, ``predict(adapter, cfg,
+  split_name)`` scores a split, and a few class attributes that the shared run and report read;
+* a :class:`Method` entry in :data:`METHODS`: its name (the config's ``method:``), its title, the config
+  sections it reads, where its pipeline and its paper evaluation live, and whether it can be served.
+
+``ragrec run`` is :func:`ragrec.methods.runner.run` for every method. See ``docs/architecture.md``
+("How to add a method").
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+
+from ..artifacts import Artifact, ArtifactStore
+from ..config import RunConfig
+from ..runtime import seed_everything, setup_logging, use_ray_config
+from .common import eval_samples, train_interactions
+
+COMMON_SECTIONS = ("method", "name", "seed", "artifacts_dir", "output_dir", "data", "llm", "lora", "eval", "ray")
+"""Config fields every method reads; a method adds its own sections (:attr:`Method.sections`)."""
+
+
+@dataclass
+class RunFusion:
+    """The fusion part of a run (``eval.fusion: true``): result rows (the collaborative model, fusion, fusion
+    w/o LLM), report sections and notes, ``metrics.json`` entries and prediction columns (``p_fused``...)."""
+
+    rows: list[dict]
+    sections: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class MethodPipeline(ABC):
+    """The artifacts of one config of one method. Stages are content-addressed, so building them again
+    (a variant, a sweep point, a rerun) only computes what its config changes."""
+
+    #: stages whose ``history`` artifact gets a loss plot in the run's report (in this order)
+    loss_stages: ClassVar[tuple[str, ...]] = ("lora",)
+    #: the stage that writes the instruction-tuning examples (its time counts as training time)
+    examples_stage: ClassVar[str] = "examples"
+
+    def __init__(self, cfg: RunConfig, force: tuple[str, ...] = ()):
+        setup_logging()
+        seed_everything(cfg.seed)
+        use_ray_config(cfg.ray)
+        self.cfg = cfg
+        self.store = ArtifactStore(cfg.artifacts_dir, force=force)
+        self.arts: dict[str, Artifact | None] = {}
+
+    @abstractmethod
+    def upstream(self, cfg: RunConfig | None = None) -> Any:
+        """Build every stage before instruction tuning that ``cfg`` (default: the pipeline's) needs; the
+        artifacts go into ``self.arts`` (at least ``dataset`` and ``samples``)."""
+
+    @abstractmethod
+    def adapter(self, cfg: RunConfig | None = None) -> Artifact | None:
+        """The LoRA adapter of ``cfg`` (None when ``lora.enabled`` is false); call :meth:`upstream` first."""
+
+    @abstractmethod
+    def predict(
+        self, adapter: Artifact | None, cfg: RunConfig | None = None, split_name: str = "test", name: str = "scores"
+    ) -> tuple[pa.Table, Artifact]:
+        """Score the ``split_name`` evaluation samples with ``cfg``'s prompts and ``adapter``: ``(predictions,
+        scores artifact)``; predictions = the samples without history lists + ``prob`` (float32 P(yes))."""
+
+    # -- shared -----------------------------------------------------------------------------------
+    def samples(self) -> pa.Table:
+        return self.arts["samples"].read_table("samples")
+
+    def eval_samples(self, split_name: str = "test") -> pa.Table:
+        return eval_samples(self.samples(), self.cfg, split_name)
+
+    def train_interactions(self) -> pa.Table:
+        """The interactions before the first valid/test sample (what baselines may count)."""
+        return train_interactions(self.arts["dataset"].read_table("interactions"), self.samples())
+
+    def run_fusion(self, preds: pa.Table, llm_name: str) -> RunFusion:
+        """``eval.fusion: true`` in ``ragrec run``: fit the fusion on the validation split, apply it to
+        ``preds`` (the test predictions of the tuned model) and add its artifacts to ``self.arts``."""
+        raise ValueError(
+            f"eval.fusion: true is not available in `ragrec run` for method '{self.cfg.method}'; "
+            f"`ragrec evaluate` reports its fusion rows (leave eval.fusion unset or false for `ragrec run`)"
+        )
+
+    def report_notes(self) -> list[str]:
+        """Method-specific lines for the run's report (e.g. a sanity metric of an upstream model)."""
+        return []
+
+    def report_metrics(self) -> dict:
+        """Method-specific entries for the run's ``metrics.json``."""
+        return {}
+
+
+@dataclass(frozen=True)
+class Method:
+    """One registered method. ``pipeline`` and ``evaluation`` are ``module:attribute`` paths, imported on
+    first use so that importing the registry stays cheap."""
+
+    name: str
+    title: str
+    sections: tuple[str, ...]
+    pipeline_path: str
+    evaluation_path: str | None = None
+    servable: bool = False
+    serving_note: str = ""
+
+    def pipeline(self, cfg: RunConfig, force: tuple[str, ...] = ()) -> MethodPipeline:
+        if cfg.method != self.name:
+            raise ValueError(f"the {self.title} pipeline needs method: {self.name} (got '{cfg.method}')")
+        return _resolve(self.pipeline_path)(cfg, force)
+
+    def evaluate(self, cfg: RunConfig, force: tuple[str, ...] = ()):
+        """The method's paper evaluation (variants, baselines, sweeps) on ``cfg``'s test samples."""
+        if self.evaluation_path is None:
+            raise ValueError(f"`ragrec evaluate` is not implemented for method '{self.name}' yet")
+        return _resolve(self.evaluation_path)(cfg, force=force)
+
+    @property
+    def config_fields(self) -> tuple[str, ...]:
+        return COMMON_SECTIONS + self.sections
+
+    def config_dict(self, cfg: RunConfig) -> dict:
+        """``cfg`` as JSON-able dict with only the fields this method reads (report, run.json, config show)."""
+        return cfg.model_dump(mode="json", include=set(self.config_fields))
+
+    def require_servable(self) -> None:
+        if not self.servable:
+            raise ValueError(f"serving a {self.title} run is not supported yet: {self.serving_note}")
+
+
+def _resolve(path: str) -> Callable[..., Any]:
+    module, attr = path.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method(
+            name="rallrec",
+            title="RALLRec",
+            sections=("description", "embedding", "lightgcn", "projector", "retrieval", "prompt"),
+            pipeline_path="ragrec.methods.rallrec:Pipeline",
+            evaluation_path="ragrec.methods.rallrec_evaluate:evaluate",
+            servable=True,
+        ),
+        Method(
+            name="score",
+            title="SCoRe",
+            sections=("sasrec", "user_text", "car", "rationale", "sare", "ci"),
+            pipeline_path="ragrec.methods.score:Pipeline",
+            evaluation_path="ragrec.methods.score_evaluate:evaluate",
+            servable=False,
+            serving_note="the Serve chain (retrieve -> rerank -> predict) retrieves items; SCoRe's context is "
+            "similar users (CAR + SARE), which the chain has no deployment for. Serve a RALLRec run "
+            "(method: rallrec), or score SCoRe offline with `ragrec run`",
+        ),
+    )
+}
+
+
+def get_method(name: str) -> Method:
+    """The registered method called ``name`` (the config's ``method:``); ValueError listing them otherwise."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"method '{name}' is not registered; choose from {sorted(METHODS)}") from None
+
+
+def method_names() -> Sequence[str]:
+    return tuple(METHODS)

@@ -1,0 +1,63 @@
+"""The data stages every method starts from: ``dataset`` (the raw files, normalised) and ``samples`` (the
+CTR samples of the configured protocol with their split), plus reading the optional users table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..artifacts import Artifact, ArtifactStore, spec_fields
+from ..config import RunConfig
+
+
+def dataset_stage(store: ArtifactStore, cfg: RunConfig) -> Artifact:
+    from ..data import load_dataset
+
+    data_cfg = cfg.data.model_dump(mode="json", exclude={"min_history", "max_history", "split", "protocol", "temporal"})
+    data_cfg["columns"] = spec_fields(cfg.data.columns, late=("split",))
+    path = cfg.data.resolved_path()
+    if path is not None:
+        data_cfg["files"] = sorted((p.name, p.stat().st_size) for p in Path(path).glob("*") if p.is_file())
+
+    def compute(art: Artifact):
+        ds = load_dataset(cfg.data)
+        if cfg.data.max_users:
+            ds.interactions = ds.interactions.filter(pc.less(ds.interactions.column("user_id"), cfg.data.max_users))
+            if ds.users is not None:
+                ds.users = ds.users.filter(pc.less(ds.users.column("user_id"), cfg.data.max_users))
+        art.write_table(ds.interactions, "interactions")
+        art.write_table(ds.items, "items")
+        if ds.users is not None:
+            art.write_table(ds.users, "users")
+        return {
+            "rows": ds.interactions.num_rows,
+            "items": ds.items.num_rows,
+            "users": ds.users.num_rows if ds.users is not None else None,
+        }
+
+    return store.run("dataset", data_cfg, [], compute)
+
+
+def samples_stage(store: ArtifactStore, cfg: RunConfig, ds_art: Artifact) -> Artifact:
+    spec = cfg.data.model_dump(
+        mode="json", include={"protocol", "min_history", "max_history", "split", "label_threshold"}
+    )
+    if cfg.data.protocol == "temporal":  # (rallrec keys unchanged so existing caches stay valid)
+        spec["temporal"] = cfg.data.temporal.model_dump(mode="json")
+        spec["own_split_column"] = cfg.data.columns.split
+
+    def compute(art: Artifact):
+        from ..data import build_samples
+
+        samples = build_samples(ds_art.read_table("interactions"), cfg.data)
+        art.write_table(samples, "samples")
+        counts = {s: int(pc.sum(pc.equal(samples.column("split"), s)).as_py() or 0) for s in ("train", "valid", "test")}
+        return {"rows": samples.num_rows, "splits": counts}
+
+    return store.run("samples", spec, [ds_art], compute)
+
+
+def read_users(ds_art: Artifact) -> pa.Table | None:
+    return ds_art.read_table("users") if (ds_art.path / "users.parquet").exists() else None

@@ -12,7 +12,7 @@ Graph: MovieLens-100K ratings (``$RAGREC_DATA_DIR/ml-100k``), else an ML-100K-sh
 catalog; a random 80 % of the (user, item) pairs are the training graph, the other 20 % the held-out
 pairs (split seed fixed, the same for both implementations and every training seed).
 
-* ragrec: :func:`ragrec.training.lightgcn.train_lightgcn` in this process (``use_ray=False``): PyG
+* ragrec: :func:`ragrec.training.lightgcn.train_lightgcn` in this process (``opts.use_ray=False``): PyG
   ``LightGCN(normalize=False)`` on the adjacency normalised once into a sparse CSR matrix.
 * reference: the loop of PyG's ``examples/lightgcn.py`` (``LightGCN(num_nodes, dim, num_layers)``
   on ``edge_index``, ``DataLoader(range(E), shuffle=True)``, one random negative item per positive,
@@ -55,6 +55,7 @@ from ragrec.config import DataConfig, LightGCNConfig, SyntheticConfig
 from ragrec.data import load_dataset
 from ragrec.models.lightgcn import build_model, recall_at_k, unique_pairs
 from ragrec.training.lightgcn import train_lightgcn
+from ragrec.training.ray_train import TrainOptions
 
 BENCH = "lightgcn"
 GOAL = 1.0
@@ -223,11 +224,11 @@ def run_reference(g: Graph, cfg: LightGCNConfig, seed: int) -> Run:
 
 
 def run_ragrec(g: Graph, cfg: LightGCNConfig, seed: int) -> Run:
-    """Train with ``train_lightgcn(use_ray=False)`` and evaluate; timing covers the whole call."""
+    """Train with ``train_lightgcn`` in this process and evaluate; timing covers the whole call."""
     with tempfile.TemporaryDirectory(prefix="bench-lightgcn-") as out:
         res, timing = timed(
             lambda: train_lightgcn(
-                g.train_users, g.train_items, g.num_users, g.num_items, cfg, use_ray=False, seed=seed, out_dir=out
+                g.train_users, g.train_items, g.num_users, g.num_items, cfg, opts=TrainOptions(seed=seed, out_dir=out)
             )
         )
     user_emb, item_emb = torch.as_tensor(res.user_emb), torch.as_tensor(res.item_emb)

@@ -10,7 +10,7 @@ Both sides: the same examples, LoRA r 8 / alpha 16 on q_proj, v_proj, AdamW lr 5
 * reference: what a peft + transformers tutorial writes: float32, per batch ``tokenizer(texts,
   padding=True)`` (right padding to the batch maximum, batches in random order), labels -100 on the prompt
   and padding, ``model(**batch).loss`` (logits on every position), ``loss.backward()``, ``AdamW.step()``.
-* ragrec: :func:`ragrec.training.lora.train_lora` standalone (``use_ray=False``) with its defaults:
+* ragrec: :func:`ragrec.training.lora.train_lora` standalone (``opts.use_ray=False``) with its defaults:
   examples tokenised once, length-bucketed batches, the LM head on the answer positions only,
   ``lora.precision: auto`` (bfloat16 autocast on CPUs with AVX512-BF16 / AMX).
 
@@ -170,6 +170,7 @@ def compare(
 
     from ragrec.llm.registry import load_causal_lm
     from ragrec.training.lora import resolve_precision, train_lora
+    from ragrec.training.ray_train import TrainOptions
 
     n = n or (QUICK_EXAMPLES if quick else FULL_EXAMPLES)
     model = model or (QUICK_MODEL if quick else FULL_MODEL)
@@ -190,7 +191,7 @@ def compare(
     n_params = lm_matmul_params(base)
     del ref_model
     with tempfile.TemporaryDirectory() as out:
-        res = train_lora(table, model, cfg, use_ray=False, out_dir=out)
+        res = train_lora(table, model, cfg, opts=TrainOptions(seed=0, out_dir=out))
         loss = final_loss(PeftModel.from_pretrained(base, out), tok, table, cfg.max_tokens)
     amp = resolve_precision(cfg.precision, torch.device("cpu"))
     return Comparison(

@@ -15,6 +15,7 @@ from ragrec.data.errors import DataError
 from ragrec.evaluation.metrics import ctr_metrics
 from ragrec.models.deepfm import DeepFM, DeepFMConfig, build_spec, encode_features
 from ragrec.training.deepfm import predict_deepfm, train_deepfm
+from ragrec.training.ray_train import TrainOptions
 
 GENRES = pa.list_(pa.string())
 
@@ -113,8 +114,7 @@ def test_missing_or_non_binary_labels_are_rejected(tmp_path):
             None,
             items,
             users,
-            use_ray=False,
-            out_dir=tmp_path,
+            opts=TrainOptions(out_dir=tmp_path),
         )
     with pytest.raises(DataError, match=r"valid samples: label: all 3 labels are 1"):
         train_deepfm(
@@ -122,8 +122,7 @@ def test_missing_or_non_binary_labels_are_rejected(tmp_path):
             samples.set_column(2, "label", pa.array([1, 1, 1], pa.int8())),
             items,
             users,
-            use_ray=False,
-            out_dir=tmp_path,
+            opts=TrainOptions(out_dir=tmp_path),
         )
 
 
@@ -212,11 +211,11 @@ def test_learns_the_feature_rule_and_shuffled_features_do_not(tmp_path):
     samples, items, users = rule_tables()
     train, test = _cold_start_split(samples, 180)
     y = test["label"].to_numpy()
-    res = train_deepfm(train, None, items, users, FAST, use_ray=False, seed=0, out_dir=tmp_path / "real")
+    res = train_deepfm(train, None, items, users, FAST, opts=TrainOptions(seed=0, out_dir=tmp_path / "real"))
     auc_real = ctr_metrics(y, res.predict_fn(test))["auc"]
     perm = np.random.default_rng(1).permutation(users.num_rows)
     shuffled = users.set_column(2, "gender", users["gender"].take(perm))
-    res_s = train_deepfm(train, None, items, shuffled, FAST, use_ray=False, seed=0, out_dir=tmp_path / "shuf")
+    res_s = train_deepfm(train, None, items, shuffled, FAST, opts=TrainOptions(seed=0, out_dir=tmp_path / "shuf"))
     auc_shuf = ctr_metrics(y, res_s.predict_fn(test))["auc"]
     # the rule is 95% deterministic given (gender, genre); without the true gender nothing predicts it
     assert auc_real > 0.85
@@ -239,9 +238,7 @@ def test_ml100k_test_auc_and_best_epoch_is_kept(data_dir, tmp_path):
         ds.items,
         ds.users,
         {"epochs": 10, "patience": 1},
-        use_ray=False,
-        seed=0,
-        out_dir=tmp_path,
+        opts=TrainOptions(seed=0, out_dir=tmp_path),
     )
     test = ctr_metrics(split["test"]["label"].to_numpy(), res.predict_fn(split["test"]))
     assert test["auc"] > 0.6
@@ -259,18 +256,9 @@ def test_ray_path_agrees_with_standalone(ray_session, tmp_path):
     samples, items, users = rule_tables(n_users=60, per_user=10)
     train, test = _cold_start_split(samples, 50)
     cfg = {"epochs": 2, "batch_size": 64}
-    local = train_deepfm(train, test, items, users, cfg, use_ray=False, seed=0, out_dir=tmp_path / "local")
-    remote = train_deepfm(
-        train,
-        test,
-        items,
-        users,
-        cfg,
-        use_ray=True,
-        seed=0,
-        out_dir=tmp_path / "ray",
-        storage_path=str(tmp_path / "ray_storage"),
-    )
+    local = train_deepfm(train, test, items, users, cfg, opts=TrainOptions(seed=0, out_dir=tmp_path / "local"))
+    on_ray = TrainOptions(use_ray=True, seed=0, out_dir=tmp_path / "ray", storage_path=str(tmp_path / "ray_storage"))
+    remote = train_deepfm(train, test, items, users, cfg, opts=on_ray)
     p_local, p_remote = local.predict_fn(test), remote.predict_fn(test)
     assert p_remote.shape == p_local.shape == (test.num_rows,)
     assert [h["epoch"] for h in remote.history] == [h["epoch"] for h in local.history]
@@ -280,7 +268,7 @@ def test_ray_path_agrees_with_standalone(ray_session, tmp_path):
 
 def test_without_users_table_the_user_side_is_the_id(tmp_path):
     samples, items, _ = rule_tables(n_users=40, per_user=10)
-    res = train_deepfm(samples, None, items, None, {"epochs": 1}, use_ray=False, out_dir=tmp_path)
+    res = train_deepfm(samples, None, items, None, {"epochs": 1}, opts=TrainOptions(seed=0, out_dir=tmp_path))
     x = encode_features(samples, items, None, build_spec(items, None, n_users=40))
     assert list(x) == ["user_id", "item_id", "item_genres"]
     assert res.predict_fn(samples).shape == (samples.num_rows,)

@@ -1,5 +1,7 @@
 """`ragrec evaluate`'s learning curve (both methods) on fake pipelines: config validation, point order and
-overrides, wall time that survives the cache, the report/plot/metrics, curve-only runs; resume timing."""
+overrides, wall time that survives the cache, the report/plot/metrics, curve-only runs; resume timing. And the
+shared evaluation engine on the same fakes: variants, sweeps (skip rules, the reused reference point), the
+fusion hook's rows and report parts."""
 
 from __future__ import annotations
 
@@ -352,3 +354,114 @@ def test_a_resumed_stage_records_the_time_of_every_attempt(tmp_path):
     plain = store.run("x", {}, [], lambda art: 1).manifest()
     assert "seconds_total" not in plain and "attempts" not in plain
     assert lc.artifact_seconds(store.artifact("x", {})) == plain["seconds"]
+
+
+# ---------------------------------------------------------------------------------------------------- engine
+def _eval_config(tmp_path, method, *sets):
+    ref = "rallrec" if method == "rallrec" else "score"
+    return load_config(
+        None,
+        [
+            f"method={method}",
+            f"artifacts_dir={tmp_path / 'artifacts'}",
+            f"output_dir={tmp_path / 'runs'}",
+            "name=engine",
+            f"eval.variants=[zero_shot, {ref}]",
+            "eval.bootstrap=40",
+            "eval.fusion=false",
+            *sets,
+        ],
+    )
+
+
+@pytest.mark.parametrize("method", ["rallrec", "score"])
+def test_the_engine_runs_a_methods_variants_and_sweeps_from_its_spec(tmp_path, monkeypatch, method):
+    from ragrec.methods import rallrec_evaluate, score_evaluate
+
+    module = rallrec_evaluate if method == "rallrec" else score_evaluate
+    monkeypatch.setattr(module, "Pipeline", FakeRALLRec if method == "rallrec" else FakeSCoRe)
+    k = load_config(None).retrieval.k
+    sets = (
+        [f"eval.k_sweep=[3, {k}]", "eval.alpha_sweep=[0.5]"]
+        if method == "rallrec"
+        else ["ci.ke=10", "ci.ks=2", "eval.ke_sweep=[1, 5]", "eval.ks_sweep=[1, 50]"]
+    )
+    cfg = _eval_config(tmp_path, method, *sets)
+    out = module.evaluate(cfg).run_dir
+    m = json.loads((out / "metrics.json").read_text())
+    report = (out / "report.md").read_text()
+    ref = module.VARIANTS[module.REFERENCE]
+
+    # the reference first, then the other variants, then the trivial baselines; ΔAUC paired against the reference
+    assert [r["key"] for r in m["rows"]] == [module.REFERENCE, "zero_shot", "item_rate", "item_user_logit"]
+    groups = ["Table 1", "Table 3"] if method == "rallrec" else ["variant", "variant"]
+    assert [r["group"] for r in m["rows"]] == [*groups, "trivial", "trivial"]
+    assert m["rows"][0]["delta"] is None and m["rows"][1]["delta"] is not None
+    assert m["rows"][0]["examples"] == 3 * cfg.lora.train_samples and m["rows"][1]["examples"] is None
+    assert report.startswith(f"# {m['title']}") and m["title"].startswith(("RALLRec", "SCoRe")[method == "score"])
+    assert m["finished"] and set(m["artifacts"]) == {module.REFERENCE, "zero_shot"}
+
+    if method == "rallrec":
+        # a point equal to the full variant's retrieval is its row; every point shares the full adapter
+        assert [(r["k"], r["key"]) for r in m["k_sweep"]] == [(3, "K=3"), (k, ref.label)]
+        assert m["k_sweep"][1]["delta"] is None and m["k_sweep"][0]["examples"] is None
+        assert [(r["alpha"], r["key"]) for r in m["alpha_sweep"]] == [(0.5, "alpha=0.5")]
+        assert "## K sweep (Figure 3)" in report and "## α sweep, β = 1 (Figure 4)" in report
+        assert "(eval.sweep_adapter=shared: only the retrieval changes at inference)." in report
+        assert "model " in report and "K = " in report
+        assert (out / "auc_vs_k.png").exists() and not (out / "auc_vs_alpha.png").exists()  # one point: no plot
+    else:
+        # Ke < Ks and Ks > Ke are skipped; the point equal to the full variant's CI is its row
+        assert [(r["ke"], r["key"]) for r in m["ke_sweep"]] == [(5, "Ke=5")]
+        assert [(r["ks"], r["key"]) for r in m["ks_sweep"]] == [(1, "Ks=1")]
+        assert "## Ke sweep (Figure 4)" in report and "only the inference-time CI changes" in report
+        assert m["sasrec"] == {"ndcg@10": 0.1, "hr@10": 0.2} and "SASRec sanity" in report
+    import pyarrow.parquet as pq
+
+    cols = pq.read_table(out / "predictions.parquet").column_names
+    assert module.REFERENCE in cols and "zero_shot" in cols and ("K=3" in cols or "Ke=5" in cols)
+
+    with pytest.raises(ValueError, match="this evaluation is"):
+        module.evaluate(_eval_config(tmp_path, "score" if method == "rallrec" else "rallrec"))
+
+
+def test_the_engine_adds_a_fusion_hooks_rows_notes_and_metrics(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from ragrec.evaluation.fusion import fuse, logit
+    from ragrec.methods import score_evaluate
+    from ragrec.methods.evaluation import Evaluation, FusionFit, Scored
+
+    monkeypatch.setattr(score_evaluate, "Pipeline", FakeSCoRe)
+    rng = np.random.default_rng(0)
+
+    def hook(ev, ref):
+        y = ev.test.column("label").to_numpy()
+        crm = 1.5 * (y - 0.5) + rng.standard_normal(len(y))
+        test = {"llm": logit(ref.probs), "crm": crm, "item_user": rng.standard_normal(len(y))}
+        vy = rng.integers(0, 2, 200)
+        valid = {"llm": vy + rng.standard_normal(200), "crm": vy + rng.standard_normal(200)}
+        res = fuse({**valid, "item_user": rng.standard_normal(200)}, vy, test, ev.spec.fusion_names)
+        row = Scored("crm", "the CRM", "fusion", res.input_probs("crm"), keys={"crm": "k"})
+        return FusionFit(res, {"fusion": "f"}, row, ["a method's fusion note"], {"crm_score": "test"})
+
+    cfg = _eval_config(tmp_path, "score", "eval.fusion=true", "eval.ke_sweep=[]", "eval.ks_sweep=[]")
+    out = Evaluation(cfg, (), replace(score_evaluate.SPEC, fusion=hook)).run().run_dir
+    m = json.loads((out / "metrics.json").read_text())
+    keys = [r["key"] for r in m["rows"]]
+    assert keys == ["score", "zero_shot", "crm", "fusion", "fusion_no_llm", "item_rate", "item_user_logit"]
+    assert [r["versus"] for r in m["fusion"]["comparisons"]] == ["SCoRe", "SASRec", "item_user_logit", "fusion w/o LLM"]
+    assert m["fusion"]["crm_score"] == "test" and m["artifacts"]["fusion"] == {"fusion": "f"}
+    report = (out / "report.md").read_text()
+    assert "## Fusion: SCoRe + SASRec + item/user, fitted on validation" in report
+    assert "a method's fusion note" in report
+
+    def fails(ev, ref):
+        raise ValueError("fusion: all 10 validation labels are 1")
+
+    with pytest.raises(ValueError, match="validation labels"):  # eval.fusion: true asks for it
+        Evaluation(cfg, (), replace(score_evaluate.SPEC, fusion=fails)).run()
+    unset = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"fusion": None})})
+    out = Evaluation(unset, (), replace(score_evaluate.SPEC, fusion=fails)).run().run_dir
+    m = json.loads((out / "metrics.json").read_text())
+    assert "fusion" not in m and "fusion skipped: fusion: all 10 validation labels are 1" in m["notes"]

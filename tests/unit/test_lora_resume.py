@@ -14,6 +14,7 @@ from ragrec.config import LoRAConfig
 from ragrec.llm.registry import TINY_LLAMA
 from ragrec.training import lora
 from ragrec.training import ray_train as rt
+from ragrec.training.ray_train import TrainOptions
 
 # dropout on: the resumed run must also restore torch's RNG to draw the same dropout masks
 CFG = LoRAConfig(r=8, alpha=16, dropout=0.05, lr=1e-2, epochs=2, batch_size=4, grad_accum=1, max_tokens=128)
@@ -66,7 +67,7 @@ def _adapter(path) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     out = tmp_path_factory.mktemp("full")
-    return lora.train_lora(TABLE, TINY_LLAMA, CFG, use_ray=False, seed=0, out_dir=out)
+    return lora.train_lora(TABLE, TINY_LLAMA, CFG, opts=TrainOptions(seed=0, out_dir=out))
 
 
 def _assert_same_run(res, ref):
@@ -84,13 +85,13 @@ def test_killed_after_epoch_0_resumes_at_epoch_1_with_the_uninterrupted_adapter(
         _kill_after(m, lambda s: s["epoch"] == 0 and s["batch"] == 0)
         with pytest.raises(Killed):
             lora.train_lora(
-                TABLE, TINY_LLAMA, CFG, use_ray=False, seed=0, out_dir=tmp_path / "killed", checkpoint_dir=ckpt
+                TABLE, TINY_LLAMA, CFG, opts=TrainOptions(seed=0, out_dir=tmp_path / "killed", checkpoint_dir=ckpt)
             )
     assert (ckpt / rt.STATE_FILE).exists() and not (tmp_path / "killed" / "adapter_model.safetensors").exists()
 
     epochs = _epochs_run(monkeypatch)
     res = lora.train_lora(
-        TABLE, TINY_LLAMA, CFG, use_ray=False, seed=0, out_dir=tmp_path / "resumed", checkpoint_dir=ckpt
+        TABLE, TINY_LLAMA, CFG, opts=TrainOptions(seed=0, out_dir=tmp_path / "resumed", checkpoint_dir=ckpt)
     )
     assert epochs == [1]  # epoch 0 came from the checkpoint
     _assert_same_run(res, uninterrupted)
@@ -105,10 +106,7 @@ def test_killed_mid_epoch_resumes_at_the_next_batch(tmp_path, monkeypatch, unint
                 TABLE,
                 TINY_LLAMA,
                 CFG,
-                use_ray=False,
-                seed=0,
-                out_dir=tmp_path / "killed",
-                checkpoint_dir=ckpt,
+                opts=TrainOptions(seed=0, out_dir=tmp_path / "killed", checkpoint_dir=ckpt),
                 checkpoint_steps=1,
             )
     state = torch.load(ckpt / rt.STATE_FILE, weights_only=False)
@@ -119,10 +117,7 @@ def test_killed_mid_epoch_resumes_at_the_next_batch(tmp_path, monkeypatch, unint
         TABLE,
         TINY_LLAMA,
         CFG,
-        use_ray=False,
-        seed=0,
-        out_dir=tmp_path / "resumed",
-        checkpoint_dir=ckpt,
+        opts=TrainOptions(seed=0, out_dir=tmp_path / "resumed", checkpoint_dir=ckpt),
         checkpoint_steps=1,
     )
     assert epochs == [1]

@@ -158,6 +158,8 @@ def test_chain_rejects_bad_requests_before_scoring(chain):
 def fusion_run(data, tmp_path_factory):
     """A run folder whose run.json names dataset, samples, views, DeepFM and a fusion model fitted on the
     validation split with the offline functions (`fusion_logits`, `fusion_artifact`); no Ray anywhere."""
+    from dataclasses import replace
+
     import torch
 
     from ragrec.evaluation.baselines import ItemUserBaseline
@@ -210,7 +212,8 @@ def fusion_run(data, tmp_path_factory):
 
     real = deepfm_training.train_deepfm
     mp = pytest.MonkeyPatch()
-    mp.setattr(deepfm_training, "train_deepfm", lambda *args, **kw: real(*args, **{**kw, "use_ray": False}))
+    standalone = lambda *args, opts, **kw: real(*args, opts=replace(opts, use_ray=False), **kw)
+    mp.setattr(deepfm_training, "train_deepfm", standalone)
     torch.manual_seed(0)
     engine = HFEngine(cfg.llm)
     try:

@@ -19,6 +19,7 @@ from ragrec.training.car import (
     train_car,
     usable_anchors,
 )
+from ragrec.training.ray_train import TrainOptions
 
 GROUPS, PER_GROUP, KC = 2, 8, 3
 U = GROUPS * PER_GROUP
@@ -79,7 +80,7 @@ def test_usable_anchors_drop_users_without_doc_or_neighbours():
     np.testing.assert_array_equal(anchors, [0])
     np.testing.assert_array_equal(nb2, [[-1, 2], [0, 2], [-1, -1], [-1, -1], [-1, 0]])
     with pytest.raises(ValueError, match="only 1 user"):
-        train_car(docs, nb, CFG, valid=valid, use_ray=False, out_dir="/nonexistent")
+        train_car(docs, nb, CFG, valid=valid, opts=TrainOptions(out_dir="/nonexistent"))
     with pytest.raises(ValueError, match=r"neighbours must be \(U, kc\) with U=5"):
         usable_anchors(docs, nb[:3])
 
@@ -114,7 +115,7 @@ def test_false_negative_mask():
 def tuned(tmp_path_factory):
     docs, nb, _group = toy_users()
     out = tmp_path_factory.mktemp("car")
-    res = train_car(docs, nb, CFG, use_ray=False, seed=3, out_dir=out)
+    res = train_car(docs, nb, CFG, opts=TrainOptions(seed=3, out_dir=out))
     return res, out
 
 
@@ -149,8 +150,9 @@ def test_outputs_loss_and_saved_model(tuned):
 def test_ray_train_one_epoch_matches_standalone(ray_session, tmp_path):
     docs, nb, _ = toy_users(1)
     cfg = CFG.model_copy(update={"epochs": 1})
-    local = train_car(docs, nb, cfg, use_ray=False, seed=5, out_dir=tmp_path / "local")
-    res = train_car(docs, nb, cfg, use_ray=True, seed=5, out_dir=tmp_path / "ray", storage_path=str(tmp_path / "rs"))
+    local = train_car(docs, nb, cfg, opts=TrainOptions(seed=5, out_dir=tmp_path / "local"))
+    on_ray = TrainOptions(use_ray=True, seed=5, out_dir=tmp_path / "ray", storage_path=str(tmp_path / "rs"))
+    res = train_car(docs, nb, cfg, opts=on_ray)
     assert res.model_dir == tmp_path / "ray" / "model" and (res.model_dir / "modules.json").exists()
     assert len(res.history) == 1 and res.history[0]["epoch"] == 0
     emb = encode_users(res.model_dir, docs)

@@ -11,6 +11,7 @@ import torch
 from ragrec.config import LightGCNConfig
 from ragrec.models.lightgcn import recall_at_k
 from ragrec.training.lightgcn import train_lightgcn
+from ragrec.training.ray_train import TrainOptions
 
 U, I = 20, 20
 CFG = LightGCNConfig(dim=16, num_layers=2, epochs=40, lr=0.05, batch_size=32, weight_decay=1e-4)
@@ -39,7 +40,7 @@ def _cos(a: np.ndarray) -> np.ndarray:
 def standalone(tmp_path_factory):
     tr_u, tr_i, te_u, te_i = community_graph()
     out = tmp_path_factory.mktemp("lgcn")
-    res = train_lightgcn(tr_u, tr_i, U, I, CFG, eval_pairs=(te_u, te_i), use_ray=False, seed=3, out_dir=out)
+    res = train_lightgcn(tr_u, tr_i, U, I, CFG, eval_pairs=(te_u, te_i), opts=TrainOptions(seed=3, out_dir=out))
     return res, out
 
 
@@ -73,14 +74,14 @@ def test_positive_threshold_needs_ratings_and_filters_edges(tmp_path):
     u, i = np.array([0, 1, 2]), np.array([0, 1, 2])
     cfg = CFG.model_copy(update={"positive_threshold": 3.0, "epochs": 1})
     with pytest.raises(ValueError, match="needs the ratings array"):
-        train_lightgcn(u, i, 3, 3, cfg, use_ray=False, out_dir=tmp_path)
+        train_lightgcn(u, i, 3, 3, cfg, opts=TrainOptions(out_dir=tmp_path))
     with pytest.raises(ValueError, match="no interaction has rating > positive_threshold=3.0"):
-        train_lightgcn(u, i, 3, 3, cfg, ratings=np.array([1.0, 2.0, 3.0]), use_ray=False, out_dir=tmp_path)
+        train_lightgcn(u, i, 3, 3, cfg, ratings=np.array([1.0, 2.0, 3.0]), opts=TrainOptions(out_dir=tmp_path))
 
 
 def test_out_of_range_ids_are_rejected_before_training(tmp_path):
     with pytest.raises(ValueError, match=r"lightgcn train interactions: user_id\[1\]=5 is outside 0\.\.2"):
-        train_lightgcn(np.array([0, 5]), np.array([0, 1]), 3, 3, CFG, use_ray=False, out_dir=tmp_path)
+        train_lightgcn(np.array([0, 5]), np.array([0, 1]), 3, 3, CFG, opts=TrainOptions(out_dir=tmp_path))
 
 
 @pytest.mark.ray
@@ -88,18 +89,8 @@ def test_out_of_range_ids_are_rejected_before_training(tmp_path):
 def test_ray_path_matches_standalone(ray_session, standalone, tmp_path):
     res_local, _ = standalone
     tr_u, tr_i, te_u, te_i = community_graph()
-    res = train_lightgcn(
-        tr_u,
-        tr_i,
-        U,
-        I,
-        CFG,
-        eval_pairs=(te_u, te_i),
-        use_ray=True,
-        seed=3,
-        out_dir=tmp_path / "out",
-        storage_path=str(tmp_path / "ray"),
-    )
+    on_ray = TrainOptions(use_ray=True, seed=3, out_dir=tmp_path / "out", storage_path=str(tmp_path / "ray"))
+    res = train_lightgcn(tr_u, tr_i, U, I, CFG, eval_pairs=(te_u, te_i), opts=on_ray)
     assert res.item_emb.shape == (I, 16) and res.user_emb.shape == (U, 16)
     assert len(res.history) == CFG.epochs
     # same loop, same seeds, one worker: the same embeddings as the in-process run

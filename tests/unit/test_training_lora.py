@@ -24,6 +24,7 @@ from ragrec.training.lora import (
     tokenize_examples,
     train_lora,
 )
+from ragrec.training.ray_train import TrainOptions
 
 CFG = LoRAConfig(r=8, alpha=16, dropout=0.0, lr=1e-2, epochs=3, batch_size=4, grad_accum=2, max_tokens=128)
 PROMPTS = [
@@ -88,7 +89,7 @@ def _logits(model, tok, prompts):
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("lora")
     table = pa.table({"prompt": PROMPTS * 4, "answer": ANSWERS * 4})
-    return train_lora(table, TINY_LLAMA, CFG, use_ray=False, seed=0, out_dir=out)
+    return train_lora(table, TINY_LLAMA, CFG, opts=TrainOptions(seed=0, out_dir=out))
 
 
 def test_loss_decreases_on_a_repeated_tiny_dataset(trained):
@@ -121,7 +122,7 @@ def test_adapter_is_written_and_reloads_with_peft_and_changes_logits(trained, to
 
 def test_missing_columns_are_reported(tmp_path):
     with pytest.raises(ValueError, match=r"lack column\(s\) \['answer'\]"):
-        train_lora(pa.table({"prompt": ["a"]}), TINY_LLAMA, CFG, use_ray=False, out_dir=tmp_path)
+        train_lora(pa.table({"prompt": ["a"]}), TINY_LLAMA, CFG, opts=TrainOptions(out_dir=tmp_path))
 
 
 @pytest.mark.ray
@@ -130,9 +131,8 @@ def test_ray_path_reads_dataset_shard_and_writes_adapter(ray_session, tmp_path):
 
     ds = ray.data.from_items([{"prompt": p, "answer": a} for p, a in zip(PROMPTS * 2, ANSWERS * 2)])
     cfg = CFG.model_copy(update={"epochs": 1})
-    res = train_lora(
-        ds, TINY_LLAMA, cfg, use_ray=True, seed=0, out_dir=tmp_path / "out", storage_path=str(tmp_path / "ray")
-    )
+    on_ray = TrainOptions(use_ray=True, seed=0, out_dir=tmp_path / "out", storage_path=str(tmp_path / "ray"))
+    res = train_lora(ds, TINY_LLAMA, cfg, opts=on_ray)
     assert len(res.history) == 2  # 8 rows / batch 4 on one worker
     assert (tmp_path / "out" / "adapter_model.safetensors").exists()
     assert all(np.isfinite(r["loss"]) for r in res.history)
@@ -197,9 +197,7 @@ def test_bf16_training_follows_the_float32_loss_curve(tmp_path):
             table,
             TINY_LLAMA,
             CFG.model_copy(update={"precision": prec}),
-            use_ray=False,
-            seed=0,
-            out_dir=tmp_path / prec,
+            opts=TrainOptions(seed=0, out_dir=tmp_path / prec),
         )
         curves[prec] = np.array([np.mean([r["loss"] for r in res.history if r["epoch"] == e]) for e in range(3)])
     assert np.all(np.abs(curves["bfloat16"] - curves["float32"]) < 0.02 * curves["float32"])

@@ -11,6 +11,7 @@ import torch
 from ragrec.config import ProjectorConfig
 from ragrec.models.projector import Projector
 from ragrec.training.projector import train_projector
+from ragrec.training.ray_train import TrainOptions
 
 N, D_TEXT, D_COLLA = 300, 32, 16
 CFG = ProjectorConfig(hidden_dim=64, epochs=40, lr=3e-3, batch_size=64, temperature=0.1)
@@ -34,7 +35,7 @@ def retrieval_top1(pred: np.ndarray, target: np.ndarray) -> float:
 def trained(tmp_path_factory):
     text, colla = synthetic_pairs()
     out = tmp_path_factory.mktemp("proj")
-    return train_projector(text, colla, CFG, use_ray=False, seed=1, out_dir=out), out, text, colla
+    return train_projector(text, colla, CFG, opts=TrainOptions(seed=1, out_dir=out)), out, text, colla
 
 
 def test_retrieves_the_right_colla_row_far_above_chance(trained):
@@ -63,21 +64,20 @@ def test_loss_decreases_and_saved_projector_reproduces_ssl_emb(trained):
 def test_bad_inputs_raise_clear_errors(tmp_path):
     text, colla = synthetic_pairs()
     with pytest.raises(ValueError, match=r"one row per item each, got shapes \(300, 32\) and \(299, 16\)"):
-        train_projector(text, colla[:-1], CFG, use_ray=False, out_dir=tmp_path)
+        train_projector(text, colla[:-1], CFG, opts=TrainOptions(out_dir=tmp_path))
     colla = colla.copy()
     colla[7, 3] = np.nan
     with pytest.raises(ValueError, match="colla_emb row 7 has NaN/inf"):
-        train_projector(text, colla, CFG, use_ray=False, out_dir=tmp_path)
+        train_projector(text, colla, CFG, opts=TrainOptions(out_dir=tmp_path))
 
 
 @pytest.mark.ray
 def test_ray_path_gives_same_embeddings(ray_session, trained, tmp_path):
     _res_local, _, text, colla = trained
     cfg = CFG.model_copy(update={"epochs": 3})
-    local = train_projector(text, colla, cfg, use_ray=False, seed=1, out_dir=tmp_path / "local")
-    res = train_projector(
-        text, colla, cfg, use_ray=True, seed=1, out_dir=tmp_path / "ray", storage_path=str(tmp_path / "storage")
-    )
+    local = train_projector(text, colla, cfg, opts=TrainOptions(seed=1, out_dir=tmp_path / "local"))
+    on_ray = TrainOptions(use_ray=True, seed=1, out_dir=tmp_path / "ray", storage_path=str(tmp_path / "storage"))
+    res = train_projector(text, colla, cfg, opts=on_ray)
     assert res.ssl_emb.shape == (N, D_COLLA)
     np.testing.assert_allclose(res.ssl_emb, local.ssl_emb, rtol=1e-4, atol=1e-5)
     assert [h["epoch"] for h in res.history] == [0, 1, 2]

@@ -72,3 +72,68 @@ def test_fit_resumes_from_last_checkpoint_after_a_worker_failure(ray_session, tm
     assert json.loads((tmp_path / "out" / "seen.json").read_text()) == [0, 1, 2, 3]
     assert res["metrics"] == {"epoch": 3, "rank": 0, "inside": True}
     assert res["checkpoint_dir"] == str(tmp_path / "out")
+
+
+def _linear_loop(config: dict, stop_at: int | None = None) -> tuple[list[dict], torch.Tensor]:
+    """A tiny regression trained through EpochLoop; returns the history and the final weights."""
+    torch.manual_seed(config["seed"])
+    x = torch.randn(40, 3)
+    y = x @ torch.tensor([1.0, -2.0, 0.5])
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    loop = rt.EpochLoop("linear", config, model, optimizer, epochs=4)
+
+    def step(idx: torch.Tensor):
+        if idx.numel() < 2:
+            return None
+        return torch.nn.functional.mse_loss(model(x[idx]).squeeze(1), y[idx]), idx.numel()
+
+    def train_epoch(epoch: int) -> dict:
+        batches = rt.epoch_batches(40, 8, seed=config["seed"], epoch=epoch)
+        loop.stop = epoch == stop_at
+        return {"loss": loop.train_batches(epoch, batches, step)}
+
+    history = loop.run(train_epoch, evaluate=lambda epoch: {"evaluated": epoch})
+    return history, model.weight.detach().clone()
+
+
+def test_epoch_loop_resumes_standalone_from_checkpoint_dir(tmp_path, monkeypatch):
+    opts = rt.TrainOptions(seed=3, out_dir=tmp_path / "out", checkpoint_dir=tmp_path / "ckpt", report_every=1)
+    config = opts.loop_config("linear")
+    ref_history, ref_weight = _linear_loop({**config, "checkpoint_dir": None})
+    assert [list(h) for h in ref_history] == [["epoch", "loss", "seconds", "evaluated"]] * 4
+
+    original = rt.report_state
+
+    def killed_after_epoch_1(metrics, state, local_dir=None):
+        original(metrics, state, local_dir)
+        if state["epoch"] == 1:
+            raise RuntimeError("killed")
+
+    with monkeypatch.context() as m:
+        m.setattr(rt, "report_state", killed_after_epoch_1)
+        with pytest.raises(RuntimeError, match="killed"):
+            _linear_loop(config)
+    state = rt.load_state(tmp_path / "ckpt")
+    assert (state["epoch"], state["batch"], len(state["history"])) == (1, 0, 2)
+
+    history, weight = _linear_loop(config)  # resumes at epoch 2 with the saved weights and Adam state
+    assert [h["epoch"] for h in history] == [0, 1, 2, 3]
+    assert [h["loss"] for h in history] == pytest.approx([h["loss"] for h in ref_history], rel=1e-6)
+    torch.testing.assert_close(weight, ref_weight)
+
+
+def test_epoch_loop_early_stop_and_train_options(tmp_path):
+    config = rt.TrainOptions(seed=0, out_dir=tmp_path).loop_config("linear")
+    history, _ = _linear_loop(config, stop_at=1)
+    assert [h["epoch"] for h in history] == [0, 1]
+    with pytest.raises(ValueError, match="out_dir is required"):
+        rt.TrainOptions().loop_config("linear")
+
+    from ragrec.config import load_config
+
+    cfg = load_config(None, ["seed=7", "ray.num_workers=2", "ray.use_gpu=true"])
+    opts = rt.TrainOptions.from_config(cfg, out_dir=tmp_path, storage_path="s3://b/x")
+    assert opts == rt.TrainOptions(
+        use_ray=True, num_workers=2, use_gpu=True, seed=7, storage_path="s3://b/x", out_dir=tmp_path
+    )

@@ -12,6 +12,7 @@ import torch
 
 from ragrec.config import SAREConfig
 from ragrec.llm.registry import model_path
+from ragrec.training.ray_train import TrainOptions
 from ragrec.training.sare import candidate_lengths, sample_negatives, score_pairs, train_sare
 
 P, K, K1, K2 = 8, 8, 3, 3
@@ -70,7 +71,7 @@ def test_short_candidate_lists_are_rejected_clearly(tmp_path):
     with pytest.raises(ValueError, match=r"query 1 has 5 candidates but sare.k1 \+ sare.k2 = 3 \+ 3 = 6"):
         candidate_lengths([["a"] * 6, ["b"] * 5], K1, K2)
     with pytest.raises(ValueError, match="query 0 has 2 candidates"):
-        train_sare(["q"], [["a", "b"]], CFG, use_ray=False, out_dir=tmp_path)
+        train_sare(["q"], [["a", "b"]], CFG, opts=TrainOptions(out_dir=tmp_path))
     with pytest.raises(ValueError, match="same number of candidates"):
         score_pairs("minilm-l6", ["q1", "q2"], [["a", "b"], ["c"]])
 
@@ -82,7 +83,7 @@ def test_short_candidate_lists_are_rejected_clearly(tmp_path):
 def tuned(tmp_path_factory):
     queries, cands = toy_queries()
     out = tmp_path_factory.mktemp("sare")
-    res = train_sare(queries, cands, CFG, use_ray=False, seed=1, out_dir=out)
+    res = train_sare(queries, cands, CFG, opts=TrainOptions(seed=1, out_dir=out))
     return res, out
 
 
@@ -130,10 +131,9 @@ def test_saved_folder_loads_as_a_sentence_transformers_cross_encoder(tuned):
 def test_ray_train_one_epoch_matches_standalone(ray_session, tmp_path):
     queries, cands = toy_queries(2)
     cfg = CFG.model_copy(update={"epochs": 1})
-    local = train_sare(queries, cands, cfg, use_ray=False, seed=4, out_dir=tmp_path / "local")
-    res = train_sare(
-        queries, cands, cfg, use_ray=True, seed=4, out_dir=tmp_path / "ray", storage_path=str(tmp_path / "rs")
-    )
+    local = train_sare(queries, cands, cfg, opts=TrainOptions(seed=4, out_dir=tmp_path / "local"))
+    on_ray = TrainOptions(use_ray=True, seed=4, out_dir=tmp_path / "ray", storage_path=str(tmp_path / "rs"))
+    res = train_sare(queries, cands, cfg, opts=on_ray)
     assert res.model_dir == tmp_path / "ray" / "model" and (res.model_dir / "config.json").exists()
     assert len(res.history) == 1
     np.testing.assert_allclose(

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ragrec.config import SASRecConfig
+from ragrec.training.ray_train import TrainOptions
 from ragrec.training.sasrec import collaborative_neighbours, train_sasrec
 
 U, I = 300, 100
@@ -51,7 +52,7 @@ def one_torch_thread():
 def trained(tmp_path_factory):
     u, i, t, *_ = cycle_data()
     out = tmp_path_factory.mktemp("sasrec")
-    res = train_sasrec(u, i, t, U + EXTRA, I, CFG, use_ray=False, seed=1, out_dir=out, eval_every=2)
+    res = train_sasrec(u, i, t, U + EXTRA, I, CFG, opts=TrainOptions(seed=1, out_dir=out), eval_every=2)
     return res, out
 
 
@@ -126,20 +127,19 @@ def test_log_line_and_input_errors(tmp_path, caplog):
     u, i, t, *_ = cycle_data()
     cfg = CFG.model_copy(update={"epochs": 1})
     with caplog.at_level("INFO", logger="ragrec.sasrec"):
-        res = train_sasrec(u, i, t, U + EXTRA, I, cfg, use_ray=False, out_dir=tmp_path)
+        res = train_sasrec(u, i, t, U + EXTRA, I, cfg, opts=TrainOptions(seed=0, out_dir=tmp_path))
     line = f"NDCG@10={res.metrics['ndcg@10']:.4f} HR@10={res.metrics['hr@10']:.4f} over {U} users"
     assert any(
         r.getMessage().startswith("SASRec leave-one-out (100 negatives): ") and line in r.getMessage()
         for r in caplog.records
     )
+    opts = TrainOptions(out_dir=tmp_path)
     with pytest.raises(ValueError, match=r"sasrec train interactions: item_id\[1\]=100 is outside 0\.\.99"):
-        train_sasrec(np.array([0, 1]), np.array([0, 100]), np.array([1, 2]), 2, I, cfg, use_ray=False, out_dir=tmp_path)
+        train_sasrec(np.array([0, 1]), np.array([0, 100]), np.array([1, 2]), 2, I, cfg, opts=opts)
     with pytest.raises(ValueError, match="timestamps has shape"):
-        train_sasrec(np.array([0, 1]), np.array([0, 1]), np.array([1]), 2, I, cfg, use_ray=False, out_dir=tmp_path)
+        train_sasrec(np.array([0, 1]), np.array([0, 1]), np.array([1]), 2, I, cfg, opts=opts)
     with pytest.raises(ValueError, match="no user has 3\\+ training interactions"):
-        train_sasrec(
-            np.array([0, 0, 1]), np.array([0, 1, 2]), np.array([1, 2, 3]), 2, I, cfg, use_ray=False, out_dir=tmp_path
-        )
+        train_sasrec(np.array([0, 0, 1]), np.array([0, 1, 2]), np.array([1, 2, 3]), 2, I, cfg, opts=opts)
 
 
 def test_neighbours_match_brute_force_and_exclude_self_and_invalid():
@@ -183,9 +183,8 @@ def test_neighbours_of_trained_users_share_recent_items(trained):
 def test_ray_path_writes_the_same_outputs_it_returns(ray_session, tmp_path):
     u, i, t, *_ = cycle_data()
     cfg = CFG.model_copy(update={"epochs": 2})
-    res = train_sasrec(
-        u, i, t, U + EXTRA, I, cfg, use_ray=True, seed=1, out_dir=tmp_path / "out", storage_path=str(tmp_path / "ray")
-    )
+    on_ray = TrainOptions(use_ray=True, seed=1, out_dir=tmp_path / "out", storage_path=str(tmp_path / "ray"))
+    res = train_sasrec(u, i, t, U + EXTRA, I, cfg, opts=on_ray)
     out = tmp_path / "out"
     for name in ("user_emb.npy", "item_emb.npy", "history.json", "metrics.json"):
         assert (out / name).exists(), name
@@ -195,6 +194,6 @@ def test_ray_path_writes_the_same_outputs_it_returns(ray_session, tmp_path):
     np.testing.assert_array_equal(np.load(out / "user_emb.npy"), res.user_emb)
     assert res.user_emb.shape == (U + EXTRA, 32) and np.all(res.user_emb[U + 1] == 0)
     # same loop, same seeds, one worker: the in-process run gives the same result
-    local = train_sasrec(u, i, t, U + EXTRA, I, cfg, use_ray=False, seed=1, out_dir=tmp_path / "local")
+    local = train_sasrec(u, i, t, U + EXTRA, I, cfg, opts=TrainOptions(seed=1, out_dir=tmp_path / "local"))
     np.testing.assert_allclose(res.item_emb, local.item_emb, rtol=1e-4, atol=1e-5)
     assert res.metrics == pytest.approx(local.metrics)

@@ -169,6 +169,7 @@ def check_learnability(
     from ..llm.hf_engine import HFEngine
     from ..llm.prompts_ctr import build_ctr_prompts
     from ..training.lora import train_lora
+    from ..training.ray_train import TrainOptions
 
     items, genre = task_items(seed, genre_in_title)
     train = genre_match_samples(genre, n_train, seed=seed + 1)
@@ -186,7 +187,8 @@ def check_learnability(
     base = HFEngine(llm).score_yes_no(test_prompts)
     with tempfile.TemporaryDirectory() as tmp:
         t1 = time.perf_counter()
-        res = train_lora(examples, llm.model, lora, use_ray=False, seed=seed, out_dir=out_dir or tmp, dtype=llm.dtype)
+        opts = TrainOptions(seed=seed, out_dir=out_dir or tmp)
+        res = train_lora(examples, llm.model, lora, opts=opts, dtype=llm.dtype)
         t2 = time.perf_counter()
         tuned = HFEngine(llm, adapter_path=res.adapter_dir).score_yes_no(test_prompts)
         t3 = time.perf_counter()

@@ -99,6 +99,7 @@ def _fill_missing_descriptions(items: pa.Table, desc: pa.Table) -> pa.Table:
 # ---------------------------------------------------------------------------------------------------
 def lightgcn_stage(store: ArtifactStore, cfg: RunConfig, ds_art: Artifact, samples_art: Artifact) -> Artifact:
     from ..training.lightgcn import train_lightgcn
+    from ..training.ray_train import TrainOptions
 
     def compute(art: Artifact):
         interactions = ds_art.read_table("interactions")
@@ -122,11 +123,7 @@ def lightgcn_stage(store: ArtifactStore, cfg: RunConfig, ds_art: Artifact, sampl
             eval_pairs=(held.column("user_id").to_numpy(), held.column("item_id").to_numpy())
             if held.num_rows
             else None,
-            use_ray=True,
-            seed=cfg.seed,
-            out_dir=str(art.staging / "train"),
-            num_workers=cfg.ray.num_workers,
-            use_gpu=cfg.ray.use_gpu,
+            opts=TrainOptions.from_config(cfg, out_dir=str(art.staging / "train")),
         )
         np.save(art.staging / "item_emb.npy", res.item_emb.astype(np.float32))
         np.save(art.staging / "user_emb.npy", res.user_emb.astype(np.float32))
@@ -140,17 +137,14 @@ def lightgcn_stage(store: ArtifactStore, cfg: RunConfig, ds_art: Artifact, sampl
 
 def projector_stage(store: ArtifactStore, cfg: RunConfig, text_art: Artifact, lg_art: Artifact) -> Artifact:
     from ..training.projector import train_projector
+    from ..training.ray_train import TrainOptions
 
     def compute(art: Artifact):
         res = train_projector(
             np.load(text_art.file("text.npy")),
             np.load(lg_art.file("item_emb.npy")),
             cfg.projector,
-            use_ray=True,
-            seed=cfg.seed,
-            out_dir=str(art.staging / "train"),
-            num_workers=cfg.ray.num_workers,
-            use_gpu=cfg.ray.use_gpu,
+            opts=TrainOptions.from_config(cfg, out_dir=str(art.staging / "train")),
         )
         np.save(art.staging / "ssl_emb.npy", res.ssl_emb.astype(np.float32))
         art.write_json(res.history, "history")
@@ -210,6 +204,7 @@ def lora_stage(store: ArtifactStore, cfg: RunConfig, examples_art: Artifact) -> 
     import shutil
 
     from ..training.lora import train_lora
+    from ..training.ray_train import TrainOptions
 
     def compute(art: Artifact):
         storage = art.staging / "train"
@@ -218,13 +213,8 @@ def lora_stage(store: ArtifactStore, cfg: RunConfig, examples_art: Artifact) -> 
             examples_art.read_table(),
             cfg.llm.model,
             cfg.lora,
-            use_ray=True,
-            seed=cfg.seed,
-            out_dir=str(art.staging / "adapter"),
-            num_workers=cfg.ray.num_workers,
-            use_gpu=cfg.ray.use_gpu,
+            opts=TrainOptions.from_config(cfg, out_dir=str(art.staging / "adapter"), storage_path=str(storage)),
             load_in_8bit=cfg.llm.load_in_8bit,
-            storage_path=str(storage),
             checkpoint_steps=steps,
         )
         art.write_json(res.history, "history")

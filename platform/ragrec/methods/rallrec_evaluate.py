@@ -44,30 +44,11 @@ from .evaluation import (
     Scored,
     Sweep,
     Variant,
-    fusion_comparisons,
-    fusion_labels,
-    fusion_report,
+    fusion_comparisons,  # noqa: F401  (re-exported: `ragrec run`'s fusion in rallrec.py imports these three here)
+    fusion_labels,  # noqa: F401
+    fusion_report,  # noqa: F401
 )
 from .rallrec import Pipeline
-
-__all__ = [
-    "BASELINE_VARIANTS",
-    "FULL",
-    "FUSION_NAMES",
-    "REFERENCE",
-    "SPEC",
-    "VARIANTS",
-    "Evaluation",
-    "Pipeline",
-    "deepfm_probs",
-    "deepfm_stage",
-    "evaluate",
-    "fusion_comparisons",  # shared (ragrec.methods.evaluation); `ragrec run`'s fusion imports them from here
-    "fusion_labels",
-    "fusion_logits",
-    "fusion_report",
-    "rallrec_fusion",
-]
 
 log = logging.getLogger("ragrec.evaluate")
 
@@ -113,6 +94,7 @@ DEEPFM_LABEL = "DeepFM (ID-based CTR)"
 def deepfm_stage(pipe: Pipeline):
     """DeepFM (ID + side features) trained under Ray Train on the train split, early-stopped on valid."""
     from ..training.deepfm import train_deepfm
+    from ..training.ray_train import TrainOptions
 
     cfg, a = pipe.cfg, pipe.arts
     drop = ["history_item_ids", "history_ratings"]
@@ -126,11 +108,7 @@ def deepfm_stage(pipe: Pipeline):
             items,
             users,
             cfg.eval.deepfm,
-            use_ray=True,
-            seed=cfg.seed,
-            out_dir=str(art.staging / "model"),
-            num_workers=cfg.ray.num_workers,
-            use_gpu=cfg.ray.use_gpu,
+            opts=TrainOptions.from_config(cfg, out_dir=str(art.staging / "model")),
         )
         art.write_json(res.history, "history")
         return {"rows": len(res.history)}

@@ -44,6 +44,7 @@ def _train_inter(ds_art: Artifact, samples_art: Artifact) -> pa.Table:
 
 def sasrec_stage(store: ArtifactStore, cfg: RunConfig, ds_art: Artifact, samples_art: Artifact) -> Artifact:
     """Step 1: SASRec on the training interactions; user vectors ``h_u`` and the leave-one-out sanity metric."""
+    from ..training.ray_train import TrainOptions
     from ..training.sasrec import train_sasrec
 
     def compute(art: Artifact):
@@ -57,11 +58,7 @@ def sasrec_stage(store: ArtifactStore, cfg: RunConfig, ds_art: Artifact, samples
             n_users,
             n_items,
             cfg.sasrec,
-            use_ray=True,
-            seed=cfg.seed,
-            out_dir=str(art.staging / "train"),
-            num_workers=cfg.ray.num_workers,
-            use_gpu=cfg.ray.use_gpu,
+            opts=TrainOptions.from_config(cfg, out_dir=str(art.staging / "train")),
         )
         np.save(art.staging / "user_emb.npy", res.user_emb.astype(np.float32))
         np.save(art.staging / "item_emb.npy", res.item_emb.astype(np.float32))
@@ -101,6 +98,7 @@ def _valid_users(docs_art: Artifact) -> np.ndarray:
 def car_stage(store: ArtifactStore, cfg: RunConfig, sasrec_art: Artifact, docs_art: Artifact) -> Artifact:
     """Step 2: the sentence encoder tuned with InfoNCE on the top-Kc SASRec neighbours; user vectors."""
     from ..training.car import encode_users, train_car
+    from ..training.ray_train import TrainOptions
     from ..training.sasrec import collaborative_neighbours
 
     def compute(art: Artifact):
@@ -113,11 +111,7 @@ def car_stage(store: ArtifactStore, cfg: RunConfig, sasrec_art: Artifact, docs_a
             nbrs,
             cfg.car,
             valid=valid,
-            use_ray=True,
-            seed=cfg.seed,
-            out_dir=str(art.staging / "train"),
-            num_workers=cfg.ray.num_workers,
-            use_gpu=cfg.ray.use_gpu,
+            opts=TrainOptions.from_config(cfg, out_dir=str(art.staging / "train")),
         )
         np.save(art.staging / "user_emb.npy", encode_users(res.model_dir, docs).astype(np.float32))
         art.write_json(res.history, "history")
@@ -217,6 +211,7 @@ def sare_stage(
     from ..llm.prompts_score import basic_prompts, history_documents
     from ..retrieval.users import rank_by_rationale
     from ..training.car import encode_users
+    from ..training.ray_train import TrainOptions
     from ..training.sare import train_sare
 
     def compute(art: Artifact):
@@ -244,11 +239,7 @@ def sare_stage(
             queries,
             docs[ranked].tolist(),
             cfg.sare,
-            use_ray=True,
-            seed=cfg.seed,
-            out_dir=str(art.staging / "train"),
-            num_workers=cfg.ray.num_workers,
-            use_gpu=cfg.ray.use_gpu,
+            opts=TrainOptions.from_config(cfg, out_dir=str(art.staging / "train")),
         )
         art.write_table(
             pa.table(

@@ -41,10 +41,11 @@ def dataset_stage(store: ArtifactStore, cfg: RunConfig) -> Artifact:
 
 
 def samples_stage(store: ArtifactStore, cfg: RunConfig, ds_art: Artifact) -> Artifact:
+    """The CTR samples of ``data.protocol``; the spec holds only the fields that protocol reads."""
     spec = cfg.data.model_dump(
         mode="json", include={"protocol", "min_history", "max_history", "split", "label_threshold"}
     )
-    if cfg.data.protocol == "temporal":  # (rallrec keys unchanged so existing caches stay valid)
+    if cfg.data.protocol == "temporal":  # the calendar windows and the file's own split column
         spec["temporal"] = cfg.data.temporal.model_dump(mode="json")
         spec["own_split_column"] = cfg.data.columns.split
 

@@ -15,7 +15,6 @@ sentence-transformers folder: ``SentenceTransformer(out_dir / "model")`` loads i
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,7 +104,8 @@ def train_loop(config: dict) -> list[dict]:
 
     ``docs`` list[str] (U,) user documents; ``neighbours`` (U, kc) int64 with -1 for none, already
     restricted to usable users; ``anchors`` (A,) int64 users with a document and >= 1 neighbour;
-    ``cfg`` (CARConfig as dict); ``seed``; ``out_dir``; optional ``report_every``.
+    ``cfg`` (CARConfig as dict); ``seed``; ``out_dir``; optional ``checkpoint_dir``, ``report_every`` (see
+    :class:`ray_train.EpochLoop`).
     Returns the per-epoch history (rank 0's under Ray).
     """
     cfg = CARConfig.model_validate(config["cfg"])
@@ -120,22 +120,14 @@ def train_loop(config: dict) -> list[dict]:
     st = load_sentence_transformer(cfg.encoder, device="cpu", max_tokens=cfg.max_tokens)
     model = rt.prepare_model(st, dev)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
-    start_epoch, history = 0, []
-    state = rt.load_state()
-    if state is not None:
-        rt.unwrap(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, history = state["epoch"] + 1, state["history"]
+    loop = rt.EpochLoop("car", config, model, optimizer, cfg.epochs)
 
-    for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.perf_counter()
-        model.train()
+    def train_epoch(epoch: int) -> dict:
         # the same positives on every rank: the draw depends on (seed, epoch) only
         positives = sample_positives(neighbours, anchors, np.random.default_rng([seed, epoch]))
         batches = rt.epoch_batches(len(anchors), cfg.batch_size, seed=seed, epoch=epoch, rank=rank, world_size=world)
-        total, count = 0.0, 0
-        progress = rt.LogProgress(batches, total=len(batches), desc=f"car epoch {epoch}")
-        for idx in progress:
+
+        def step(idx: torch.Tensor) -> tuple[torch.Tensor, int]:
             sel = idx.numpy()
             a, p = anchors[sel], positives[sel]
             # one forward over the batch's distinct users (DDP allows one forward per backward)
@@ -144,27 +136,17 @@ def train_loop(config: dict) -> list[dict]:
             inv = torch.as_tensor(inverse, device=dev)
             mask = torch.as_tensor(false_negative_mask(a, p, neighbours), device=dev)
             logits = infonce_logits(emb[inv[: len(a)]], emb[inv[len(a) :]], cfg.temperature, mask)
-            loss = F.cross_entropy(logits, torch.arange(len(a), device=dev))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(a)
-            count += len(a)
-            progress.set_postfix(loss=f"{loss.item():.4f}")
-        row = {
-            "epoch": epoch,
-            "loss": total / max(count, 1),
-            "anchors": len(anchors),
-            "seconds": time.perf_counter() - t0,
-        }
-        history.append(row)
-        rt.checkpoint_epoch(row, model, optimizer, epoch, cfg.epochs, history, config.get("report_every"))
+            return F.cross_entropy(logits, torch.arange(len(a), device=dev)), len(a)
+
+        return {"loss": loop.train_batches(epoch, batches, step), "anchors": len(anchors)}
+
+    history = loop.run(train_epoch)
 
     def write(out: Path) -> None:
         rt.unwrap(model).save(str(out / MODEL_SUBDIR))
         (out / "history.json").write_text(json.dumps(history, indent=1))
 
-    rt.publish(config, history[-1] if history else {"epoch": -1}, write, state=None)
+    loop.publish(write)
     return history
 
 
@@ -204,12 +186,7 @@ def train_car(
     cfg: CARConfig,
     *,
     valid: np.ndarray | None = None,
-    use_ray: bool = True,
-    seed: int = 0,
-    out_dir: str | Path,
-    num_workers: int = 1,
-    use_gpu: bool = False,
-    storage_path: str | None = None,
+    opts: rt.TrainOptions,
 ) -> CARResult:
     """Tune ``cfg.encoder`` so that users' documents land near their collaborative neighbours'.
 
@@ -217,8 +194,7 @@ def train_car(
         docs: (U,) behaviour documents ``d(H(u))``; empty strings for users without one.
         neighbours: (U, kc) int64 top-Kc SASRec neighbours, -1 for none.
         valid: (U,) bool, False for users to leave out entirely (neither anchor nor positive).
-        use_ray: run the loop under ``TorchTrainer`` with ``num_workers`` workers (Ray must be
-            initialised), else in this process.
+        opts: where it runs, seed, ``out_dir`` (:class:`~ragrec.training.ray_train.TrainOptions`).
 
     Users with no document or no usable neighbour are skipped as anchors. Returns the tuned
     model's folder (``out_dir/model``) and the per-epoch history.
@@ -234,19 +210,10 @@ def train_car(
         "neighbours": nb,
         "anchors": anchors,
         "cfg": cfg.model_dump(),
-        "seed": int(seed),
-        "out_dir": str(out_dir),
+        **opts.loop_config("car"),
     }
-    history = rt.run_loop(
-        train_loop,
-        config,
-        use_ray=use_ray,
-        name="car",
-        num_workers=num_workers,
-        use_gpu=use_gpu,
-        storage_path=storage_path,
-    )
-    return CARResult(model_dir=Path(out_dir) / MODEL_SUBDIR, history=history)
+    history = rt.run_loop(train_loop, config, opts, name="car")
+    return CARResult(model_dir=Path(config["out_dir"]) / MODEL_SUBDIR, history=history)
 
 
 def encode_users(

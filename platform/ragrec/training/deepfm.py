@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ragrec.data.errors import DataError
 from ragrec.evaluation.metrics import ctr_metrics
@@ -70,7 +68,8 @@ def predict_logits(model: torch.nn.Module, x: dict[str, torch.Tensor], batch_siz
 def train_loop(config: dict) -> list[dict]:
     """Train DeepFM. ``config`` keys: ``spec`` (FeatureSpec JSON), ``cfg`` (DeepFMConfig dict),
     ``train_x`` {field: (N,) or (N, L) int64 array}, ``train_y`` (N,) float32; optional ``valid_x``,
-    ``valid_y``; ``seed``; ``out_dir``; optional ``report_every``. Returns the history."""
+    ``valid_y``; ``seed``; ``out_dir``; optional ``checkpoint_dir``, ``report_every`` (see
+    :class:`ray_train.EpochLoop`). Returns the history."""
     cfg = DeepFMConfig.model_validate(config["cfg"])
     spec = FeatureSpec.from_json(config["spec"])
     seed = int(config.get("seed", 0))
@@ -85,59 +84,36 @@ def train_loop(config: dict) -> list[dict]:
     torch.manual_seed(seed)  # same init and dropout stream on every rank / every run
     model = rt.prepare_model(build_model(spec, cfg), dev)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start, history, best = 0, [], {"auc": -np.inf, "epoch": -1, "state": None, "bad": 0}
-    state = rt.load_state()
-    if state is not None:
-        rt.unwrap(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start, history, best = state["epoch"] + 1, state["history"], state["best"]
+    best: dict[str, Any] = {"auc": -np.inf, "epoch": -1, "state": None, "bad": 0}  # early stopping
 
-    bar = tqdm(range(start, cfg.epochs), desc="deepfm", disable=rt.progress_disabled())
-    for epoch in bar:
-        t0 = time.perf_counter()
-        model.train()
-        total = 0.0
+    def save() -> dict:
+        return {"model": rt.unwrap(model).state_dict(), "best": best}
+
+    def load(state: dict) -> None:
+        rt.unwrap(model).load_state_dict(state["model"])
+        best.update(state["best"])
+
+    loop = rt.EpochLoop("deepfm", config, model, optimizer, cfg.epochs, save=save, load=load)
+
+    def step(idx: torch.Tensor) -> tuple[torch.Tensor, int]:
+        logits = model({k: v[idx].to(dev) for k, v in x.items()})
+        return F.binary_cross_entropy_with_logits(logits, y[idx].to(dev)), idx.numel()
+
+    def train_epoch(epoch: int) -> dict:
         batches = rt.epoch_batches(len(y), cfg.batch_size, seed=seed, epoch=epoch, rank=rank, world_size=world)
-        for idx in batches:
-            logits = model({k: v[idx].to(dev) for k, v in x.items()})
-            loss = F.binary_cross_entropy_with_logits(logits, y[idx].to(dev))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * idx.numel()
-        row: dict[str, Any] = {"epoch": epoch, "loss": total / max(sum(b.numel() for b in batches), 1)}
-        stop = False
+        row: dict[str, Any] = {"loss": loop.train_batches(epoch, batches, step)}
         if has_valid:
             probs = torch.sigmoid(predict_logits(model, vx, cfg.eval_batch_size)).numpy()
             m = ctr_metrics(vy, probs)
             row |= {"valid_auc": m["auc"], "valid_logloss": m["logloss"]}
             if m["auc"] > best["auc"]:
-                best = {
-                    "auc": m["auc"],
-                    "epoch": epoch,
-                    "state": copy.deepcopy(rt.unwrap(model).state_dict()),
-                    "bad": 0,
-                }
+                best.update(auc=m["auc"], epoch=epoch, state=copy.deepcopy(rt.unwrap(model).state_dict()), bad=0)
             else:
                 best["bad"] += 1
-                stop = best["bad"] >= cfg.patience
-        row["seconds"] = time.perf_counter() - t0
-        history.append(row)
-        bar.set_postfix({k: f"{v:.4f}" for k, v in row.items() if k in ("loss", "valid_auc")})
-        if stop:
-            break
-        if rt.report_due(epoch, cfg.epochs, config.get("report_every")):
-            rt.report_state(
-                row,
-                {
-                    "model": rt.unwrap(model).state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "epoch": epoch,
-                    "history": history,
-                    "best": best,
-                },
-            )
+                loop.stop = best["bad"] >= cfg.patience
+        return row
 
+    history = loop.run(train_epoch)
     final_state = best["state"] if best["state"] is not None else rt.unwrap(model).state_dict()
     if history:
         history[-1]["best_epoch"] = best["epoch"] if has_valid else history[-1]["epoch"]
@@ -147,7 +123,7 @@ def train_loop(config: dict) -> list[dict]:
         (out / SPEC_FILE).write_text(json.dumps({"spec": json.loads(spec.to_json()), "cfg": cfg.model_dump()}))
         (out / HISTORY_FILE).write_text(json.dumps(history, indent=1))
 
-    rt.publish(config, history[-1] if history else {"epoch": -1}, write)
+    loop.publish(write)
     return history
 
 
@@ -192,19 +168,14 @@ def train_deepfm(
     users: pa.Table | None,
     cfg: dict | DeepFMConfig | None = None,
     *,
-    use_ray: bool = True,
-    seed: int = 0,
-    out_dir: str | Path,
-    num_workers: int = 1,
-    use_gpu: bool = False,
-    storage_path: str | None = None,
+    opts: rt.TrainOptions,
 ) -> DeepFMResult:
     """Train DeepFM on ``train`` samples (early stopping on ``valid`` AUC when given).
 
     ``items`` / ``users``: the canonical tables the samples index (side features); ``cfg``: a
-    :class:`~ragrec.models.deepfm.DeepFMConfig` or its dict (unknown keys raise). ``use_ray`` runs
-    the loop under ``TorchTrainer`` (Ray must be initialised), else in this process. The returned
-    ``predict_fn(samples) -> (N,) float32`` probabilities uses the saved model and these tables.
+    :class:`~ragrec.models.deepfm.DeepFMConfig` or its dict (unknown keys raise); ``opts``: where it
+    runs, seed, ``out_dir`` (:class:`TrainOptions`). The returned ``predict_fn(samples) -> (N,) float32``
+    probabilities uses the saved model and these tables.
 
     Raises:
         DataError: unknown feature column, missing/invalid labels or ids, a one-class validation set.
@@ -219,8 +190,7 @@ def train_deepfm(
         "cfg": conf.model_dump(),
         "train_x": _arrays(encode_features(train, items, users, spec)),
         "train_y": _labels(train, "train"),
-        "seed": int(seed),
-        "out_dir": str(out_dir),
+        **opts.loop_config("deepfm"),
     }
     if valid is not None:
         vy = _labels(valid, "valid")
@@ -232,16 +202,8 @@ def train_deepfm(
                 fix="pass a validation split with both classes, or valid=None",
             )
         config["valid_x"], config["valid_y"] = _arrays(encode_features(valid, items, users, spec)), vy
-    history = rt.run_loop(
-        train_loop,
-        config,
-        use_ray=use_ray,
-        name="deepfm",
-        num_workers=num_workers,
-        use_gpu=use_gpu,
-        storage_path=storage_path,
-    )
-    model_dir = Path(out_dir)
+    history = rt.run_loop(train_loop, config, opts, name="deepfm")
+    model_dir = Path(config["out_dir"])
     predictor = DeepFMPredictor(model_dir)
     return DeepFMResult(model_dir, history, lambda samples: predictor(samples, items, users))
 

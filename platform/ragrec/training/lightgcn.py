@@ -8,13 +8,11 @@ the public entry point. Outputs in ``out_dir``: ``item_emb.npy`` (I, dim) float3
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ragrec.config import LightGCNConfig
 from ragrec.models.lightgcn import (
@@ -44,8 +42,8 @@ def train_loop(config: dict) -> list[dict]:
 
     ``user_ids``, ``item_ids`` (E,) int arrays of training interactions; ``num_users``,
     ``num_items``; ``cfg`` (LightGCNConfig as dict); ``seed``; ``out_dir``; optional
-    ``eval_users``, ``eval_items`` (held-out pairs for Recall@20 each epoch), ``report_every``
-    (epochs between checkpoints, see :func:`ray_train.report_due`).
+    ``eval_users``, ``eval_items`` (held-out pairs for Recall@20 each epoch), ``checkpoint_dir``,
+    ``report_every`` (see :class:`ray_train.EpochLoop`).
     Returns the per-epoch history (rank 0's under Ray).
     """
     cfg = LightGCNConfig.model_validate(config["cfg"])
@@ -66,34 +64,24 @@ def train_loop(config: dict) -> list[dict]:
 
     model = rt.prepare_model(build_model(num_users, num_items, cfg.dim, cfg.num_layers), dev)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    start_epoch, history = 0, []
-    state = rt.load_state()
-    if state is not None:
-        rt.unwrap(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, history = state["epoch"] + 1, state["history"]
+    loop = rt.EpochLoop("lightgcn", config, model, optimizer, cfg.epochs)
     neg_gen = torch.Generator(device=dev).manual_seed(seed * 7919 + rank)
 
-    for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.perf_counter()
-        model.train()
-        batches = rt.epoch_batches(users.numel(), cfg.batch_size, seed=seed, epoch=epoch, rank=rank, world_size=world)
-        total, count = 0.0, 0
-        for idx in tqdm(batches, desc=f"lightgcn epoch {epoch}", leave=False, disable=rt.progress_disabled()):
-            label_index = sample_bpr_batch(pos_label_index[:, idx.to(dev)], num_users, num_items, neg_gen)
-            optimizer.zero_grad()
-            loss = bpr_step(model, adj, label_index, cfg.weight_decay)
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * idx.numel()
-            count += idx.numel()
-        row = {"epoch": epoch, "loss": total / max(count, 1), "seconds": time.perf_counter() - t0}
-        if has_eval:
-            user_emb, item_emb = _split_embeddings(rt.unwrap(model), adj, num_users)
-            row[f"recall@{EVAL_K}"] = recall_at_k(user_emb, item_emb, users, items, eval_users, eval_items, EVAL_K)
-        history.append(row)
-        rt.checkpoint_epoch(row, model, optimizer, epoch, cfg.epochs, history, config.get("report_every"))
+    def step(idx: torch.Tensor) -> tuple[torch.Tensor, int]:
+        label_index = sample_bpr_batch(pos_label_index[:, idx.to(dev)], num_users, num_items, neg_gen)
+        return bpr_step(model, adj, label_index, cfg.weight_decay), idx.numel()
 
+    def train_epoch(epoch: int) -> dict:
+        batches = rt.epoch_batches(users.numel(), cfg.batch_size, seed=seed, epoch=epoch, rank=rank, world_size=world)
+        return {"loss": loop.train_batches(epoch, batches, step)}
+
+    def evaluate(epoch: int) -> dict:
+        if not has_eval:
+            return {}
+        user_emb, item_emb = _split_embeddings(rt.unwrap(model), adj, num_users)
+        return {f"recall@{EVAL_K}": recall_at_k(user_emb, item_emb, users, items, eval_users, eval_items, EVAL_K)}
+
+    history = loop.run(train_epoch, evaluate)
     user_emb, item_emb = _split_embeddings(rt.unwrap(model), adj, num_users)
 
     def write(out: Path) -> None:
@@ -101,8 +89,7 @@ def train_loop(config: dict) -> list[dict]:
         np.save(out / "user_emb.npy", user_emb.cpu().numpy().astype(np.float32))
         (out / "history.json").write_text(json.dumps(history, indent=1))
 
-    final = history[-1] if history else {"epoch": -1}
-    rt.publish(config, final, write, state=None)
+    loop.publish(write)
     return history
 
 
@@ -125,19 +112,13 @@ def train_lightgcn(
     *,
     eval_pairs: tuple[np.ndarray, np.ndarray] | None = None,
     ratings: np.ndarray | None = None,
-    use_ray: bool = True,
-    seed: int = 0,
-    out_dir: str | Path,
-    num_workers: int = 1,
-    use_gpu: bool = False,
-    storage_path: str | None = None,
+    opts: rt.TrainOptions,
 ) -> LightGCNResult:
     """Train LightGCN on train interactions (E,) and return item (I, dim) / user (U, dim) embeddings.
 
     Duplicate pairs are merged. With ``ratings`` and ``cfg.positive_threshold`` set, only pairs with
     rating > threshold become edges. ``eval_pairs=(users, items)`` adds Recall@20 per epoch (full
-    ranking, training items masked). ``use_ray`` runs the loop under ``TorchTrainer`` with
-    ``num_workers`` workers (Ray must be initialised), else in this process.
+    ranking, training items masked). ``opts``: where it runs, seed, ``out_dir`` (:class:`TrainOptions`).
     """
     u, i = validate_interactions(user_ids, item_ids, num_users, num_items, "lightgcn train interactions")
     if cfg.positive_threshold is not None:
@@ -157,22 +138,13 @@ def train_lightgcn(
         "num_users": int(num_users),
         "num_items": int(num_items),
         "cfg": cfg.model_dump(),
-        "seed": int(seed),
-        "out_dir": str(out_dir),
+        **opts.loop_config("lightgcn"),
     }
     if eval_pairs is not None:
         eu, ei = validate_interactions(eval_pairs[0], eval_pairs[1], num_users, num_items, "lightgcn eval_pairs")
         config["eval_users"], config["eval_items"] = eu, ei
-    history = rt.run_loop(
-        train_loop,
-        config,
-        use_ray=use_ray,
-        name="lightgcn",
-        num_workers=num_workers,
-        use_gpu=use_gpu,
-        storage_path=storage_path,
-    )
-    out = Path(out_dir)
+    history = rt.run_loop(train_loop, config, opts, name="lightgcn")
+    out = Path(config["out_dir"])
     return LightGCNResult(
         item_emb=np.load(out / "item_emb.npy"), user_emb=np.load(out / "user_emb.npy"), history=history
     )

@@ -230,12 +230,12 @@ def cpu_has_native_bf16() -> bool:
 def train_loop(config: dict) -> list[dict]:
     """LoRA-tune ``config["model_name"]``. Keys: ``cfg`` (LoRAConfig dict), ``seed``, ``out_dir``,
     ``dtype``, optional ``report_every`` and, standalone, ``examples`` (Arrow table with prompt/answer).
-    Resume: optional ``checkpoint_steps`` (also checkpoint every that many optimizer steps inside an epoch)
-    and, standalone, ``checkpoint_dir`` (where the states go; a rerun resumes from the latest, see
-    :func:`_train_state`). Under Ray the states are Ray Train checkpoints in the run's storage.
+    Resume (:class:`ray_train.EpochLoop`): optional ``checkpoint_steps`` (also checkpoint every that many
+    optimizer steps inside an epoch) and, standalone, ``checkpoint_dir`` (where the states go; a rerun
+    resumes from the latest). Under Ray the states are Ray Train checkpoints in the run's storage.
     Returns the history (one row per optimizer micro-step: step, epoch, loss, tokens, seconds)."""
     from peft import LoraConfig as PeftLoraConfig
-    from peft import get_peft_model, set_peft_model_state_dict
+    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 
     from ragrec.llm.registry import load_causal_lm
 
@@ -286,22 +286,28 @@ def train_loop(config: dict) -> list[dict]:
         f"autocast {amp}" if amp is not None else "float32",
         total_steps,
     )
-    start_epoch, skip, history = 0, 0, []
-    ckpt_dir, ckpt_steps = config.get("checkpoint_dir"), config.get("checkpoint_steps")
-    state = rt.load_state(ckpt_dir)
-    if state is not None:
+    ckpt_steps = config.get("checkpoint_steps")
+
+    def save() -> dict:
+        """Besides the loop's own: the LoRA weights, the schedule and torch's RNG (dropout)."""
+        return {
+            "adapter": get_peft_model_state_dict(rt.unwrap(model)),
+            "scheduler": scheduler.state_dict(),
+            "rng": _rng_state(),
+        }
+
+    def load(state: dict) -> None:
         set_peft_model_state_dict(rt.unwrap(model), state["adapter"])
-        optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        start_epoch, skip, history = state["epoch"] + 1, state.get("batch", 0), state["history"]
         _set_rng(state.get("rng"))
 
-    row: dict[str, Any] = {"epoch": start_epoch - 1}
-    for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.perf_counter()
+    loop = rt.EpochLoop("lora", config, model, optimizer, cfg.epochs, save=save, load=load, step_history=True)
+    history = loop.history
+
+    def train_epoch(epoch: int) -> dict:
         batches = bucketed_batches(lengths, cfg.batch_size, seed=seed, epoch=epoch)[:n_batches]
-        todo, skip = batches[skip:], 0  # a resumed epoch skips the batches its checkpoint had done
-        bar = rt.LogProgress(todo, total=len(todo), desc=f"lora epoch {epoch}")
+        todo = batches[loop.resume_batch :]  # a resumed epoch skips the batches its checkpoint had done
+        bar = rt.LogProgress(todo, total=len(todo), desc=f"lora epoch {epoch}", leave=False)
         pending = 0
         optimizer.zero_grad()
         for i, idx in enumerate(bar, start=len(batches) - len(todo)):
@@ -325,48 +331,31 @@ def train_loop(config: dict) -> list[dict]:
             )
             bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
             if pending == 0 and ckpt_steps and scheduler.last_epoch % ckpt_steps == 0 and i + 1 < len(batches):
-                rt.report_state(
-                    {"epoch": epoch, "batch": i + 1, "loss": history[-1]["loss"]},
-                    _train_state(model, optimizer, scheduler, epoch - 1, i + 1, history),
-                    ckpt_dir,
-                )
+                # mid-epoch: the state after epoch - 1 and i + 1 batches of this one
+                loop.save({"epoch": epoch, "batch": i + 1, "loss": history[-1]["loss"]}, epoch - 1, batch=i + 1)
         if pending:
             _step(optimizer, scheduler, params, cfg)
         epoch_losses = [h["loss"] for h in history if h["epoch"] == epoch]
-        row = {
-            "epoch": epoch,
+        return {
             "loss": float(np.mean(epoch_losses)) if epoch_losses else float("nan"),
-            "seconds": time.perf_counter() - t0,
             "padding": padding_fraction(lengths, batches),
         }
-        if rt.report_due(epoch, cfg.epochs, config.get("report_every")):
-            rt.report_state(row, _train_state(model, optimizer, scheduler, epoch, 0, history), ckpt_dir)
+
+    loop.run(train_epoch)
 
     def write(out: Path) -> None:
         rt.unwrap(model).save_pretrained(str(out))
         (out / "history.json").write_text(json.dumps(history, indent=1))
 
-    rt.publish(config, row, write)
+    loop.publish(write)
     return history
 
 
-def _train_state(model, optimizer, scheduler, epoch: int, batch: int, history: list[dict]) -> dict:
-    """A resumable state: ``epoch`` = the last finished epoch, ``batch`` = the batches of the next one already
-    done (a mid-epoch checkpoint), the LoRA weights, AdamW, the schedule, the history and torch's RNG (dropout)."""
-    from peft import get_peft_model_state_dict
-
+def _rng_state() -> dict:
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
-    return {
-        "adapter": get_peft_model_state_dict(rt.unwrap(model)),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "epoch": epoch,
-        "batch": batch,
-        "history": list(history),
-        "rng": rng,
-    }
+    return rng
 
 
 def _set_rng(rng: dict | None) -> None:
@@ -404,23 +393,17 @@ def train_lora(
     model_name: str,
     cfg: LoRAConfig,
     *,
-    use_ray: bool = True,
-    seed: int = 0,
-    out_dir: str | Path,
-    num_workers: int = 1,
-    use_gpu: bool = False,
-    storage_path: str | None = None,
+    opts: rt.TrainOptions,
     dtype: str = "auto",
     load_in_8bit: bool = False,
-    checkpoint_dir: str | Path | None = None,
     checkpoint_steps: int | None = None,
 ) -> LoRAResult:
     """LoRA instruction tuning on ``examples`` (prompt: str, answer: str; Arrow table or Ray Dataset).
 
-    Returns the adapter folder (``out_dir``) and the per-step loss history. Resuming after a kill: standalone,
-    states go to ``checkpoint_dir`` (every epoch but the last, and every ``checkpoint_steps`` optimizer steps)
-    and a rerun with the same folder continues from the latest; under Ray pass a persistent
-    ``storage_path`` instead (a rerun on it continues from the run's latest checkpoint).
+    Returns the adapter folder (``opts.out_dir``) and the per-step loss history. Resuming after a kill:
+    standalone, states go to ``opts.checkpoint_dir`` (every epoch but the last, and every ``checkpoint_steps``
+    optimizer steps) and a rerun with the same folder continues from the latest; under Ray pass a persistent
+    ``opts.storage_path`` instead (a rerun on it continues from the run's latest checkpoint).
     """
     import ray.data
 
@@ -440,29 +423,18 @@ def train_lora(
     config = {
         "model_name": model_name,
         "cfg": cfg.model_dump(),
-        "seed": int(seed),
-        "out_dir": str(out_dir),
+        **opts.loop_config("lora"),
         "dtype": dtype,
         "load_in_8bit": bool(load_in_8bit),
-        "checkpoint_dir": str(checkpoint_dir) if checkpoint_dir is not None else None,
         "checkpoint_steps": checkpoint_steps,
     }
-    if use_ray:
+    if opts.use_ray:
         if dataset is None:
             dataset = ray.data.from_arrow(table)
-        res = rt.fit(
-            train_loop,
-            config,
-            num_workers=num_workers,
-            use_gpu=use_gpu,
-            datasets={"train": dataset},
-            storage_path=storage_path,
-            name="lora",
-        )
-        history = res["return_value"]
+        history = rt.run_loop(train_loop, config, opts, name="lora", datasets={"train": dataset})
     else:
         if table is None:
             table = _check_table(pa.concat_tables(ray.get(dataset.to_arrow_refs())))
         config["examples"] = table
-        history = train_loop(config)
-    return LoRAResult(adapter_dir=str(out_dir), history=history)
+        history = rt.run_loop(train_loop, config, opts, name="lora")
+    return LoRAResult(adapter_dir=config["out_dir"], history=history)

@@ -7,13 +7,11 @@ Outputs in ``out_dir``: ``ssl_emb.npy`` (n, d_colla) float32 = MLP(e_text), ``pr
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ragrec.config import ProjectorConfig
 from ragrec.models.projector import Projector, alignment_top1, symmetric_info_nce
@@ -31,8 +29,8 @@ class ProjectorResult:
 
 def train_loop(config: dict) -> list[dict]:
     """Train the projector. ``config`` keys: ``text_emb`` (n, d_text), ``colla_emb`` (n, d_colla)
-    float arrays, ``cfg`` (ProjectorConfig as dict), ``seed``, ``out_dir``, optional ``report_every``.
-    Returns the history."""
+    float arrays, ``cfg`` (ProjectorConfig as dict), ``seed``, ``out_dir``, optional ``checkpoint_dir``,
+    ``report_every`` (see :class:`ray_train.EpochLoop`). Returns the history."""
     cfg = ProjectorConfig.model_validate(config["cfg"])
     seed = int(config.get("seed", 0))
     rank, world = rt.world_rank(), rt.world_size()
@@ -43,37 +41,23 @@ def train_loop(config: dict) -> list[dict]:
     torch.manual_seed(seed)
     model = rt.prepare_model(Projector(text.size(1), cfg.hidden_dim, colla.size(1)), dev)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    start_epoch, history = 0, []
-    state = rt.load_state()
-    if state is not None:
-        rt.unwrap(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, history = state["epoch"] + 1, state["history"]
+    loop = rt.EpochLoop("projector", config, model, optimizer, cfg.epochs)
     n_eval = min(n, EVAL_ROWS)
 
-    bar = tqdm(range(start_epoch, cfg.epochs), desc="projector", disable=rt.progress_disabled())
-    for epoch in bar:
-        t0 = time.perf_counter()
-        model.train()
-        total, count = 0.0, 0
-        for idx in rt.epoch_batches(n, cfg.batch_size, seed=seed, epoch=epoch, rank=rank, world_size=world):
-            if idx.numel() < 2:  # a 1-row batch has no negatives
-                continue
-            idx = idx.to(dev)
-            loss = symmetric_info_nce(model(text[idx]), colla[idx], cfg.temperature)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * idx.numel()
-            count += idx.numel()
+    def step(idx: torch.Tensor) -> tuple[torch.Tensor, int] | None:
+        if idx.numel() < 2:  # a 1-row batch has no negatives
+            return None
+        idx = idx.to(dev)
+        return symmetric_info_nce(model(text[idx]), colla[idx], cfg.temperature), idx.numel()
+
+    def train_epoch(epoch: int) -> dict:
+        batches = rt.epoch_batches(n, cfg.batch_size, seed=seed, epoch=epoch, rank=rank, world_size=world)
+        loss = loop.train_batches(epoch, batches, step)
         model.eval()
         with torch.no_grad():
-            top1 = alignment_top1(model(text[:n_eval]), colla[:n_eval])
-        row = {"epoch": epoch, "loss": total / max(count, 1), "align_top1": top1, "seconds": time.perf_counter() - t0}
-        history.append(row)
-        bar.set_postfix(loss=f"{row['loss']:.4f}", top1=f"{top1:.3f}")
-        rt.checkpoint_epoch(row, model, optimizer, epoch, cfg.epochs, history, config.get("report_every"))
+            return {"loss": loss, "align_top1": alignment_top1(model(text[:n_eval]), colla[:n_eval])}
 
+    history = loop.run(train_epoch)
     model.eval()
     with torch.no_grad():
         ssl = torch.cat([model(chunk) for chunk in text.split(8192)]).cpu().numpy().astype(np.float32)
@@ -83,7 +67,7 @@ def train_loop(config: dict) -> list[dict]:
         torch.save(rt.unwrap(model).state_dict(), out / "projector.pt")
         (out / "history.json").write_text(json.dumps(history, indent=1))
 
-    rt.publish(config, history[-1] if history else {"epoch": -1}, write)
+    loop.publish(write)
     return history
 
 
@@ -92,16 +76,12 @@ def train_projector(
     colla_emb: np.ndarray,
     cfg: ProjectorConfig,
     *,
-    use_ray: bool = True,
-    seed: int = 0,
-    out_dir: str | Path,
-    num_workers: int = 1,
-    use_gpu: bool = False,
-    storage_path: str | None = None,
+    opts: rt.TrainOptions,
 ) -> ProjectorResult:
     """Align text embeddings (n, d_text) to fixed collaborative embeddings (n, d_colla), row i = item i.
 
-    Returns ``e_ssl = MLP(e_text)`` (n, d_colla) float32 and the per-epoch history.
+    Returns ``e_ssl = MLP(e_text)`` (n, d_colla) float32 and the per-epoch history. ``opts``: where it
+    runs, seed, ``out_dir`` (:class:`TrainOptions`).
     """
     text = np.asarray(text_emb)
     colla = np.asarray(colla_emb)
@@ -120,16 +100,7 @@ def train_projector(
         "text_emb": text.astype(np.float32, copy=False),
         "colla_emb": colla.astype(np.float32, copy=False),
         "cfg": cfg.model_dump(),
-        "seed": int(seed),
-        "out_dir": str(out_dir),
+        **opts.loop_config("projector"),
     }
-    history = rt.run_loop(
-        train_loop,
-        config,
-        use_ray=use_ray,
-        name="projector",
-        num_workers=num_workers,
-        use_gpu=use_gpu,
-        storage_path=storage_path,
-    )
-    return ProjectorResult(ssl_emb=np.load(Path(out_dir) / "ssl_emb.npy"), history=history)
+    history = rt.run_loop(train_loop, config, opts, name="projector")
+    return ProjectorResult(ssl_emb=np.load(Path(config["out_dir"]) / "ssl_emb.npy"), history=history)

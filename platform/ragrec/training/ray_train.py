@@ -5,7 +5,10 @@ Every trainable in :mod:`ragrec.training` is a plain ``train_loop(config: dict)`
 * standalone: called directly in this process (a GPU box without Ray, unit tests), or
 * as the ``train_loop_per_worker`` of a :class:`ray.train.torch.TorchTrainer` through :func:`fit`.
 
-The loops only use the helpers below, which do the right thing in both cases:
+Each ``train_*`` entry point takes a :class:`TrainOptions` (where and how to run) and hands its loop to
+:func:`run_loop`. The loops run their epochs through :class:`EpochLoop` (resume, progress, history,
+checkpoints, the final outputs) and define only what one epoch does. They use the helpers below, which do
+the right thing in both cases:
 
 * :func:`in_train_worker`, :func:`world_rank`, :func:`world_size`, :func:`torch_device`
 * :func:`prepare_model` (DDP under Ray) and :func:`epoch_batches` (the rank's shard of a shuffled
@@ -27,11 +30,15 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from ragrec.config import RunConfig
 
 log = logging.getLogger("ragrec.training")
 
@@ -101,7 +108,7 @@ class LogProgress:
     """Progress for long loops when there is no terminal (Ray workers, jobs): a log line every
     ``every`` seconds on rank 0 with the step count, rate and the last postfix; a tqdm bar otherwise."""
 
-    def __init__(self, iterable, total: int | None = None, desc: str = "", every: float = 30.0):
+    def __init__(self, iterable, total: int | None = None, desc: str = "", every: float = 30.0, leave: bool = True):
         import logging
 
         from tqdm.auto import tqdm
@@ -111,7 +118,7 @@ class LogProgress:
         setup_logging()  # Ray workers start without ragrec's log handler
 
         self._tty = not progress_disabled()
-        self._bar = tqdm(iterable, total=total, desc=desc, disable=not self._tty)
+        self._bar = tqdm(iterable, total=total, desc=desc, disable=not self._tty, leave=leave)
         self._log = logging.getLogger("ragrec.training")
         self._it, self._total, self._desc, self._every = iterable, total, desc, every
         self._postfix: dict = {}
@@ -362,36 +369,199 @@ def fit(
             shutil.rmtree(tmp_storage, ignore_errors=True)
 
 
+@dataclass(frozen=True)
+class TrainOptions:
+    """How a ``train_*`` entry point runs (the same for every trainer).
+
+    ``use_ray``: on ``num_workers`` Ray Train workers (Ray must be initialised; ``use_gpu`` gives each a
+    GPU), else in this process. ``seed``: model init, batch order and sampling. ``out_dir``: where the
+    outputs go (required). Resume: under Ray from the run's checkpoints in ``storage_path`` (None: a
+    temporary folder, so a rerun starts over); standalone from the states in ``checkpoint_dir`` (None:
+    none are written). ``report_every``: epochs between checkpoints (None: about ten per run, see
+    :func:`report_due`).
+    """
+
+    use_ray: bool = False
+    num_workers: int = 1
+    use_gpu: bool = False
+    seed: int = 42
+    storage_path: str | None = None
+    out_dir: str | os.PathLike | None = None
+    checkpoint_dir: str | os.PathLike | None = None
+    report_every: int | None = None
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg: RunConfig,
+        *,
+        out_dir: str | os.PathLike,
+        storage_path: str | None = None,
+        use_ray: bool = True,
+        checkpoint_dir: str | os.PathLike | None = None,
+        report_every: int | None = None,
+    ) -> TrainOptions:
+        """The options of a pipeline stage: ``cfg.ray``'s workers and GPU flag and ``cfg.seed``, on Ray."""
+        return cls(
+            use_ray=use_ray,
+            num_workers=cfg.ray.num_workers,
+            use_gpu=cfg.ray.use_gpu,
+            seed=cfg.seed,
+            storage_path=storage_path,
+            out_dir=out_dir,
+            checkpoint_dir=checkpoint_dir,
+            report_every=report_every,
+        )
+
+    def loop_config(self, name: str) -> dict[str, Any]:
+        """The ``train_loop`` config keys these options set: seed, out_dir, checkpoint_dir, report_every."""
+        if self.out_dir is None:
+            raise ValueError(f"train_{name}: TrainOptions.out_dir is required (the folder for the outputs)")
+        return {
+            "seed": int(self.seed),
+            "out_dir": str(self.out_dir),
+            "checkpoint_dir": str(self.checkpoint_dir) if self.checkpoint_dir is not None else None,
+            "report_every": self.report_every,
+        }
+
+
 def run_loop(
     train_loop: Callable[[dict], Any],
     config: dict,
+    opts: TrainOptions,
     *,
-    use_ray: bool,
     name: str,
-    num_workers: int = 1,
-    use_gpu: bool = False,
-    storage_path: str | None = None,
+    datasets: dict | None = None,
 ) -> Any:
-    """``train_loop(config)`` on Ray Train workers (:func:`fit`, ``use_ray``) or in this process; the
+    """``train_loop(config)`` on Ray Train workers (:func:`fit`, ``opts.use_ray``) or in this process; the
     loop's return value (rank 0's under Ray). Every trainer's ``train_*`` entry point ends here."""
-    if use_ray:
-        return fit(train_loop, config, num_workers=num_workers, use_gpu=use_gpu, storage_path=storage_path, name=name)[
-            "return_value"
-        ]
+    if opts.use_ray:
+        storage = str(opts.storage_path) if opts.storage_path is not None else None
+        res = fit(
+            train_loop,
+            config,
+            num_workers=opts.num_workers,
+            use_gpu=opts.use_gpu,
+            datasets=datasets,
+            storage_path=storage,
+            name=name,
+        )
+        return res["return_value"]
     return train_loop(config)
 
 
-def checkpoint_epoch(
-    row: dict[str, Any], model, optimizer, epoch: int, epochs: int, history: list[dict], every: int | None = None
-) -> None:
-    """Report ``row`` with a resumable checkpoint (model, optimizer, epoch, history) when one is due."""
-    if report_due(epoch, epochs, every):
-        report_state(
-            row,
-            {
-                "model": unwrap(model).state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "epoch": epoch,
-                "history": history,
-            },
+# ----------------------------------------------------------------------------- the epoch loop
+
+
+class EpochLoop:
+    """The epochs of one ``train_loop``: the model's code says what one epoch does, this does the rest.
+
+    Built once the model and optimizer exist, it resumes from the latest state (:func:`load_state`: the
+    run's Ray checkpoint, or ``config["checkpoint_dir"]`` standalone): ``start_epoch``, ``history`` and
+    ``resume_batch`` (batches of ``start_epoch`` already done) are then the interrupted run's. A state
+    holds ``optimizer``, ``epoch`` (the last finished one), ``batch``, ``history`` and what ``save()``
+    returns (default ``{"model": state dict}``); ``load(state)`` restores that part.
+
+    ``step_history``: the epoch body appends one row per step to ``history`` itself and the epoch rows
+    are only reported (LoRA); otherwise each epoch row is appended to ``history``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        config: dict,
+        model,
+        optimizer: torch.optim.Optimizer,
+        epochs: int,
+        *,
+        save: Callable[[], dict[str, Any]] | None = None,
+        load: Callable[[dict[str, Any]], None] | None = None,
+        step_history: bool = False,
+    ):
+        self.name, self.config, self.model, self.optimizer, self.epochs = name, config, model, optimizer, int(epochs)
+        self.checkpoint_dir = config.get("checkpoint_dir")
+        self.report_every = config.get("report_every")
+        self.step_history = step_history
+        self._save = save or (lambda: {"model": unwrap(model).state_dict()})
+        self.start_epoch, self.resume_batch, self.history = 0, 0, []
+        self.stop = False  # an epoch body sets it to end training after its epoch (early stopping)
+        state = load_state(self.checkpoint_dir)
+        if state is not None:
+            if load is None:
+                unwrap(model).load_state_dict(state["model"])
+            else:
+                load(state)
+            optimizer.load_state_dict(state["optimizer"])
+            self.start_epoch, self.resume_batch = state["epoch"] + 1, state.get("batch", 0)
+            self.history = state["history"]
+        # the latest epoch row: the final metrics :meth:`publish` reports
+        self.last_row: dict[str, Any] = (
+            self.history[-1] if self.history and not step_history else {"epoch": self.start_epoch - 1}
         )
+
+    def run(
+        self,
+        train_epoch: Callable[[int], dict[str, Any]],
+        evaluate: Callable[[int], dict[str, Any]] | None = None,
+    ) -> list[dict]:
+        """Train the remaining epochs; returns ``history``.
+
+        Each epoch: train mode, ``metrics = train_epoch(epoch)`` (timed), then ``evaluate(epoch)`` (not
+        timed); its row ``{"epoch", **metrics, "seconds", **evaluated}`` goes to the progress bar, to
+        ``history`` and, when :func:`report_due` (``config["report_every"]``), to :meth:`save`.
+        """
+        epochs = range(self.start_epoch, self.epochs)
+        bar = LogProgress(epochs, total=len(epochs), desc=self.name)
+        for epoch in bar:
+            t0 = time.perf_counter()
+            self.model.train()
+            row = {"epoch": epoch, **train_epoch(epoch)}
+            self.resume_batch = 0
+            row["seconds"] = time.perf_counter() - t0
+            if evaluate is not None:
+                row |= evaluate(epoch)
+            if not self.step_history:
+                self.history.append(row)
+            self.last_row = row
+            bar.set_postfix(**{k: f"{v:.4f}" for k, v in row.items() if isinstance(v, float) and k != "seconds"})
+            if self.stop:
+                break
+            if report_due(epoch, self.epochs, self.report_every):
+                self.save(row, epoch)
+        return self.history
+
+    def train_batches(
+        self, epoch: int, batches: Sequence[Any], step: Callable[[Any], tuple[torch.Tensor, int] | None]
+    ) -> float:
+        """One plain optimisation pass: ``loss, weight = step(batch)`` (None skips the batch), then
+        ``zero_grad``, ``backward``, ``optimizer.step``. Returns the weight-averaged loss (0.0 if none)."""
+        total, count = 0.0, 0
+        bar = LogProgress(batches, total=len(batches), desc=f"{self.name} epoch {epoch}", leave=False)
+        for batch in bar:
+            out = step(batch)
+            if out is None:
+                continue
+            loss, weight = out
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+            value = loss.item()
+            total += value * weight
+            count += weight
+            bar.set_postfix(loss=f"{value:.4f}")
+        return total / max(count, 1)
+
+    def save(self, metrics: dict[str, Any], epoch: int, batch: int = 0) -> None:
+        """:func:`report_state` of ``metrics`` with the state after ``epoch`` and ``batch`` batches of the next."""
+        state = {
+            **self._save(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": epoch,
+            "batch": batch,
+            "history": list(self.history),
+        }
+        report_state(metrics, state, self.checkpoint_dir)
+
+    def publish(self, write: Callable[[Path], None], metrics: dict[str, Any] | None = None) -> None:
+        """:func:`publish` the outputs ``write(dir)`` writes, with ``metrics`` (default :attr:`last_row`)."""
+        publish(self.config, self.last_row if metrics is None else metrics, write)

@@ -24,7 +24,6 @@ loads it too (its ``predict`` applies a sigmoid to the same logit). Inputs are
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,7 +110,8 @@ def train_loop(config: dict) -> list[dict]:
 
     ``queries`` list[str] (P,); ``docs`` list[str] all candidates flattened query by query (rank
     order); ``offsets`` (P,) int64 start of each query's candidates in ``docs``; ``lengths`` (P,)
-    int64; ``cfg`` (SAREConfig as dict); ``seed``; ``out_dir``; optional ``report_every``.
+    int64; ``cfg`` (SAREConfig as dict); ``seed``; ``out_dir``; optional ``checkpoint_dir``, ``report_every``
+    (see :class:`ray_train.EpochLoop`).
     Returns the per-epoch history (rank 0's under Ray).
     """
     cfg = SAREConfig.model_validate(config["cfg"])
@@ -127,44 +127,31 @@ def train_loop(config: dict) -> list[dict]:
     tokenizer, net = load_cross_encoder(cfg.model, seed=seed)
     model = rt.prepare_model(net, dev)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
-    start_epoch, history = 0, []
-    state = rt.load_state()
-    if state is not None:
-        rt.unwrap(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, history = state["epoch"] + 1, state["history"]
+    loop = rt.EpochLoop("sare", config, model, optimizer, cfg.epochs)
     group = 1 + cfg.k2  # pairs per query: positive first
 
-    for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.perf_counter()
-        model.train()
+    def train_epoch(epoch: int) -> dict:
         negs = sample_negatives(lengths, cfg.k1, cfg.k2, np.random.default_rng([seed, epoch]))  # (P, k2)
         ranks = np.concatenate([np.zeros((len(queries), 1), dtype=np.int64), negs], axis=1)  # (P, 1 + k2)
         flat = offsets[:, None] + ranks  # (P, 1 + k2) positions in docs
         batches = rt.epoch_batches(len(queries), cfg.batch_size, seed=seed, epoch=epoch, rank=rank, world_size=world)
-        total, hits, count = 0.0, 0, 0
-        progress = rt.LogProgress(batches, total=len(batches), desc=f"sare epoch {epoch}")
-        for idx in progress:
+        hits, count = 0, 0
+
+        def step(idx: torch.Tensor) -> tuple[torch.Tensor, int]:
+            nonlocal hits, count
             sel = idx.numpy()
             q_text = [queries[q] for q in np.repeat(sel, group)]
             d_text = [docs[i] for i in flat[sel].ravel()]
             logits = model(**encode_pairs(tokenizer, q_text, d_text, cfg.max_tokens, dev)).logits.view(len(sel), group)
-            loss = F.cross_entropy(logits / cfg.temperature, torch.zeros(len(sel), dtype=torch.long, device=dev))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(sel)
             hits += int((logits[:, :1] > logits[:, 1:]).all(dim=1).sum())
             count += len(sel)
-            progress.set_postfix(loss=f"{loss.item():.4f}")
-        row = {
-            "epoch": epoch,
-            "loss": total / max(count, 1),
-            "acc": hits / max(count, 1),
-            "seconds": time.perf_counter() - t0,
-        }
-        history.append(row)
-        rt.checkpoint_epoch(row, model, optimizer, epoch, cfg.epochs, history, config.get("report_every"))
+            loss = F.cross_entropy(logits / cfg.temperature, torch.zeros(len(sel), dtype=torch.long, device=dev))
+            return loss, len(sel)
+
+        loss = loop.train_batches(epoch, batches, step)
+        return {"loss": loss, "acc": hits / max(count, 1)}
+
+    history = loop.run(train_epoch)
 
     def write(out: Path) -> None:
         folder = out / MODEL_SUBDIR
@@ -173,7 +160,7 @@ def train_loop(config: dict) -> list[dict]:
         tokenizer.save_pretrained(str(folder))
         (out / "history.json").write_text(json.dumps(history, indent=1))
 
-    rt.publish(config, history[-1] if history else {"epoch": -1}, write, state=None)
+    loop.publish(write)
     return history
 
 
@@ -185,12 +172,7 @@ def train_sare(
     candidates: list[list[str]],
     cfg: SAREConfig,
     *,
-    use_ray: bool = True,
-    seed: int = 0,
-    out_dir: str | Path,
-    num_workers: int = 1,
-    use_gpu: bool = False,
-    storage_path: str | None = None,
+    opts: rt.TrainOptions,
 ) -> SAREResult:
     """Tune ``cfg.model`` to put each query's rank-0 candidate above candidates ranked >= K1.
 
@@ -198,8 +180,7 @@ def train_sare(
         queries: (P,) basic prompts ``P^b`` of the training (user, item) pairs.
         candidates: (P,) lists of retrieved users' documents, each already ordered by the rationale
             ranking (best first), each with at least ``cfg.k1 + cfg.k2`` entries.
-        use_ray: run the loop under ``TorchTrainer`` with ``num_workers`` workers (Ray must be
-            initialised), else in this process.
+        opts: where it runs, seed, ``out_dir`` (:class:`~ragrec.training.ray_train.TrainOptions`).
 
     Returns the tuned model's folder (``out_dir/model``) and the per-epoch history.
     """
@@ -215,19 +196,10 @@ def train_sare(
         "offsets": offsets,
         "lengths": lengths,
         "cfg": cfg.model_dump(),
-        "seed": int(seed),
-        "out_dir": str(out_dir),
+        **opts.loop_config("sare"),
     }
-    history = rt.run_loop(
-        train_loop,
-        config,
-        use_ray=use_ray,
-        name="sare",
-        num_workers=num_workers,
-        use_gpu=use_gpu,
-        storage_path=storage_path,
-    )
-    return SAREResult(model_dir=Path(out_dir) / MODEL_SUBDIR, history=history)
+    history = rt.run_loop(train_loop, config, opts, name="sare")
+    return SAREResult(model_dir=Path(config["out_dir"]) / MODEL_SUBDIR, history=history)
 
 
 @torch.inference_mode()

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,9 +70,9 @@ def train_loop(config: dict) -> list[dict]:
     """Train SASRec. ``config`` keys:
 
     ``user_ids``, ``item_ids``, ``timestamps`` (E,) training interactions; ``num_users``,
-    ``num_items``; ``cfg`` (SASRecConfig as dict); ``seed``; ``out_dir``; optional ``report_every``
-    (epochs between checkpoints, see :func:`ray_train.report_due`) and ``eval_every`` (epochs
-    between leave-one-out evaluations in the history, default ``max(1, epochs // 10)``).
+    ``num_items``; ``cfg`` (SASRecConfig as dict); ``seed``; ``out_dir``; optional ``checkpoint_dir``,
+    ``report_every`` (see :class:`ray_train.EpochLoop`) and ``eval_every`` (epochs between
+    leave-one-out evaluations in the history, default ``max(1, epochs // 10)``).
     Returns the per-epoch history (rank 0's under Ray).
     """
     cfg = SASRecConfig.model_validate(config["cfg"])
@@ -107,53 +106,41 @@ def train_loop(config: dict) -> list[dict]:
 
     model = rt.prepare_model(build_model(num_items, cfg), dev)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
-    start_epoch, history = 0, []
-    state = rt.load_state()
-    if state is not None:
-        rt.unwrap(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, history = state["epoch"] + 1, state["history"]
+    loop = rt.EpochLoop("sasrec", config, model, optimizer, cfg.epochs)
     neg_gen = torch.Generator(device=dev).manual_seed(seed * 7919 + rank)
     eval_every = int(config.get("eval_every") or max(1, cfg.epochs // 10))
 
     def evaluate() -> dict:
         return _leave_one_out(rt.unwrap(model), fit_seq[eval_users, 1:], held[eval_users], eval_negs, eval_ok)
 
-    for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.perf_counter()
-        model.train()
+    def step(idx: torch.Tensor) -> tuple[torch.Tensor, int]:
+        users = train_users[idx.to(dev)]
+        batch = fit_seq[users]
+        inp, pos = batch[:, :-1], batch[:, 1:]
+        valid = (inp != 0) & (pos != 0)
+        neg, neg_ok = sample_negatives(users, L, num_items, fit_keys, neg_gen)
+        hidden = model(inp)  # through the DDP wrapper: gradient sync
+        emb = rt.unwrap(model).item_emb
+        pos_logit = (hidden * emb(pos)).sum(-1)
+        neg_logit = (hidden * emb(neg + 1)).sum(-1)
+        loss_pos = F.binary_cross_entropy_with_logits(pos_logit, torch.ones_like(pos_logit), reduction="none")
+        loss_neg = F.binary_cross_entropy_with_logits(neg_logit, torch.zeros_like(neg_logit), reduction="none")
+        n_valid = valid.sum().clamp(min=1)
+        return ((loss_pos * valid).sum() + (loss_neg * (valid & neg_ok)).sum()) / n_valid, int(n_valid)
+
+    def train_epoch(epoch: int) -> dict:
         batches = rt.epoch_batches(
             train_users.numel(), cfg.batch_size, seed=seed, epoch=epoch, rank=rank, world_size=world
         )
-        bar = rt.LogProgress(batches, total=len(batches), desc=f"sasrec epoch {epoch}")
-        total, count = 0.0, 0
-        for idx in bar:
-            users = train_users[idx.to(dev)]
-            batch = fit_seq[users]
-            inp, pos = batch[:, :-1], batch[:, 1:]
-            valid = (inp != 0) & (pos != 0)
-            neg, neg_ok = sample_negatives(users, L, num_items, fit_keys, neg_gen)
-            hidden = model(inp)  # through the DDP wrapper: gradient sync
-            emb = rt.unwrap(model).item_emb
-            pos_logit = (hidden * emb(pos)).sum(-1)
-            neg_logit = (hidden * emb(neg + 1)).sum(-1)
-            loss_pos = F.binary_cross_entropy_with_logits(pos_logit, torch.ones_like(pos_logit), reduction="none")
-            loss_neg = F.binary_cross_entropy_with_logits(neg_logit, torch.zeros_like(neg_logit), reduction="none")
-            n_valid = valid.sum().clamp(min=1)
-            loss = ((loss_pos * valid).sum() + (loss_neg * (valid & neg_ok)).sum()) / n_valid
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * int(n_valid)
-            count += int(n_valid)
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-        row = {"epoch": epoch, "loss": total / max(count, 1), "seconds": time.perf_counter() - t0}
-        if (epoch + 1) % eval_every == 0 or epoch == cfg.epochs - 1:
-            m = evaluate()
-            row[f"ndcg@{EVAL_K}"], row[f"hr@{EVAL_K}"] = m[f"ndcg@{EVAL_K}"], m[f"hr@{EVAL_K}"]
-        history.append(row)
-        rt.checkpoint_epoch(row, model, optimizer, epoch, cfg.epochs, history, config.get("report_every"))
+        return {"loss": loop.train_batches(epoch, batches, step)}
 
+    def eval_epoch(epoch: int) -> dict:
+        if (epoch + 1) % eval_every != 0 and epoch != cfg.epochs - 1:
+            return {}
+        m = evaluate()
+        return {f"ndcg@{EVAL_K}": m[f"ndcg@{EVAL_K}"], f"hr@{EVAL_K}": m[f"hr@{EVAL_K}"]}
+
+    history = loop.run(train_epoch, eval_epoch)
     core = rt.unwrap(model)
     metrics = evaluate()
     user_emb = torch.zeros(num_users, cfg.dim, device=dev)
@@ -169,9 +156,7 @@ def train_loop(config: dict) -> list[dict]:
         torch.save({k: v.detach().cpu() for k, v in core.state_dict().items()}, out / MODEL_FILE)
         (out / META_FILE).write_text(json.dumps({"num_items": num_items, "cfg": cfg.model_dump()}))
 
-    final = dict(history[-1]) if history else {"epoch": -1}
-    final.update(metrics)
-    rt.publish(config, final, write, state=None)
+    loop.publish(write, {**loop.last_row, **metrics})
     return history
 
 
@@ -205,20 +190,14 @@ def train_sasrec(
     num_items: int,
     cfg: SASRecConfig,
     *,
-    use_ray: bool = True,
-    seed: int = 0,
-    out_dir: str | Path,
-    num_workers: int = 1,
-    use_gpu: bool = False,
-    storage_path: str | None = None,
+    opts: rt.TrainOptions,
     eval_every: int | None = None,
 ) -> SASRecResult:
     """Train SASRec on training interactions (E,) and return user (U, dim) / item (I, dim) embeddings.
 
     Sequences are each user's interactions ordered by timestamp (ties: input order), the most
-    recent ``cfg.max_len`` kept. ``use_ray`` runs the loop under ``TorchTrainer`` with
-    ``num_workers`` workers (Ray must be initialised), else in this process. Logs the leave-one-out
-    sanity metric on ``ragrec.sasrec``.
+    recent ``cfg.max_len`` kept. ``opts``: where it runs, seed, ``out_dir`` (:class:`TrainOptions`).
+    Logs the leave-one-out sanity metric on ``ragrec.sasrec``.
     """
     u, i = validate_interactions(user_ids, item_ids, num_users, num_items, "sasrec train interactions")
     t = np.asarray(timestamps)
@@ -231,20 +210,11 @@ def train_sasrec(
         "num_users": int(num_users),
         "num_items": int(num_items),
         "cfg": cfg.model_dump(),
-        "seed": int(seed),
-        "out_dir": str(out_dir),
+        **opts.loop_config("sasrec"),
         "eval_every": eval_every,
     }
-    history = rt.run_loop(
-        train_loop,
-        config,
-        use_ray=use_ray,
-        name="sasrec",
-        num_workers=num_workers,
-        use_gpu=use_gpu,
-        storage_path=storage_path,
-    )
-    out = Path(out_dir)
+    history = rt.run_loop(train_loop, config, opts, name="sasrec")
+    out = Path(config["out_dir"])
     metrics = json.loads((out / "metrics.json").read_text())
     log.info(
         "SASRec leave-one-out (%d negatives): NDCG@%d=%.4f HR@%d=%.4f over %d users",

@@ -12,7 +12,7 @@ Both sides: the same examples, LoRA r 8 / alpha 16 on q_proj, v_proj, AdamW lr 5
   and padding, ``model(**batch).loss`` (logits on every position), ``loss.backward()``, ``AdamW.step()``.
 * ragrec: :func:`ragrec.training.lora.train_lora` standalone (``opts.use_ray=False``) with its defaults:
   examples tokenised once, length-bucketed batches, the LM head on the answer positions only,
-  ``lora.precision: auto`` (bfloat16 autocast on CPUs with AVX512-BF16 / AMX).
+  ``lora.precision: auto`` (on CPUs with AVX512-BF16 / AMX: frozen base weights in bfloat16, adapter float32).
 
 Rates: examples/s and real (non-padding) tokens/s of the training loop (model load excluded on both sides).
 Fraction of peak: forward + activation-gradient FLOPs, ``4 * n_params * tokens`` (LoRA computes no weight

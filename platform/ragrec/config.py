@@ -218,8 +218,9 @@ class LoRAConfig(_Strict):
     max_tokens: int = 512
     precision: Literal["auto", "float32", "bfloat16"] = Field(
         "auto",
-        description="autocast dtype of the forward/backward (LoRA weights and optimizer stay float32); "
-        "auto = bfloat16 on a GPU with bf16 or a CPU with AVX512-BF16/AMX, else float32",
+        description="compute dtype of the forward/backward: bfloat16 = frozen base weights stored in bf16 "
+        "(LoRA weights and optimizer stay float32); auto = bfloat16 on a GPU with bf16 or a CPU with "
+        "AVX512-BF16/AMX, else float32",
     )
     weight_decay: float = Field(0.01, ge=0)
     schedule: Literal["constant", "linear"] = Field(

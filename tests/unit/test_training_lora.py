@@ -201,3 +201,8 @@ def test_bf16_training_follows_the_float32_loss_curve(tmp_path):
         )
         curves[prec] = np.array([np.mean([r["loss"] for r in res.history if r["epoch"] == e]) for e in range(3)])
     assert np.all(np.abs(curves["bfloat16"] - curves["float32"]) < 0.02 * curves["float32"])
+    # bf16 stores the frozen base in bfloat16 but trains (and saves) the adapter in float32
+    from safetensors.torch import load_file
+
+    adapter = load_file(str(tmp_path / "bfloat16" / "adapter_model.safetensors"))
+    assert adapter and {t.dtype for t in adapter.values()} == {torch.float32}

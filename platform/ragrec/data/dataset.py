@@ -35,9 +35,9 @@ class Dataset:
         validate(self.items, ITEMS, "items")
         if self.users is not None:
             validate(self.users, USERS, "users")
-        _check_dense(self.items, "item_id", "items")
+        check_dense(self.items, "item_id", "items")
         if self.users is not None:
-            _check_dense(self.users, "user_id", "users")
+            check_dense(self.users, "user_id", "users")
         for col, n in (("item_id", self.n_items), ("user_id", self.n_users)):
             ids = self.interactions.column(col)
             if len(ids) and (pc.min(ids).as_py() < 0 or pc.max(ids).as_py() >= n):
@@ -60,15 +60,16 @@ class Dataset:
         return int(pc.max(ids).as_py()) + 1 if len(ids) else 0
 
 
-def _check_dense(table: pa.Table, col: str, name: str) -> None:
-    """Row k of ``table`` must hold id k (dense ids in row order)."""
+def check_dense(table: pa.Table, col: str, name: str, fix: str | None = None) -> None:
+    """Row k of the ``name`` table must hold id k in ``col`` (dense ids in row order); else a DataError with
+    ``fix`` (default: sort and number them)."""
     ids = table.column(col).to_numpy()
     if not np.array_equal(ids, np.arange(len(ids))):
         raise DataError(
             f"{col} is not 0..{len(ids) - 1} in row order",
             file=f"{name} table",
             field=col,
-            fix=f"sort the {name} by dense id and number them 0..n-1",
+            fix=fix or f"sort the {name} by dense id and number them 0..n-1",
         )
 
 

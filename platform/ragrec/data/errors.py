@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow as pa
+
 
 class DataError(ValueError):
     """Bad or missing input data.
@@ -50,3 +52,11 @@ class DataError(ValueError):
         if fix:
             msg = f"{msg.rstrip('.')}. Fix: {fix}"
         super().__init__(msg)
+
+
+def require_column(table: pa.Table, column: str, what: str, problem: str, fix: str) -> None:
+    """Raise a :class:`DataError` ``problem`` (followed by the columns the table has) when the ``what`` table
+    has no ``column``."""
+    names = table.schema.names
+    if column not in names:
+        raise DataError(f"{problem} (columns: {', '.join(names)})", file=f"{what} table", field=column, fix=fix)

@@ -153,6 +153,16 @@ def _entity_order(raw: pa.Array) -> tuple[pa.Array, np.ndarray]:
     return raw.take(order), order
 
 
+def _read_entities(
+    path: Path, dataset: str, fname: str, sep: str, names: list[str], describe: str
+) -> tuple[Delimited, pa.Array, np.ndarray, pa.Table]:
+    """An entity file (items or users, raw id in column ``names[0]``) read and sorted by raw id, so that dense
+    id k is row k: (the file, sorted raw ids, row order of the file that sorts them, its table in that order)."""
+    data = _read(path, dataset, fname, sep, names, describe)
+    raw, order = _entity_order(_raw_ids(data, names[0], dataset))
+    return data, raw, order, data.table.take(order)
+
+
 def load_ml100k(path: str | Path, label_threshold: float = 3.0) -> Dataset:
     """Load MovieLens-100K from the folder holding ``u.data``, ``u.item``, ``u.genre``, ``u.user``.
 
@@ -175,7 +185,7 @@ def load_ml100k(path: str | Path, label_threshold: float = 3.0) -> Dataset:
         )
 
     flag_names = [f"g{k}" for k in range(ML100K_GENRE_FLAGS)]
-    item_file = _read(
+    item_file, item_raw, order, it = _read_entities(
         path,
         ds,
         "u.item",
@@ -183,9 +193,6 @@ def load_ml100k(path: str | Path, label_threshold: float = 3.0) -> Dataset:
         ["item", "title", "release_date", "video_release_date", "imdb_url", *flag_names],
         "movie id|title|release date|video release date|IMDb URL|19 genre flags",
     )
-    item_raw_file = _raw_ids(item_file, "item", ds)
-    item_raw, order = _entity_order(item_raw_file)
-    it = item_file.table.take(order)
     flags = np.stack([_num(item_file, f, pa.int8(), ds).take(order).to_numpy() for f in flag_names], axis=1)
     _rows, cols = np.nonzero(flags)  # row-major: grouped by item, genres in u.genre order
     offsets = np.concatenate([[0], np.cumsum(np.count_nonzero(flags, axis=1))]).astype(np.int32)
@@ -207,16 +214,10 @@ def load_ml100k(path: str | Path, label_threshold: float = 3.0) -> Dataset:
         }
     )
 
-    user_file = _read(
-        path,
-        ds,
-        "u.user",
-        "|",
-        ["user", "age", "gender", "occupation", "zip"],
-        "user id|age|gender|occupation|zip code",
+    user_cols = ["user", "age", "gender", "occupation", "zip"]
+    user_file, user_raw, uorder, ut = _read_entities(
+        path, ds, "u.user", "|", user_cols, "user id|age|gender|occupation|zip code"
     )
-    user_raw, uorder = _entity_order(_raw_ids(user_file, "user", ds))
-    ut = user_file.table.take(uorder)
     users = pa.table(
         {
             "user_id": pa.array(np.arange(len(user_raw), dtype=np.int64)),
@@ -246,9 +247,9 @@ def load_ml1m(path: str | Path, label_threshold: float = 3.0) -> Dataset:
     path = Path(path)
     ds = "ml-1m"
     _check_folder(path, ds, ("ratings.dat", "movies.dat", "users.dat"))
-    movie_file = _read(path, ds, "movies.dat", "::", ["item", "title", "genres"], "MovieID::Title::Genres")
-    item_raw, order = _entity_order(_raw_ids(movie_file, "item", ds))
-    mt = movie_file.table.take(order)
+    _, item_raw, _, mt = _read_entities(
+        path, ds, "movies.dat", "::", ["item", "title", "genres"], "MovieID::Title::Genres"
+    )
     title = pc.utf8_trim_whitespace(mt.column("title"))
     items = pa.table(
         {
@@ -260,16 +261,10 @@ def load_ml1m(path: str | Path, label_threshold: float = 3.0) -> Dataset:
         }
     )
 
-    user_file = _read(
-        path,
-        ds,
-        "users.dat",
-        "::",
-        ["user", "gender", "age", "occupation", "zip"],
-        "UserID::Gender::Age::Occupation::Zip-code",
+    user_cols = ["user", "gender", "age", "occupation", "zip"]
+    user_file, user_raw, uorder, ut = _read_entities(
+        path, ds, "users.dat", "::", user_cols, "UserID::Gender::Age::Occupation::Zip-code"
     )
-    user_raw, uorder = _entity_order(_raw_ids(user_file, "user", ds))
-    ut = user_file.table.take(uorder)
     age = _num(user_file, "age", pa.int32(), ds).take(uorder)
     occ = _num(user_file, "occupation", pa.int64(), ds).take(uorder)
     age_codes = pa.array(list(ML1M_AGES), pa.int32())

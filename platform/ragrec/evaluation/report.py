@@ -11,7 +11,8 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import matplotlib
@@ -27,6 +28,7 @@ __all__ = [
     "plot_auc_bars",
     "plot_curve",
     "plot_sweep",
+    "png_figure",
     "write_report",
 ]
 
@@ -155,6 +157,19 @@ def _auc_interval(r: Mapping) -> tuple:
     return r.get("auc_lo"), r.get("auc_hi")
 
 
+@contextmanager
+def png_figure(path: str | os.PathLike, figsize: tuple[float, float]) -> Iterator[plt.Axes]:
+    """The axes of a new figure of ``figsize``; when the block ends, the figure is laid out tight and written
+    as a PNG (120 dpi) to ``path``. It is closed in any case, also when the block raises (nothing written)."""
+    fig, ax = plt.subplots(figsize=figsize)
+    try:
+        yield ax
+        fig.tight_layout()
+        fig.savefig(path, format="png", dpi=120)
+    finally:
+        plt.close(fig)
+
+
 def plot_auc_bars(rows: Sequence[Mapping], path: str | os.PathLike) -> None:
     """Bar chart of AUC per variant with 95% CI error bars (user-clustered when rows have it); PNG at ``path``."""
     names = [str(r["name"]) for r in rows]
@@ -162,26 +177,20 @@ def plot_auc_bars(rows: Sequence[Mapping], path: str | os.PathLike) -> None:
     ci = [_auc_interval(r) for r in rows]
     lo = [a - float(c[0]) if c[0] is not None else 0.0 for a, c in zip(auc, ci)]
     hi = [float(c[1]) - a if c[1] is not None else 0.0 for a, c in zip(auc, ci)]
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(rows) + 2), 3.5))
-    try:
+    with png_figure(path, (max(4.0, 0.9 * len(rows) + 2), 3.5)) as ax:
         ax.bar(range(len(rows)), auc, yerr=[lo, hi], capsize=4, color="tab:blue")
         ax.set_xticks(range(len(rows)), names, rotation=30, ha="right")
         finite = [a for a in auc if math.isfinite(a)]
         ax.set_ylim(max(0.0, min(finite + [0.5]) - 0.05), min(1.0, max(finite + [0.5]) + 0.05))
         ax.axhline(0.5, color="grey", lw=0.8, ls="--")
         ax.set_ylabel("AUC")
-        fig.tight_layout()
-        fig.savefig(path, format="png", dpi=120)
-    finally:
-        plt.close(fig)
 
 
 def plot_curve(
     xs: Sequence[float], series: Mapping[str, Sequence[float]], path: str | os.PathLike, xlabel: str, ylabel: str
 ) -> None:
     """Line plot of one or more series over ``xs`` (e.g. AUC vs K, training loss); PNG at ``path``."""
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    try:
+    with png_figure(path, (5, 3.5)) as ax:
         for name, ys in series.items():
             if len(ys) != len(xs):
                 raise ValueError(f"plot_curve: series {name!r} has {len(ys)} points but xs has {len(xs)}")
@@ -190,10 +199,6 @@ def plot_curve(
         ax.set_ylabel(ylabel)
         if len(series) > 1:
             ax.legend()
-        fig.tight_layout()
-        fig.savefig(path, format="png", dpi=120)
-    finally:
-        plt.close(fig)
 
 
 def plot_sweep(
@@ -211,8 +216,7 @@ def plot_sweep(
     hi = [float(c[1]) if c[1] is not None else a for a, c in zip(auc, ci)]
     if len(xs) != len(rows):
         raise ValueError(f"plot_sweep: {len(rows)} rows for {len(xs)} x values")
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    try:
+    with png_figure(path, (5, 3.5)) as ax:
         ax.fill_between(
             list(xs),
             lo,
@@ -228,10 +232,6 @@ def plot_sweep(
         ax.set_xlabel(xlabel)
         ax.set_ylabel("AUC")
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(path, format="png", dpi=120)
-    finally:
-        plt.close(fig)
 
 
 def write_report(

@@ -27,6 +27,7 @@ import pyarrow as pa
 from ..artifacts import Artifact, ArtifactStore
 from ..config import RunConfig
 from ..runtime import seed_everything, setup_logging, use_ray_config
+from ..stages import score_stage
 from .common import eval_samples, train_interactions
 
 COMMON_SECTIONS = ("method", "name", "seed", "artifacts_dir", "output_dir", "data", "llm", "lora", "eval", "ray")
@@ -88,6 +89,24 @@ class MethodPipeline(ABC):
     def train_interactions(self) -> pa.Table:
         """The interactions before the first valid/test sample (what baselines may count)."""
         return train_interactions(self.arts["dataset"].read_table("interactions"), self.samples())
+
+    def score_prompts(
+        self, samples: pa.Table, prompts: pa.Array, adapter: Artifact | None, cfg: RunConfig, name: str
+    ) -> Artifact:
+        """The ``name`` scores artifact of ``predict``: P(yes) of each sample's prompt under ``cfg.llm`` and
+        ``adapter``, keyed by ``sample_id``."""
+        rows = pa.table({"sample_id": samples.column("sample_id"), "prompt": prompts})
+        return score_stage(
+            self.store,
+            name,
+            rows,
+            key="sample_id",
+            prompt="prompt",
+            llm_cfg=cfg.llm,
+            adapter=adapter,
+            block_size=cfg.llm.batch_size * 8,
+            inputs=[self.arts["samples"]],
+        )
 
     def run_fusion(self, preds: pa.Table, llm_name: str) -> RunFusion:
         """``eval.fusion: true`` in ``ragrec run``: fit the fusion on the validation split, apply it to

@@ -272,12 +272,11 @@ def plot_learning_curve(
 ) -> None:
     """AUC against N (log x axis) with the user-clustered 95% interval as error bars, one line per grid
     setting, and dashed horizontal lines for ``baselines`` (zero-shot, item+user); PNG at ``path``."""
-    from ..evaluation.report import plt
+    from ..evaluation.report import png_figure
 
     pts = [r for r in rows if r["n_train"] > 0]
     settings = list(dict.fromkeys(r.get("setting") or "" for r in pts))
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    try:
+    with png_figure(path, (5.5, 3.8)) as ax:
         for i, setting in enumerate(settings):
             line = sorted((r for r in pts if (r.get("setting") or "") == setting), key=lambda r: r["n_train"])
             dodge = 1.04 ** (i - (len(settings) - 1) / 2)  # side by side on the log axis: bars stay readable
@@ -297,7 +296,3 @@ def plot_learning_curve(
         ax.set_xlabel("training samples N (log scale)")
         ax.set_ylabel("AUC (95% CI, users)")
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(path, format="png", dpi=120)
-    finally:
-        plt.close(fig)

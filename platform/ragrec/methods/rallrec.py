@@ -20,8 +20,9 @@ from ..artifacts import Artifact, ArtifactStore
 from ..config import RunConfig
 from ..llm.prompts_ctr import prompts_for
 from ..retrieval.context import ItemViews, with_context
-from ..stages import embed_stage, generate_stage, score_stage, to_numpy
+from ..stages import embed_stage, generate_stage, to_numpy
 from ..stages.data import dataset_stage, read_users, samples_stage
+from ..stages.lora import lora_stage
 from .base import MethodPipeline, RunFusion
 from .common import cut_timestamp, preds_row, train_interactions, train_subset
 
@@ -189,42 +190,8 @@ def training_examples(
 
 
 # ---------------------------------------------------------------------------------------------------
-# steps 8-9: LoRA instruction tuning and prediction
+# the composition: steps 1-7 upstream, 8 (stages.lora) and 9 (prediction)
 # ---------------------------------------------------------------------------------------------------
-LORA_CHECKPOINT_STEPS = 200
-"""The lora stage checkpoints every this many optimizer steps (and after every epoch but the last);
-``RAGREC_LORA_CHECKPOINT_STEPS`` overrides, 0 = epoch ends only."""
-
-
-def lora_stage(store: ArtifactStore, cfg: RunConfig, examples_art: Artifact) -> Artifact:
-    """LoRA tuning under Ray Train. Resumable: the Ray run's storage is ``train/`` inside the artifact's
-    ``<key>.partial/`` folder, so a killed run, rerun, continues from its latest checkpoint (every
-    :data:`LORA_CHECKPOINT_STEPS` optimizer steps and every epoch end); removed once the adapter is written."""
-    import os
-    import shutil
-
-    from ..training.lora import train_lora
-    from ..training.ray_train import TrainOptions
-
-    def compute(art: Artifact):
-        storage = art.staging / "train"
-        steps = int(os.environ.get("RAGREC_LORA_CHECKPOINT_STEPS", LORA_CHECKPOINT_STEPS)) or None
-        res = train_lora(
-            examples_art.read_table(),
-            cfg.llm.model,
-            cfg.lora,
-            opts=TrainOptions.from_config(cfg, out_dir=str(art.staging / "adapter"), storage_path=str(storage)),
-            load_in_8bit=cfg.llm.load_in_8bit,
-            checkpoint_steps=steps,
-        )
-        art.write_json(res.history, "history")
-        shutil.rmtree(storage, ignore_errors=True)  # the optimizer states are not part of the artifact
-        return {"rows": examples_art.manifest()["rows"]}
-
-    spec = {"lora": cfg.lora.model_dump(), "model": cfg.llm.model, "seed": cfg.seed}
-    return store.run("lora", spec, [examples_art], compute)
-
-
 class Pipeline(MethodPipeline):
     """The RALLRec artifacts of one config; variants and sweep points reuse its upstream stages."""
 
@@ -283,18 +250,7 @@ class Pipeline(MethodPipeline):
         samples = with_context(self.eval_samples(split_name), self.views, cfg.retrieval)
         inter = a["dataset"].read_table("interactions") if cfg.prompt.stats else None
         prompts = prompts_for(samples, a["dataset"].read_table("items"), read_users(a["dataset"]), cfg, inter)
-        rows = pa.table({"sample_id": samples.column("sample_id"), "prompt": prompts})
-        art = score_stage(
-            self.store,
-            name,
-            rows,
-            key="sample_id",
-            prompt="prompt",
-            llm_cfg=cfg.llm,
-            adapter=adapter,
-            block_size=cfg.llm.batch_size * 8,
-            inputs=[a["samples"]],
-        )
+        art = self.score_prompts(samples, prompts, adapter, cfg, name)
         probs = art.read_table().column("prob")
         return samples.drop_columns(
             [c for c in ("history_item_ids", "history_ratings") if c in samples.column_names]

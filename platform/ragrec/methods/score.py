@@ -26,11 +26,11 @@ import pyarrow.compute as pc
 
 from ..artifacts import Artifact, ArtifactStore
 from ..config import RunConfig
-from ..stages import generate_stage, score_stage
+from ..stages import generate_stage
 from ..stages.data import dataset_stage, samples_stage
+from ..stages.lora import lora_stage
 from .base import MethodPipeline
 from .common import split, train_interactions, train_subset
-from .rallrec import lora_stage
 
 log = logging.getLogger("ragrec.score")
 
@@ -160,21 +160,28 @@ def rationale_pairs(samples: pa.Table, n: int, seed: int, valid: np.ndarray) -> 
     return train
 
 
-def rationales_stage(
-    store: ArtifactStore, cfg: RunConfig, ds_art: Artifact, samples_art: Artifact, docs_art: Artifact
-) -> Artifact:
-    """Step 3: the LLM's self-assessment ``r_t = LLM(P^r(d(H(u_t)), d(v_t)))`` for sampled training pairs."""
-    from ..llm.prompts_score import history_documents, rationale_prompts
+def _own_history(samples: pa.Table, items: pa.Table, cfg: RunConfig) -> pa.Array:
+    """Each sample's own liked history as a title list, with ``cfg.user_text``'s limits (d(H(u_t)))."""
+    from ..llm.prompts_score import history_documents
 
-    items = ds_art.read_table("items")
-    pairs = rationale_pairs(samples_art.read_table("samples"), cfg.rationale.pairs, cfg.seed, _valid_users(docs_art))
-    hist = history_documents(
-        pairs,
+    return history_documents(
+        samples,
         items,
         max_items=cfg.user_text.max_items,
         label_threshold=cfg.data.label_threshold,
         max_title_chars=cfg.user_text.max_title_chars,
     )
+
+
+def rationales_stage(
+    store: ArtifactStore, cfg: RunConfig, ds_art: Artifact, samples_art: Artifact, docs_art: Artifact
+) -> Artifact:
+    """Step 3: the LLM's self-assessment ``r_t = LLM(P^r(d(H(u_t)), d(v_t)))`` for sampled training pairs."""
+    from ..llm.prompts_score import rationale_prompts
+
+    items = ds_art.read_table("items")
+    pairs = rationale_pairs(samples_art.read_table("samples"), cfg.rationale.pairs, cfg.seed, _valid_users(docs_art))
+    hist = _own_history(pairs, items, cfg)
     prompts = rationale_prompts(pairs, hist, items, cfg.rationale.template, cfg.user_text.max_title_chars)
     rows = pa.table({"sample_id": pairs.column("sample_id"), "prompt": pa.array(prompts, pa.string())})
     r = cfg.rationale
@@ -208,7 +215,7 @@ def sare_stage(
     rat_art: Artifact,
 ) -> Artifact:
     """Steps 4-5: rank the Ke CAR-retrieved users by cos(TxtEmb(r_t), TxtEmb(d(H(u_i)))) and tune SARE on it."""
-    from ..llm.prompts_score import basic_prompts, history_documents
+    from ..llm.prompts_score import basic_prompts
     from ..retrieval.users import rank_by_rationale
     from ..training.car import encode_users
     from ..training.ray_train import TrainOptions
@@ -227,13 +234,7 @@ def sare_stage(
         order = rank_by_rationale(r_emb, txt_users[cand])  # (P, Ke) positions, best first
         ranked = np.take_along_axis(cand, order, axis=1)
         items = ds_art.read_table("items")
-        hist = history_documents(
-            pairs,
-            items,
-            max_items=cfg.user_text.max_items,
-            label_threshold=cfg.data.label_threshold,
-            max_title_chars=cfg.user_text.max_title_chars,
-        )
+        hist = _own_history(pairs, items, cfg)
         queries = basic_prompts(pairs, hist, items, cfg.user_text.max_title_chars).to_pylist()
         res = train_sare(
             queries,
@@ -366,15 +367,7 @@ class Pipeline(MethodPipeline):
         return self.store.run("ci_contexts", spec, [x for x in inputs if x is not None], compute)
 
     def _history(self, samples: pa.Table, cfg: RunConfig) -> pa.Array:
-        from ..llm.prompts_score import history_documents
-
-        return history_documents(
-            samples,
-            self.items,
-            max_items=cfg.user_text.max_items,
-            label_threshold=cfg.data.label_threshold,
-            max_title_chars=cfg.user_text.max_title_chars,
-        )
+        return _own_history(samples, self.items, cfg)
 
     def prompts(self, samples: pa.Table, cfg: RunConfig, name: str) -> pa.Array:
         """``P^s`` (``ci.ks > 0``) or ``P^b`` for each sample."""
@@ -430,18 +423,7 @@ class Pipeline(MethodPipeline):
         """Score the evaluation samples with ``cfg``'s prompts: (samples + ``prob``, scores artifact)."""
         cfg = cfg or self.cfg
         samples = self.eval_samples(split_name)
-        rows = pa.table({"sample_id": samples.column("sample_id"), "prompt": self.prompts(samples, cfg, split_name)})
-        art = score_stage(
-            self.store,
-            name,
-            rows,
-            key="sample_id",
-            prompt="prompt",
-            llm_cfg=cfg.llm,
-            adapter=adapter,
-            block_size=cfg.llm.batch_size * 8,
-            inputs=[self.arts["samples"]],
-        )
+        art = self.score_prompts(samples, self.prompts(samples, cfg, split_name), adapter, cfg, name)
         keep = [c for c in samples.column_names if not c.startswith("history_")]
         return samples.select(keep).append_column("prob", art.read_table().column("prob")), art
 

@@ -28,7 +28,8 @@ from pydantic import BaseModel, ConfigDict
 from pydantic import Field as PField
 from torch import nn
 
-from ragrec.data.errors import DataError
+from ragrec.data.dataset import check_dense
+from ragrec.data.errors import DataError, require_column
 
 Kind = Literal["id", "cat", "bucket", "bag"]
 
@@ -114,32 +115,16 @@ class FeatureSpec:
 
 
 def _check_dense(table: pa.Table, id_col: str, what: str) -> None:
-    if id_col not in table.schema.names:
-        raise DataError(
-            f"no '{id_col}' column (columns: {', '.join(table.schema.names)})",
-            file=f"{what} table",
-            field=id_col,
-            fix=f"pass the canonical {what} table (ragrec.data.load_dataset)",
-        )
-    ids = table.column(id_col).to_numpy()
-    if not np.array_equal(ids, np.arange(len(ids))):
-        raise DataError(
-            f"{id_col} is not 0..{len(ids) - 1} in row order",
-            file=f"{what} table",
-            field=id_col,
-            fix=f"sort the {what} table by dense id (row k must hold {id_col} k)",
-        )
+    require_column(
+        table, id_col, what, f"no '{id_col}' column", f"pass the canonical {what} table (ragrec.data.load_dataset)"
+    )
+    check_dense(table, id_col, what, fix=f"sort the {what} table by dense id (row k must hold {id_col} k)")
 
 
 def _column_spec(table: pa.Table, what: str, column: str, prefix: str, bins: dict[str, list[float]]) -> FieldSpec:
     """The field of one side-feature column; its kind follows the Arrow type."""
-    if column not in table.schema.names:
-        raise DataError(
-            f"unknown column '{column}' (columns: {', '.join(table.schema.names)})",
-            file=f"{what} table",
-            field=column,
-            fix=f"list only existing {what} columns in deepfm {prefix}_fields (or leave it None for the defaults)",
-        )
+    fix = f"list only existing {what} columns in deepfm {prefix}_fields (or leave it None for the defaults)"
+    require_column(table, column, what, f"unknown column '{column}'", fix)
     col = table.column(column)
     typ = col.type
     name = f"{prefix}_{column}"
@@ -241,13 +226,8 @@ def _index_in(values: pa.Array | pa.ChunkedArray, vocab: tuple) -> np.ndarray:
 
 def _encode_rows(table: pa.Table, f: FieldSpec, bag_len: int) -> np.ndarray:
     """Field ``f`` for every row of ``table``: (n,) int64, or (n, bag_len) for bags (0-padded)."""
-    if f.column not in table.schema.names:
-        raise DataError(
-            f"unknown column '{f.column}' (columns: {', '.join(table.schema.names)})",
-            file=f"{f.source} table",
-            field=f.column,
-            fix="pass the same users/items tables the DeepFM model was trained with",
-        )
+    fix = "pass the same users/items tables the DeepFM model was trained with"
+    require_column(table, f.column, f.source, f"unknown column '{f.column}'", fix)
     col = table.column(f.column)
     if f.kind == "cat":
         return _index_in(col, f.vocab)
@@ -269,13 +249,7 @@ def _encode_rows(table: pa.Table, f: FieldSpec, bag_len: int) -> np.ndarray:
 
 
 def _ids(samples: pa.Table, col: str, n: int, what: str) -> np.ndarray:
-    if col not in samples.schema.names:
-        raise DataError(
-            f"no '{col}' column (columns: {', '.join(samples.schema.names)})",
-            file="samples table",
-            field=col,
-            fix="pass a samples table (ragrec.data.rallrec_samples)",
-        )
+    require_column(samples, col, "samples", f"no '{col}' column", "pass a samples table (ragrec.data.rallrec_samples)")
     arr = samples.column(col)
     if not pa.types.is_integer(arr.type) or arr.null_count:
         raise DataError(

@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -26,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute
 
-from ..artifacts import Artifact
+from ..artifacts import Artifact, spec_fields
 from ..config import LLMConfig
 
 log = logging.getLogger("ragrec.stages")
@@ -168,6 +169,45 @@ def run_llm_stage(
         reused=sorted(done & {b[0] for b in blocks}),
         computed=[b[0] for b in todo],
     )
+
+
+def llm_table_compute(
+    name: str, rows: pa.Table, key: str, text: str, out: str, op: Op, llm_cfg: LLMConfig, block_size: int, **options
+) -> Callable[[Artifact], dict]:
+    """The ``compute`` that ``ArtifactStore.run`` calls for the generate, score and embed stages:
+    ``rows[text]`` through :func:`run_llm_stage` (``options``: its ``params``, ``adapter_path``, ``encoder``),
+    written as the table ``(key, out)``, with the block bookkeeping (:meth:`StageOutput.manifest`) in the
+    artifact manifest."""
+
+    def compute(art: Artifact) -> dict:
+        texts = rows.column(text).combine_chunks()
+        res = run_llm_stage(art, texts, op=op, llm_cfg=llm_cfg, block_size=block_size, desc=name, **options)
+        art.write_table(pa.table({key: rows.column(key), out: res.values}))
+        return res.manifest()
+
+    return compute
+
+
+def _engine_spec(llm_cfg: LLMConfig) -> dict:
+    """The parts of the LLM config that change outputs (not batch size, actors or devices).
+
+    ``dtype`` and ``load_in_8bit`` enter only when set away from their defaults, so that the keys of
+    artifacts computed before they were part of the spec stay valid.
+    """
+    fields = ("model", "max_prompt_tokens", "dtype", "load_in_8bit")
+    return spec_fields(llm_cfg, fields, late=("dtype", "load_in_8bit"))
+
+
+def _digest(col: pa.ChunkedArray | pa.Array) -> str:
+    """A short content hash of a text column (its Arrow buffers), for the cache spec of a stage."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for chunk in col.chunks if isinstance(col, pa.ChunkedArray) else [col]:
+        for buf in chunk.buffers():
+            if buf is not None:
+                h.update(memoryview(buf))
+    return h.hexdigest()[:16]
 
 
 def _block_tables(texts: pa.Array, todo: list[tuple[int, int, int]]) -> list[pa.Table]:

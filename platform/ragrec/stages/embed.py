@@ -13,8 +13,7 @@ import pyarrow as pa
 
 from ..artifacts import Artifact, ArtifactStore
 from ..config import LLMConfig
-from .base import run_llm_stage
-from .generate import _digest, _engine_spec
+from .base import _digest, _engine_spec, llm_table_compute
 
 VERSION = "1"
 
@@ -41,21 +40,10 @@ def embed_stage(
         "n": rows.num_rows,
         "texts": _digest(rows.column(text)),
     }
-
-    def compute(art: Artifact):
-        out = run_llm_stage(
-            art,
-            rows.column(text).combine_chunks(),
-            op="embed",
-            llm_cfg=llm_cfg,
-            params={"pooling": pooling, "max_tokens": max_tokens},
-            block_size=block_size,
-            encoder=encoder,
-            desc=name,
-        )
-        art.write_table(pa.table({key: rows.column(key), "embedding": out.values}))
-        return out.manifest()
-
+    params = {"pooling": pooling, "max_tokens": max_tokens}
+    compute = llm_table_compute(
+        name, rows, key, text, "embedding", "embed", llm_cfg, block_size, params=params, encoder=encoder
+    )
     return store.run(name, spec, inputs, compute, version=VERSION)
 
 

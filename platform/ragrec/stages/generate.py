@@ -6,9 +6,9 @@ from collections.abc import Iterable
 
 import pyarrow as pa
 
-from ..artifacts import Artifact, ArtifactStore, spec_fields
+from ..artifacts import Artifact, ArtifactStore
 from ..config import LLMConfig
-from .base import run_llm_stage
+from .base import _digest, _engine_spec, llm_table_compute
 
 VERSION = "1"
 
@@ -37,39 +37,5 @@ def generate_stage(
         "n": rows.num_rows,
         "prompts": _digest(rows.column(prompt)),
     }
-
-    def compute(art: Artifact):
-        out = run_llm_stage(
-            art,
-            rows.column(prompt).combine_chunks(),
-            op="generate",
-            llm_cfg=llm_cfg,
-            params=sampling,
-            block_size=block_size,
-            desc=name,
-        )
-        art.write_table(pa.table({key: rows.column(key), "text": out.values}))
-        return out.manifest()
-
+    compute = llm_table_compute(name, rows, key, prompt, "text", "generate", llm_cfg, block_size, params=sampling)
     return store.run(name, spec, inputs, compute, version=VERSION)
-
-
-def _engine_spec(llm_cfg: LLMConfig) -> dict:
-    """The parts of the LLM config that change outputs (not batch size, actors or devices).
-
-    ``dtype`` and ``load_in_8bit`` enter only when set away from their defaults, so that the keys of
-    artifacts computed before they were part of the spec stay valid.
-    """
-    fields = ("model", "max_prompt_tokens", "dtype", "load_in_8bit")
-    return spec_fields(llm_cfg, fields, late=("dtype", "load_in_8bit"))
-
-
-def _digest(col: pa.ChunkedArray | pa.Array) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for chunk in col.chunks if isinstance(col, pa.ChunkedArray) else [col]:
-        for buf in chunk.buffers():
-            if buf is not None:
-                h.update(memoryview(buf))
-    return h.hexdigest()[:16]

@@ -8,8 +8,7 @@ import pyarrow as pa
 
 from ..artifacts import Artifact, ArtifactStore
 from ..config import LLMConfig
-from .base import run_llm_stage
-from .generate import _digest, _engine_spec
+from .base import _digest, _engine_spec, llm_table_compute
 
 VERSION = "1"
 
@@ -34,18 +33,7 @@ def score_stage(
         "prompts": _digest(rows.column(prompt)),
     }
     adapter_path = str(adapter.path / "adapter") if adapter is not None else None
-
-    def compute(art: Artifact):
-        out = run_llm_stage(
-            art,
-            rows.column(prompt).combine_chunks(),
-            op="score",
-            llm_cfg=llm_cfg,
-            block_size=block_size,
-            adapter_path=adapter_path,
-            desc=name,
-        )
-        art.write_table(pa.table({key: rows.column(key), "prob": out.values}))
-        return out.manifest()
-
+    compute = llm_table_compute(
+        name, rows, key, prompt, "prob", "score", llm_cfg, block_size, adapter_path=adapter_path
+    )
     return store.run(name, spec, list(inputs) + ([adapter] if adapter else []), compute, version=VERSION)

@@ -112,10 +112,7 @@ def train_loop(config: dict) -> list[dict]:
     docs: list[str] = list(config["docs"])
     neighbours = np.asarray(config["neighbours"], dtype=np.int64)
     anchors = np.asarray(config["anchors"], dtype=np.int64)
-    seed = int(config.get("seed", 0))
-    rank, world = rt.world_rank(), rt.world_size()
-    torch.manual_seed(seed)
-    dev = rt.torch_device()
+    seed, rank, world, dev = rt.worker_setup(config)
 
     st = load_sentence_transformer(cfg.encoder, device="cpu", max_tokens=cfg.max_tokens)
     model = rt.prepare_model(st, dev)

@@ -48,10 +48,7 @@ def train_loop(config: dict) -> list[dict]:
     """
     cfg = LightGCNConfig.model_validate(config["cfg"])
     num_users, num_items = int(config["num_users"]), int(config["num_items"])
-    seed = int(config.get("seed", 0))
-    rank, world = rt.world_rank(), rt.world_size()
-    torch.manual_seed(seed)  # same init on every rank (DDP also broadcasts rank 0's weights)
-    dev = rt.torch_device()
+    seed, rank, world, dev = rt.worker_setup(config)  # same init on every rank (DDP also broadcasts rank 0's weights)
 
     users = torch.as_tensor(config["user_ids"], dtype=torch.long, device=dev)
     items = torch.as_tensor(config["item_ids"], dtype=torch.long, device=dev)

@@ -10,7 +10,8 @@ Each ``train_*`` entry point takes a :class:`TrainOptions` (where and how to run
 checkpoints, the final outputs) and define only what one epoch does. They use the helpers below, which do
 the right thing in both cases:
 
-* :func:`in_train_worker`, :func:`world_rank`, :func:`world_size`, :func:`torch_device`
+* :func:`in_train_worker`, :func:`world_rank`, :func:`world_size`, :func:`torch_device`, and
+  :func:`worker_setup` (all of them at the top of a loop, with the seed)
 * :func:`prepare_model` (DDP under Ray) and :func:`epoch_batches` (the rank's shard of a shuffled
   epoch as index tensors: what ``prepare_data_loader``'s DistributedSampler does, without a
   per-sample ``__getitem__``/collate for in-memory tensors)
@@ -97,6 +98,14 @@ def torch_device(preferred: str = "auto"):
         threads = int(os.environ.get("RAGREC_TORCH_THREADS") or 0) or max(1, (os.cpu_count() or 1) // world_size())
         torch.set_num_threads(threads)
     return dev
+
+
+def worker_setup(config: dict) -> tuple[int, int, int, torch.device]:
+    """The start of a ``train_loop``: seeds torch's global RNG with ``config["seed"]`` (default 0; the same on
+    every rank) and returns ``(seed, rank, world size, device)`` of this worker."""
+    seed = int(config.get("seed", 0))
+    torch.manual_seed(seed)
+    return seed, world_rank(), world_size(), torch_device()
 
 
 def progress_disabled() -> bool:

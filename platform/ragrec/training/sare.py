@@ -119,10 +119,8 @@ def train_loop(config: dict) -> list[dict]:
     docs: list[str] = list(config["docs"])
     offsets = np.asarray(config["offsets"], dtype=np.int64)
     lengths = np.asarray(config["lengths"], dtype=np.int64)
-    seed = int(config.get("seed", 0))
-    rank, world = rt.world_rank(), rt.world_size()
-    torch.manual_seed(seed)  # dropout; the new head's init is seeded too: the same on every rank
-    dev = rt.torch_device()
+    # the seed drives dropout; the new head's init is seeded too: the same on every rank
+    seed, rank, world, dev = rt.worker_setup(config)
 
     tokenizer, net = load_cross_encoder(cfg.model, seed=seed)
     model = rt.prepare_model(net, dev)

@@ -77,10 +77,7 @@ def train_loop(config: dict) -> list[dict]:
     """
     cfg = SASRecConfig.model_validate(config["cfg"])
     num_users, num_items = int(config["num_users"]), int(config["num_items"])
-    seed = int(config.get("seed", 0))
-    rank, world = rt.world_rank(), rt.world_size()
-    torch.manual_seed(seed)  # same init on every rank (DDP also broadcasts rank 0's weights)
-    dev = rt.torch_device()
+    seed, rank, world, dev = rt.worker_setup(config)  # same init on every rank (DDP also broadcasts rank 0's weights)
     L = cfg.max_len
 
     # (U, L + 2): the last column is the held-out item, columns [:-1] the fitting sequence

@@ -274,14 +274,17 @@ def test_curve_only_evaluation_reports_ordered_points_and_cached_points_keep_the
         assert p["examples"] == 3 * p["n_train"] and p["train_seconds"] >= SLEEP
         assert p["delta"] == pytest.approx(p["auc"] - pts[0]["auc"], abs=1e-9)  # paired against zero-shot
     assert pts[4]["auc"] > pts[0]["auc"]
-    assert metrics["learning_curve"]["baselines"] == {
-        "zero-shot (N=0)": zs["auc"],
-        "item_user_logit": next(r["auc"] for r in metrics["rows"] if r["key"] == "item_user_logit"),
-    }
+    base_auc = next(r["auc"] for r in metrics["rows"] if r["key"] == "item_user_logit")
+    assert metrics["learning_curve"]["baselines"] == {"zero-shot (N=0)": zs["auc"], "item_user_logit": base_auc}
+    for p in pts:  # every point, zero-shot included, paired against the item+user row on the same samples
+        assert p["delta_base"] == pytest.approx(p["auc"] - base_auc, abs=1e-9)
+        assert p["delta_base_ulo"] <= p["delta_base"] <= p["delta_base_uhi"]
 
     # outputs: the report section, the plot, one prediction column per point
     report = (out / "report.md").read_text()
     assert "## Learning curve" in report and "| N | setting |" in report and "lora.lr=0.002" in report
+    assert "| ΔAUC vs zero-shot [95% CI, users] | ΔAUC vs item+user [95% CI, users] |" in report
+    assert "against the item+user baseline (`item_user_logit`" in report
     assert (out / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
     import pyarrow.parquet as pq
 
@@ -332,6 +335,82 @@ def test_plot_and_table_with_one_line_per_setting(tmp_path):
     assert len(table) == 2 + len(rows) and "setting" in table[0]
     assert table[2].startswith("| 0 | — | 0.6000") and "| — | — | 30 s | 30 s |" in table[2]
     assert "+0.1000 [+0.0100, +0.2000] *" in table[4] and "10.7 min" in table[4]  # 640 s of training
+
+
+def _curve_row(n, **delta):
+    return {
+        "n_train": n,
+        "setting": "",
+        "auc": 0.7,
+        "auc_lo": 0.68,
+        "auc_hi": 0.72,
+        "auc_ulo": 0.66,
+        "auc_uhi": 0.74,
+        "uauc": 0.6,
+        "examples": 3 * n or None,
+        "train_seconds": 5.0 if n else 0.0,
+        "score_seconds": 1.0,
+        "seconds": 6.0 if n else 1.0,
+        **delta,
+    }
+
+
+def test_table_shows_the_delta_against_item_user_after_the_zero_shot_delta_with_its_star():
+    rows = [
+        _curve_row(0, delta_base=-0.05, delta_base_ulo=-0.08, delta_base_uhi=-0.02),  # below the baseline: *
+        _curve_row(
+            8, delta=0.03, delta_ulo=-0.01, delta_uhi=0.06, delta_base=0.01, delta_base_ulo=-0.02, delta_base_uhi=0.04
+        ),  # interval contains 0: no star
+        _curve_row(
+            64, delta=0.1, delta_ulo=0.05, delta_uhi=0.15, delta_base=0.04, delta_base_ulo=0.01, delta_base_uhi=0.07
+        ),  # above it: *
+        _curve_row(128, delta=0.1, delta_ulo=0.05, delta_uhi=0.15),  # a row without it
+    ]
+    table = lc.format_curve(rows).splitlines()
+    head = [c.strip() for c in table[0].strip("|").split("|")]
+    i = head.index("ΔAUC vs zero-shot [95% CI, users]")
+    assert head[i + 1] == "ΔAUC vs item+user [95% CI, users]" and head[i + 2] == "IT examples"
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in table[2:]]
+    assert all(len(c) == len(head) for c in cells)
+    assert [c[i] for c in cells] == ["—", "+0.0300 [-0.0100, +0.0600]", "+0.1000 [+0.0500, +0.1500] *"] + [
+        "+0.1000 [+0.0500, +0.1500] *"
+    ]
+    assert [c[i + 1] for c in cells] == [
+        "-0.0500 [-0.0800, -0.0200] *",
+        "+0.0100 [-0.0200, +0.0400]",
+        "+0.0400 [+0.0100, +0.0700] *",
+        "—",
+    ]
+
+
+def test_every_point_gets_a_user_clustered_paired_delta_against_the_baseline(tmp_path):
+    from ragrec.evaluation.metrics import bootstrap_delta_ci
+    from ragrec.methods.evaluation import Scored
+
+    rng = np.random.default_rng(3)
+    users = np.repeat(np.arange(12), 10)
+    y = np.tile([0, 1], 60)
+    base = np.clip(0.5 + 0.15 * (y - 0.5) + rng.normal(0, 0.2, len(y)), 0.01, 0.99)  # a weak baseline
+    test = pa.table({"user_id": users, "label": y, "sample_id": np.arange(len(y))})
+    cfg = load_config(None, ["eval.bootstrap=200", "seed=7", "eval.learning_curve=[8, 64]"])
+    curve = lc.LearningCurve(cfg, ArtifactStore(tmp_path), test, base)
+    zs = curve.add(lc.CurvePoint(0), Scored("zero_shot", "zero-shot", "", base.copy()))  # the baseline itself
+    assert zs["delta_base"] == 0 and zs["delta_base_ulo"] <= 0 <= zs["delta_base_uhi"]
+    assert zs.get("delta") is None  # zero-shot is its own reference
+    perfect = curve.add(lc.CurvePoint(64), Scored("p", "N=64", "", y * 0.8 + 0.1))
+    assert perfect["delta_base"] > 0 and perfect["delta_base_ulo"] > 0  # the interval excludes 0
+    # exactly the user-clustered paired bootstrap of the config: n = eval.bootstrap, seed = cfg.seed, groups = users
+    d, lo, hi = bootstrap_delta_ci(y, y * 0.8 + 0.1, base, n=200, seed=7, groups=users)
+    assert (perfect["delta_base"], perfect["delta_base_ulo"], perfect["delta_base_uhi"]) == (d, lo, hi)
+    assert (lo, hi) != bootstrap_delta_ci(y, y * 0.8 + 0.1, base, n=200, seed=7)[1:]  # not the per-sample one
+    table = lc.format_curve(list(curve.rows.values())).splitlines()
+    assert table[2].count("+0.0000 [+0.0000, +0.0000]") == 1 and table[3].count(" *") == 2
+    extra = curve.report({})[2]["learning_curve"]["points"]
+    assert [p["delta_base"] for p in extra] == [0, d]  # the metrics.json points carry it
+    without = lc.LearningCurve(cfg, ArtifactStore(tmp_path), test).add(lc.CurvePoint(8), Scored("x", "N=8", "", base))
+    assert "delta_base" not in without and lc.format_curve([without]).count("—") >= 1
+    with pytest.raises(ValueError, match="baseline has 3 probabilities for 120 test samples"):
+        lc.LearningCurve(cfg, ArtifactStore(tmp_path), test, base[:3])
 
 
 def test_a_resumed_stage_records_the_time_of_every_attempt(tmp_path):

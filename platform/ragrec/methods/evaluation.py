@@ -322,6 +322,7 @@ class Evaluation:
         self.fusion_rows: list[dict] = []
         self.fusion_error: str | None = None
         self.curve = None  # LearningCurve once the curve runs
+        self._trivial: dict[str, np.ndarray] | None = None  # trivial_baselines on the test samples, once
 
     # ---- scoring ---------------------------------------------------------------------------------
     def _scored(self, name: str, label: str, table: str, vcfg: RunConfig, adapter, examples: bool = True) -> Scored:
@@ -401,7 +402,7 @@ class Evaluation:
 
     # ---- the whole evaluation ------------------------------------------------------------------------
     def run(self) -> RunResult:
-        from .learning_curve import LearningCurve, curve_on, fusion_on, sweeps_on
+        from .learning_curve import BASELINE, LearningCurve, curve_on, fusion_on, sweeps_on
 
         cfg, spec = self.cfg, self.spec
         self.pipe.upstream(self.full_config)
@@ -429,7 +430,7 @@ class Evaluation:
                 self.points[sweep.key][x] = self.run_point(sweep.overrides(x), sweep.label.format(x))
                 self.write()
         if curve_on(cfg):
-            self.curve = LearningCurve(cfg, self.pipe.store, self.test)
+            self.curve = LearningCurve(cfg, self.pipe.store, self.test, self.trivial()[BASELINE])
             zero_shot = spec.variants["zero_shot"]
             self.curve.run(self.scored, lambda: self.run_variant(zero_shot), self.curve_point, self.write)
         return RunResult(self.out_dir, self.write(final=True), dict(self.pipe.arts))
@@ -439,14 +440,21 @@ class Evaluation:
         labels, users = self.test.column("label").to_numpy(), self.test.column("user_id").to_numpy()
         return variant_row(s.label, labels, s.probs, ref, self.cfg, examples=s.examples, user_ids=users, **kw)
 
-    def _rows(self) -> list[dict]:
+    def trivial(self) -> dict[str, np.ndarray]:
+        """The trivial baselines' P(yes) on the test samples (name -> probs), fitted on the training interactions
+        only (:func:`~ragrec.methods.common.train_interactions`); computed once."""
         from ..evaluation.baselines import trivial_baselines
 
+        if self._trivial is None:
+            a = self.pipe.arts
+            train = train_interactions(a["dataset"].read_table("interactions"), a["samples"].read_table("samples"))
+            self._trivial = trivial_baselines(train, self.test)
+        return self._trivial
+
+    def _rows(self) -> list[dict]:
         ref, group = self.scored.get(self.spec.reference), self.spec.row_group
         rows = [self._row(s, ref, group=group or s.table, key=s.name) for s in self.scored.values()]
-        a = self.pipe.arts
-        train = train_interactions(a["dataset"].read_table("interactions"), a["samples"].read_table("samples"))
-        for name, p in trivial_baselines(train, self.test).items():
+        for name, p in self.trivial().items():
             rows.append(self._row(Scored(name, name, "trivial", p), ref, group="trivial", key=name))
         return rows
 

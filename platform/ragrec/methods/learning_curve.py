@@ -9,6 +9,10 @@ test samples; the zero-shot variant is the point N = 0. The evaluations (``rallr
 ``score_evaluate``) supply how to score one point; this module orders the points, times them, builds the
 rows, the report section, the ``metrics.json`` block and ``learning_curve.png``.
 
+Every point (zero-shot included) carries two paired ΔAUCs on the same test samples, both with a user-clustered
+bootstrap interval: against zero-shot (``delta``) and against the item+user baseline ``item_user_logit``
+(``delta_base``, ``delta_base_ulo/uhi``): does the tuned LLM reach what user and item click rates give?
+
 Wall time: a point's seconds are read from the manifests of its artifacts (examples + lora = training,
 scores = scoring), which :meth:`~ragrec.artifacts.ArtifactStore.run` writes when it computes them
 (``seconds_total`` for a stage that resumed after an interruption). So a point reused from the cache
@@ -111,13 +115,30 @@ def point_seconds(store: ArtifactStore, keys: Mapping[str, str]) -> tuple[float,
     return train, score
 
 
-class LearningCurve:
-    """The curve's points of one evaluation: run in order, each row computed once when its point finishes."""
+def baseline_delta(labels: np.ndarray, probs: np.ndarray, base: np.ndarray, users: np.ndarray, cfg: RunConfig) -> dict:
+    """Paired ΔAUC of ``probs`` − ``base`` (the item+user baseline on the same samples) with the user-clustered
+    bootstrap interval (users resampled with all their samples; ``eval.bootstrap`` resamples, ``seed``):
+    ``delta_base``, ``delta_base_ulo``, ``delta_base_uhi``."""
+    from ..evaluation.metrics import bootstrap_delta_ci
 
-    def __init__(self, cfg: RunConfig, store: ArtifactStore, test: pa.Table):
+    d, lo, hi = bootstrap_delta_ci(labels, probs, base, n=cfg.eval.bootstrap, seed=cfg.seed, groups=users)
+    return {"delta_base": float(d), "delta_base_ulo": float(lo), "delta_base_uhi": float(hi)}
+
+
+class LearningCurve:
+    """The curve's points of one evaluation: run in order, each row computed once when its point finishes.
+
+    ``baseline``: P(yes) of the item+user baseline (``item_user_logit``, training interactions only) on the same
+    test samples, computed once by the evaluation; every row then gets its paired ΔAUC against it (none
+    without)."""
+
+    def __init__(self, cfg: RunConfig, store: ArtifactStore, test: pa.Table, baseline: np.ndarray | None = None):
         self.cfg, self.store = cfg, store
         self.labels = test.column("label").to_numpy()
         self.users = test.column("user_id").to_numpy()
+        if baseline is not None and len(baseline) != len(self.labels):
+            raise ValueError(f"baseline has {len(baseline)} probabilities for {len(self.labels)} test samples")
+        self.baseline = baseline
         self.points = curve_points(cfg)
         self.scored: dict[CurvePoint, Scored] = {}
         self.rows: dict[CurvePoint, dict] = {}
@@ -143,8 +164,10 @@ class LearningCurve:
             done()
 
     def add(self, point: CurvePoint, scored: Scored) -> dict:
-
         zs = self.scored.get(CurvePoint(0))
+        base = {}
+        if self.baseline is not None:
+            base = baseline_delta(self.labels, scored.probs, self.baseline, self.users, self.cfg)
         train, score = point_seconds(self.store, scored.keys)
         row = {
             "n_train": point.n,
@@ -161,6 +184,7 @@ class LearningCurve:
                 key=f"curve:{point.label}",
                 user_ids=self.users,
             ),
+            **base,
             "train_seconds": round(train, 3),
             "score_seconds": round(score, 3),
             "seconds": round(train + score, 3),
@@ -192,8 +216,11 @@ class LearningCurve:
             "mixed-view augmentation; IT examples = what the tuning actually saw)"
             + (f", crossed with {', '.join(f'`{k}`' for k in grid)}" if grid else "")
             + ", scored on the same test samples as every row above; N = 0 is the zero-shot variant. ΔAUC is "
-            "paired against zero-shot. Time = wall time of the point's training (examples + LoRA) and "
-            "scoring when it was computed.\n\n" + format_curve(rows)
+            "paired against zero-shot and, in the next column, against the item+user baseline "
+            f"(`{BASELINE}`, user and item click rates from the training interactions only: does the tuned LLM "
+            "reach it?), both on the same test samples with a user-clustered bootstrap interval (users resampled "
+            "with all their samples; `*` when it excludes 0). Time = wall time of the point's training (examples + "
+            "LoRA) and scoring when it was computed.\n\n" + format_curve(rows)
         )
         plots = {}
         if any(r["n_train"] > 0 for r in rows):
@@ -224,9 +251,18 @@ def duration(seconds: float) -> str:
     return f"{seconds / 3600:.2f} h"
 
 
+def _delta_cell(d: float | None, lo: float | None, hi: float | None) -> str:
+    """``+0.0123 [+0.0010, +0.0200] *`` (``*``: the interval excludes 0); ``—`` without a delta."""
+    if d is None:
+        return "—"
+    star = " *" if lo is not None and hi is not None and (lo > 0 or hi < 0) else ""
+    return f"{d:+.4f} {fmt_ci(lo, hi, '+.4f')}{star}"
+
+
 def format_curve(rows: Sequence[Mapping]) -> str:
     """Markdown table of the curve's rows: N, grid setting (when any), AUC with both intervals, UAUC, ΔAUC vs
-    zero-shot (user-clustered interval; ``*`` when it excludes 0), IT examples and the wall times."""
+    zero-shot and ΔAUC vs the item+user baseline (user-clustered intervals; ``*`` when one excludes 0; ``—``
+    for a row without it), IT examples and the wall times."""
     has_grid = any(r.get("setting") for r in rows)
     head = (
         ["N"]
@@ -236,6 +272,7 @@ def format_curve(rows: Sequence[Mapping]) -> str:
             "[95% CI, users]",
             "UAUC",
             "ΔAUC vs zero-shot [95% CI, users]",
+            "ΔAUC vs item+user [95% CI, users]",
             "IT examples",
             "training",
             "scoring",
@@ -250,13 +287,10 @@ def format_curve(rows: Sequence[Mapping]) -> str:
             fmt_ci(r.get("auc_ulo"), r.get("auc_uhi")),
             fmt_num(r.get("uauc")),
         ]
-        d = r.get("delta")
-        if d is None:
-            cells.append("—")
-        else:
-            lo, hi = r.get("delta_ulo", r.get("delta_lo")), r.get("delta_uhi", r.get("delta_hi"))
-            star = " *" if lo is not None and hi is not None and (lo > 0 or hi < 0) else ""
-            cells.append(f"{d:+.4f} {fmt_ci(lo, hi, '+.4f')}{star}")
+        cells.append(
+            _delta_cell(r.get("delta"), r.get("delta_ulo", r.get("delta_lo")), r.get("delta_uhi", r.get("delta_hi")))
+        )
+        cells.append(_delta_cell(r.get("delta_base"), r.get("delta_base_ulo"), r.get("delta_base_uhi")))
         cells.append("—" if r.get("examples") is None else f"{r['examples']:,}")
         cells += [
             duration(r["train_seconds"]) if r["n_train"] else "—",

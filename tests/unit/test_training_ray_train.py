@@ -74,6 +74,27 @@ def test_fit_resumes_from_last_checkpoint_after_a_worker_failure(ray_session, tm
     assert res["checkpoint_dir"] == str(tmp_path / "out")
 
 
+def test_fit_reports_are_not_held_back_by_the_controller_poll(ray_session, tmp_path, monkeypatch):
+    """Ten per-epoch reports: Ray's default 2 s controller poll holds each back (>= 20 s in all); the interval
+    fit() sets by default makes them fast, and a user's own setting is left alone."""
+
+    def reporting_loop(config: dict) -> float:
+        import time
+
+        t0 = time.perf_counter()
+        for epoch in range(10):
+            rt.report({"epoch": epoch})
+        return time.perf_counter() - t0
+
+    monkeypatch.delenv(rt.HEALTH_CHECK_ENV, raising=False)
+    res = rt.fit(reporting_loop, {}, num_workers=1, storage_path=str(tmp_path / "ray"), name="reports")
+    assert res["return_value"] < 10, f"ten reports took {res['return_value']:.1f} s: held back by a 2 s poll"
+    assert rt.os.environ[rt.HEALTH_CHECK_ENV] == rt.HEALTH_CHECK_INTERVAL_S
+    monkeypatch.setenv(rt.HEALTH_CHECK_ENV, "0.3")
+    rt.fit(reporting_loop, {}, num_workers=1, storage_path=str(tmp_path / "ray2"), name="reports2")
+    assert rt.os.environ[rt.HEALTH_CHECK_ENV] == "0.3"
+
+
 def _linear_loop(config: dict, stop_at: int | None = None) -> tuple[list[dict], torch.Tensor]:
     """A tiny regression trained through EpochLoop; returns the history and the final weights."""
     torch.manual_seed(config["seed"])

@@ -517,7 +517,14 @@ def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override '{item}': '{p}' is not a section")
-        node[parts[-1]] = _parse_scalar(value)
+        try:
+            node[parts[-1]] = _parse_scalar(value)
+        except yaml.YAMLError as e:
+            problem = getattr(e, "problem", None) or type(e).__name__
+            raise ConfigError(
+                f"override '{item}': the value is not valid YAML ({problem}); write a list as [1, 2], "
+                f"a mapping as {{a: 1}}, or quote a string: --set '{key.strip()}=\"...\"'"
+            ) from None
     return out
 
 

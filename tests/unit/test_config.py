@@ -47,6 +47,18 @@ def test_bad_value_and_bad_override(tmp_path):
         load_config(None, ["data.split=[0.5,0.5,0.5]"])
 
 
+@pytest.mark.parametrize("value", ["[1", "{a: 1", "'open", "a: b: c"])
+def test_an_override_that_is_not_yaml_is_a_config_error_naming_it(value, capsys):
+    from ragrec.cli import main
+
+    with pytest.raises(ConfigError, match=r"override 'retrieval\.k=.*': the value is not valid YAML.*quote"):
+        load_config(None, [f"retrieval.k={value}"])
+    # the CLI prints one line and exits 2, no traceback
+    assert main(["config", "show", str(REPO / "configs/rallrec_ml100k.yaml"), "--set", f"retrieval.k={value}"]) == 2
+    err = capsys.readouterr().err
+    assert "not valid YAML" in err and "Traceback" not in err
+
+
 def test_config_hash_is_stable_and_sensitive():
     a, b = RunConfig(), RunConfig()
     assert config_hash(a) == config_hash(b)

@@ -226,12 +226,18 @@ def _config(tmp_path, method):
     )
 
 
-@pytest.mark.parametrize("method", ["rallrec", "score"])
-def test_curve_only_evaluation_reports_ordered_points_and_cached_points_keep_their_time(tmp_path, monkeypatch, method):
+def _fake_pipeline(monkeypatch, method: str):
+    """The method's evaluation module, patched to run on the fake pipeline (no LLM, no Ray)."""
     from ragrec.methods import rallrec_evaluate, score_evaluate
 
     module = rallrec_evaluate if method == "rallrec" else score_evaluate
     monkeypatch.setattr(module, "Pipeline", FakeRALLRec if method == "rallrec" else FakeSCoRe)
+    return module
+
+
+@pytest.mark.parametrize("method", ["rallrec", "score"])
+def test_curve_only_evaluation_reports_ordered_points_and_cached_points_keep_their_time(tmp_path, monkeypatch, method):
+    module = _fake_pipeline(monkeypatch, method)
     _FakeBase.calls = []
     cfg = _config(tmp_path, method)
     curve_rows_at_write = []
@@ -455,10 +461,7 @@ def _eval_config(tmp_path, method, *sets):
 
 @pytest.mark.parametrize("method", ["rallrec", "score"])
 def test_the_engine_runs_a_methods_variants_and_sweeps_from_its_spec(tmp_path, monkeypatch, method):
-    from ragrec.methods import rallrec_evaluate, score_evaluate
-
-    module = rallrec_evaluate if method == "rallrec" else score_evaluate
-    monkeypatch.setattr(module, "Pipeline", FakeRALLRec if method == "rallrec" else FakeSCoRe)
+    module = _fake_pipeline(monkeypatch, method)
     k = load_config(None).retrieval.k
     sets = (
         [f"eval.k_sweep=[3, {k}]", "eval.alpha_sweep=[0.5]"]

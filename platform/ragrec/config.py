@@ -68,6 +68,26 @@ class TemporalConfig(_Strict):
         return v
 
 
+class RerankProtocolConfig(_Strict):
+    """The ``rerank`` protocol (UR4Rec / KAR / LibRerank): positives only (label 1), each user's positives in
+    time order cut 8:1:1 (``data.split``) per user; a sample is (user, the last ``history_len`` positives
+    before the target, ``num_candidates`` candidates = the target + negatives the user never interacted
+    with), in a seeded random order."""
+
+    history_len: int = Field(
+        10,
+        ge=1,
+        description="last L positives before the target (paper: 10 for DLCM/PRM/SetRank, 150 for GRU4Rec/SASRec)",
+    )
+    num_candidates: int = Field(100, ge=2, description="candidates per sample: the target + num_candidates-1 negatives")
+    negatives: Literal["uniform", "ranker"] = Field(
+        "uniform",
+        description="uniform: negatives sampled uniformly (seeded) from the items the user never interacted with; "
+        "ranker: the top unseen items of an initial ranker (LightGCN), i.e. hard negatives",
+    )
+    kcore: int = Field(0, ge=0, description="k-core filter on the positives: users and items keep >= k (0 = off)")
+
+
 class DataConfig(_Strict):
     """Which dataset to load and how to turn it into samples."""
 
@@ -76,10 +96,13 @@ class DataConfig(_Strict):
         None,
         description="Folder with the raw files. Default: $RAGREC_DATA_DIR/<name> (ml-100k, ml-1m).",
     )
-    protocol: Literal["rallrec", "temporal"] = Field(
-        "rallrec", description="rallrec: global 80/10/10 time split of all ratings; temporal: calendar windows"
+    protocol: Literal["rallrec", "temporal", "rerank"] = Field(
+        "rallrec",
+        description="rallrec: global 80/10/10 time split of all ratings; temporal: calendar windows; rerank: "
+        "per-user chronological split of positives, 100-candidate lists (UR4Rec)",
     )
     temporal: TemporalConfig = TemporalConfig()
+    rerank: RerankProtocolConfig = RerankProtocolConfig()
     min_history: int = Field(5, ge=1, description="Drop samples with fewer earlier ratings.")
     max_history: int | None = Field(
         None, description="Keep at most this many most recent history items per sample (None = all)."
@@ -312,6 +335,65 @@ class CIConfig(_Strict):
     ks: int = Field(2, ge=0, description="users whose liked items go into the prompt (0: no CI, TALLRec-style)")
 
 
+class UR4RecConfig(_Strict):
+    """UR4Rec: LLM-written user preferences s_u and item knowledge s_i, encoded by a frozen encoder, read by
+    a proxy transformer (the retriever) pretrained with L_CL + alpha * L_PIM."""
+
+    user_template: str = Field(
+        "Your task is to use some keywords to summarize the user's preference based on historical interactions. "
+        "Given a user whose history of watching movies over time is listed below: {history}. Please analyze the "
+        "user's preferences on movies about factors like genre, director, actors, time period, country, plot and "
+        "style. Please give an analysis that incorporates specific elements from the user's history.",
+        description="s_u prompt (paper Eq. 1); {history} = the user's training positives as '\"title\", a genre "
+        "movie, N stars' items",
+    )
+    item_template: str = Field(
+        'Your task is to craft a detailed overview of the movie "{title}" ({genre}), covering aspects such '
+        "as genre, director, actors, time period, country, plot and style.",
+        description="s_i prompt (paper Eq. 3); fields {title}, {genre}",
+    )
+    user_history_items: int = Field(10, ge=1, description="most recent training positives shown in the s_u prompt")
+    max_new_tokens: int = Field(64, ge=1, description="tokens generated per s_u / s_i (the paper's Llama2 wrote ~200)")
+    temperature: float = Field(0.0, ge=0, description="0 = greedy (reproducible)")
+    block_size: int = Field(64, ge=1, description="prompts per checkpointed generation block")
+    max_items: int | None = Field(
+        None, ge=1, description="write s_i for the first N items only; the others use their title and genres (tests)"
+    )
+    encoder: str = Field(
+        "minilm-l6", description="frozen text encoder of s_u / s_i, and the retriever's init (paper: BERT-base)"
+    )
+    aggr_items: int = Field(10, ge=0, description="m: history items whose s_i join e_u in e_aggr (Eq. 5)")
+    proxies: int = Field(
+        8, ge=1, description="K learnable proxies (paper: 8 for DLCM/PRM/SetRank, 16 for GRU4Rec/SASRec)"
+    )
+    layers: int = Field(2, ge=1, description="retriever blocks, initialised from the encoder's first layers")
+    alpha: float = Field(1.0, ge=0, description="L_pretrain = L_CL + alpha * L_PIM")
+    tau: float = Field(0.1, gt=0, description="InfoNCE temperature of L_CL")
+    cl_negatives: int = Field(10, ge=1, description="M random negatives per positive (L_CL and L_PIM)")
+    use_cl: bool = Field(True, description="False: the w/o CL ablation")
+    use_pim: bool = Field(True, description="False: the w/o PIM ablation")
+    epochs: int = Field(3, ge=1, description="pretraining epochs")
+    lr: float = Field(1e-4, gt=0)
+    batch_size: int = Field(32, ge=1)
+    max_train_samples: int | None = Field(None, description="pretrain on at most N training samples (seeded)")
+
+
+class RerankerConfig(_Strict):
+    """The reranking backbones trained on the ``rerank`` protocol (listwise softmax over the candidates)."""
+
+    backbones: list[Literal["dlcm", "prm", "setrank", "gru4rec", "sasrec"]] = Field(
+        ["dlcm", "prm", "setrank", "gru4rec", "sasrec"], description="backbones trained and evaluated"
+    )
+    dim: int = Field(64, ge=1, description="item embedding size")
+    heads: int = Field(2, ge=1)
+    layers: int = Field(2, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    epochs: int = Field(5, ge=1)
+    lr: float = Field(1e-3, gt=0, description="paper: 1e-4 for DLCM/PRM/SetRank, 1e-3 for GRU4Rec/SASRec")
+    batch_size: int = Field(32, ge=1)
+    max_train_samples: int | None = Field(None, description="train on at most N training samples (seeded)")
+
+
 EVAL_VARIANTS = ("zero_shot", "recent", "rella", "hybrid", "concat", "concat_ssl", "rallrec", "no_aug", "deepfm")
 
 
@@ -453,7 +535,7 @@ class RayConfig(_Strict):
 
 
 class RunConfig(_Strict):
-    method: Literal["rallrec", "score"] = "rallrec"
+    method: Literal["rallrec", "score", "ur4rec"] = "rallrec"
     name: str = "run"
     seed: int = 42
     artifacts_dir: str = Field("artifacts", description="content-addressed cache (local path or s3://...)")
@@ -474,6 +556,9 @@ class RunConfig(_Strict):
     rationale: RationaleConfig = RationaleConfig()
     sare: SAREConfig = SAREConfig()
     ci: CIConfig = CIConfig()
+    # UR4Rec (method: ur4rec)
+    ur4rec: UR4RecConfig = UR4RecConfig()
+    reranker: RerankerConfig = RerankerConfig()
     eval: EvalConfig = EvalConfig()
     ray: RayConfig = RayConfig()
 

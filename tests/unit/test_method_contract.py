@@ -10,10 +10,10 @@ import yaml
 
 from ragrec.config import RunConfig, load_config
 from ragrec.methods import METHODS, MethodPipeline, get_method
-from ragrec.methods.base import COMMON_SECTIONS
+from ragrec.methods.base import COMMON_SECTIONS, RankingPipeline
 
 PKG = Path(__file__).resolve().parents[2] / "platform" / "ragrec"
-METHOD_MODULES = {"rallrec", "score", "rallrec_evaluate", "score_evaluate"}
+METHOD_MODULES = {"rallrec", "score", "ur4rec", "rallrec_evaluate", "score_evaluate"}
 
 
 def _imports(path: Path) -> list[tuple[str, list[str]]]:
@@ -66,7 +66,8 @@ def test_registry_covers_every_method_a_config_accepts_and_names_the_fix():
     accepted = set(RunConfig.model_fields["method"].annotation.__args__)
     assert accepted == set(METHODS)
     assert all(get_method(n).name == n for n in accepted)
-    with pytest.raises(ValueError, match=r"method 'ur5rec' is not registered; choose from \['rallrec', 'score'\]"):
+    names = r"\['rallrec', 'score', 'ur4rec'\]"
+    with pytest.raises(ValueError, match=rf"method 'ur5rec' is not registered; choose from {names}"):
         get_method("ur5rec")
 
 
@@ -82,6 +83,7 @@ def test_every_config_section_belongs_to_the_common_part_or_to_a_method():
     [
         ("configs/rallrec_ml100k.yaml", {"lightgcn", "retrieval", "prompt"}, {"car", "ci", "sare", "rationale"}),
         ("configs/score_ml100k.yaml", {"car", "ci", "sare", "sasrec"}, {"lightgcn", "projector", "retrieval"}),
+        ("configs/ur4rec_ml100k.yaml", {"ur4rec", "reranker"}, {"lightgcn", "car", "sasrec", "retrieval"}),
     ],
 )
 def test_config_show_prints_only_the_methods_sections(config, own, foreign):
@@ -106,7 +108,11 @@ def test_every_pipeline_implements_the_contract():
         cls = getattr(importlib.import_module(module), attr)
         assert issubclass(cls, MethodPipeline)
         assert not getattr(cls, "__abstractmethods__", None), f"{m.name}: {cls.__abstractmethods__}"
-        assert "lora" in cls.loss_stages
+        assert cls.task in ("ctr", "rerank")
+        if cls.task == "ctr":  # a CTR method tunes an LLM; a ranking one scores candidate lists
+            assert "lora" in cls.loss_stages
+        else:
+            assert issubclass(cls, RankingPipeline)
 
 
 def test_pipeline_refuses_a_config_of_another_method():
@@ -144,6 +150,8 @@ def test_the_tune_objective_runs_any_registered_method_through_the_contract(monk
     calls = []
 
     class FakePipeline:
+        task = "ctr"
+
         def __init__(self, cfg, force=()):
             calls.append(("init", cfg.method))
 
@@ -164,3 +172,34 @@ def test_the_tune_objective_runs_any_registered_method_through_the_contract(monk
     out = evaluate_split(load_config("configs/score_ml100k.yaml"), "valid")
     assert calls == [("init", "score"), "upstream", ("predict", "adapter", "valid")]
     assert out["auc"] == pytest.approx(5 / 6) and out["n"] == 5 and out["split"] == "valid"
+
+
+def test_the_tune_objective_of_a_ranking_method_is_its_ranking_metrics(monkeypatch):
+    """A ranking pipeline's ``predict`` gives candidate lists; the objective is MAP@k / NDCG@k, not AUC."""
+    import numpy as np
+    import pyarrow as pa
+
+    from ragrec.methods import base, evaluate_split
+
+    class FakeRanking:
+        task = "rerank"
+
+        def __init__(self, cfg, force=()):
+            pass
+
+        def upstream(self, cfg=None):
+            pass
+
+        def adapter(self, cfg=None):
+            return None
+
+        def predict(self, adapter, cfg=None, split_name="test", name="scores"):
+            scores = pa.FixedSizeListArray.from_arrays(pa.array([0.9, 0.1, 0.2, 0.1, 0.5, 0.7], pa.float32()), 3)
+            # list 0: the target (index 0) ranks first; list 1: the target (index 1) ranks second
+            return pa.table({"scores": scores, "target_index": np.array([0, 1])}), None
+
+    monkeypatch.setattr(base, "_resolve", lambda path: FakeRanking)
+    out = evaluate_split(load_config("configs/ur4rec_ml100k.yaml"), "valid")
+    assert out["ndcg@1"] == pytest.approx(0.5) and out["map@1"] == pytest.approx(0.5)
+    assert out["ndcg@5"] == pytest.approx((1 + 1 / np.log2(3)) / 2) and out["map@5"] == pytest.approx(0.75)
+    assert out["n"] == 2 and out["split"] == "valid" and "auc" not in out

@@ -3,6 +3,7 @@
 * :func:`rallrec_samples` (ReLLa / RALLRec): every rating is a sample, global 80/10/10 time split.
 * :func:`temporal_samples` (CoLLM / SCoRe): the last calendar windows (months or days) are
   train / valid / test, or the user's own ``split`` column decides.
+* :func:`~ragrec.data.rerank.rerank_samples` (UR4Rec / KAR / LibRerank): candidate lists of positives.
 * :func:`build_samples` dispatches on ``data.protocol``.
 
 Everything is numpy-vectorised: one stable sort, per-user positions from a second stable sort, and
@@ -415,15 +416,34 @@ def temporal_samples(interactions: pa.Table, cfg: DataConfig) -> pa.Table:
 
 
 def build_samples(interactions: pa.Table, cfg) -> pa.Table:
-    """Samples of the protocol ``data.protocol`` (``rallrec`` | ``temporal``).
+    """Samples of the protocol ``data.protocol`` (``rallrec`` | ``temporal`` | ``rerank``).
+
+    ``rerank`` (:func:`~ragrec.data.rerank.rerank_samples`) is seeded with ``cfg.seed`` when ``cfg`` is a
+    RunConfig (0 for a bare DataConfig); its ``negatives: ranker`` lists need the method's initial ranker
+    and are built by the method, not here.
 
     Args:
         interactions: ``(n,)`` :data:`~ragrec.data.schemas.INTERACTIONS` table.
         cfg: a :class:`~ragrec.config.RunConfig` (uses ``cfg.data``) or a :class:`DataConfig`.
+
+    Raises:
+        DataError: an unknown protocol, ``rerank`` with ``negatives: ranker``, or any problem of the protocol.
     """
     data: DataConfig = getattr(cfg, "data", cfg)
     if data.protocol == "rallrec":
         return rallrec_samples(interactions, data)
     if data.protocol == "temporal":
         return temporal_samples(interactions, data)
-    raise DataError(f"unknown protocol '{data.protocol}'", field="data.protocol", fix="use rallrec or temporal")
+    if data.protocol == "rerank":
+        from .rerank import rerank_samples  # rerank imports this module's helpers
+
+        if data.rerank.negatives == "ranker":
+            raise DataError(
+                "negatives: ranker needs the scores of the method's initial ranker (e.g. LightGCN), which "
+                "build_samples does not have",
+                field="data.rerank.negatives",
+                fix="let the method build its samples with its initial ranker "
+                "(ragrec.data.rerank.rerank_samples(..., ranker_scores=)), or use data.rerank.negatives: uniform",
+            )
+        return rerank_samples(interactions, data, seed=getattr(cfg, "seed", 0))
+    raise DataError(f"unknown protocol '{data.protocol}'", field="data.protocol", fix="use rallrec, temporal or rerank")

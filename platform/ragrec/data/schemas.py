@@ -60,6 +60,21 @@ TEMPORAL_SAMPLES = pa.schema(
     list(SAMPLES) + [pa.field("history_labels", pa.list_(pa.int8()))]  # aligned with history_item_ids
 )
 
+# the ``rerank`` protocol (UR4Rec / KAR / LibRerank, :mod:`ragrec.data.rerank`): one row per positive target
+# with its candidate list; ``candidates`` always holds ``data.rerank.num_candidates`` distinct items
+RERANK_SAMPLES = pa.schema(
+    [
+        pa.field("sample_id", pa.int64(), nullable=False),
+        pa.field("user_id", pa.int64(), nullable=False),
+        pa.field("item_id", pa.int64(), nullable=False),  # the target (a positive of the user)
+        pa.field("timestamp", pa.int64(), nullable=False),  # of the target interaction
+        pa.field("history", pa.list_(pa.int64())),  # last history_len positives before the target, oldest first
+        pa.field("candidates", pa.list_(pa.int64())),  # the target + never-interacted negatives, length C
+        pa.field("target_index", pa.int32(), nullable=False),  # candidates[target_index] == item_id
+        pa.field("split", pa.string()),  # 'train' | 'valid' | 'test'
+    ]
+)
+
 SPLITS = ("train", "valid", "test")
 
 

@@ -170,6 +170,54 @@ def png_figure(path: str | os.PathLike, figsize: tuple[float, float]) -> Iterato
         plt.close(fig)
 
 
+RANK_KS = (1, 5, 10, 20)
+
+
+def format_ranking_rows(rows: Sequence[Mapping], ks: Sequence[int] = RANK_KS, ci_metric: str = "ndcg@5") -> str:
+    """Markdown table of ranking rows: ``name``, ``map@k`` / ``ndcg@k`` for ``ks``, ``n``; ``<ci_metric>_lo/_hi``
+    (user-level bootstrap interval) and ``delta, delta_lo, delta_hi, reference`` (paired user-level interval of
+    the row's ``ci_metric`` minus its reference row's) when the rows carry them; ``*`` = the interval excludes 0."""
+    head = ["variant", *[f"MAP@{k}" for k in ks]]
+    head += [f"NDCG@{k}" + (" [95% CI, users]" if f"ndcg@{k}" == ci_metric else "") for k in ks]
+    has_delta = any(r.get("delta") is not None for r in rows)
+    head += [f"Δ{ci_metric.upper()} vs reference [95% CI, users]"] if has_delta else []
+    head += ["n"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [str(r["name"]), *[fmt_num(r.get(f"map@{k}")) for k in ks]]
+        for k in ks:
+            m = f"ndcg@{k}"
+            ci = (
+                f" {fmt_ci(r.get(m + '_lo'), r.get(m + '_hi'))}"
+                if m == ci_metric and r.get(m + "_lo") is not None
+                else ""
+            )
+            cells.append(fmt_num(r.get(m)) + ci)
+        if has_delta:
+            d = r.get("delta")
+            if d is None:
+                cells.append("—")
+            else:
+                lo, hi = r["delta_lo"], r["delta_hi"]
+                star = " *" if lo > 0 or hi < 0 else ""
+                cells.append(f"{d:+.4f} {fmt_ci(lo, hi, '+.4f')}{star} vs {r['reference']}")
+        cells.append(str(r["n"]))
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def plot_ranking_bars(rows: Sequence[Mapping], path: str | os.PathLike, metric: str = "ndcg@5") -> None:
+    """Bar chart of ``metric`` per row with its user-level 95% interval (when the rows carry it); PNG at ``path``."""
+    names = [str(r["name"]) for r in rows]
+    vals = [float(r[metric]) for r in rows]
+    lo = [v - r[f"{metric}_lo"] if r.get(f"{metric}_lo") is not None else 0.0 for v, r in zip(vals, rows)]
+    hi = [r[f"{metric}_hi"] - v if r.get(f"{metric}_hi") is not None else 0.0 for v, r in zip(vals, rows)]
+    with png_figure(path, (max(4.0, 0.9 * len(rows) + 2), 3.5)) as ax:
+        ax.bar(range(len(rows)), vals, yerr=[lo, hi], capsize=4, color="tab:blue")
+        ax.set_xticks(range(len(rows)), names, rotation=30, ha="right")
+        ax.set_ylabel(metric.upper())
+
+
 def plot_auc_bars(rows: Sequence[Mapping], path: str | os.PathLike) -> None:
     """Bar chart of AUC per variant with 95% CI error bars (user-clustered when rows have it); PNG at ``path``."""
     names = [str(r["name"]) for r in rows]
@@ -246,6 +294,7 @@ def write_report(
     sections: Mapping[str, str] | None = None,
     reference: str | None = None,
     extra: Mapping | None = None,
+    table: str | None = None,
 ) -> Path:
     """Write ``report.md``, ``metrics.json`` and ``<name>.png`` for each plot into ``run_dir``.
 
@@ -261,20 +310,21 @@ def write_report(
         sections: extra ``heading -> markdown`` blocks printed after the results table (e.g. sweeps).
         reference: name of the row the ``delta`` columns compare against.
         extra: more JSON-able fields for ``metrics.json`` (e.g. sweep rows).
+        table: the results table in Markdown, for rows that are not CTR rows (ranking: :func:`format_ranking_rows`).
 
     Returns:
         the path of ``report.md``. Every file is written to a temporary name and renamed.
     """
     out = Path(run_dir)
-    table = format_rows(rows, reference)
+    text_table = format_rows(rows, reference) if table is None else table
     for name, fn in plots.items():
         if not name or "/" in name or name.startswith("."):
             raise ValueError(f"plot name {name!r} must be a plain file stem")
         _atomic_write(out / f"{name}.png", fn)
-    lines = [f"# {title}", "", "## Results", "", table, ""]
+    lines = [f"# {title}", "", "## Results", "", text_table, ""]
     if any("auc_ulo" in r for r in rows):
         lines += [USER_CI_NOTE, ""]
-    if any("delta" in r for r in rows):
+    if any("delta" in r for r in rows) and table is None:
         which = "the user-clustered 95% interval" if any("delta_ulo" in r for r in rows) else "the 95% interval"
         lines += [
             f"ΔAUC: paired bootstrap against {reference or 'the reference row'} on the same samples; "

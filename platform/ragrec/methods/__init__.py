@@ -26,13 +26,18 @@ def evaluate(cfg: RunConfig, force: tuple[str, ...] = ()):
 def evaluate_split(cfg: RunConfig, split_name: str = "valid", force: tuple[str, ...] = ()) -> dict:
     """Train what ``cfg`` needs (cached stages are reused) and score one split: the Tune objective.
 
-    Returns ``{"auc", "logloss", "acc", "n", "split"}`` of ``cfg``'s method on ``split_name``.
+    Returns ``{"auc", "logloss", "acc", "n", "split"}`` of ``cfg``'s method on ``split_name`` (ranking methods:
+    ``map@k`` / ``ndcg@k`` instead of the CTR metrics).
     """
     from ..evaluation.metrics import ctr_metrics
 
     pipe = get_method(cfg.method).pipeline(cfg, force)
     pipe.upstream()
     preds, _ = pipe.predict(pipe.adapter(), split_name=split_name)
+    if pipe.task == "rerank":
+        from .ranking import split_metrics
+
+        return split_metrics(preds, split_name)
     m = ctr_metrics(preds.column("label").to_numpy(), preds.column("prob").to_numpy())
     return {**{k: float(v) for k, v in m.items()}, "n": preds.num_rows, "split": split_name}
 

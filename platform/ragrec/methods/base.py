@@ -53,7 +53,9 @@ class MethodPipeline(ABC):
     #: stages whose ``history`` artifact gets a loss plot in the run's report (in this order)
     loss_stages: ClassVar[tuple[str, ...]] = ("lora",)
     #: the stage that writes the instruction-tuning examples (its time counts as training time)
-    examples_stage: ClassVar[str] = "examples"
+    examples_stage: ClassVar[str | None] = "examples"
+    #: what ``predict`` returns: ``ctr`` (P(yes) per sample, AUC) or ``rerank`` (:class:`RankingPipeline`)
+    task: ClassVar[str] = "ctr"
 
     def __init__(self, cfg: RunConfig, force: tuple[str, ...] = ()):
         setup_logging()
@@ -125,6 +127,42 @@ class MethodPipeline(ABC):
         return {}
 
 
+class RankingPipeline(MethodPipeline):
+    """A method whose task ranks candidate lists (``data.protocol: rerank``) instead of predicting P(yes).
+
+    It tunes no LLM (``adapter`` is None). ``predict`` returns the evaluated lists with the method's ``scores``
+    (list<float32>, one per candidate) and ``rankings`` every row of its run report (``name -> (N, C)``
+    scores); the shared runner adds the popularity row, MAP@k / NDCG@k and the user-level intervals.
+    """
+
+    task: ClassVar[str] = "rerank"
+    examples_stage: ClassVar[str | None] = None
+
+    def adapter(self, cfg: RunConfig | None = None) -> Artifact | None:
+        return None
+
+    @abstractmethod
+    def rankings(self, cfg: RunConfig | None = None, split_name: str = "test") -> dict[str, np.ndarray]:
+        """``row name -> (N, C)`` scores of the evaluated ``split_name`` lists (the order of ``predict``'s)."""
+
+    def eval_lists(self, split_name: str = "test"):
+        """The evaluated lists of ``split_name`` (:class:`~ragrec.data.lists.Lists`)."""
+        from .common import eval_lists
+
+        return eval_lists(self.samples(), self.cfg, split_name)
+
+    def pairs(self, names: list[str]) -> list[tuple[str, str]]:
+        """``(row, reference row)`` pairs of the report whose paired difference is shown (none by default)."""
+        return []
+
+    def train_positive_counts(self) -> np.ndarray:
+        """``(num_items,)`` each item's positives in the training split: the trivial popularity ranking."""
+        from ..data.rerank import train_positive_counts
+
+        ds = self.arts["dataset"]
+        return train_positive_counts(ds.read_table("interactions"), self.cfg.data, num_items=ds.manifest()["items"])
+
+
 @dataclass(frozen=True)
 class Method:
     """One registered method. ``pipeline`` and ``evaluation`` are ``module:attribute`` paths, imported on
@@ -188,6 +226,14 @@ METHODS: dict[str, Method] = {
             serving_note="the Serve chain (retrieve -> rerank -> predict) retrieves items; SCoRe's context is "
             "similar users (CAR + SARE), which the chain has no deployment for. Serve a RALLRec run "
             "(method: rallrec), or score SCoRe offline with `ragrec run`",
+        ),
+        Method(
+            name="ur4rec",
+            title="UR4Rec",
+            sections=("ur4rec", "reranker"),
+            pipeline_path="ragrec.methods.ur4rec:Pipeline",
+            servable=False,
+            serving_note="POST /rerank for UR4Rec runs is not built yet; score lists offline with `ragrec run`",
         ),
     )
 }

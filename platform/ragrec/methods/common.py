@@ -65,6 +65,21 @@ def train_subset(samples: pa.Table, n: int, seed: int) -> pa.Table:
     return train.take(pa.array(idx))
 
 
+def train_lists(samples: pa.Table, cfg: RunConfig, limit: int | None):
+    """A seeded random ``limit`` of the ``rerank`` protocol's training lists (all when None), in split order."""
+    from ..data.lists import to_lists
+
+    return to_lists(eval_subset(split(samples, "train"), limit, "random", cfg.seed), cfg.data.rerank.history_len)
+
+
+def eval_lists(samples: pa.Table, cfg: RunConfig, split_name: str = "test"):
+    """The evaluated ``rerank`` lists of ``split_name`` (``eval.max_*_samples`` by ``eval.subset``, as
+    :func:`eval_samples`) as :class:`~ragrec.data.lists.Lists`."""
+    from ..data.lists import to_lists
+
+    return to_lists(eval_samples(samples, cfg, split_name), cfg.data.rerank.history_len)
+
+
 def cut_timestamp(samples: pa.Table) -> int:
     """The first valid/test sample's timestamp (int64 max when there is none)."""
     held = samples.filter(pc.not_equal(samples.column("split"), "train"))

@@ -31,6 +31,10 @@ def run(cfg: RunConfig, force: tuple[str, ...] = ()) -> RunResult:
     method = get_method(cfg.method)
     t0 = time.perf_counter()
     pipe = method.pipeline(cfg, force)
+    if pipe.task == "rerank":
+        from .ranking import run_rerank
+
+        return run_rerank(method, pipe, cfg, t0)
     pipe.upstream()
     adapter = pipe.adapter()
     pipe.arts["lora"] = adapter

@@ -15,7 +15,9 @@ from ..config import RunConfig
 def dataset_stage(store: ArtifactStore, cfg: RunConfig) -> Artifact:
     from ..data import load_dataset
 
-    data_cfg = cfg.data.model_dump(mode="json", exclude={"min_history", "max_history", "split", "protocol", "temporal"})
+    data_cfg = cfg.data.model_dump(
+        mode="json", exclude={"min_history", "max_history", "split", "protocol", "temporal", "rerank"}
+    )
     data_cfg["columns"] = spec_fields(cfg.data.columns, late=("split",))
     path = cfg.data.resolved_path()
     if path is not None:
@@ -40,24 +42,56 @@ def dataset_stage(store: ArtifactStore, cfg: RunConfig) -> Artifact:
     return store.run("dataset", data_cfg, [], compute)
 
 
-def samples_stage(store: ArtifactStore, cfg: RunConfig, ds_art: Artifact) -> Artifact:
-    """The CTR samples of ``data.protocol``; the spec holds only the fields that protocol reads."""
+def samples_stage(store: ArtifactStore, cfg: RunConfig, ds_art: Artifact, ranker: Artifact | None = None) -> Artifact:
+    """The samples of ``data.protocol``; the spec holds only the fields that protocol reads.
+
+    ``rerank``: the candidate lists are seeded by ``cfg.seed``; ``data.rerank.negatives: ranker`` needs
+    ``ranker``, an artifact with ``user_emb.npy`` / ``item_emb.npy`` whose inner products score the items
+    (the method's initial ranker, e.g. LightGCN)."""
     spec = cfg.data.model_dump(
         mode="json", include={"protocol", "min_history", "max_history", "split", "label_threshold"}
     )
     if cfg.data.protocol == "temporal":  # the calendar windows and the file's own split column
         spec["temporal"] = cfg.data.temporal.model_dump(mode="json")
         spec["own_split_column"] = cfg.data.columns.split
+    if cfg.data.protocol == "rerank":
+        spec["rerank"] = cfg.data.rerank.model_dump(mode="json")
+        spec["seed"] = cfg.seed
+        spec.pop("max_history")
 
     def compute(art: Artifact):
         from ..data import build_samples
 
-        samples = build_samples(ds_art.read_table("interactions"), cfg.data)
+        if cfg.data.protocol == "rerank":
+            samples = _rerank_samples(cfg, ds_art, ranker)
+        else:
+            samples = build_samples(ds_art.read_table("interactions"), cfg.data)
         art.write_table(samples, "samples")
         counts = {s: int(pc.sum(pc.equal(samples.column("split"), s)).as_py() or 0) for s in ("train", "valid", "test")}
         return {"rows": samples.num_rows, "splits": counts}
 
-    return store.run("samples", spec, [ds_art], compute)
+    inputs = [ds_art] + ([ranker] if ranker is not None and cfg.data.rerank.negatives == "ranker" else [])
+    return store.run("samples", spec, inputs, compute)
+
+
+def _rerank_samples(cfg: RunConfig, ds_art: Artifact, ranker: Artifact | None) -> pa.Table:
+    import numpy as np
+
+    from ..data.rerank import rerank_samples
+
+    scores = None
+    if cfg.data.rerank.negatives == "ranker":
+        if ranker is None:
+            raise ValueError("data.rerank.negatives: ranker needs the method's initial ranker (none was built)")
+        user_emb, item_emb = np.load(ranker.path / "user_emb.npy"), np.load(ranker.path / "item_emb.npy")
+        scores = lambda users: user_emb[users] @ item_emb.T
+    return rerank_samples(
+        ds_art.read_table("interactions"),
+        cfg.data,
+        seed=cfg.seed,
+        ranker_scores=scores,
+        num_items=ds_art.manifest()["items"],
+    )
 
 
 def read_users(ds_art: Artifact) -> pa.Table | None:

@@ -15,6 +15,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from .spec import SweepSpec
 
 COLUMNS = ("auc", "logloss", "acc", "n")
+RANKING_COLUMNS = ("ndcg@5", "ndcg@10", "map@5", "map@10", "n")
+
+
+def columns(metric: str) -> tuple[str, ...]:
+    """The metric columns of a sweep's tables: the CTR ones, or the ranking ones for an ndcg@k / map@k objective."""
+    return COLUMNS if metric in COLUMNS else tuple(dict.fromkeys((metric, *RANKING_COLUMNS)))
 
 
 @dataclass
@@ -49,12 +55,12 @@ def trials_frame(rows: list[TrialRow], params: list[str], metric: str, mode: str
             "trial_id": r.trial_id,
             "best": r is best,
             **{p: r.params.get(p) for p in params},
-            **{c: r.metrics.get(c) for c in COLUMNS},
+            **{c: r.metrics.get(c) for c in columns(metric)},
             "status": "ok" if r.error is None else r.error,
         }
         for r in rows
     ]
-    df = pd.DataFrame.from_records(records, columns=["trial_id", "best", *params, *COLUMNS, "status"])
+    df = pd.DataFrame.from_records(records, columns=["trial_id", "best", *params, *columns(metric), "status"])
     df = df.sort_values(metric, ascending=(mode == "min"), na_position="last", kind="stable").reset_index(drop=True)
     df.insert(0, "rank", range(1, len(df) + 1))
     return df
@@ -119,7 +125,7 @@ def write_results(out_dir: Path, spec: SweepSpec, rows: list[TrialRow], best: Tr
     df.to_csv(out_dir / "results.csv", index=False)
     plot_sweep(df, spec.params, cfg.metric, out_dir / "sweep.png")
     space = "\n".join(f"- `{k}`: {v.kind} {v.values()}" for k, v in cfg.search_space.items())
-    test_line = " · ".join(f"{k} {_fmt(test.get(k))}" for k in COLUMNS)
+    test_line = " · ".join(f"{k} {_fmt(test.get(k))}" for k in columns(cfg.metric))
     failed = [r for r in rows if r.error is not None]
     md = [
         f"# Sweep `{cfg.name}`",
@@ -143,7 +149,7 @@ def write_results(out_dir: Path, spec: SweepSpec, rows: list[TrialRow], best: Tr
         json.dumps(best.params, indent=2),
         "```",
         "",
-        "- valid: " + " · ".join(f"{k} {_fmt(best.metrics.get(k))}" for k in COLUMNS),
+        "- valid: " + " · ".join(f"{k} {_fmt(best.metrics.get(k))}" for k in columns(cfg.metric)),
         f"- **test: {test_line}**",
         "",
         "![objective vs parameters](sweep.png)",

@@ -20,13 +20,17 @@ from pathlib import Path
 from typing import Any
 
 from .report import TrialRow, best_row, write_results
-from .spec import SweepSpec, load_sweep, trial_config
+from .spec import METRICS, SweepSpec, load_sweep, trial_config
 
 log = logging.getLogger("ragrec.tuning")
 
 # environment a trial needs from the driver (tests and jobs set these; remote nodes may not have them)
 _FORWARD_ENV = ("RAGREC_DATA_DIR", "RAGREC_CACHE", "RAGREC_LOG", "TOKENIZERS_PARALLELISM")
-METRIC_KEYS = ("auc", "logloss", "acc", "n")
+
+
+def _numeric(metrics: dict) -> dict:
+    """The metrics of ``evaluate_split``'s result (auc/logloss/acc or map@k/ndcg@k, and n), without Tune's own."""
+    return {k: metrics[k] for k in (*METRICS, "n") if k in metrics}
 
 
 @dataclass
@@ -52,7 +56,7 @@ def _trial(params: dict, *, base_raw: dict, env: dict[str, str]) -> None:
     from ray import tune
 
     metrics = _evaluate(base_raw, params, "valid", env)
-    tune.report({k: metrics[k] for k in METRIC_KEYS})
+    tune.report(_numeric(metrics))
 
 
 def _tuner(spec: SweepSpec, storage: Path):
@@ -89,7 +93,7 @@ def _rows(spec: SweepSpec, grid) -> list[TrialRow]:
             TrialRow(
                 trial_id=str(m.get("trial_id", i)),
                 params=params,
-                metrics={k: m[k] for k in METRIC_KEYS if k in m},
+                metrics=_numeric(m),
                 error=None if r.error is None else f"{type(r.error).__name__}: {r.error}".splitlines()[0],
             )
         )

@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
 
             cfg = load_config(args.config, args.overrides)
             result = evaluate(cfg, force=tuple(args.force))
-            print(format_rows(result.metrics["rows"], get_method(cfg.method).title))
+            table = result.metrics.get("table")  # a ranking evaluation's own summary table
+            print(table if table is not None else format_rows(result.metrics["rows"], get_method(cfg.method).title))
             print(f"report: {result.run_dir / 'report.md'}")
         elif args.command == "sweep":
             from .tuning import run_sweep

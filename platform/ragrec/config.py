@@ -400,6 +400,11 @@ EVAL_VARIANTS = ("zero_shot", "recent", "rella", "hybrid", "concat", "concat_ssl
 SCORE_EVAL_VARIANTS = ("zero_shot", "no_ci", "score_base", "score_cf", "score_rerank", "score")
 
 
+UR4REC_EVAL_VARIANTS = ("base", "text", "llm", "ur4rec", "no_cl", "no_pim")
+
+_METHOD_VARIANTS = {"rallrec": EVAL_VARIANTS, "score": SCORE_EVAL_VARIANTS, "ur4rec": UR4REC_EVAL_VARIANTS}
+
+
 class EvalConfig(_Strict):
     max_test_samples: int | None = Field(10000, description="first N test samples (reference: 10,000)")
     max_valid_samples: int | None = 1000
@@ -412,8 +417,15 @@ class EvalConfig(_Strict):
         description="`ragrec evaluate` rows (None: all of the method's). rallrec: zero_shot (w/o IT), recent (w/o "
         "retrieval), rella (text retrieval), hybrid, concat (w/o SSL), concat_ssl, rallrec (full), no_aug, "
         "deepfm. score: zero_shot, no_ci (TALLRec-style prompt), score_base, score_cf, score_rerank, "
-        "score. []: none but what eval.learning_curve needs (zero-shot); no sweeps then, and the fusion "
-        "only when eval.fusion is true",
+        "score. ur4rec: base, text (+text: the encoder on titles/genres), llm (+LLM: the encoder on s_u/s_i, w/o "
+        "Retr.), ur4rec, no_cl, no_pim (per backbone). []: none but what eval.learning_curve needs (zero-shot); "
+        "no sweeps then, and the fusion only when eval.fusion is true",
+    )
+    proxy_sweep: list[int] = Field(
+        [2, 4, 8, 16, 32], description="UR4Rec: proxy counts K of the Figure 4 sweep ([] = none)"
+    )
+    proxy_sweep_backbones: list[Literal["dlcm", "prm", "setrank", "gru4rec", "sasrec"]] = Field(
+        ["prm", "gru4rec"], description="UR4Rec: the backbones of the K sweep (paper: PRM and GRU4Rec)"
     )
     k_sweep: list[int] = Field([5, 10, 20, 30], description="`ragrec evaluate` K sweep (full RALLRec)")
     alpha_sweep: list[float] = Field(
@@ -494,17 +506,16 @@ class EvalConfig(_Strict):
     @field_validator("variants")
     @classmethod
     def _known_variants(cls, v: list[str] | None) -> list[str] | None:
-        known = EVAL_VARIANTS + SCORE_EVAL_VARIANTS
+        known = sum(_METHOD_VARIANTS.values(), ())
         bad = [x for x in v or [] if x not in known]
         if bad:
-            raise ValueError(
-                f"unknown eval variants {bad}; rallrec: {list(EVAL_VARIANTS)}, score: {list(SCORE_EVAL_VARIANTS)}"
-            )
+            per = "; ".join(f"{m}: {list(names)}" for m, names in _METHOD_VARIANTS.items())
+            raise ValueError(f"unknown eval variants {bad}; {per}")
         return v
 
     def variants_for(self, method: str) -> list[str]:
         """The rows ``ragrec evaluate`` computes for ``method``, in the order given."""
-        known = SCORE_EVAL_VARIANTS if method == "score" else EVAL_VARIANTS
+        known = _METHOD_VARIANTS.get(method, EVAL_VARIANTS)
         if self.variants is None:
             return list(known)
         bad = [x for x in self.variants if x not in known]

@@ -13,7 +13,7 @@ from ragrec.methods import METHODS, MethodPipeline, get_method
 from ragrec.methods.base import COMMON_SECTIONS, RankingPipeline
 
 PKG = Path(__file__).resolve().parents[2] / "platform" / "ragrec"
-METHOD_MODULES = {"rallrec", "score", "ur4rec", "rallrec_evaluate", "score_evaluate"}
+METHOD_MODULES = {"rallrec", "score", "ur4rec", "rallrec_evaluate", "score_evaluate", "ur4rec_evaluate"}
 
 
 def _imports(path: Path) -> list[tuple[str, list[str]]]:

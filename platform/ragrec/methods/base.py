@@ -232,6 +232,7 @@ METHODS: dict[str, Method] = {
             title="UR4Rec",
             sections=("ur4rec", "reranker"),
             pipeline_path="ragrec.methods.ur4rec:Pipeline",
+            evaluation_path="ragrec.methods.ur4rec_evaluate:evaluate",
             servable=False,
             serving_note="POST /rerank for UR4Rec runs is not built yet; score lists offline with `ragrec run`",
         ),

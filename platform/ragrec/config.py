@@ -68,6 +68,15 @@ class TemporalConfig(_Strict):
         return v
 
 
+class RerankRankerConfig(_Strict):
+    """The initial ranker of ``data.rerank.negatives: ranker``: LightGCN trained on the protocol's training
+    positives (the other LightGCN settings keep the ``lightgcn`` section's defaults)."""
+
+    dim: int = Field(64, ge=1, description="embedding size of the ranker's LightGCN")
+    epochs: int = Field(20, ge=1, description="training epochs of the ranker's LightGCN")
+    lr: float = Field(1e-3, gt=0, description="learning rate of the ranker's LightGCN")
+
+
 class RerankProtocolConfig(_Strict):
     """The ``rerank`` protocol (UR4Rec / KAR / LibRerank): positives only (label 1), each user's positives in
     time order cut 8:1:1 (``data.split``) per user; a sample is (user, the last ``history_len`` positives
@@ -86,6 +95,9 @@ class RerankProtocolConfig(_Strict):
         "ranker: the top unseen items of an initial ranker (LightGCN), i.e. hard negatives",
     )
     kcore: int = Field(0, ge=0, description="k-core filter on the positives: users and items keep >= k (0 = off)")
+    ranker: RerankRankerConfig = Field(
+        RerankRankerConfig(), description="negatives: ranker only: the initial ranker (LightGCN) that picks them"
+    )
 
 
 class DataConfig(_Strict):

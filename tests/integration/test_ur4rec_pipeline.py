@@ -82,6 +82,9 @@ def test_ur4rec_end_to_end_cache_and_tune_objective(ray_session, data_dir, tmp_p
         m = a[f"retriever_{b}"].manifest()
         assert m["valid_auc"] > m["valid_auc_init"], b
 
+    # serving: the same (history, list) gives the offline scores; the response is ordered; bad input is a 4xx
+    _check_serving(result.run_dir, samples, preds)
+
     # a rerun reuses every stage; the Tune objective reads the same cached scores
     keys = _keys(root)
     again = run(cfg)
@@ -90,3 +93,28 @@ def test_ur4rec_end_to_end_cache_and_tune_objective(ray_session, data_dir, tmp_p
     valid = evaluate_split(cfg, "valid")
     assert valid["n"] == cfg.eval.max_valid_samples and 0.0 < valid["ndcg@10"] <= 1.0
     assert _keys(root) == keys
+
+
+def _check_serving(run_dir, samples, preds):
+    import pyarrow as pa
+
+    from ragrec.serving.rerank import RankService, RerankRequest
+    from ragrec.serving.schemas import RequestError
+
+    svc = RankService(str(run_dir))
+    idx = np.searchsorted(samples.column("sample_id").to_numpy(), preds.column("sample_id").to_numpy())
+    hist = samples.take(pa.array(idx)).column("history").to_pylist()
+    worst = 0.0
+    for k, r in enumerate(preds.slice(0, 16).to_pylist()):
+        resp = svc.rerank(RerankRequest(user_id=r["user_id"], item_ids=r["candidates"], history_item_ids=hist[k]))
+        scores = [it.score for it in resp.items]
+        assert scores == sorted(scores, reverse=True)
+        assert sorted(it.item_id for it in resp.items) == sorted(r["candidates"])
+        got = {it.item_id: it.score for it in resp.items}
+        worst = max(worst, max(abs(got[i] - s) for i, s in zip(r["candidates"], r["scores"])))
+    assert worst < 1e-4
+    n_items = svc.catalog.n_items
+    for user, items, status in ((0, [1, 1], 422), (10**6, [1], 404), (0, [n_items], 404), (0, list(range(101)), 413)):
+        with pytest.raises(RequestError) as e:
+            svc.rerank(RerankRequest(user_id=user, item_ids=items))
+        assert e.value.status == status

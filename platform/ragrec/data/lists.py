@@ -65,3 +65,45 @@ def to_lists(samples: pa.Table, history_len: int) -> Lists:
         target_index=samples.column("target_index").to_numpy().astype(np.int64),
         targets=samples.column("item_id").to_numpy(),
     )
+
+
+class PositiveSequences:
+    """Every user's kept positives in protocol order, rebuilt from a ``rerank`` samples table: the first
+    sample's history (the positives before the first target) followed by all the user's targets.
+
+    What serving needs to give a request the history the offline lists had: :meth:`history` returns the last
+    ``length`` positives before a time (all of them without one), left-padded like :func:`left_padded`.
+    """
+
+    def __init__(self, samples: pa.Table, num_users: int):
+        user = samples.column("user_id").to_numpy()
+        ts = samples.column("timestamp").to_numpy()
+        target = samples.column("item_id").to_numpy()
+        order = np.lexsort((target, ts, user))
+        user, ts, target = user[order], ts[order], target[order]
+        first = np.ones(len(user), dtype=bool)
+        first[1:] = user[1:] != user[:-1]
+        hist = samples.column("history").combine_chunks().take(pa.array(order[first]))
+        h_len = np.diff(hist.offsets.to_numpy())
+        h_items = pc.list_flatten(hist).to_numpy().astype(np.int64)
+        h_user = np.repeat(user[first], h_len)
+        # history items come before the first target: they get the smallest timestamp
+        items = np.concatenate([h_items, target])
+        times = np.concatenate([np.full(len(h_items), np.iinfo(np.int64).min), ts])
+        owner = np.concatenate([h_user, user])
+        rank = np.concatenate([np.zeros(len(h_items), np.int8), np.ones(len(target), np.int8)])
+        order = np.lexsort((np.arange(len(items)), rank, owner))  # per user: history, then targets in time order
+        self.items, self.times, owner = items[order], times[order], owner[order]
+        self.offsets = np.zeros(num_users + 1, dtype=np.int64)
+        np.cumsum(np.bincount(owner, minlength=num_users), out=self.offsets[1:])
+
+    def history(self, user: int, length: int, as_of: int | None = None) -> np.ndarray:
+        """``(1, length)`` int64 item id + 1, left-padded: the user's last ``length`` positives (before ``as_of``)."""
+        lo, hi = self.offsets[user], self.offsets[user + 1]
+        if as_of is not None:
+            hi = lo + int(np.searchsorted(self.times[lo:hi], as_of, side="left"))
+        seq = self.items[max(lo, hi - length) : hi] + 1
+        out = np.zeros((1, length), dtype=np.int64)
+        if len(seq):
+            out[0, length - len(seq) :] = seq
+        return out

@@ -43,7 +43,7 @@ from .errors import DataError
 from .protocols import _MAX_LIST_VALUES, _labels, _split_strings
 from .schemas import INTERACTIONS, RERANK_SAMPLES, SPLITS, validate
 
-__all__ = ["rerank_samples", "train_positive_counts"]
+__all__ = ["rerank_samples", "train_positive_counts", "train_positive_interactions"]
 
 RankerScores = Callable[[np.ndarray], np.ndarray]
 """``ranker_scores(user_ids (B,) int64) -> (B, num_items)`` scores of every item for each user."""
@@ -58,6 +58,7 @@ class _Positives:
 
     Attributes (``p`` = number of kept positives, ``I`` = number of items):
         user, item, ts: ``(p,) int64``.
+        row: ``(p,) int64`` row of each positive in the interactions table.
         pos: ``(p,) int64`` number of earlier kept positives of the same user.
         split: ``(p,) int8`` 0/1/2 = train/valid/test of the per-user chronological cut.
         pool: ``(I,) bool`` items that may be negatives (all, or the k-core's items).
@@ -67,6 +68,7 @@ class _Positives:
     user: np.ndarray
     item: np.ndarray
     ts: np.ndarray
+    row: np.ndarray
     pos: np.ndarray
     split: np.ndarray
     pool: np.ndarray
@@ -120,8 +122,9 @@ def _positives(interactions: pa.Table, cfg: DataConfig, num_items: int | None) -
     is_pos = label == 1
     user, item = user_all[is_pos], item_all[is_pos]
     ts = interactions.column("timestamp").to_numpy()[is_pos]
+    row = np.flatnonzero(is_pos)
     keep = _kcore(user, item, cfg.rerank.kcore)
-    user, item, ts = user[keep], item[keep], ts[keep]
+    user, item, ts, row = user[keep], item[keep], ts[keep], row[keep]
     if len(user) == 0:
         raise DataError(
             f"no positive interactions are left ({int(is_pos.sum())} positives before the "
@@ -136,7 +139,7 @@ def _positives(interactions: pa.Table, cfg: DataConfig, num_items: int | None) -
         pool = np.ones(n_items, dtype=bool)
 
     order = np.lexsort((item, ts, user))
-    user, item, ts = user[order], item[order], ts[order]
+    user, item, ts, row = user[order], item[order], ts[order], row[order]
     is_start = np.ones(len(user), dtype=bool)
     is_start[1:] = user[1:] != user[:-1]
     start = np.flatnonzero(is_start)
@@ -150,7 +153,7 @@ def _positives(interactions: pa.Table, cfg: DataConfig, num_items: int | None) -
     split = ((pos >= cut_train).astype(np.int8) + (pos >= cut_valid)).astype(np.int8)
 
     keys = np.unique(user_all.astype(np.int64) * n_items + item_all)
-    return _Positives(user, item, ts, pos, split, pool, n_items), keys
+    return _Positives(user, item, ts, row, pos, split, pool, n_items), keys
 
 
 def train_positive_counts(interactions: pa.Table, cfg: DataConfig, *, num_items: int | None = None) -> np.ndarray:
@@ -169,6 +172,27 @@ def train_positive_counts(interactions: pa.Table, cfg: DataConfig, *, num_items:
     """
     p, _ = _positives(interactions, cfg, num_items)
     return np.bincount(p.item[p.split == 0], minlength=p.num_items).astype(np.int64)
+
+
+def train_positive_interactions(interactions: pa.Table, cfg: DataConfig, *, num_items: int | None = None) -> pa.Table:
+    """The train-split positives as interaction rows: what an initial ranker (``negatives: ranker``) may learn.
+
+    The same positives :func:`train_positive_counts` counts (label 1, after the k-core, in the user's train
+    part of the per-user chronological cut, the first ``min_history`` included); no valid / test positive
+    and no negative interaction is among them.
+
+    Args:
+        interactions: ``(n,)`` :data:`~ragrec.data.schemas.INTERACTIONS` table.
+        cfg: the data config (``label_threshold``, ``split``, ``rerank.kcore``).
+        num_items: size of the item id space (default: max item_id + 1).
+
+    Returns:
+        ``(p,)`` table ``user_id, item_id, rating, timestamp`` (the interactions' rows), ordered by user_id,
+        then (timestamp, item_id).
+    """
+    p, _ = _positives(interactions, cfg, num_items)
+    rows = p.row[p.split == 0]
+    return interactions.select(["user_id", "item_id", "rating", "timestamp"]).take(pa.array(rows))
 
 
 def _is_seen(keys: np.ndarray, query: np.ndarray) -> np.ndarray:

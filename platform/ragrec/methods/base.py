@@ -127,6 +127,25 @@ class MethodPipeline(ABC):
         return {}
 
 
+class ListScorer(ABC):
+    """Scores one user's candidate list the way a finished ranking run scored its offline lists."""
+
+    n_users: int
+    n_items: int
+
+    @abstractmethod
+    def score(
+        self,
+        user_id: int,
+        item_ids: Sequence[int],
+        as_of: int | None = None,
+        history: Sequence[int] | None = None,
+    ) -> np.ndarray:
+        """``(len(item_ids),)`` float32 scores of the list, in its given order (higher = ranked first). The
+        user's history: ``history`` (item ids, oldest first) when given, else their known positives before
+        ``as_of`` (all of them without it)."""
+
+
 class RankingPipeline(MethodPipeline):
     """A method whose task ranks candidate lists (``data.protocol: rerank``) instead of predicting P(yes).
 
@@ -144,6 +163,11 @@ class RankingPipeline(MethodPipeline):
     @abstractmethod
     def rankings(self, cfg: RunConfig | None = None, split_name: str = "test") -> dict[str, np.ndarray]:
         """``row name -> (N, C)`` scores of the evaluated ``split_name`` lists (the order of ``predict``'s)."""
+
+    @classmethod
+    def list_scorer(cls, run: Any) -> ListScorer:
+        """The :class:`ListScorer` of a finished run (``ragrec serve``'s ``POST /rerank``)."""
+        raise ValueError(f"{cls.__module__}: this ranking method has no list scorer for serving")
 
     def eval_lists(self, split_name: str = "test"):
         """The evaluated lists of ``split_name`` (:class:`~ragrec.data.lists.Lists`)."""
@@ -195,6 +219,14 @@ class Method:
         """``cfg`` as JSON-able dict with only the fields this method reads (report, run.json, config show)."""
         return cfg.model_dump(mode="json", include=set(self.config_fields))
 
+    @property
+    def task(self) -> str:
+        """``ctr`` or ``rerank``: what the method's pipeline predicts (imports the pipeline's module)."""
+        return _resolve(self.pipeline_path).task
+
+    def pipeline_class(self) -> type[MethodPipeline]:
+        return _resolve(self.pipeline_path)
+
     def require_servable(self) -> None:
         if not self.servable:
             raise ValueError(f"serving a {self.title} run is not supported yet: {self.serving_note}")
@@ -233,8 +265,7 @@ METHODS: dict[str, Method] = {
             sections=("ur4rec", "reranker"),
             pipeline_path="ragrec.methods.ur4rec:Pipeline",
             evaluation_path="ragrec.methods.ur4rec_evaluate:evaluate",
-            servable=False,
-            serving_note="POST /rerank for UR4Rec runs is not built yet; score lists offline with `ragrec run`",
+            servable=True,
         ),
     )
 }

@@ -22,6 +22,7 @@ from ..llm.prompts_ctr import prompts_for
 from ..retrieval.context import ItemViews, with_context
 from ..stages import embed_stage, generate_stage, to_numpy
 from ..stages.data import dataset_stage, read_users, samples_stage
+from ..stages.lightgcn import LightGCNGraph, lightgcn_embeddings_stage
 from ..stages.lora import lora_stage
 from .base import MethodPipeline, RunFusion
 from .common import cut_timestamp, preds_row, train_interactions, train_subset
@@ -99,41 +100,28 @@ def _fill_missing_descriptions(items: pa.Table, desc: pa.Table) -> pa.Table:
 # steps 3-4: collaborative embeddings and the SSL projector (Ray Train)
 # ---------------------------------------------------------------------------------------------------
 def lightgcn_stage(store: ArtifactStore, cfg: RunConfig, ds_art: Artifact, samples_art: Artifact) -> Artifact:
-    from ..training.lightgcn import train_lightgcn
-    from ..training.ray_train import TrainOptions
+    """LightGCN on the interactions before the first valid/test sample (``stages.lightgcn``)."""
 
-    def compute(art: Artifact):
+    def graph() -> LightGCNGraph:
         interactions = ds_art.read_table("interactions")
-        inter = train_interactions(interactions, samples_art.read_table("samples"))
+        samples = samples_art.read_table("samples")
         # Recall@20 sanity metric on the held-out period's positive interactions
         held = interactions.filter(
             pc.and_(
-                pc.greater_equal(interactions.column("timestamp"), cut_timestamp(samples_art.read_table("samples"))),
+                pc.greater_equal(interactions.column("timestamp"), cut_timestamp(samples)),
                 pc.equal(interactions.column("label"), 1),
             )
         )
         n_users = ds_art.manifest().get("users") or int(pc.max(interactions.column("user_id")).as_py()) + 1
-        n_items = ds_art.manifest()["items"]
-        res = train_lightgcn(
-            inter.column("user_id").to_numpy(),
-            inter.column("item_id").to_numpy(),
+        return LightGCNGraph(
+            train_interactions(interactions, samples),
             n_users,
-            n_items,
-            cfg.lightgcn,
-            ratings=inter.column("rating").to_numpy(),
-            eval_pairs=(held.column("user_id").to_numpy(), held.column("item_id").to_numpy())
-            if held.num_rows
-            else None,
-            opts=TrainOptions.from_config(cfg, out_dir=str(art.staging / "train")),
+            ds_art.manifest()["items"],
+            (held.column("user_id").to_numpy(), held.column("item_id").to_numpy()) if held.num_rows else None,
         )
-        np.save(art.staging / "item_emb.npy", res.item_emb.astype(np.float32))
-        np.save(art.staging / "user_emb.npy", res.user_emb.astype(np.float32))
-        art.write_json(res.history, "history")
-        return {"rows": int(res.item_emb.shape[0]), "edges": inter.num_rows}
 
-    return store.run(
-        "lightgcn", {"lightgcn": cfg.lightgcn.model_dump(), "seed": cfg.seed}, [ds_art, samples_art], compute
-    )
+    spec = {"lightgcn": cfg.lightgcn.model_dump(), "seed": cfg.seed}
+    return lightgcn_embeddings_stage(store, cfg, "lightgcn", spec, [ds_art, samples_art], cfg.lightgcn, graph)
 
 
 def projector_stage(store: ArtifactStore, cfg: RunConfig, text_art: Artifact, lg_art: Artifact) -> Artifact:

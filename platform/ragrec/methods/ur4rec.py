@@ -28,12 +28,13 @@ from ..data.lists import Lists
 from ..llm.prompts_ur4rec import history_texts, item_phrases, item_prompts, user_histories, user_prompts
 from ..stages import embed_stage, generate_stage, to_numpy
 from ..stages.data import dataset_stage, samples_stage
-from .base import RankingPipeline
+from ..stages.lightgcn import rerank_ranker_stage
+from .base import ListScorer, RankingPipeline
 from .common import eval_lists, train_lists
 
 log = logging.getLogger("ragrec.ur4rec")
 
-VERSION = "1"
+VERSION = "2"  # 2: the frozen retriever's e_aug in float32 (1: float16)
 BACKBONE_TITLES = {"dlcm": "DLCM", "prm": "PRM", "setrank": "SetRank", "gru4rec": "GRU4Rec", "sasrec": "SASRec"}
 _NEVER = np.iinfo(np.int64).max
 
@@ -284,7 +285,8 @@ def _max_item(samples: pa.Table) -> int:
 
 
 def _augment(module, lists: Lists) -> np.ndarray:
-    """The frozen retriever's e_aug of every candidate of ``lists`` (:class:`Augmenter`): (N, C, H) float16."""
+    """The frozen retriever's e_aug of every candidate of ``lists`` (:class:`Augmenter`): (N, C, H) float32 (so
+    that serving one list reproduces the offline scores; see :func:`compute_augment`)."""
     from ..training.ur4rec import compute_augment
 
     return compute_augment(
@@ -296,6 +298,7 @@ def _augment(module, lists: Lists) -> np.ndarray:
         lists.history,
         lists.candidates,
         m=module.m,
+        dtype=np.float32,
     )
 
 
@@ -369,11 +372,14 @@ class Pipeline(RankingPipeline):
     loss_stages = ()
 
     def upstream(self, cfg: RunConfig | None = None) -> None:
-        """dataset -> samples -> s_u, s_i -> encoder tables."""
+        """dataset [-> ranker] -> samples -> s_u, s_i -> encoder tables (``ranker``: LightGCN on the training
+        positives, whose top unseen items are the negatives of ``data.rerank.negatives: ranker``)."""
         cfg, store, a = self.cfg, self.store, self.arts
         if "ur4rec_texts" not in a:
             a["dataset"] = dataset_stage(store, cfg)
-            a["samples"] = samples_stage(store, cfg, a["dataset"])
+            if cfg.data.rerank.negatives == "ranker":
+                a["ranker"] = rerank_ranker_stage(store, cfg, a["dataset"])
+            a["samples"] = samples_stage(store, cfg, a["dataset"], ranker=a.get("ranker"))
             a["user_preferences"] = preferences_stage(store, cfg, a["dataset"], a["samples"])
             a["item_knowledge"] = knowledge_stage(store, cfg, a["dataset"])
             a["ur4rec_texts"] = texts_stage(
@@ -411,6 +417,10 @@ class Pipeline(RankingPipeline):
             out[f"{title} + UR4Rec"] = np.load(ur.path / f"scores_{split_name}.npy")
         return out
 
+    @classmethod
+    def list_scorer(cls, run) -> ListScorer:
+        return UR4RecListScorer(run)
+
     def pairs(self, names: list[str]) -> list[tuple[str, str]]:
         """Each backbone's UR4Rec row against its Base row."""
         return [(n, n.replace(" + UR4Rec", " Base")) for n in names if n.endswith(" + UR4Rec")]
@@ -444,3 +454,52 @@ def lists_table(lists: Lists, scores: np.ndarray) -> pa.Table:
             "scores": fixed(scores.astype(np.float32), pa.float32()),
         }
     )
+
+
+class UR4RecListScorer(ListScorer):
+    """A finished run's UR4Rec reranker (its first backbone) for one list at a time: the user's last
+    ``history_len`` positives, the frozen retriever's e_aug of each candidate, the augmented backbone's scores.
+    Equal to the offline scores of the same (history, list) up to float rounding."""
+
+    def __init__(self, run) -> None:
+        from ..data.lists import PositiveSequences
+        from ..training.rerank import RerankScorer
+        from ..training.ur4rec import load_retriever
+
+        cfg, arts = run.cfg, run.arts
+        b = cfg.reranker.backbones[0]
+        missing = [k for k in (f"ur4rec_{b}", f"rerank_{b}", f"retriever_{b}", "ur4rec_texts") if k not in arts]
+        if missing:
+            raise FileNotFoundError(f"{run.run_dir}: run.json names no {missing} artifacts; rerun `ragrec run`")
+        self.cfg, self.backbone = cfg, b
+        self.history_len = cfg.data.rerank.history_len
+        self.scorer = RerankScorer(arts[f"ur4rec_{b}"].path / "model")
+        user_t, item_t = load_texts(arts["ur4rec_texts"], "llm")
+        self.user_text, self.item_text = user_t, item_t
+        self.item_repr = base_item_embeddings(arts[f"rerank_{b}"])
+        self.retriever = load_retriever(arts[f"retriever_{b}"].path / "model")
+        self.n_users, self.n_items = user_t.shape[0], item_t.shape[0]
+        self.positives = PositiveSequences(arts["samples"].read_table("samples"), self.n_users)
+
+    def score(self, user_id: int, item_ids, as_of: int | None = None, history=None) -> np.ndarray:
+        from ..data.lists import left_padded
+        from ..training.ur4rec import compute_augment
+
+        if history is None:
+            history = self.positives.history(int(user_id), self.history_len, as_of)
+        else:
+            history = left_padded(pa.array([list(history)], pa.list_(pa.int64())), self.history_len)
+        cands = np.asarray(item_ids, dtype=np.int64)[None, :]
+        users = np.array([int(user_id)], dtype=np.int64)
+        aug = compute_augment(
+            self.retriever,
+            self.user_text,
+            self.item_text,
+            self.item_repr,
+            users,
+            history,
+            cands,
+            m=self.cfg.ur4rec.aggr_items,
+            dtype=np.float32,
+        )
+        return self.scorer(history, cands, aug=aug, users=users)[0]

@@ -1,4 +1,5 @@
 """Ray Serve application of a finished RALLRec run: FastAPI ingress -> Retriever -> Reranker -> Predictor.
+(A ranking run, e.g. UR4Rec, gets :mod:`ragrec.serving.rerank`'s ``POST /rerank`` instead.)
 
 Routes: ``POST /predict`` (:class:`~ragrec.serving.schemas.PredictRequest` ->
 :class:`~ragrec.serving.schemas.PredictResponse`) and ``GET /healthz``. Bad requests never reach the
@@ -60,9 +61,9 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "invalid request: " + "; ".join(parts)
 
 
-def make_api() -> FastAPI:
+def make_api(title: str = "ragrec RALLRec service") -> FastAPI:
     """The FastAPI app with error handlers turning bad input into 4xx ``{"detail": message}``."""
-    api = FastAPI(title="ragrec RALLRec service")
+    api = FastAPI(title=title)
 
     @api.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -192,6 +193,13 @@ def catalog_of(run_dir: str, max_items: int) -> tuple[Catalog, str]:
     return Catalog(n_users, ds.read_table("items").num_rows, max_items), run.cfg.name
 
 
+def run_task(run_dir: str) -> str:
+    """``ctr`` or ``rerank``: what the method of the run in ``run_dir`` predicts."""
+    from ..methods import get_method, load_run
+
+    return get_method(load_run(run_dir).method).task
+
+
 def predictor_resources(opts: ServeOptions) -> dict[str, float]:
     """``ray_actor_options`` of the Predictor: its CPUs, plus ``num_gpus`` when it asks for GPUs."""
     out = {"num_cpus": opts.predictor_cpus}
@@ -208,6 +216,12 @@ def build_app(run_dir: str, batching: bool = True, **options) -> serve.Applicati
     """
     opts = ServeOptions(batching=batching, **options)
     run_dir = str(os.path.abspath(run_dir))
+    if run_task(run_dir) == "rerank":  # a ranking run: one deployment behind POST /rerank
+        from .rerank import build_rank_app
+
+        return build_rank_app(
+            run_dir, max_items=opts.max_items, cpus=opts.predictor_cpus, torch_threads=opts.torch_threads
+        )
     catalog, name = catalog_of(run_dir, opts.max_items)
     light = {"num_cpus": opts.light_cpus}
     ongoing = opts.max_ongoing_requests
@@ -238,9 +252,10 @@ def serve_run(
     serve.start(http_options={"host": host, "port": port})
     serve.run(app, name=APP_NAME, route_prefix="/")
     url = f"http://{host}:{port}"
-    log.info("serving %s at %s (POST /predict, GET /healthz)", run_dir, url)
+    route = "POST /rerank" if run_task(run_dir) == "rerank" else "POST /predict"
+    log.info("serving %s at %s (%s, GET /healthz)", run_dir, url, route)
     if blocking:
-        print(f"ragrec serve: {url}  (POST /predict, GET /healthz); Ctrl-C stops", flush=True)
+        print(f"ragrec serve: {url}  ({route}, GET /healthz); Ctrl-C stops", flush=True)
         try:
             while True:
                 time.sleep(3600)

@@ -55,7 +55,8 @@ def samples_stage(store: ArtifactStore, cfg: RunConfig, ds_art: Artifact, ranker
         spec["temporal"] = cfg.data.temporal.model_dump(mode="json")
         spec["own_split_column"] = cfg.data.columns.split
     if cfg.data.protocol == "rerank":
-        spec["rerank"] = cfg.data.rerank.model_dump(mode="json")
+        # the ranker's settings reach the samples through the ranker artifact (an input): not in the spec
+        spec["rerank"] = cfg.data.rerank.model_dump(mode="json", exclude={"ranker"})
         spec["seed"] = cfg.seed
         spec.pop("max_history")
 

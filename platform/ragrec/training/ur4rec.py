@@ -422,11 +422,14 @@ def compute_augment(
     m: int | None = None,
     batch_size: int = 64,
     device: str = "cpu",
+    dtype: type = np.float16,
 ) -> np.ndarray:
-    """(N, C, hidden) float16: e_aug of every candidate (N, C) 0-based of every sample (users (N,), history
+    """(N, C, hidden) ``dtype``: e_aug of every candidate (N, C) 0-based of every sample (users (N,), history
     (N, L)), by :class:`Augmenter` in eval mode, ``batch_size`` samples per forward pass. ``model``: a
     :func:`train_retriever` folder or a retriever; ``m``: history items in e_aggr (default: the folder's
-    ``cfg.aggr_items``; required with a retriever)."""
+    ``cfg.aggr_items``; required with a retriever). float16 halves the memory; float32 keeps the vectors
+    independent of the batch they were computed in (float16 rounding can flip a last bit between batch shapes),
+    which is what lets a single served list reproduce the offline scores."""
     if isinstance(model, (str, Path)):
         if m is None:
             m = json.loads((Path(model) / META_FILE).read_text())["cfg"]["aggr_items"]
@@ -443,10 +446,10 @@ def compute_augment(
         raise ValueError("compute_augment: users (N,), history (N, L), candidates (N, C) expected")
     was = retriever.training
     aug = Augmenter(retriever, user_text, item_text, item_repr, m).to(device).eval()
-    out = np.empty((n, candidates.size(1), retriever.hidden), dtype=np.float16)
+    out = np.empty((n, candidates.size(1), retriever.hidden), dtype=dtype)
     for s in range(0, n, batch_size):
         sl = slice(s, s + batch_size)
         e = aug(users[sl].to(device), history[sl].to(device), candidates[sl].to(device))
-        out[sl] = e.to(torch.float16).cpu().numpy()
+        out[sl] = e.float().cpu().numpy().astype(dtype, copy=False)
     retriever.train(was)
     return out

@@ -1,0 +1,116 @@
+"""Serving a ranking run (``data.protocol: rerank``, e.g. UR4Rec): ``POST /rerank`` and ``GET /healthz``.
+
+``POST /rerank {user_id, item_ids, as_of?}`` returns the items ordered by the run's reranker, each with its
+score; the scores equal the offline ones of the same user history and list. The method's
+:class:`~ragrec.methods.base.ListScorer` does the scoring (the layer knows the contract, not a method). Bad
+requests get a 4xx with a reason: pydantic (strict) rejects wrong types with 422, :func:`check_rerank` unknown
+ids (404), repeated items (422) and oversized lists (413).
+"""
+
+# no `from __future__ import annotations`: FastAPI reads the route signatures' real types
+import os
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+
+from .schemas import Catalog, Health, RequestError, check_request
+
+__all__ = ["RankService", "RankedItem", "RerankRequest", "RerankResponse", "build_rank_app", "check_rerank"]
+
+
+class RerankRequest(BaseModel):
+    """One user's candidate list, in the order the caller's first-stage ranker gave it (position-aware
+    backbones such as DLCM and PRM read that order)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    user_id: int = Field(description="dense user id of the run (0..n_users-1)")
+    item_ids: list[int] = Field(min_length=1, description="dense item ids to rerank, each at most once")
+    as_of: int | None = Field(None, description="unix timestamp; history = the user's positives before it")
+    history_item_ids: list[int] | None = Field(
+        None, description="the user's history to use instead (item ids, oldest first; the last history_len count)"
+    )
+
+
+class RankedItem(BaseModel):
+    item_id: int
+    score: float = Field(description="the reranker's score (higher = ranked first)")
+
+
+class RerankResponse(BaseModel):
+    user_id: int
+    items: list[RankedItem] = Field(description="the requested items, best first")
+
+
+def check_rerank(req: RerankRequest, catalog: Catalog) -> None:
+    """:func:`~ragrec.serving.schemas.check_request` (ids, size) plus: no item twice in one list (422), known
+    history items (404)."""
+    check_request(req, catalog)
+    hist = np.asarray(req.history_item_ids or [], dtype=np.int64)
+    bad = hist[(hist < 0) | (hist >= catalog.n_items)]
+    if bad.size:
+        raise RequestError(404, f"unknown history_item_ids {bad[:10].tolist()}: items are 0..{catalog.n_items - 1}")
+    ids = np.asarray(req.item_ids, dtype=np.int64)
+    uniq, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        raise RequestError(422, f"item_ids repeats {uniq[counts > 1][:10].tolist()}: each item may appear once")
+
+
+class RankService:
+    """The plain service (what the Serve deployment wraps): check, score, order."""
+
+    def __init__(self, run_dir: str, max_items: int = 100) -> None:
+        from ..methods import get_method, load_run
+
+        run = load_run(run_dir)
+        method = get_method(run.method)
+        method.require_servable()
+        if method.task != "rerank":
+            raise ValueError(f"{run_dir}: a {method.title} run predicts P(yes); serve it with POST /predict")
+        self.scorer = method.pipeline_class().list_scorer(run)
+        self.catalog = Catalog(self.scorer.n_users, self.scorer.n_items, max_items)
+        self.name = run.cfg.name
+
+    def rerank(self, req: RerankRequest) -> RerankResponse:
+        check_rerank(req, self.catalog)
+        scores = self.scorer.score(req.user_id, req.item_ids, req.as_of, req.history_item_ids)
+        scores = np.asarray(scores, dtype=np.float64)
+        order = np.argsort(-scores, kind="stable")
+        items = [RankedItem(item_id=int(req.item_ids[i]), score=float(scores[i])) for i in order]
+        return RerankResponse(user_id=req.user_id, items=items)
+
+
+def _rank_api():
+    from .app import make_api
+
+    return make_api("ragrec ranking service")
+
+
+rank_api = _rank_api()
+
+
+@serve.deployment
+@serve.ingress(rank_api)
+class RankIngress:
+    """HTTP front of a ranking run: the whole list is scored in one replica call."""
+
+    def __init__(self, run_dir: str, max_items: int, torch_threads: int | None) -> None:
+        import torch
+
+        torch.set_num_threads(torch_threads or os.cpu_count() or 1)
+        self.service = RankService(run_dir, max_items)
+
+    @rank_api.get("/healthz")
+    async def healthz(self) -> Health:
+        c = self.service.catalog
+        return Health(status="ok", run=self.service.name, n_users=c.n_users, n_items=c.n_items, batching=False)
+
+    @rank_api.post("/rerank")
+    async def rerank(self, req: RerankRequest) -> RerankResponse:
+        return self.service.rerank(req)
+
+
+def build_rank_app(run_dir: str, *, max_items: int = 100, cpus: float = 1.0, torch_threads: int | None = None):
+    """The bound Serve application of the ranking run in ``run_dir``."""
+    return RankIngress.options(ray_actor_options={"num_cpus": cpus}).bind(run_dir, max_items, torch_threads)

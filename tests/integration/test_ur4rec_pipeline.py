@@ -111,7 +111,7 @@ def _check_serving(run_dir, samples, preds):
         assert scores == sorted(scores, reverse=True)
         assert sorted(it.item_id for it in resp.items) == sorted(r["candidates"])
         got = {it.item_id: it.score for it in resp.items}
-        worst = max(worst, max(abs(got[i] - s) for i, s in zip(r["candidates"], r["scores"])))
+        worst = max(worst, *(abs(got[i] - s) for i, s in zip(r["candidates"], r["scores"])))
     assert worst < 1e-4
     n_items = svc.catalog.n_items
     for user, items, status in ((0, [1, 1], 422), (10**6, [1], 404), (0, [n_items], 404), (0, list(range(101)), 413)):

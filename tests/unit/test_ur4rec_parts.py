@@ -98,3 +98,28 @@ def test_ranking_rows_pair_a_row_with_its_reference_and_flag_rows_below_populari
 def test_popularity_scores_are_the_candidates_training_counts():
     counts = np.array([5, 0, 2, 9])
     assert popularity_scores(counts, np.array([[3, 0, 1], [2, 2, 0]])).tolist() == [[9, 5, 0], [2, 2, 5]]
+
+
+def test_a_ranking_sweep_selects_by_ndcg_and_tabulates_ranking_metrics():
+    from ragrec.tuning.report import TrialRow, best_row, trials_frame
+    from ragrec.tuning.spec import load_sweep
+
+    spec = load_sweep("configs/sweep_ur4rec_ml100k.yaml")
+    assert spec.config.metric == "ndcg@10" and spec.config.mode == "max"
+    rows = [
+        TrialRow("a", {"ur4rec.proxies": 4}, {"ndcg@10": 0.41, "map@10": 0.30, "n": 500}),
+        TrialRow("b", {"ur4rec.proxies": 8}, {"ndcg@10": 0.47, "map@10": 0.33, "n": 500}),
+        TrialRow("c", {"ur4rec.proxies": 16}, {}, error="RuntimeError: boom"),
+    ]
+    assert best_row(rows, "ndcg@10", "max").trial_id == "b"
+    df = trials_frame(rows, ["ur4rec.proxies"], "ndcg@10", "max")
+    assert list(df["trial_id"]) == ["b", "a", "c"] and "map@10" in df.columns and "auc" not in df.columns
+
+
+def test_a_ranking_metric_is_refused_for_nothing_but_a_typo():
+    from pydantic import ValidationError
+
+    from ragrec.tuning.spec import SweepConfig
+
+    with pytest.raises(ValidationError, match="ndcg@10"):
+        SweepConfig(base="x.yaml", search_space={"ur4rec.proxies": {"grid": [4]}}, metric="ndgc@10")

@@ -108,13 +108,19 @@ class DataConfig(_Strict):
         None,
         description="Folder with the raw files. Default: $RAGREC_DATA_DIR/<name> (ml-100k, ml-1m).",
     )
-    protocol: Literal["rallrec", "temporal", "rerank"] = Field(
+    protocol: Literal["rallrec", "temporal", "rerank", "full_ranking"] = Field(
         "rallrec",
         description="rallrec: global 80/10/10 time split of all ratings; temporal: calendar windows; rerank: "
-        "per-user chronological split of positives, 100-candidate lists (UR4Rec)",
+        "per-user chronological split of positives, 100-candidate lists (UR4Rec); full_ranking: per-user "
+        "random 8:1:1 split of positives (seeded), every unseen item ranked (ER2ALM)",
     )
     temporal: TemporalConfig = TemporalConfig()
     rerank: RerankProtocolConfig = RerankProtocolConfig()
+    corpus_file: str | None = Field(
+        None,
+        description="ER2ALM's knowledge corpus: JSONL or Parquet with doc_id, title, text (None: the dataset's own "
+        "metadata and the LLM's descriptions stand in, and the report says so)",
+    )
     min_history: int = Field(5, ge=1, description="Drop samples with fewer earlier ratings.")
     max_history: int | None = Field(
         None, description="Keep at most this many most recent history items per sample (None = all)."
@@ -404,6 +410,75 @@ class RerankerConfig(_Strict):
     lr: float = Field(1e-3, gt=0, description="paper: 1e-4 for DLCM/PRM/SetRank, 1e-3 for GRU4Rec/SASRec")
     batch_size: int = Field(32, ge=1)
     max_train_samples: int | None = Field(None, description="train on at most N training samples (seeded)")
+
+
+# ER2ALM's sections: its building blocks take these; they join RunConfig with the method (method: er2alm).
+ER2ALM_ASPECTS = ("plot_theme", "genre", "visual_sound", "culture_language", "duration", "director")
+
+
+class RAGConfig(_Strict):
+    """ER2ALM Eq. 1: passages retrieved per item from the corpus, and the LLM's aspects written from them."""
+
+    encoder: str = Field("minilm-l6", description="registry text encoder of the corpus chunks and the queries")
+    chunk_chars: int = Field(600, ge=50, description="corpus chunk length in characters")
+    chunk_overlap: int = Field(100, ge=0, description="characters shared by consecutive chunks")
+    top_r: int = Field(3, ge=1, description="passages retrieved per item (query: title, year, genres)")
+    max_new_tokens: int = Field(160, ge=1)
+    temperature: float = Field(0.8, ge=0, description="paper: {0.4, 0.8, 1}")
+    top_p: float = Field(0.8, gt=0, le=1, description="paper: {0.6, 0.8, 1}")
+    block_size: int = Field(64, ge=1)
+    max_items: int | None = Field(None, ge=1, description="write aspects for the first N items only (tests)")
+
+
+class ProfileConfig(_Strict):
+    """ER2ALM Eq. 2-3 (Fig. 3): the user analysis hard prompt -> a per-aspect profile and weights w in (0, 1)."""
+
+    max_history_items: int = Field(10, ge=1, description="most recent liked training items in the prompt")
+    max_new_tokens: int = Field(200, ge=1)
+    temperature: float = Field(0.4, ge=0)
+    top_p: float = Field(0.8, gt=0, le=1)
+    block_size: int = Field(64, ge=1)
+    min_weight: float = Field(0.05, gt=0, lt=1, description="weights are clipped to [min_weight, 1 - min_weight]")
+
+
+class NoiseConfig(_Strict):
+    """ER2ALM Eq. 6-12 (Alg. 1 lines 12-31): reliability of each generated aspect embedding."""
+
+    enabled: bool = Field(True, description="False: the w/o noise control ablation (every aspect kept)")
+    hidden: int = Field(128, ge=1, description="hidden size of the edge-weight MLP over (basic, aspect)")
+    tau: float = Field(0.5, gt=0, description="Gumbel-sigmoid temperature")
+    theta: float = Field(0.4, gt=0, lt=1, description="threshold of reliability (paper: 0.4)")
+    bank_size: int = Field(500, ge=1, description="N: retain/abandon sets are consulted once both hold N")
+    bias: float = Field(1e-4, gt=0, lt=0.5, description="keeps epsilon off 0 and 1 in the Gumbel noise")
+    epochs: int = Field(20, ge=1)
+    lr: float = Field(1e-3, gt=0)
+
+
+class AugmentConfig(_Strict):
+    """ER2ALM's LLM augmentation: liked / disliked picks among a base model's candidates -> ceil(eta |E|) pairs."""
+
+    enabled: bool = Field(True, description="False: the w/o augmentation ablation")
+    eta: float = Field(0.02, ge=0, description="extra training pairs = ceil(eta * |training edges|)")
+    candidates: int = Field(10, ge=2, description="base-model candidates shown to the LLM per user")
+    max_new_tokens: int = Field(48, ge=1)
+    temperature: float = Field(0.0, ge=0)
+    block_size: int = Field(64, ge=1)
+
+
+class GNNConfig(_Strict):
+    """ER2ALM Eq. 13-14: a LightGCN-style GNN over the (augmented) graph whose user / item representations take
+    the side embeddings (profile, kept aspects, basic attributes); BPR."""
+
+    dim: int = Field(64, ge=1)
+    num_layers: int = Field(3, ge=1)
+    epochs: int = Field(200, ge=1)
+    lr: float = Field(5e-4, gt=0, description="paper (MovieLens): 2.5e-4 .. 9.5e-4")
+    batch_size: int = Field(2048, ge=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    side: bool = Field(True, description="False: no side embeddings (plain LightGCN / BPR-MF baselines)")
+    use_items: bool = Field(True, description="False: the w/o item information ablation")
+    use_users: bool = Field(True, description="False: the w/o user information ablation")
+    seeds: int = Field(5, ge=1, description="independent runs averaged in the report (paper: 5)")
 
 
 EVAL_VARIANTS = ("zero_shot", "recent", "rella", "hybrid", "concat", "concat_ssl", "rallrec", "no_aug", "deepfm")

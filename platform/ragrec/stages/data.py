@@ -15,9 +15,9 @@ from ..config import RunConfig
 def dataset_stage(store: ArtifactStore, cfg: RunConfig) -> Artifact:
     from ..data import load_dataset
 
-    data_cfg = cfg.data.model_dump(
-        mode="json", exclude={"min_history", "max_history", "split", "protocol", "temporal", "rerank"}
-    )
+    # the protocol's fields and the corpus (read by its own stage) do not change the loaded tables
+    protocol_fields = {"min_history", "max_history", "split", "protocol", "temporal", "rerank", "corpus_file"}
+    data_cfg = cfg.data.model_dump(mode="json", exclude=protocol_fields)
     data_cfg["columns"] = spec_fields(cfg.data.columns, late=("split",))
     path = cfg.data.resolved_path()
     if path is not None:

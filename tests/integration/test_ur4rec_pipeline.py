@@ -84,6 +84,7 @@ def test_ur4rec_end_to_end_cache_and_tune_objective(ray_session, data_dir, tmp_p
 
     # serving: the same (history, list) gives the offline scores; the response is ordered; bad input is a 4xx
     _check_serving(result.run_dir, samples, preds)
+    _check_http(result.run_dir, preds)
 
     # a rerun reuses every stage; the Tune objective reads the same cached scores
     keys = _keys(root)
@@ -118,3 +119,50 @@ def _check_serving(run_dir, samples, preds):
         with pytest.raises(RequestError) as e:
             svc.rerank(RerankRequest(user_id=user, item_ids=items))
         assert e.value.status == status
+
+
+def _check_http(run_dir, preds):
+    """``serve deploy``'s import path on a ranking run: one deployment behind POST /rerank."""
+    import socket
+    import sys
+    import urllib.error
+    import urllib.request
+
+    from ray import serve
+
+    sys.path.insert(0, str(REPO))
+    from serve.app import app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def call(path, body=None):
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}{path}", data=data, headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=120) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        serve.run(
+            app({"run_dir": str(run_dir), "predictor_cpus": "0.5", "torch_threads": "2"}),
+            name="ur4rec",
+            route_prefix="/",
+        )
+        assert call("/healthz")[0] == 200
+        r = preds.slice(0, 1).to_pylist()[0]
+        status, body = call("/rerank", {"user_id": r["user_id"], "item_ids": r["candidates"]})
+        assert status == 200 and sorted(it["item_id"] for it in body["items"]) == sorted(r["candidates"])
+        scores = [it["score"] for it in body["items"]]
+        assert scores == sorted(scores, reverse=True)
+        status, body = call("/rerank", {"user_id": r["user_id"], "item_ids": [1, 1]})
+        assert status == 422 and "repeats" in body["detail"]
+        assert call("/rerank", {"user_id": "3", "item_ids": [1]})[0] == 422
+    finally:
+        serve.shutdown()

@@ -4,6 +4,7 @@
 * :func:`temporal_samples` (CoLLM / SCoRe): the last calendar windows (months or days) are
   train / valid / test, or the user's own ``split`` column decides.
 * :func:`~ragrec.data.rerank.rerank_samples` (UR4Rec / KAR / LibRerank): candidate lists of positives.
+* :func:`~ragrec.data.full_ranking.full_ranking_split` (ER2ALM): per-user random split of positives.
 * :func:`build_samples` dispatches on ``data.protocol``.
 
 Everything is numpy-vectorised: one stable sort, per-user positions from a second stable sort, and
@@ -58,6 +59,30 @@ def split_bounds(n: int, split: tuple[float, float, float]) -> tuple[int, int]:
     cum = np.cumsum(split)[:2]
     b = np.floor(cum * n + 1e-6).astype(np.int64)
     return int(b[0]), int(b[1])
+
+
+def per_user_split(user_grouped: np.ndarray, split: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Cut each user's rows by ``split`` fractions, in the order given (the ``rerank`` and ``full_ranking``
+    protocols): the rounding of :func:`split_bounds` per user, train = the first floor(0.8 n), valid up to
+    floor(0.9 n), test the rest.
+
+    Args:
+        user_grouped: ``(n,)`` user ids with each user's rows contiguous, in the order to cut them.
+        split: train / valid / test fractions.
+
+    Returns:
+        ``(pos, codes)``: ``(n,) int64`` rows of the same user before each row, ``(n,) int8`` 0/1/2.
+    """
+    is_start = np.ones(len(user_grouped), dtype=bool)
+    is_start[1:] = user_grouped[1:] != user_grouped[:-1]
+    start = np.flatnonzero(is_start)
+    lengths = np.diff(np.append(start, len(user_grouped)))
+    pos = np.arange(len(user_grouped)) - np.repeat(start, lengths)
+    n_user = np.repeat(lengths, lengths)
+    cum = np.cumsum(split)[:2]
+    cut_train = np.floor(cum[0] * n_user + 1e-6).astype(np.int64)
+    cut_valid = np.floor(cum[1] * n_user + 1e-6).astype(np.int64)
+    return pos, ((pos >= cut_train).astype(np.int8) + (pos >= cut_valid)).astype(np.int8)
 
 
 def _labels(interactions: pa.Table, threshold: float) -> np.ndarray:
@@ -416,11 +441,13 @@ def temporal_samples(interactions: pa.Table, cfg: DataConfig) -> pa.Table:
 
 
 def build_samples(interactions: pa.Table, cfg) -> pa.Table:
-    """Samples of the protocol ``data.protocol`` (``rallrec`` | ``temporal`` | ``rerank``).
+    """Samples of the protocol ``data.protocol`` (``rallrec`` | ``temporal`` | ``rerank`` | ``full_ranking``).
 
-    ``rerank`` (:func:`~ragrec.data.rerank.rerank_samples`) is seeded with ``cfg.seed`` when ``cfg`` is a
-    RunConfig (0 for a bare DataConfig); its ``negatives: ranker`` lists need the method's initial ranker
-    and are built by the method, not here.
+    ``rerank`` (:func:`~ragrec.data.rerank.rerank_samples`) and ``full_ranking``
+    (:func:`~ragrec.data.full_ranking.full_ranking_split`) are seeded with ``cfg.seed`` when ``cfg`` is a
+    RunConfig (0 for a bare DataConfig); ``rerank``'s ``negatives: ranker`` lists need the method's initial
+    ranker and are built by the method, not here. ``full_ranking`` returns its
+    :data:`~ragrec.data.schemas.FULL_RANKING` table (user_id, item_id, split), not per-sample rows.
 
     Args:
         interactions: ``(n,)`` :data:`~ragrec.data.schemas.INTERACTIONS` table.
@@ -446,4 +473,12 @@ def build_samples(interactions: pa.Table, cfg) -> pa.Table:
                 "(ragrec.data.rerank.rerank_samples(..., ranker_scores=)), or use data.rerank.negatives: uniform",
             )
         return rerank_samples(interactions, data, seed=getattr(cfg, "seed", 0))
-    raise DataError(f"unknown protocol '{data.protocol}'", field="data.protocol", fix="use rallrec, temporal or rerank")
+    if data.protocol == "full_ranking":
+        from .full_ranking import full_ranking_split  # full_ranking imports this module's helpers
+
+        return full_ranking_split(interactions, data, seed=getattr(cfg, "seed", 0))
+    raise DataError(
+        f"unknown protocol '{data.protocol}'",
+        field="data.protocol",
+        fix="use rallrec, temporal, rerank or full_ranking",
+    )

@@ -40,7 +40,7 @@ import pyarrow as pa
 
 from ..config import DataConfig
 from .errors import DataError
-from .protocols import _MAX_LIST_VALUES, _labels, _split_strings
+from .protocols import _MAX_LIST_VALUES, _labels, _split_strings, per_user_split
 from .schemas import INTERACTIONS, RERANK_SAMPLES, SPLITS, validate
 
 __all__ = ["rerank_samples", "train_positive_counts", "train_positive_interactions"]
@@ -140,17 +140,7 @@ def _positives(interactions: pa.Table, cfg: DataConfig, num_items: int | None) -
 
     order = np.lexsort((item, ts, user))
     user, item, ts, row = user[order], item[order], ts[order], row[order]
-    is_start = np.ones(len(user), dtype=bool)
-    is_start[1:] = user[1:] != user[:-1]
-    start = np.flatnonzero(is_start)
-    lengths = np.diff(np.append(start, len(user)))
-    pos = np.arange(len(user)) - np.repeat(start, lengths)
-    n_user = np.repeat(lengths, lengths)
-    # the rounding of split_bounds, per user: train = [0, floor(cum0 n)), valid = [.., floor(cum1 n))
-    cum = np.cumsum(cfg.split)[:2]
-    cut_train = np.floor(cum[0] * n_user + 1e-6).astype(np.int64)
-    cut_valid = np.floor(cum[1] * n_user + 1e-6).astype(np.int64)
-    split = ((pos >= cut_train).astype(np.int8) + (pos >= cut_valid)).astype(np.int8)
+    pos, split = per_user_split(user, cfg.split)
 
     keys = np.unique(user_all.astype(np.int64) * n_items + item_all)
     return _Positives(user, item, ts, row, pos, split, pool, n_items), keys

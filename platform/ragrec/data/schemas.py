@@ -75,6 +75,16 @@ RERANK_SAMPLES = pa.schema(
     ]
 )
 
+# the ``full_ranking`` protocol (ER2ALM, :mod:`ragrec.data.full_ranking`): one row per distinct positive
+# (user, item) pair with the split it falls in (a per-user random 8:1:1 cut); every unseen item is ranked
+FULL_RANKING = pa.schema(
+    [
+        pa.field("user_id", pa.int64(), nullable=False),
+        pa.field("item_id", pa.int64(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),  # 'train' | 'valid' | 'test'
+    ]
+)
+
 SPLITS = ("train", "valid", "test")
 
 

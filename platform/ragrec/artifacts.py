@@ -8,20 +8,41 @@ So a finished artifact is never half-written, a rerun skips finished stages, and
 resumes at the first unfinished stage. Long stages (LLM generation) also checkpoint *blocks* inside
 ``<key>.partial/blocks/``; a resumed stage keeps those and computes only the missing blocks.
 
+Concurrency and integrity (a sweep with concurrent trials, two users on one cache):
+
+* One writer per key: :meth:`ArtifactStore.run` holds an exclusive ``fcntl.flock`` on
+  ``<key>.partial/.writer.lock`` while it computes into ``<key>.partial/`` (so that folder stays the stable,
+  resumable place: blocks, LoRA ``train/`` checkpoints). A second writer of the same key waits and then reuses
+  the first one's artifact. Where the filesystem has no ``flock``, each writer stages into its own
+  ``<key>.<host>-<pid>-<random>.partial/`` instead (no resume there).
+* The manifest lists every file with its size and a blake2b digest (of the whole file up to
+  :data:`FULL_DIGEST_MAX`, else of its first and last 64 KiB and size) and is written last; remote stores
+  upload the data before it. Publishing never removes another writer's finished artifact: the rename onto an
+  existing ``<key>/`` fails, and the existing one is kept (unless it is forced or broken).
+* Reuse verifies: a listed file that is missing, of another size or digest makes the artifact unfinished; it
+  is moved aside to ``<key>.corrupt-<time>/`` with a warning naming the file and recomputed. Manifests written
+  before the file list (no ``files``) are trusted as before.
+
 The root can be a local path or any URI pyarrow.fs understands (``s3://bucket/prefix``,
 ``gs://...``); remote roots stage locally and upload on commit.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import hashlib
 import json
 import logging
 import os
 import platform as _stdlib_platform
+import secrets
 import shutil
+import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +56,83 @@ from .config import config_hash
 log = logging.getLogger("ragrec.artifacts")
 
 MANIFEST = "manifest.json"
+LOCK = ".writer.lock"
+"""Inside ``<key>.partial/``: the file a writer holds an exclusive ``flock`` on while it computes the artifact."""
+FULL_DIGEST_MAX = 16 * 1024**2
+"""Files up to this size get a digest of their whole content; larger ones of their first and last 64 KiB."""
+_EDGE = 64 * 1024
+LOCK_POLL_S = 0.5
+"""How often a writer waiting for another writer of the same key retries its lock."""
+
+_RECORDERS: list[list[str]] = []
+
+
+@contextmanager
+def recording_stages() -> Iterator[list[str]]:
+    """Collect, in first-run order, the names of the stages any :class:`ArtifactStore` of this process is asked
+    for (cached or computed) inside the ``with`` block (the CLI's check of ``--force`` names)."""
+    seen: list[str] = []
+    _RECORDERS.append(seen)
+    try:
+        yield seen
+    finally:
+        _RECORDERS.remove(seen)
+
+
+def unmatched_force_message(force: Iterable[str], stages: Iterable[str]) -> str | None:
+    """The error for ``--force`` names that matched none of ``stages`` (None when every name matched)."""
+    stages = list(dict.fromkeys(stages))
+    unknown = [f for f in dict.fromkeys(force) if f not in stages]
+    if not unknown:
+        return None
+    names = ", ".join(repr(f) for f in unknown)
+    return f"--force {names} matched no stage; stages of this run: {', '.join(stages) or '(none)'}"
+
+
+def _digest(path: Path, size: int, mode: str | None = None) -> str:
+    """``full:<blake2b>`` of the whole file (``mode`` full, or by default when ``size`` <= FULL_DIGEST_MAX),
+    else ``ends:<blake2b>`` of its first and last 64 KiB and its size."""
+    mode = mode or ("full" if size <= FULL_DIGEST_MAX else "ends")
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        if mode == "full":
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        else:
+            h.update(f.read(_EDGE))
+            f.seek(max(size - _EDGE, 0))
+            h.update(f.read(_EDGE))
+            h.update(str(size).encode())
+    return f"{mode}:{h.hexdigest()}"
+
+
+def _file_list(staging: Path) -> dict[str, dict]:
+    """``{relative path: {size, digest}}`` of every file of a staged artifact but the manifest and lock."""
+    out = {}
+    for p in sorted(staging.rglob("*")):
+        if p.is_file() and p.name not in (MANIFEST, LOCK, ATTEMPTS):
+            size = p.stat().st_size
+            out[p.relative_to(staging).as_posix()] = {"size": size, "digest": _digest(p, size)}
+    return out
+
+
+def _check_files(files: dict[str, dict], root: Path, digests: bool) -> list[str]:
+    """What is wrong with the local copy under ``root`` of the listed ``files`` ([] = nothing)."""
+    problems = []
+    for rel, meta in files.items():
+        p = root / rel
+        try:
+            size = p.stat().st_size
+        except OSError:
+            problems.append(f"{rel}: missing")
+            continue
+        if size != meta.get("size"):
+            problems.append(f"{rel}: {size} bytes, the manifest lists {meta.get('size')}")
+        elif digests and meta.get("digest"):
+            mode = meta["digest"].split(":", 1)[0]
+            if _digest(p, size, mode) != meta["digest"]:
+                problems.append(f"{rel}: content differs from the manifest's checksum")
+    return problems
 
 
 def _is_remote(uri: str) -> bool:
@@ -49,6 +147,10 @@ class Artifact:
     stage: str
     key: str
     spec: dict = field(default_factory=dict)
+    # a private staging folder (writers without a lock); None = the stable, resumable ``<key>.partial/``
+    _staging_dir: Path | None = field(default=None, init=False, repr=False, compare=False)
+    # a forced recompute: publishing replaces a finished artifact of the key
+    _replace: bool = field(default=False, init=False, repr=False, compare=False)
 
     # ---- locations -------------------------------------------------------------------------
     @property
@@ -69,7 +171,13 @@ class Artifact:
 
     @property
     def done(self) -> bool:
-        return self.store._exists(f"{self.uri}/{MANIFEST}")
+        """The manifest exists and every file it lists exists with its size (digests: :meth:`verify`)."""
+        return not self.store._problems(self, digests=False)
+
+    def verify(self) -> list[str]:
+        """What is wrong with the finished artifact ([] = complete): a missing manifest, or a listed file that
+        is missing or differs in size or checksum (checksums of a remote artifact: on its local copy)."""
+        return self.store._problems(self, digests=True)
 
     # ---- reading ---------------------------------------------------------------------------
     def manifest(self) -> dict:
@@ -123,7 +231,8 @@ class Artifact:
         return pa.concat_tables([pq.read_table(f) for f in files]) if files else None
 
     def commit(self, rows: int | None = None, **extra: Any) -> Artifact:
-        """Write the manifest and atomically publish the staging directory."""
+        """Write the manifest (last, listing every file with its size and checksum) and atomically publish
+        the staging directory. When another writer published the key first, its artifact is kept."""
         manifest = {
             "stage": self.stage,
             "key": self.key,
@@ -137,7 +246,13 @@ class Artifact:
         blocks = staging / "blocks"
         if blocks.is_dir():
             shutil.rmtree(blocks)
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+        for tmp in staging.rglob("*.tmp"):  # a killed attempt's half-written file
+            if tmp.is_file():
+                tmp.unlink()
+        manifest["files"] = _file_list(staging)
+        tmp = staging / f"{MANIFEST}.tmp"
+        tmp.write_text(json.dumps(manifest, indent=2, default=str))
+        os.replace(tmp, staging / MANIFEST)
         self.store._publish(self, staging)
         return self
 
@@ -160,7 +275,7 @@ def _start_attempt(staging: Path) -> list[dict]:
         attempts = []
     if attempts and "end" not in attempts[-1]:
         start = attempts[-1]["start"]
-        mtimes = [f.stat().st_mtime for f in staging.rglob("*") if f.is_file() and f.name != ATTEMPTS]
+        mtimes = [f.stat().st_mtime for f in staging.rglob("*") if f.is_file() and f.name not in (ATTEMPTS, LOCK)]
         attempts[-1]["end"] = max([start] + [t for t in mtimes if t >= start])
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(attempts + [{"start": time.time()}]))
@@ -199,6 +314,12 @@ class ArtifactStore:
             self.root = str(Path(root).resolve())
             Path(self.root).mkdir(parents=True, exist_ok=True)
         self.force = set(force)
+        self.stages_run: list[str] = []
+        """The stages :meth:`run` was asked for, in first-run order (cached ones too)."""
+
+    def unused_force(self) -> list[str]:
+        """The ``force`` names that matched no stage :meth:`run` was asked for (so far)."""
+        return sorted(self.force - set(self.stages_run))
 
     # ---- keys --------------------------------------------------------------------------------
     def artifact(self, stage: str, config: Any, inputs: Iterable[Artifact | str] = (), version: str = "1") -> Artifact:
@@ -221,26 +342,112 @@ class ArtifactStore:
         manifest fields). The artifact is committed only if ``compute`` returns normally.
         """
         art = self.artifact(stage, config, list(inputs), version)
-        if art.done and stage not in self.force:
+        for seen in [self.stages_run, *_RECORDERS]:
+            if stage not in seen:
+                seen.append(stage)
+        forced = stage in self.force
+        if not forced and not art.verify():
             log.info("stage %-14s cached   %s", stage, art.key)
             return art
-        if art.done:
-            self._remove(art)
-        log.info("stage %-14s running  %s", stage, art.key)
-        earlier = _start_attempt(art.staging)
-        t0 = time.perf_counter()
-        out = compute(art)
-        extra = out if isinstance(out, dict) else {"rows": out}
-        extra.setdefault("rows", None)
-        seconds = time.perf_counter() - t0
-        if earlier:  # resumed: the earlier attempts' kept work counts too
-            extra.update(
-                seconds_total=round(seconds + sum(a["end"] - a["start"] for a in earlier), 3), attempts=len(earlier) + 1
-            )
-        (art.staging / ATTEMPTS).unlink(missing_ok=True)
-        art.commit(seconds=round(seconds, 3), **extra)
-        log.info("stage %-14s done     %s (%.1fs)", stage, art.key, seconds)
-        return art
+        before = self._manifest_stamp(art)
+        fd, waited = self._lock(art)
+        try:
+            problems = art.verify()
+            if not problems and (not forced or (waited and self._manifest_stamp(art) != before)):
+                # finished meanwhile by the writer we waited for (a forced stage too: that is a fresh one)
+                log.info("stage %-14s cached   %s (computed by a concurrent writer)", stage, art.key)
+                if fd is not None:
+                    self._unlock(fd, art, cleanup=True)
+                    fd = None
+                return art
+            if problems and problems != [f"{MANIFEST}: missing"]:
+                log.warning(
+                    "stage %s: the finished artifact %s is broken (%s); moving it aside and recomputing",
+                    stage,
+                    art.uri,
+                    "; ".join(problems),
+                )
+                self._move_aside(art, "corrupt")
+            art._replace = forced and not problems
+            log.info("stage %-14s running  %s", stage, art.key)
+            earlier = _start_attempt(art.staging)
+            t0 = time.perf_counter()
+            try:
+                out = compute(art)
+            except BaseException:
+                if art._staging_dir is not None:  # a private folder nobody resumes from
+                    shutil.rmtree(art._staging_dir, ignore_errors=True)
+                raise
+            extra = out if isinstance(out, dict) else {"rows": out}
+            extra.setdefault("rows", None)
+            seconds = time.perf_counter() - t0
+            if earlier:  # resumed: the earlier attempts' kept work counts too
+                extra.update(
+                    seconds_total=round(seconds + sum(a["end"] - a["start"] for a in earlier), 3),
+                    attempts=len(earlier) + 1,
+                )
+            (art.staging / ATTEMPTS).unlink(missing_ok=True)
+            art.commit(seconds=round(seconds, 3), **extra)
+            log.info("stage %-14s done     %s (%.1fs)", stage, art.key, seconds)
+            return art
+        finally:
+            if fd is not None:
+                os.close(fd)  # after commit the lock file went with the folder (or stays for a resume)
+
+    # ---- writer lock -------------------------------------------------------------------------------
+    def _lock(self, art: Artifact) -> tuple[int | None, bool]:
+        """Take the exclusive writer lock of ``art``'s resumable ``<key>.partial/``: ``(fd, waited)``.
+
+        Waits (polling, so Ctrl-C works) while another writer holds it. Whoever publishes or abandons the folder
+        removes the lock file, so a lock is valid only while the file at the path is the one locked. Where the
+        filesystem has no ``flock``, returns ``(None, waited)`` and gives ``art`` a private staging folder.
+        """
+        waited = False
+        while True:
+            staging = self._local_staging(art)
+            path = staging / LOCK
+            try:
+                staging.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except FileNotFoundError:  # the folder was just published (renamed away): look again
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                if not waited:
+                    log.info("stage %-14s waiting  %s (another writer is computing it)", art.stage, art.key)
+                waited = True
+                time.sleep(LOCK_POLL_S)
+                continue
+            except OSError as e:  # no flock here (some network filesystems): stage privately
+                os.close(fd)
+                log.warning(
+                    "stage %s: no file lock in %s (%s); staging privately, without resume", art.stage, staging, e
+                )
+                tag = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+                art._staging_dir = staging.parent / f"{art.key}.{tag}.partial"
+                return None, waited
+            try:
+                st = os.stat(path)
+                fst = os.fstat(fd)
+                same = (st.st_ino, st.st_dev) == (fst.st_ino, fst.st_dev)
+            except FileNotFoundError:
+                same = False
+            if same:
+                return fd, waited
+            os.close(fd)  # we locked a file its holder had removed (it published): look again
+
+    def _unlock(self, fd: int, art: Artifact, cleanup: bool) -> None:
+        """Release the lock; ``cleanup``: remove the lock file and the folder when nothing else is in it."""
+        if cleanup:
+            staging = self._local_staging(art)
+            (staging / LOCK).unlink(missing_ok=True)
+            try:
+                staging.rmdir()
+            except OSError:
+                pass
+        os.close(fd)
 
     # ---- filesystem plumbing -------------------------------------------------------------------
     def _exists(self, uri: str) -> bool:
@@ -265,22 +472,118 @@ class ArtifactStore:
                 source_filesystem=self.fs,
             )
             local.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, local)
+            try:
+                os.replace(tmp, local)
+            except OSError:  # a concurrent download got there first
+                if not (local / MANIFEST).exists():
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)
         return local
 
     def _local_staging(self, art: Artifact) -> Path:
+        if art._staging_dir is not None:
+            return art._staging_dir
         base = Path(self.root) if not self.remote else self._cache
         return base / art.stage / f"{art.key}.partial"
 
+    def _read_manifest(self, art: Artifact) -> dict | None:
+        """The finished artifact's manifest (None: there is none); raises ValueError when unreadable."""
+        if not self.remote:
+            try:
+                return json.loads((Path(self.root) / art.stage / art.key / MANIFEST).read_text())
+            except FileNotFoundError:
+                return None
+        path = self._fs_path(f"{art.uri}/{MANIFEST}")
+        if self.fs.get_file_info(path).type != pafs.FileType.File:
+            return None
+        with self.fs.open_input_stream(path) as f:
+            return json.loads(f.read())
+
+    def _manifest_stamp(self, art: Artifact) -> Any:
+        info = self.fs.get_file_info(self._fs_path(f"{art.uri}/{MANIFEST}"))
+        return (info.type, info.mtime_ns, info.size)
+
+    def _problems(self, art: Artifact, digests: bool) -> list[str]:
+        """What keeps ``art`` from being a complete finished artifact ([] = nothing)."""
+        try:
+            manifest = self._read_manifest(art)
+        except (ValueError, OSError) as e:
+            return [f"{MANIFEST}: unreadable ({e})"]
+        if manifest is None:
+            return [f"{MANIFEST}: missing"]
+        files = manifest.get("files")
+        if not isinstance(files, dict):  # written before manifests listed their files: trusted as before
+            return []
+        if not self.remote:
+            return _check_files(files, Path(self.root) / art.stage / art.key, digests)
+        infos = self.fs.get_file_info([self._fs_path(f"{art.uri}/{rel}") for rel in files])
+        problems = []
+        for (rel, meta), info in zip(files.items(), infos):
+            if info.type != pafs.FileType.File:
+                problems.append(f"{rel}: missing")
+            elif info.size != meta.get("size"):
+                problems.append(f"{rel}: {info.size} bytes, the manifest lists {meta.get('size')}")
+        local = self._cache / art.stage / art.key
+        if not problems and digests and (local / MANIFEST).exists():
+            stale = _check_files(files, local, digests=True) or json.loads((local / MANIFEST).read_text()) != manifest
+            if stale:  # a broken or outdated download: fetch it again when read
+                log.warning("stage %s: the local copy %s differs from %s; downloading again", art.stage, local, art.uri)
+                shutil.rmtree(local, ignore_errors=True)
+        return problems
+
+    def _move_aside(self, art: Artifact, why: str) -> Path | None:
+        """Move the finished ``<key>/`` out of the way to ``<key>.<why>-<time>`` (remote: delete it)."""
+        if self.remote:
+            self.fs.delete_file(self._fs_path(f"{art.uri}/{MANIFEST}"))  # unfinished first, then gone
+            self.fs.delete_dir(self._fs_path(art.uri))
+            shutil.rmtree(self._cache / art.stage / art.key, ignore_errors=True)
+            return None
+        final = Path(self.root) / art.stage / art.key
+        aside = final.with_name(f"{art.key}.{why}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}")
+        try:
+            os.rename(final, aside)
+        except FileNotFoundError:
+            return None
+        return aside
+
     def _publish(self, art: Artifact, staging: Path) -> None:
+        """Publish the staged folder (manifest included) as the finished artifact; data before manifest.
+
+        The rename onto an existing ``<key>/`` fails, so a concurrent winner's artifact is never removed: it is
+        kept and ours discarded, unless ours is a forced recompute or the existing one is broken.
+        """
         if not self.remote:
             final = Path(self.root) / art.stage / art.key
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(staging, final)
+            while True:
+                try:
+                    os.rename(staging, final)
+                    break
+                except OSError as e:
+                    if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                        raise
+                problems = self._problems(art, digests=True)
+                if not problems and not art._replace:
+                    log.info("stage %s: %s was published by another writer; keeping it", art.stage, art.key)
+                    shutil.rmtree(staging, ignore_errors=True)
+                    return
+                aside = self._move_aside(art, "corrupt" if problems else "replaced")
+                if aside is not None and not problems:
+                    shutil.rmtree(aside, ignore_errors=True)
+                art._replace = False
+            (final / LOCK).unlink(missing_ok=True)  # it came along; a waiter holding it sees it gone
             return
-        dest = self._fs_path(art.uri)
-        pafs.copy_files(str(staging), dest, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs)
+        if not art._replace and not self._problems(art, digests=False):
+            log.info("stage %s: %s was published by another writer; keeping it", art.stage, art.key)
+        else:
+            if self._read_manifest(art) is not None:
+                self._move_aside(art, "replaced")
+            dest = self._fs_path(art.uri)
+            local = pafs.LocalFileSystem()
+            files = [p for p in sorted(staging.rglob("*")) if p.is_file() and p.name not in (MANIFEST, LOCK)]
+            for p in [*files, staging / MANIFEST]:  # the manifest last: a reader sees all data or no artifact
+                target = f"{dest}/{p.relative_to(staging).as_posix()}"
+                self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+                pafs.copy_files(str(p), target, source_filesystem=local, destination_filesystem=self.fs)
         shutil.rmtree(staging, ignore_errors=True)
 
     def _remove(self, art: Artifact) -> None:

@@ -89,21 +89,31 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     try:
         if args.command == "run":
+            from .artifacts import recording_stages, unmatched_force_message
             from .methods import run
 
             cfg = load_config(args.config, args.overrides)
-            result = run(cfg, force=tuple(args.force))
+            with recording_stages() as stages:
+                result = run(cfg, force=tuple(args.force))
             print(json.dumps(result.metrics["rows"][0], indent=2))
             print(f"report: {result.run_dir / 'report.md'}")
+            if err := unmatched_force_message(args.force, stages):  # a misspelled --force recomputed nothing
+                print(f"ragrec: error: {err}", file=sys.stderr)
+                return 2
         elif args.command == "evaluate":
+            from .artifacts import recording_stages, unmatched_force_message
             from .evaluation.report import format_rows
             from .methods import evaluate, get_method
 
             cfg = load_config(args.config, args.overrides)
-            result = evaluate(cfg, force=tuple(args.force))
+            with recording_stages() as stages:
+                result = evaluate(cfg, force=tuple(args.force))
             table = result.metrics.get("table")  # a ranking evaluation's own summary table
             print(table if table is not None else format_rows(result.metrics["rows"], get_method(cfg.method).title))
             print(f"report: {result.run_dir / 'report.md'}")
+            if err := unmatched_force_message(args.force, stages):  # a misspelled --force recomputed nothing
+                print(f"ragrec: error: {err}", file=sys.stderr)
+                return 2
         elif args.command == "sweep":
             from .tuning import run_sweep
 

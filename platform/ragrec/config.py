@@ -10,18 +10,59 @@ back to a default.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+
+def _admits_bool(tp: Any) -> bool:
+    """Whether the type ``tp`` (or any part of it) accepts a boolean."""
+    if tp is bool or tp is Any:
+        return True
+    origin = get_origin(tp)
+    if origin is Literal:
+        return any(isinstance(a, bool) for a in get_args(tp))
+    if origin is Annotated:
+        return _admits_bool(get_args(tp)[0])
+    return any(_admits_bool(a) for a in get_args(tp))
+
+
+def _has_bool(v: Any) -> bool:
+    return isinstance(v, bool) or (isinstance(v, (list, tuple)) and any(isinstance(x, bool) for x in v))
+
+
+def _bool_error(v: Any) -> ValueError:
+    return ValueError(
+        f"{json.dumps(v)} {'is' if isinstance(v, bool) else 'holds'} a boolean where a number is expected; "
+        "write a number (YAML reads true/false/yes/no/on/off as booleans)"
+    )
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    """Unknown keys, inf/nan floats and booleans in number fields are errors (pydantic would read true as 1)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_as_number(cls, v: Any, info: ValidationInfo) -> Any:
+        if _has_bool(v) and not _admits_bool(cls.model_fields[info.field_name].annotation):
+            raise _bool_error(v)
+        return v
 
 
 class GenericColumns(_Strict):
@@ -43,10 +84,10 @@ class GenericColumns(_Strict):
 
 
 class SyntheticConfig(_Strict):
-    n_users: int = 300
-    n_items: int = 400
-    n_genres: int = 12
-    ratings_per_user: int = 40
+    n_users: int = Field(300, ge=1)
+    n_items: int = Field(400, ge=1)
+    n_genres: int = Field(12, ge=1)
+    ratings_per_user: int = Field(40, ge=1)
     seed: int = 0
 
 
@@ -125,12 +166,26 @@ class DataConfig(_Strict):
     max_history: int | None = Field(
         None, description="Keep at most this many most recent history items per sample (None = all)."
     )
-    max_users: int | None = Field(None, description="keep only users with dense id < N (quick slices for tests)")
+    max_users: int | None = Field(None, ge=1, description="keep only users with dense id < N (quick slices for tests)")
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)
     label_threshold: float = Field(3.0, description="label = rating > threshold")
     interactions_file: str | None = Field(None, description="generic: interactions .parquet/.csv")
     items_file: str | None = Field(None, description="generic: items .parquet/.csv")
     users_file: str | None = Field(None, description="generic: optional users .parquet/.csv")
+    encoding: str = Field(
+        "utf-8", description="generic: text encoding of .csv/.tsv files (e.g. latin-1, cp1252), transcoded to UTF-8"
+    )
+    separator: str | None = Field(
+        None, description="generic: field separator of .csv/.tsv files, one character (None: tab for .tsv, else ',')"
+    )
+    rating_range: tuple[float, float] | None = Field(
+        None, description="generic: plausible [min, max] ratings, others are an error (None: 0 .. 1000)"
+    )
+    timestamp_unit: Literal["s", "ms"] = Field(
+        "s",
+        description="generic: unit of numeric timestamps: s (seconds since the epoch) or ms (milliseconds, "
+        "converted to seconds)",
+    )
     columns: GenericColumns = GenericColumns()
     synthetic: SyntheticConfig = SyntheticConfig()
 
@@ -139,6 +194,29 @@ class DataConfig(_Strict):
         if abs(sum(self.split) - 1.0) > 1e-6 or min(self.split) < 0:
             raise ValueError(f"data.split must be three non-negative fractions summing to 1, got {self.split}")
         return self
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, v: str) -> str:
+        try:
+            codecs.lookup(v)
+        except LookupError:
+            raise ValueError(f"unknown text encoding {v!r}; use e.g. utf-8, latin-1 or cp1252") from None
+        return v
+
+    @field_validator("separator")
+    @classmethod
+    def _one_char_separator(cls, v: str | None) -> str | None:
+        if v is not None and (len(v) != 1 or v in "\r\n\"'"):
+            raise ValueError(f"data.separator must be one character other than a quote or newline, got {v!r}")
+        return v
+
+    @field_validator("rating_range")
+    @classmethod
+    def _ordered_range(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and v[0] > v[1]:
+            raise ValueError(f"data.rating_range must be [min, max] with min <= max, got {list(v)}")
+        return v
 
     def resolved_path(self) -> Path | None:
         if self.path:
@@ -164,7 +242,7 @@ class LLMConfig(_Strict):
     device: str = Field("auto", description="auto | cpu | cuda")
     batch_size: int = Field(8, ge=1)
     max_prompt_tokens: int = Field(1024, ge=16, description="prompts are truncated from the left")
-    num_gpus_per_actor: float = 0.0
+    num_gpus_per_actor: float = Field(0.0, ge=0)
     actors: int = Field(1, ge=1, description="Ray Data actor pool size")
     load_in_8bit: bool = Field(False, description="bitsandbytes 8-bit (GPU only)")
 
@@ -178,11 +256,11 @@ class DescriptionConfig(_Strict):
         "spoilers, its themes, setting, main characters or actors, director, tone and impact. "
         "Use under 80 words."
     )
-    temperature: float = 0.8
-    top_p: float = 0.9
+    temperature: float = Field(0.8, ge=0)
+    top_p: float = Field(0.9, gt=0, le=1)
     max_new_tokens: int = Field(96, ge=1)
     block_size: int = Field(64, ge=1, description="items per checkpointed generation block")
-    max_items: int | None = Field(None, description="describe only the first N items (tests)")
+    max_items: int | None = Field(None, ge=1, description="describe only the first N items (tests)")
 
 
 class EmbeddingConfig(_Strict):
@@ -190,20 +268,20 @@ class EmbeddingConfig(_Strict):
 
     model: str | None = Field(None, description="encoder; None = the LLM (mean-pooled last hidden state)")
     pooling: Literal["mean", "last"] = "mean"
-    pca_dim: int | None = Field(128, description="PCA output dimension (None = keep)")
-    batch_size: int = 16
-    max_tokens: int = 256
+    pca_dim: int | None = Field(128, ge=1, description="PCA output dimension (None = keep)")
+    batch_size: int = Field(16, ge=1)
+    max_tokens: int = Field(256, ge=1)
 
 
 class LightGCNConfig(_Strict):
     """Step 3: collaborative embeddings."""
 
-    dim: int = 64
-    num_layers: int = 3
-    epochs: int = 20
-    lr: float = 1e-3
-    batch_size: int = 2048
-    weight_decay: float = 1e-4
+    dim: int = Field(64, ge=1)
+    num_layers: int = Field(3, ge=1)
+    epochs: int = Field(20, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(2048, ge=1)
+    weight_decay: float = Field(1e-4, ge=0)
     positive_threshold: float | None = Field(
         None, description="only interactions with rating > threshold are graph edges (None = all)"
     )
@@ -212,11 +290,11 @@ class LightGCNConfig(_Strict):
 class ProjectorConfig(_Strict):
     """Step 4: SSL alignment projector (Eq. 5)."""
 
-    hidden_dim: int = 256
-    epochs: int = 50
-    lr: float = 1e-3
-    batch_size: int = 256
-    temperature: float = 1.0
+    hidden_dim: int = Field(256, ge=1)
+    epochs: int = Field(50, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(256, ge=1)
+    temperature: float = Field(1.0, gt=0)
 
 
 class RetrievalConfig(_Strict):
@@ -231,7 +309,7 @@ class RetrievalConfig(_Strict):
 
 class PromptConfig(_Strict):
     augmentation: bool = Field(True, description="mixed views: relevance order, time order, recent-K")
-    max_title_chars: int = 80
+    max_title_chars: int = Field(80, ge=1)
     genres: bool = Field(
         False,
         description="not in the papers: name every movie with its genres ('Heat (1995) [Action, Crime, Thriller]')",
@@ -247,16 +325,16 @@ class LoRAConfig(_Strict):
     """Step 8: instruction tuning."""
 
     enabled: bool = True
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: list[str] = ["q_proj", "v_proj"]
-    lr: float = 5e-4
-    epochs: int = 1
-    batch_size: int = 4
-    grad_accum: int = 1
+    lr: float = Field(5e-4, gt=0)
+    epochs: int = Field(1, ge=1)
+    batch_size: int = Field(4, ge=1)
+    grad_accum: int = Field(1, ge=1)
     train_samples: int = Field(8192, ge=1, description="sampled training subset (before augmentation)")
-    max_tokens: int = 512
+    max_tokens: int = Field(512, ge=1)
     precision: Literal["auto", "float32", "bfloat16"] = Field(
         "auto",
         description="compute dtype of the forward/backward: bfloat16 = frozen base weights stored in bf16 "
@@ -281,23 +359,23 @@ ALL_PROJ = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "dow
 class SASRecConfig(_Strict):
     """SCoRe step 1: the collaborative model (CRM) over users' training sequences."""
 
-    dim: int = 64
-    num_layers: int = 2
-    num_heads: int = 1
+    dim: int = Field(64, ge=1)
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(1, ge=1)
     max_len: int = Field(50, ge=2, description="most recent items of a sequence")
-    dropout: float = 0.2
-    epochs: int = 200
-    lr: float = 1e-3
-    batch_size: int = 128
-    weight_decay: float = 0.0
-    eval_negatives: int = Field(100, description="sanity metric: leave-one-out with this many sampled negatives")
+    dropout: float = Field(0.2, ge=0, lt=1)
+    epochs: int = Field(200, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(128, ge=1)
+    weight_decay: float = Field(0.0, ge=0)
+    eval_negatives: int = Field(100, ge=1, description="sanity metric: leave-one-out with this many sampled negatives")
 
 
 class UserTextConfig(_Strict):
     """d(H(u)): a user's liked training items written out as text (SCoRe's behaviour documents)."""
 
     max_items: int = Field(10, ge=1, description="most recent liked items per user document")
-    max_title_chars: int = 80
+    max_title_chars: int = Field(80, ge=1)
 
 
 class CARConfig(_Strict):
@@ -306,11 +384,11 @@ class CARConfig(_Strict):
     encoder: str = Field("minilm-l6", description="sentence-transformers model (reference: mpnet-base)")
     enabled: bool = Field(True, description="False: SCoRe-base, the untuned encoder")
     kc: int = Field(5, ge=1, description="positives: the top-Kc SASRec neighbours of each user")
-    temperature: float = 0.1
-    epochs: int = 2
-    lr: float = 2e-5
-    batch_size: int = 32
-    max_tokens: int = 256
+    temperature: float = Field(0.1, gt=0)
+    epochs: int = Field(2, ge=1)
+    lr: float = Field(2e-5, gt=0)
+    batch_size: int = Field(32, ge=1)
+    max_tokens: int = Field(256, ge=1)
 
 
 class RationaleConfig(_Strict):
@@ -323,10 +401,10 @@ class RationaleConfig(_Strict):
         "more informed decision?"
     )
     pairs: int = Field(256, ge=1, description="(user, item) training pairs assessed (they supervise SARE)")
-    temperature: float = 0.0
-    top_p: float = 1.0
+    temperature: float = Field(0.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(96, ge=1)
-    block_size: int = 64
+    block_size: int = Field(64, ge=1)
 
 
 class SAREConfig(_Strict):
@@ -336,11 +414,11 @@ class SAREConfig(_Strict):
     enabled: bool = Field(True, description="False: SCoRe-rerank (CAR order, no SARE)")
     k1: int = Field(5, ge=1, description="negatives are sampled from ranks after K1")
     k2: int = Field(3, ge=1, description="negatives per query")
-    temperature: float = 0.02
-    epochs: int = 2
-    lr: float = 2e-5
-    batch_size: int = 8
-    max_tokens: int = 384
+    temperature: float = Field(0.02, gt=0)
+    epochs: int = Field(2, ge=1)
+    lr: float = Field(2e-5, gt=0)
+    batch_size: int = Field(8, ge=1)
+    max_tokens: int = Field(384, ge=1)
 
 
 class CIConfig(_Strict):
@@ -393,7 +471,7 @@ class UR4RecConfig(_Strict):
     epochs: int = Field(3, ge=1, description="pretraining epochs")
     lr: float = Field(1e-4, gt=0)
     batch_size: int = Field(32, ge=1)
-    max_train_samples: int | None = Field(None, description="pretrain on at most N training samples (seeded)")
+    max_train_samples: int | None = Field(None, ge=1, description="pretrain on at most N training samples (seeded)")
 
 
 class RerankerConfig(_Strict):
@@ -409,7 +487,7 @@ class RerankerConfig(_Strict):
     epochs: int = Field(5, ge=1)
     lr: float = Field(1e-3, gt=0, description="paper: 1e-4 for DLCM/PRM/SetRank, 1e-3 for GRU4Rec/SASRec")
     batch_size: int = Field(32, ge=1)
-    max_train_samples: int | None = Field(None, description="train on at most N training samples (seeded)")
+    max_train_samples: int | None = Field(None, ge=1, description="train on at most N training samples (seeded)")
 
 
 # ER2ALM's sections: its building blocks take these; they join RunConfig with the method (method: er2alm).
@@ -493,12 +571,12 @@ _METHOD_VARIANTS = {"rallrec": EVAL_VARIANTS, "score": SCORE_EVAL_VARIANTS, "ur4
 
 
 class EvalConfig(_Strict):
-    max_test_samples: int | None = Field(10000, description="first N test samples (reference: 10,000)")
-    max_valid_samples: int | None = 1000
+    max_test_samples: int | None = Field(10000, ge=1, description="first N test samples (reference: 10,000)")
+    max_valid_samples: int | None = Field(1000, ge=1)
     subset: Literal["first", "random"] = Field(
         "first", description="which max_*_samples rows: the first ones (reference) or a seeded random subset"
     )
-    bootstrap: int = 1000
+    bootstrap: int = Field(1000, ge=0)
     variants: list[str] | None = Field(
         None,
         description="`ragrec evaluate` rows (None: all of the method's). rallrec: zero_shot (w/o IT), recent (w/o "
@@ -565,8 +643,6 @@ class EvalConfig(_Strict):
     def _curve_grid(cls, v: dict[str, list[Any]] | None) -> dict[str, list[Any]] | None:
         """Every key a dotted config field (not the curve's own lora.train_samples, not eval.*), every value a
         non-empty list of values that field accepts; returns the values as the field parses them."""
-        from typing import Annotated
-
         from pydantic import TypeAdapter
 
         out = {}
@@ -582,6 +658,8 @@ class EvalConfig(_Strict):
                 raise ValueError(f"learning_curve_grid: {e}") from None
             if not isinstance(values, list) or not values:
                 raise ValueError(f"learning_curve_grid: {key} needs a non-empty list of values, got {values!r}")
+            if any(_has_bool(x) for x in values) and not _admits_bool(field.annotation):
+                raise ValueError(f"learning_curve_grid: {key}={values}: {_bool_error(values)}")
             tp = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
             adapter = TypeAdapter(tp)
             try:
@@ -627,7 +705,7 @@ class EvalConfig(_Strict):
 
 class RayConfig(_Strict):
     address: str | None = Field(None, description="None: $RAY_ADDRESS, else a local Ray")
-    num_cpus: int | None = None
+    num_cpus: int | None = Field(None, ge=0)
     num_workers: int = Field(1, ge=1, description="Ray Train workers")
     use_gpu: bool = False
 
@@ -683,8 +761,39 @@ def config_field(path: str):
     return model.model_fields[last]
 
 
+class _DuplicateKey(yaml.YAMLError):
+    """A mapping repeats a key (plain YAML would keep the last value silently)."""
+
+    def __init__(self, key: Any, mark: Any):
+        super().__init__(f"duplicate key {key!r}")
+        self.key, self.mark, self.problem = key, mark, f"duplicate key {key!r}"
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that rejects a key repeated within one mapping."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    if key in seen:
+                        raise _DuplicateKey(key, key_node.start_mark)
+                    seen.add(key)
+                except TypeError:  # unhashable key: the base loader reports it
+                    pass
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader
+
+
 def _parse_scalar(text: str) -> Any:
-    return yaml.safe_load(text)
+    return _load_yaml(text)
 
 
 def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
@@ -716,7 +825,12 @@ def read_yaml_mapping(p: Path, what: str) -> dict:
     if not p.is_file():
         raise ConfigError(f"{what} {p} does not exist")
     try:
-        raw = yaml.safe_load(p.read_text()) or {}
+        raw = _load_yaml(p.read_text()) or {}
+    except _DuplicateKey as e:
+        raise ConfigError(
+            f"{p} line {e.mark.line + 1}: duplicate key '{e.key}'; Fix: keep one '{e.key}' entry per section "
+            "(YAML would silently use the last one)"
+        ) from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML: {e}") from e
     if not isinstance(raw, dict):

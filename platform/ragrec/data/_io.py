@@ -110,7 +110,11 @@ def read_delimited(
     if not path.is_file():
         raise DataError(f"file not found (expected {describe})", file=path, fix=missing_fix)
     raw = path.read_bytes()
-    text = raw.decode(encoding) if encoding.lower().replace("_", "-") not in ("utf-8", "utf8") else raw.decode("utf-8")
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError(f"not valid {encoding} text (byte {e.start})", file=path, line=line, fix=fix) from None
     first = next((ln.rstrip("\r") for ln in text.split("\n", 20)[:20] if ln.strip()), None)
     if first is None:
         raise DataError(f"file is empty (expected lines of {describe})", file=path, fix=fix)

@@ -1,14 +1,21 @@
 """The ``generic`` dataset: a user's own interactions + items (+ users) files with declared columns.
 
-Files are ``.parquet`` or ``.csv`` (``.tsv`` tab-separated); column names come from
+Files are ``.parquet`` or ``.csv`` (``.tsv`` tab-separated; ``data.separator`` and ``data.encoding`` override
+the ',' / UTF-8 defaults of text files); column names come from
 ``cfg.columns`` (:class:`ragrec.config.GenericColumns`). Labels are either derived from a rating
 column (``label = rating > cfg.label_threshold``) or read from a 0/1 label column. Raw ids (strings
 or integers) become dense ids ``0..n-1`` in ascending raw-id order; the raw ids are kept in
 ``raw_item_id`` / ``raw_user_id``. Item columns other than the declared ones pass through as extras.
+
+Checks beyond parsing: every item needs a title; ratings must lie in ``data.rating_range`` (default 0 .. 1000);
+numeric timestamps above 1e11 (milliseconds read as seconds) are an error unless ``data.timestamp_unit: ms``;
+exact duplicate interactions (same user, item, timestamp, rating/label, split) are dropped with a logged count,
+while rows sharing user, item and timestamp but differing otherwise are an error.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -19,22 +26,56 @@ import pyarrow.parquet as pq
 
 from ..config import DataConfig
 from ._ids import dense_index, first_duplicate, sorted_unique, year_from_title
-from ._io import cast_numeric
+from ._io import cast_numeric, sep_name
 from .dataset import Dataset
 from .errors import DataError
 from .schemas import INTERACTIONS, with_label_source
 
 _CANONICAL = {"item_id", "user_id", "title", "genres", "year", "raw_item_id", "raw_user_id"}
+_DEFAULT_RATING_RANGE = (0.0, 1000.0)
+_MAX_SECONDS = 1e11  # seconds since the epoch beyond this are the year 5138+: milliseconds read as seconds
+log = logging.getLogger("ragrec.data.generic")
 
 
 class _File:
     """A generic input file read into Arrow, with row -> line translation for messages."""
 
-    def __init__(self, path: Path, role: str):
+    def __init__(self, path: Path, role: str, encoding: str = "utf-8", separator: str | None = None):
         self.path = path
         self.role = role
         self.is_csv = path.suffix.lower() in (".csv", ".tsv")
+        self.encoding = encoding
+        self.delim = separator or ("\t" if path.suffix.lower() == ".tsv" else ",")
         self.table = self._read()
+        if self.is_csv:
+            self._check_text()
+        if self.table.num_rows == 0:
+            raise DataError(
+                f"the {role} file has {'a header but no rows' if self.is_csv else 'no rows'}",
+                file=self.path,
+                fix=f"add the {role} to it, or point data.{role}_file at the file that holds them",
+            )
+
+    def _check_text(self) -> None:
+        """A column pyarrow could not decode as text (it falls back to binary): DataError naming the encoding."""
+        for name, col in zip(self.table.schema.names, self.table.columns):
+            if not (pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type)):
+                continue
+            row = None
+            for k, v in enumerate(col.to_pylist()):
+                try:
+                    if v is not None:
+                        v.decode("utf-8")
+                except UnicodeDecodeError:
+                    row = k
+                    break
+            other = "latin-1" if self.encoding.lower().replace("_", "-") in ("utf-8", "utf8") else "utf-8"
+            raise self.error(
+                f"column '{name}' is not valid {self.encoding} text",
+                row,
+                name,
+                f"set data.encoding to the file's encoding (e.g. {other} or cp1252), or save the file as UTF-8",
+            )
 
     def _read(self) -> pa.Table:
         if not self.path.is_file():
@@ -49,14 +90,17 @@ class _File:
             if suffix in (".parquet", ".pq"):
                 return pq.read_table(self.path)
             if self.is_csv:
-                delim = "\t" if suffix == ".tsv" else ","
-                return pacsv.read_csv(self.path, parse_options=pacsv.ParseOptions(delimiter=delim))
-        except (pa.ArrowInvalid, OSError) as e:
-            raise DataError(
-                f"cannot read {self.role} file: {e}",
-                file=self.path,
-                fix="write it as Parquet, or as CSV with a header line and ',' separators",
-            ) from None
+                return pacsv.read_csv(
+                    self.path,
+                    read_options=pacsv.ReadOptions(encoding=self.encoding),
+                    parse_options=pacsv.ParseOptions(delimiter=self.delim),
+                )
+        except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as e:
+            problem = str(e).splitlines()[0] if str(e) else type(e).__name__
+            fix = "write it as Parquet, or as CSV with a header line and ',' separators (or set data.separator)"
+            if isinstance(e, UnicodeDecodeError):
+                fix = f"set data.encoding to the file's encoding (it is not {self.encoding}), or save it as UTF-8"
+            raise DataError(f"cannot read {self.role} file: {problem}", file=self.path, fix=fix) from None
         raise DataError(
             f"unsupported {self.role} file type '{suffix}'",
             file=self.path,
@@ -75,16 +119,25 @@ class _File:
         """Declared column ``name`` (config field ``data.columns.<key>``), as one array."""
         if name not in self.table.schema.names:
             alt = " or null" if optional else ""
+            fix = f"set data.columns.{key} to one of the available columns{alt}"
+            seps = [
+                s for s in (";", "\t", "|", ",") if s != self.delim and any(s in n for n in self.table.schema.names)
+            ]
+            if self.is_csv and seps:
+                fix = (
+                    f"the header looks {sep_name(seps[0])}-separated, not {sep_name(self.delim)}-separated: "
+                    f"set data.separator: {seps[0]!r}"
+                )
             raise DataError(
                 f"column '{name}' (data.columns.{key}) not found; available columns: "
                 + ", ".join(self.table.schema.names),
                 file=self.path,
                 field=name,
-                fix=f"set data.columns.{key} to one of the available columns{alt}",
+                fix=fix,
             )
         return self.table.column(name).combine_chunks()
 
-    def error(self, problem: str, row: int | None, field: str, fix: str) -> DataError:
+    def error(self, problem: str, row: int | None, field: str | None, fix: str) -> DataError:
         return DataError(
             problem,
             file=self.path,
@@ -124,15 +177,34 @@ def _resolve(cfg: DataConfig, name: str | None) -> Path | None:
     return p
 
 
-def _timestamps(f: _File, col: pa.Array, field: str) -> pa.Array:
-    """``(n,) int64`` seconds since the epoch from integer, float, timestamp, date or ISO-string columns."""
+def _epoch_seconds(f: _File, ts: pa.Array, field: str, unit: str) -> pa.Array:
+    """Numeric timestamps in ``unit`` (``data.timestamp_unit``) -> seconds; seconds above 1e11 are an error."""
+    if unit == "ms":
+        return pc.cast(pc.floor(pc.divide(pc.cast(ts, pa.float64()), 1000.0)), pa.int64())
+    big = np.flatnonzero(pc.fill_null(pc.greater(ts, _MAX_SECONDS), False).to_numpy(zero_copy_only=False))
+    if len(big):
+        row = int(big[0])
+        raise f.error(
+            f"{field} {ts[row].as_py()} is not seconds since the epoch (it would be after the year 5000; "
+            f"{len(big)} timestamps are): it looks like milliseconds",
+            row,
+            field,
+            f"set data.timestamp_unit: ms, or divide column '{field}' by 1000",
+        )
+    return ts
+
+
+def _timestamps(f: _File, col: pa.Array, field: str, unit: str = "s") -> pa.Array:
+    """``(n,) int64`` seconds since the epoch from integer, float (both in ``unit``), timestamp, date or
+    ISO-string columns."""
     if pa.types.is_timestamp(col.type) or pa.types.is_date(col.type):
         return pc.cast(pc.cast(col, pa.timestamp("s")), pa.int64())
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
         try:
-            return f.numeric(col, pa.int64(), field)
-        except DataError:
-            pass
+            return _epoch_seconds(f, f.numeric(col, pa.int64(), field), field, unit)
+        except DataError as e:
+            if "timestamp_unit" in (e.fix or ""):
+                raise
         try:
             return pc.cast(pc.cast(col, pa.timestamp("s")), pa.int64())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
@@ -149,7 +221,9 @@ def _timestamps(f: _File, col: pa.Array, field: str) -> pa.Array:
                 field,
                 f"write column '{field}' as integer seconds or ISO 8601 (2020-01-31T12:00:00)",
             ) from None
-    return f.numeric(col, pa.int64(), field)
+    if unit == "ms":  # keep sub-second precision until the division
+        return _epoch_seconds(f, f.numeric(col, pa.float64(), field), field, unit)
+    return _epoch_seconds(f, f.numeric(col, pa.int64(), field), field, unit)
 
 
 def _genres(col: pa.Array | None, sep: str, n: int) -> pa.ListArray:
@@ -180,6 +254,29 @@ def _has_genres(f: _File, cfg: DataConfig) -> bool:
     return any("genre" in n.lower() for n in names)
 
 
+def _titles(f: _File, name: str, raw: pa.Array) -> pa.Array:
+    """``(n,) string`` titles in file order; DataError naming the items without one (descriptions need them)."""
+    col = f.column(name, "title")
+    try:
+        title = pc.cast(col, pa.string())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        raise f.error(
+            f"column '{name}' is not text ({e})", None, name, "set data.encoding, or write the titles as UTF-8 text"
+        ) from None
+    empty = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(title), ""), True).to_numpy(zero_copy_only=False)
+    bad = np.flatnonzero(empty)
+    if len(bad):
+        ids = ", ".join(repr(raw[int(k)].as_py()) for k in bad[:5]) + (", ..." if len(bad) > 5 else "")
+        raise f.error(
+            f"{name} is empty for {len(bad)} item(s) (item ids {ids})",
+            int(bad[0]),
+            name,
+            f"give every item a title in column '{name}' (data.columns.title), or remove those items and their "
+            "interactions",
+        )
+    return title
+
+
 def _items(f: _File, cfg: DataConfig) -> tuple[pa.Table, pa.Array]:
     c = cfg.columns
     raw = f.ids(c.item_id, "item_id")
@@ -188,10 +285,11 @@ def _items(f: _File, cfg: DataConfig) -> tuple[pa.Table, pa.Array]:
         raise f.error(
             f"item id {raw[dup].as_py()!r} appears twice", dup, c.item_id, "give each item one row in the items file"
         )
+    title = _titles(f, c.title, raw)
     order = pc.sort_indices(raw)
     t = f.table.take(order)
     raw = raw.take(order)
-    title = pc.cast(f.column(c.title, "title").take(order), pa.string())
+    title = title.take(order)
     genres_col = f.column(c.genres, "genres", optional=True).take(order) if _has_genres(f, cfg) else None
     genres = _genres(genres_col, c.genres_sep, len(raw))
     if "year" in t.schema.names and c.title != "year":
@@ -265,6 +363,65 @@ def _labels(f: _File, cfg: DataConfig, rating: pa.Array | None) -> pa.Array:
     return pc.cast(col, pa.int8())
 
 
+def _check_rating_range(f: _File, cfg: DataConfig, rating: pa.Array) -> None:
+    """DataError naming the first rating outside ``data.rating_range`` (default 0 .. 1000), NaN included."""
+    lo, hi = cfg.rating_range or _DEFAULT_RATING_RANGE
+    r = rating.to_numpy(zero_copy_only=False).astype(np.float64)  # nulls -> NaN
+    bad = np.flatnonzero(~((r >= lo) & (r <= hi)) & ~rating.is_null().to_numpy(zero_copy_only=False))
+    if len(bad):
+        row = int(bad[0])
+        name = cfg.columns.rating
+        fix = (
+            f"correct the {name} values, or set data.rating_range: [min, max] to your rating scale"
+            if cfg.rating_range is None
+            else f"correct the {name} values, or widen data.rating_range"
+        )
+        raise f.error(
+            f"{name} {rating[row].as_py()} is outside the plausible range [{lo:g}, {hi:g}] "
+            f"({len(bad)} of {len(r)} ratings)",
+            row,
+            name,
+            fix,
+        )
+
+
+def _drop_duplicates(f: _File, inter: pa.Table, u_raw: pa.Array, i_raw: pa.Array) -> pa.Table:
+    """Drop exact duplicate interactions (every column equal; the first is kept) and log how many; rows that
+    share user, item and timestamp but differ otherwise are a DataError naming both lines."""
+    user, item, ts = (inter.column(n).to_numpy() for n in ("user_id", "item_id", "timestamp"))
+    order = np.lexsort((ts, item, user))  # stable: file order within equal keys
+    a, b = order[:-1], order[1:]
+    same = (user[a] == user[b]) & (item[a] == item[b]) & (ts[a] == ts[b])
+    if not same.any():
+        return inter
+    a, b = a[same], b[same]
+    equal = np.ones(len(a), dtype=bool)
+    for name in inter.schema.names:
+        if name in ("user_id", "item_id", "timestamp"):
+            continue
+        col = inter.column(name).combine_chunks()
+        v = np.asarray(col.to_pylist(), dtype=object) if col.null_count else col.to_numpy(zero_copy_only=False)
+        equal &= np.asarray(v[a] == v[b], dtype=bool)
+    if not equal.all():
+        k = int(np.flatnonzero(~equal)[0])
+        first, second = sorted((int(a[k]), int(b[k])))
+        raise f.error(
+            f"user {u_raw[first].as_py()!r} and item {i_raw[first].as_py()!r} appear twice with timestamp "
+            f"{ts[first]} but different values (also {f.line_word} {f.line_of(second)})",
+            first,
+            None,
+            "keep one row per (user, item, timestamp) in the interactions file",
+        )
+    keep = np.ones(inter.num_rows, dtype=bool)
+    keep[b] = False
+    log.warning(
+        "%s: dropped %d exact duplicate interactions (same user, item, timestamp and values)",
+        f.path,
+        int((~keep).sum()),
+    )
+    return inter.filter(pa.array(keep))
+
+
 _SPLIT_VALUES = ("train", "valid", "test")
 
 
@@ -326,12 +483,13 @@ def load_generic(cfg: DataConfig) -> Dataset:
             field="data.columns",
             fix="set data.columns.rating or data.columns.label",
         )
-    inter_f = _File(_resolve(cfg, cfg.interactions_file), "interactions")
-    items_f = _File(_resolve(cfg, cfg.items_file), "items")
+    text = {"encoding": cfg.encoding, "separator": cfg.separator}
+    inter_f = _File(_resolve(cfg, cfg.interactions_file), "interactions", **text)
+    items_f = _File(_resolve(cfg, cfg.items_file), "items", **text)
     items, item_raw = _items(items_f, cfg)
     users, user_raw = None, None
     if cfg.users_file is not None:
-        users_f = _File(_resolve(cfg, cfg.users_file), "users")
+        users_f = _File(_resolve(cfg, cfg.users_file), "users", **text)
         users, user_raw = _users(users_f, cfg)
 
     u_raw = inter_f.ids(c.user_id, "user_id")
@@ -343,7 +501,7 @@ def load_generic(cfg: DataConfig) -> Dataset:
     user_dense = dense_index(u_raw, user_raw)
     if users is not None:
         _check_known(inter_f, user_dense, u_raw, c.user_id, users_f.path)
-    ts = _timestamps(inter_f, inter_f.column(c.timestamp, "timestamp"), c.timestamp)
+    ts = _timestamps(inter_f, inter_f.column(c.timestamp, "timestamp"), c.timestamp, cfg.timestamp_unit)
     if ts.null_count:
         row = int(np.flatnonzero(ts.is_null().to_numpy(zero_copy_only=False))[0])
         raise inter_f.error(f"{c.timestamp} is empty", row, c.timestamp, "give every interaction a timestamp")
@@ -352,12 +510,14 @@ def load_generic(cfg: DataConfig) -> Dataset:
         rating = inter_f.numeric(
             inter_f.column(c.rating, "rating", optional=c.label is not None), pa.float32(), c.rating
         )
+        _check_rating_range(inter_f, cfg, rating)
     label = _labels(inter_f, cfg, rating)
     if rating is None:
         rating = pa.nulls(len(label), pa.float32())
     inter = pa.Table.from_arrays([pa.array(user_dense), pa.array(item_dense), rating, ts, label], schema=INTERACTIONS)
     if c.split is not None:
         inter = inter.append_column(pa.field("split", pa.string()), _split(inter_f, cfg))
+    inter = _drop_duplicates(inter_f, inter, u_raw, i_raw)
     return Dataset(
         name="generic", interactions=with_label_source(inter, given=c.label is not None), items=items, users=users
     )

@@ -17,7 +17,9 @@ def dataset_stage(store: ArtifactStore, cfg: RunConfig) -> Artifact:
 
     # the protocol's fields and the corpus (read by its own stage) do not change the loaded tables
     protocol_fields = {"min_history", "max_history", "split", "protocol", "temporal", "rerank", "corpus_file"}
-    data_cfg = cfg.data.model_dump(mode="json", exclude=protocol_fields)
+    # the text-file and range options enter only away from their defaults (keys computed before them hold)
+    late = ("encoding", "separator", "rating_range", "timestamp_unit")
+    data_cfg = {k: v for k, v in spec_fields(cfg.data, late=late).items() if k not in protocol_fields}
     data_cfg["columns"] = spec_fields(cfg.data.columns, late=("split",))
     path = cfg.data.resolved_path()
     if path is not None:

@@ -738,6 +738,16 @@ class RunConfig(_Strict):
     eval: EvalConfig = EvalConfig()
     ray: RayConfig = RayConfig()
 
+    @field_validator("name")
+    @classmethod
+    def _plain_folder_name(cls, v: str) -> str:
+        if not v.strip() or v == "." or ".." in v or "/" in v or "\\" in v or Path(v).is_absolute():
+            raise ValueError(
+                f"name {v!r} must be a plain folder name (runs go to <output_dir>/<name>/): "
+                "no '/', '\\' or '..'; e.g. name: rallrec_ml100k"
+            )
+        return v
+
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
 

@@ -109,7 +109,7 @@ def test_killed_mid_epoch_resumes_at_the_next_batch(tmp_path, monkeypatch, unint
                 opts=TrainOptions(seed=0, out_dir=tmp_path / "killed", checkpoint_dir=ckpt),
                 checkpoint_steps=1,
             )
-    state = torch.load(ckpt / rt.STATE_FILE, weights_only=False)
+    state = rt.read_state(ckpt / rt.STATE_FILE)  # weights_only=True
     assert (state["epoch"], state["batch"], len(state["history"])) == (0, 2, 5)
 
     epochs = _epochs_run(monkeypatch)

@@ -53,7 +53,7 @@ def test_loss_decreases_and_saved_projector_reproduces_ssl_emb(trained):
     assert len(losses) == CFG.epochs
     assert losses[-1] < 0.3 * losses[0]
     mlp = Projector(D_TEXT, CFG.hidden_dim, D_COLLA)
-    mlp.load_state_dict(torch.load(out / "projector.pt"))
+    mlp.load_state_dict(torch.load(out / "projector.pt", weights_only=True))
     with torch.no_grad():
         again = mlp(torch.from_numpy(text)).numpy()
     np.testing.assert_allclose(again, res.ssl_emb, rtol=1e-5, atol=1e-6)

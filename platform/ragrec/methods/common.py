@@ -177,6 +177,8 @@ class LoadedRun:
 
 def load_run(run_dir: str | Path) -> LoadedRun:
     """Open the run that ``ragrec run`` wrote in ``run_dir`` (raises with the fix when it is not one)."""
+    import re
+
     run_dir = Path(run_dir)
     path = run_dir / RUN_FILE
     if not path.exists():
@@ -188,7 +190,15 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     cfg = RunConfig.model_validate({"method": payload.get("method", "rallrec"), **payload["config"]})
     store = ArtifactStore(payload["artifacts_dir"])
     arts = {}
+    safe = re.compile(r"[A-Za-z0-9_.-]+")  # stage / key become path parts under artifacts_dir: no '/', no '..'
     for name, ref in payload["artifacts"].items():
+        for field_name in ("stage", "key"):
+            value = ref.get(field_name)
+            if not isinstance(value, str) or not safe.fullmatch(value) or ".." in value:
+                raise ValueError(
+                    f"{path}: artifact {name} has {field_name} {value!r}; a {field_name} must match [A-Za-z0-9_.-]+ "
+                    f"without '..': the file is corrupt or was edited, rerun `ragrec run` to rewrite it"
+                )
         art = Artifact(store, ref["stage"], ref["key"])
         if not art.done:
             raise FileNotFoundError(

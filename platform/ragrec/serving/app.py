@@ -4,7 +4,8 @@
 Routes: ``POST /predict`` (:class:`~ragrec.serving.schemas.PredictRequest` ->
 :class:`~ragrec.serving.schemas.PredictResponse`) and ``GET /healthz``. Bad requests never reach the
 model: pydantic (strict) rejects malformed JSON and wrong types with 422, :func:`check_request` unknown
-ids (404) and oversized lists (413); every error body is ``{"detail": "<what is wrong>"}``.
+ids (404) and oversized lists (413); bodies over ``max_body_bytes`` get 413 before they are parsed
+(:class:`BodySizeLimit`); every error body is ``{"detail": "<what is wrong>"}``.
 
 The Predictor scores with ``@serve.batch`` (requests arriving within ``batch_wait_timeout_s`` share one
 engine call of up to ``max_batch_size`` requests) or, with ``batching=False``, one request at a time.
@@ -25,10 +26,11 @@ from ray import serve
 
 from .schemas import Catalog, Health, PredictRequest, PredictResponse, RequestError, check_request
 
-__all__ = ["APP_NAME", "ServeOptions", "build_app", "serve_run"]
+__all__ = ["APP_NAME", "DEFAULT_MAX_BODY_BYTES", "BodySizeLimit", "ServeOptions", "build_app", "serve_run"]
 
 log = logging.getLogger("ragrec.serving")
 APP_NAME = "ragrec"
+DEFAULT_MAX_BODY_BYTES = 1 << 20  # 1 MiB: 100 int64 ids are ~2 KB of JSON
 
 
 @dataclass(frozen=True)
@@ -45,12 +47,71 @@ class ServeOptions:
     light_cpus: float = 0.1
     torch_threads: int | None = None
     max_ongoing_requests: int = 64
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    """Largest request body accepted; a larger one gets 413 without being parsed."""
 
     def __post_init__(self) -> None:
         if self.predictor_gpus < 0 or self.predictor_cpus < 0:
             raise ValueError(
                 f"predictor_cpus / predictor_gpus must be >= 0, got {self.predictor_cpus} / {self.predictor_gpus}"
             )
+        if self.max_body_bytes < 1:
+            raise ValueError(f"max_body_bytes must be >= 1, got {self.max_body_bytes}")
+
+
+class BodySizeLimit:
+    """ASGI middleware: 413 ``{"detail": ...}`` for an HTTP request whose body exceeds ``max_bytes`` (default:
+    :func:`set_body_limit`'s), judged from ``Content-Length`` and from the bytes actually received (chunked
+    bodies, lying headers). The body is read here (at most ``max_bytes``) and replayed to the app."""
+
+    process_max_bytes = DEFAULT_MAX_BODY_BYTES
+    """The limit of middlewares made without one, in this process (:func:`set_body_limit`)."""
+
+    def __init__(self, app, max_bytes: int | None = None) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = self.max_bytes if self.max_bytes is not None else BodySizeLimit.process_max_bytes
+        declared = dict(scope.get("headers") or ()).get(b"content-length")
+        if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+            return await self._too_large(scope, receive, send, limit, f"Content-Length {int(declared)}")
+        body, more = bytearray(), True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # client went away: nothing to answer
+                return None
+            body += message.get("body", b"")
+            if len(body) > limit:
+                return await self._too_large(scope, receive, send, limit, f"more than {limit} bytes received")
+            more = message.get("more_body", False)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _too_large(scope, receive, send, limit: int, seen: str) -> None:
+        await JSONResponse(
+            status_code=413,
+            content={
+                "detail": f"request body too large ({seen}): at most {limit} bytes (max_body_bytes); "
+                "send fewer items per request"
+            },
+        )(scope, receive, send)
+
+
+def set_body_limit(max_body_bytes: int) -> None:
+    """The limit of :class:`BodySizeLimit` middlewares made without one, in this process (a Serve replica:
+    ``@serve.ingress`` serves a frozen copy of the module's app, so the limit cannot be set on ``api`` itself)."""
+    BodySizeLimit.process_max_bytes = int(max_body_bytes)
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -61,9 +122,11 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "invalid request: " + "; ".join(parts)
 
 
-def make_api(title: str = "ragrec RALLRec service") -> FastAPI:
-    """The FastAPI app with error handlers turning bad input into 4xx ``{"detail": message}``."""
+def make_api(title: str = "ragrec RALLRec service", max_body_bytes: int | None = None) -> FastAPI:
+    """The FastAPI app with error handlers turning bad input into 4xx ``{"detail": message}`` and a
+    :class:`BodySizeLimit` of ``max_body_bytes`` (None: the process's :func:`set_body_limit`, default 1 MiB)."""
     api = FastAPI(title=title)
+    api.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
 
     @api.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -155,7 +218,17 @@ class PredictorDeployment:
 class Ingress:
     """HTTP front: validates, then retrieve -> rerank -> predict through deployment handles."""
 
-    def __init__(self, retriever, reranker, predictor, catalog: dict, run: str, batching: bool) -> None:
+    def __init__(
+        self,
+        retriever,
+        reranker,
+        predictor,
+        catalog: dict,
+        run: str,
+        batching: bool,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    ) -> None:
+        set_body_limit(max_body_bytes)
         self.retriever, self.reranker, self.predictor = retriever, reranker, predictor
         self.catalog = Catalog(**catalog)
         self.run, self.batching = run, batching
@@ -220,7 +293,11 @@ def build_app(run_dir: str, batching: bool = True, **options) -> serve.Applicati
         from .rerank import build_rank_app
 
         return build_rank_app(
-            run_dir, max_items=opts.max_items, cpus=opts.predictor_cpus, torch_threads=opts.torch_threads
+            run_dir,
+            max_items=opts.max_items,
+            cpus=opts.predictor_cpus,
+            torch_threads=opts.torch_threads,
+            max_body_bytes=opts.max_body_bytes,
         )
     catalog, name = catalog_of(run_dir, opts.max_items)
     light = {"num_cpus": opts.light_cpus}
@@ -231,7 +308,7 @@ def build_app(run_dir: str, batching: bool = True, **options) -> serve.Applicati
         ray_actor_options=predictor_resources(opts), max_ongoing_requests=max(ongoing, 2 * opts.max_batch_size)
     ).bind(run_dir, asdict(opts))
     return Ingress.options(ray_actor_options=light, max_ongoing_requests=ongoing).bind(
-        retriever, reranker, predictor, asdict(catalog), name, batching
+        retriever, reranker, predictor, asdict(catalog), name, batching, opts.max_body_bytes
     )
 
 
@@ -246,6 +323,12 @@ def serve_run(
     from ..methods import load_run
     from ..runtime import init
 
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning(
+            "serving on %s: the API has no authentication; expose it only behind an authenticating reverse "
+            "proxy or on a private network (default 127.0.0.1 + an SSH tunnel)",
+            host,
+        )
     ray_cfg = load_run(run_dir).cfg.ray
     init(ray_cfg.address, ray_cfg.num_cpus)
     app = build_app(run_dir, batching=batching)

@@ -3,8 +3,9 @@
 ``POST /rerank {user_id, item_ids, as_of?}`` returns the items ordered by the run's reranker, each with its
 score; the scores equal the offline ones of the same user history and list. The method's
 :class:`~ragrec.methods.base.ListScorer` does the scoring (the layer knows the contract, not a method). Bad
-requests get a 4xx with a reason: pydantic (strict) rejects wrong types with 422, :func:`check_rerank` unknown
-ids (404), repeated items (422) and oversized lists (413).
+requests get a 4xx with a reason: pydantic (strict) rejects wrong types and ids outside int64 with 422, bodies
+over ``max_body_bytes`` get 413, :func:`check_rerank` unknown ids (404), repeated items (422) and oversized
+lists (413).
 """
 
 # no `from __future__ import annotations`: FastAPI reads the route signatures' real types
@@ -14,7 +15,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
-from .schemas import Catalog, Health, RequestError, check_request
+from .schemas import Catalog, Health, Int64, RequestError, check_request
 
 __all__ = ["RankService", "RankedItem", "RerankRequest", "RerankResponse", "build_rank_app", "check_rerank"]
 
@@ -25,10 +26,10 @@ class RerankRequest(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="forbid")
 
-    user_id: int = Field(description="dense user id of the run (0..n_users-1)")
-    item_ids: list[int] = Field(min_length=1, description="dense item ids to rerank, each at most once")
-    as_of: int | None = Field(None, description="unix timestamp; history = the user's positives before it")
-    history_item_ids: list[int] | None = Field(
+    user_id: Int64 = Field(description="dense user id of the run (0..n_users-1)")
+    item_ids: list[Int64] = Field(min_length=1, description="dense item ids to rerank, each at most once")
+    as_of: Int64 | None = Field(None, description="unix timestamp; history = the user's positives before it")
+    history_item_ids: list[Int64] | None = Field(
         None, description="the user's history to use instead (item ids, oldest first; the last history_len count)"
     )
 
@@ -95,8 +96,14 @@ rank_api = _rank_api()
 class RankIngress:
     """HTTP front of a ranking run: the whole list is scored in one replica call."""
 
-    def __init__(self, run_dir: str, max_items: int, torch_threads: int | None) -> None:
+    def __init__(
+        self, run_dir: str, max_items: int, torch_threads: int | None, max_body_bytes: int | None = None
+    ) -> None:
         import torch
+
+        from .app import DEFAULT_MAX_BODY_BYTES, set_body_limit
+
+        set_body_limit(max_body_bytes or DEFAULT_MAX_BODY_BYTES)
 
         torch.set_num_threads(torch_threads or os.cpu_count() or 1)
         self.service = RankService(run_dir, max_items)
@@ -111,6 +118,15 @@ class RankIngress:
         return self.service.rerank(req)
 
 
-def build_rank_app(run_dir: str, *, max_items: int = 100, cpus: float = 1.0, torch_threads: int | None = None):
-    """The bound Serve application of the ranking run in ``run_dir``."""
-    return RankIngress.options(ray_actor_options={"num_cpus": cpus}).bind(run_dir, max_items, torch_threads)
+def build_rank_app(
+    run_dir: str,
+    *,
+    max_items: int = 100,
+    cpus: float = 1.0,
+    torch_threads: int | None = None,
+    max_body_bytes: int | None = None,
+):
+    """The bound Serve application of the ranking run in ``run_dir`` (``max_body_bytes``: None = 1 MiB)."""
+    return RankIngress.options(ray_actor_options={"num_cpus": cpus}).bind(
+        run_dir, max_items, torch_threads, max_body_bytes
+    )

@@ -2,19 +2,36 @@
 
 ``POST /predict`` takes :class:`PredictRequest` and answers :class:`PredictResponse`. Type errors
 (strings for ids, floats, missing fields, unknown fields, malformed JSON) are rejected by pydantic in
-strict mode (HTTP 422); :func:`check_request` then rejects what only the run can judge: ids outside
-the run's catalog (404) and more items than the service allows (413). Every rejection carries a
-message naming the field and what is wrong.
+strict mode (HTTP 422), as are ids and timestamps outside int64 (:data:`Int64`); :func:`check_request`
+then rejects what only the run can judge: ids outside the run's catalog (404) and more items than the
+service allows (413). Every rejection carries a message naming the field and what is wrong.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["Catalog", "Health", "ItemPrediction", "PredictRequest", "PredictResponse", "RequestError", "check_request"]
+__all__ = [
+    "INT64_MAX",
+    "INT64_MIN",
+    "Catalog",
+    "Health",
+    "Int64",
+    "ItemPrediction",
+    "PredictRequest",
+    "PredictResponse",
+    "RequestError",
+    "check_request",
+]
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
+"""An int that fits numpy's int64 (ids and timestamps become int64 arrays): larger values are a 422 naming the
+field, not an OverflowError (500) in the handler."""
 
 
 class PredictRequest(BaseModel):
@@ -27,9 +44,9 @@ class PredictRequest(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="forbid")
 
-    user_id: int = Field(description="dense user id of the run (0..n_users-1)")
-    item_ids: list[int] = Field(min_length=1, description="dense item ids to score (at least one)")
-    as_of: int | None = Field(None, description="unix timestamp; history = ratings before it (protocol order)")
+    user_id: Int64 = Field(description="dense user id of the run (0..n_users-1)")
+    item_ids: list[Int64] = Field(min_length=1, description="dense item ids to score (at least one)")
+    as_of: Int64 | None = Field(None, description="unix timestamp; history = ratings before it (protocol order)")
 
 
 class ItemPrediction(BaseModel):

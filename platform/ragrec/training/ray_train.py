@@ -256,6 +256,24 @@ def report_due(epoch: int, epochs: int, every: int | None = None) -> bool:
     return epoch < epochs - 1 and (epoch + 1) % every == 0
 
 
+def _numpy_scalar_globals() -> list:
+    """The numpy globals a saved state needs: metrics in ``history`` / ``best`` may be numpy scalars, which
+    pickle as ``scalar(dtype, bytes)``; only numeric/bool dtypes are allowed (no object arrays, no code)."""
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core  # numpy 2 / 1
+    kinds = (np.float16, np.float32, np.float64, np.int8, np.int16, np.int32, np.int64, np.uint8, np.bool_)
+    return [core.multiarray.scalar, np.dtype, *{type(np.dtype(k)) for k in kinds}]
+
+
+def read_state(path: str | os.PathLike) -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` of a state written by :func:`report_state` / :func:`publish`
+    (tensors, optimizer/scheduler state dicts, python lists/dicts/numbers, numpy numeric scalars): a
+    tampered checkpoint cannot run code."""
+    with torch.serialization.safe_globals(_numpy_scalar_globals()):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def load_state(local_dir: str | os.PathLike | None = None) -> dict[str, Any] | None:
     """The state saved by the latest :func:`report_state` / :func:`publish` of this run, if any.
 
@@ -267,7 +285,7 @@ def load_state(local_dir: str | os.PathLike | None = None) -> dict[str, Any] | N
         path = Path(local_dir) / STATE_FILE if local_dir is not None else None
         if path is None or not path.exists():
             return None
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = read_state(path)
         log.info("resuming from %s (epoch %s, batch %s)", path, state.get("epoch"), state.get("batch", 0))
         return state
     import ray.train
@@ -279,7 +297,7 @@ def load_state(local_dir: str | os.PathLike | None = None) -> dict[str, Any] | N
         path = Path(d) / STATE_FILE
         if not path.exists():
             return None
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = read_state(path)
     log.info("resuming from checkpoint %s (epoch %s)", ckpt.path, state.get("epoch"))
     return state
 

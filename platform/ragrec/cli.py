@@ -81,6 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _force_unmatched(force: list[str], stages) -> bool:
+    """Report a ``--force`` name that matched no stage of the run (it recomputed nothing); True if any."""
+    from .artifacts import unmatched_force_message
+
+    err = unmatched_force_message(force, stages)
+    if err:
+        print(f"ragrec: error: {err}", file=sys.stderr)
+    return bool(err)
+
+
 def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError, load_config
     from .runtime import setup_logging
@@ -89,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     try:
         if args.command == "run":
-            from .artifacts import recording_stages, unmatched_force_message
+            from .artifacts import recording_stages
             from .methods import run
 
             cfg = load_config(args.config, args.overrides)
@@ -97,11 +107,10 @@ def main(argv: list[str] | None = None) -> int:
                 result = run(cfg, force=tuple(args.force))
             print(json.dumps(result.metrics["rows"][0], indent=2))
             print(f"report: {result.run_dir / 'report.md'}")
-            if err := unmatched_force_message(args.force, stages):  # a misspelled --force recomputed nothing
-                print(f"ragrec: error: {err}", file=sys.stderr)
+            if _force_unmatched(args.force, stages):
                 return 2
         elif args.command == "evaluate":
-            from .artifacts import recording_stages, unmatched_force_message
+            from .artifacts import recording_stages
             from .evaluation.report import format_rows
             from .methods import evaluate, get_method
 
@@ -111,8 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             table = result.metrics.get("table")  # a ranking evaluation's own summary table
             print(table if table is not None else format_rows(result.metrics["rows"], get_method(cfg.method).title))
             print(f"report: {result.run_dir / 'report.md'}")
-            if err := unmatched_force_message(args.force, stages):  # a misspelled --force recomputed nothing
-                print(f"ragrec: error: {err}", file=sys.stderr)
+            if _force_unmatched(args.force, stages):
                 return 2
         elif args.command == "sweep":
             from .tuning import run_sweep

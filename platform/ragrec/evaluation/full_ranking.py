@@ -35,6 +35,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import scipy.sparse as sp
 
+from .ranking import check_ks
+
 __all__ = ["DEFAULT_FULL_KS", "full_ranking_metrics", "multi_seed_summary", "per_user_full_ranking"]
 
 DEFAULT_FULL_KS = (10, 20, 50)
@@ -54,13 +56,6 @@ def _canonical(m, name: str, shape: tuple[int, int] | None) -> sp.csr_matrix:
     if shape is not None and c.shape != shape:
         raise ValueError(f"{name} has shape {c.shape}, expected {shape} (users x items like test)")
     return c
-
-
-def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
-    ks = tuple(int(k) for k in ks)
-    if not ks or min(ks) < 1:
-        raise ValueError(f"ks must be positive cut-offs, got {ks}")
-    return ks
 
 
 def _scatter(mat: sp.csr_matrix, users: np.ndarray, out: np.ndarray, value) -> None:
@@ -131,7 +126,7 @@ def per_user_full_ranking(
             positive.
         TypeError: a non-sparse ``train`` / ``test`` / ``exclude`` matrix.
     """
-    ks = _check_ks(ks)
+    ks = check_ks(ks)
     if block < 1:
         raise ValueError(f"block must be >= 1, got {block}")
     test_m = _canonical(test, "test", None)
@@ -187,18 +182,7 @@ def per_user_full_ranking(
     return out
 
 
-def full_ranking_metrics(
-    user_emb,
-    item_emb,
-    train,
-    test,
-    ks: Sequence[int] = DEFAULT_FULL_KS,
-    *,
-    users=None,
-    block: int = 1024,
-    score_fn: ScoreFn | None = None,
-    exclude: Sequence | None = None,
-) -> dict[str, float]:
+def full_ranking_metrics(*args, **kwargs) -> dict[str, float]:
     """Mean Recall@k, NDCG@k, Precision@k over the users with ``>= 1`` test positive (all-ranking).
 
     Arguments as :func:`per_user_full_ranking`.
@@ -206,9 +190,7 @@ def full_ranking_metrics(
     Returns:
         ``{"recall@k", "ndcg@k", "precision@k"}`` -> float for every ``k`` in ``ks``.
     """
-    per = per_user_full_ranking(
-        user_emb, item_emb, train, test, ks, users=users, block=block, score_fn=score_fn, exclude=exclude
-    )
+    per = per_user_full_ranking(*args, **kwargs)
     return {name: float(v.mean()) for name, v in per.items() if name not in ("user_id", "num_test")}
 
 

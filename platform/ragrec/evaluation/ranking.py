@@ -46,7 +46,7 @@ def _check_scores(scores) -> np.ndarray:
     return s
 
 
-def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
+def check_ks(ks: Sequence[int]) -> tuple[int, ...]:
     ks = tuple(int(k) for k in ks)
     if not ks or min(ks) < 1:
         raise ValueError(f"ks must be positive cut-offs, got {ks}")
@@ -66,7 +66,7 @@ def per_sample_ranking_metrics(scores, target_index, ks: Sequence[int] = DEFAULT
         target's pessimistic 1-based rank.
     """
     s = _check_scores(scores)
-    ks = _check_ks(ks)
+    ks = check_ks(ks)
     t = np.asarray(target_index).ravel()
     if t.shape[0] != s.shape[0]:
         raise ValueError(f"target_index must have one entry per row, got {t.shape[0]} for {s.shape[0]} rows")
@@ -108,7 +108,7 @@ def per_sample_ranking_metrics_labels(scores, labels, ks: Sequence[int] = DEFAUL
         ``{"map@k": (N,), "ndcg@k": (N,)}`` float64 for every ``k``; 0 for rows without a relevant item.
     """
     s = _check_scores(scores)
-    ks = _check_ks(ks)
+    ks = check_ks(ks)
     y = np.asarray(labels)
     if y.shape != s.shape:
         raise ValueError(f"labels must have the shape of scores {s.shape}, got {y.shape}")

@@ -143,6 +143,20 @@ class RunResult:
     artifacts: dict[str, Artifact | None] = field(default_factory=dict)
 
 
+def write_run_folder(cfg: RunConfig, method, pipe, preds: pa.Table) -> tuple[Path, dict]:
+    """The run folder every ``ragrec run`` writes before its report: ``predictions.parquet`` and ``run.json``;
+    returns ``(run_dir, counts)`` with the samples' split sizes and the evaluated count."""
+    import pyarrow.parquet as pq
+
+    run_dir = cfg.run_dir()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    pq.write_table(preds, run_dir / "predictions.parquet")
+    write_run_file(run_dir, cfg, pipe.arts, method.config_dict(cfg))
+    counts = dict(pipe.arts["samples"].manifest()["splits"])
+    counts["evaluated"] = preds.num_rows
+    return run_dir, counts
+
+
 def write_run_file(run_dir: Path, cfg: RunConfig, arts: Mapping[str, Artifact | None], config: dict) -> Path:
     """``run.json``: the method's config (``config``: its sections only) and the artifact of every stage, so
     a finished run can be served. Written atomically."""

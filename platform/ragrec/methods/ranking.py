@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from ..config import RunConfig
 from ..evaluation.report import RANK_KS
-from .common import RunResult, write_run_file
+from .common import RunResult, write_run_folder
 
 log = logging.getLogger("ragrec.run")
 
@@ -98,7 +98,6 @@ def trivial_notes(rows: Sequence[dict], popularity: str = POPULARITY) -> list[st
 
 def run_rerank(method, pipe, cfg: RunConfig, t0: float) -> RunResult:
     """``ragrec run`` of a ranking method (see the module docstring)."""
-    import pyarrow.parquet as pq
 
     from ..evaluation.report import format_ranking_rows, plot_ranking_bars, write_report
 
@@ -110,12 +109,7 @@ def run_rerank(method, pipe, cfg: RunConfig, t0: float) -> RunResult:
     rankings = {**rankings, POPULARITY: popularity_scores(counts_items, lists.candidates)}
     rows = ranking_rows(rankings, lists.target_index, lists.users, cfg, pipe.pairs(list(rankings)))
 
-    run_dir = cfg.run_dir()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    pq.write_table(preds, run_dir / "predictions.parquet")
-    write_run_file(run_dir, cfg, pipe.arts, method.config_dict(cfg))
-    counts = dict(pipe.arts["samples"].manifest()["splits"])
-    counts["evaluated"] = preds.num_rows
+    run_dir, counts = write_run_folder(cfg, method, pipe, preds)
     counts["candidates per list"] = int(lists.candidates.shape[1])
     wall = time.perf_counter() - t0
     notes = [

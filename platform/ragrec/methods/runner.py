@@ -15,14 +15,13 @@ import pyarrow as pa
 
 from ..config import RunConfig
 from .base import get_method
-from .common import RunResult, loss_plots, preds_row, trivial_note, write_run_file
+from .common import RunResult, loss_plots, preds_row, trivial_note, write_run_folder
 
 log = logging.getLogger("ragrec.run")
 
 
 def run(cfg: RunConfig, force: tuple[str, ...] = ()) -> RunResult:
     """Run ``cfg``'s method end to end and write the report into ``cfg.run_dir()``."""
-    import pyarrow.parquet as pq
 
     from ..evaluation.baselines import trivial_baselines
     from ..evaluation.metrics import auc_decomposition
@@ -57,12 +56,7 @@ def run(cfg: RunConfig, force: tuple[str, ...] = ()) -> RunResult:
         for col, values in fusion.columns.items():  # p_fused, p_fused_no_llm in predictions.parquet
             preds = preds.append_column(col, pa.array(values.astype(np.float32)))
 
-    run_dir = cfg.run_dir()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    pq.write_table(preds, run_dir / "predictions.parquet")
-    write_run_file(run_dir, cfg, pipe.arts, method.config_dict(cfg))
-    counts = dict(pipe.arts["samples"].manifest()["splits"])
-    counts["evaluated"] = preds.num_rows
+    run_dir, counts = write_run_folder(cfg, method, pipe, preds)
     counts["train_examples"] = pipe.arts["examples"].manifest()["rows"] if adapter else 0
     wall = time.perf_counter() - t0
     notes = [

@@ -51,9 +51,22 @@ def user_cut(samples: pa.Table, num_users: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------
 # LLM generation (Eq. 1-3) and the frozen encoder (Eq. 5)
 # ---------------------------------------------------------------------------------------------------
-def _sampling(cfg: RunConfig) -> dict:
+def _generate(store: ArtifactStore, cfg: RunConfig, name: str, rows: pa.Table, source: Artifact) -> Artifact:
+    """One UR4Rec generation stage: ``rows`` = (key column, ``prompt``) -> (key, text), with ``ur4rec``'s sampling."""
     u = cfg.ur4rec
-    return {"max_new_tokens": u.max_new_tokens, "temperature": u.temperature, "top_p": 1.0, "seed": cfg.seed}
+    sampling = {"max_new_tokens": u.max_new_tokens, "temperature": u.temperature, "top_p": 1.0, "seed": cfg.seed}
+    key = rows.column_names[0]
+    return generate_stage(
+        store,
+        name,
+        rows,
+        key=key,
+        prompt="prompt",
+        llm_cfg=cfg.llm,
+        sampling=sampling,
+        block_size=u.block_size,
+        inputs=[source],
+    )
 
 
 def _num_users(ds_art: Artifact, interactions: pa.Table) -> int:
@@ -78,17 +91,7 @@ def preferences_stage(store: ArtifactStore, cfg: RunConfig, ds_art: Artifact, sa
     items = ds_art.read_table("items")
     prompts = user_prompts(cfg.ur4rec.user_template, items, hist.column("item_ids"), hist.column("ratings"))
     rows = pa.table({"user_id": hist.column("user_id"), "prompt": prompts})
-    return generate_stage(
-        store,
-        "user_preferences",
-        rows,
-        key="user_id",
-        prompt="prompt",
-        llm_cfg=cfg.llm,
-        sampling=_sampling(cfg),
-        block_size=cfg.ur4rec.block_size,
-        inputs=[samples_art],
-    )
+    return _generate(store, cfg, "user_preferences", rows, samples_art)
 
 
 def knowledge_stage(store: ArtifactStore, cfg: RunConfig, ds_art: Artifact) -> Artifact:
@@ -97,17 +100,7 @@ def knowledge_stage(store: ArtifactStore, cfg: RunConfig, ds_art: Artifact) -> A
     if cfg.ur4rec.max_items:
         items = items.slice(0, cfg.ur4rec.max_items)
     rows = pa.table({"item_id": items.column("item_id"), "prompt": item_prompts(cfg.ur4rec.item_template, items)})
-    return generate_stage(
-        store,
-        "item_knowledge",
-        rows,
-        key="item_id",
-        prompt="prompt",
-        llm_cfg=cfg.llm,
-        sampling=_sampling(cfg),
-        block_size=cfg.ur4rec.block_size,
-        inputs=[ds_art],
-    )
+    return _generate(store, cfg, "item_knowledge", rows, ds_art)
 
 
 TEXT_TABLES = ("user_llm", "item_llm", "user_raw", "item_raw")

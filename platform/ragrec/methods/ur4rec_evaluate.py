@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -24,7 +24,7 @@ from ..config import RunConfig
 from ..evaluation.report import RANK_KS, format_ranking_rows, plot_curve, plot_ranking_bars, write_report
 from .base import get_method
 from .common import RunResult
-from .evaluation import variant_config
+from .evaluation import Variant, variant_config
 from .ranking import CI_METRIC, POPULARITY, popularity_scores, ranking_row, trivial_notes
 from .ur4rec import AUG_LLM, AUG_NONE, AUG_TEXT, AUG_UR4REC, BACKBONE_TITLES
 
@@ -32,22 +32,21 @@ log = logging.getLogger("ragrec.evaluate")
 
 
 @dataclass(frozen=True)
-class RankVariant:
-    name: str
-    label: str
-    kind: str
-    overrides: dict = field(default_factory=dict)
+class RankVariant(Variant):
+    """A row of a backbone's table: the shared :class:`Variant` plus the augmentation ``kind`` it trains."""
+
+    kind: str = AUG_NONE
 
 
 VARIANTS = {
     v.name: v
     for v in (
-        RankVariant("base", "Base", AUG_NONE),
-        RankVariant("text", "+text (encoder on titles/genres; paper +BERT)", AUG_TEXT),
-        RankVariant("llm", "+LLM (encoder on s_u/s_i, w/o Retr.)", AUG_LLM),
-        RankVariant("ur4rec", "UR4Rec", AUG_UR4REC),
-        RankVariant("no_cl", "w/o CL", AUG_UR4REC, {"ur4rec.use_cl": False}),
-        RankVariant("no_pim", "w/o PIM", AUG_UR4REC, {"ur4rec.use_pim": False}),
+        RankVariant("base", "Base", kind=AUG_NONE),
+        RankVariant("text", "+text (encoder on titles/genres; paper +BERT)", kind=AUG_TEXT),
+        RankVariant("llm", "+LLM (encoder on s_u/s_i, w/o Retr.)", kind=AUG_LLM),
+        RankVariant("ur4rec", "UR4Rec", kind=AUG_UR4REC),
+        RankVariant("no_cl", "w/o CL", overrides={"ur4rec.use_cl": False}, kind=AUG_UR4REC),
+        RankVariant("no_pim", "w/o PIM", overrides={"ur4rec.use_pim": False}, kind=AUG_UR4REC),
     )
 }
 
@@ -106,7 +105,7 @@ def evaluate(cfg: RunConfig, force: tuple[str, ...] = ()) -> RunResult:
     for b in (b for b in cfg.eval.proxy_sweep_backbones if cfg.eval.proxy_sweep):
         pts = []
         for k in cfg.eval.proxy_sweep:
-            s = _scores(pipe, b, RankVariant(f"k{k}", f"K={k}", AUG_UR4REC, {"ur4rec.proxies": k}), cfg)
+            s = _scores(pipe, b, RankVariant(f"k{k}", f"K={k}", overrides={"ur4rec.proxies": k}, kind=AUG_UR4REC), cfg)
             pts.append(ranking_row(f"{BACKBONE_TITLES[b]} K={k}", s, target, users, cfg) | {"k": k})
         sweep[b] = pts
         write()

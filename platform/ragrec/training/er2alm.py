@@ -36,7 +36,7 @@ from ragrec.models.lightgcn import (
     validate_interactions,
 )
 from ragrec.training import ray_train as rt
-from ragrec.training.lightgcn import _split_embeddings
+from ragrec.training.lightgcn import split_embeddings
 
 EVAL_K = 20
 
@@ -170,11 +170,11 @@ def train_loop(config: dict) -> list[dict]:
     def evaluate(epoch: int) -> dict:
         if not has_eval:
             return {}
-        ue, ie = _split_embeddings(rt.unwrap(model), adj, num_users)
+        ue, ie = split_embeddings(rt.unwrap(model), adj, num_users)
         return {f"recall@{EVAL_K}": recall_at_k(ue, ie, users, items, eval_users, eval_items, EVAL_K)}
 
     history = loop.run(train_epoch, evaluate)
-    user_emb, item_emb = _split_embeddings(rt.unwrap(model), adj, num_users)
+    user_emb, item_emb = split_embeddings(rt.unwrap(model), adj, num_users)
     meta = {
         "train_edges": int(users.numel()),
         "extra_pos": len(extra_pos),

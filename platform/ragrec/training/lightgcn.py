@@ -75,11 +75,11 @@ def train_loop(config: dict) -> list[dict]:
     def evaluate(epoch: int) -> dict:
         if not has_eval:
             return {}
-        user_emb, item_emb = _split_embeddings(rt.unwrap(model), adj, num_users)
+        user_emb, item_emb = split_embeddings(rt.unwrap(model), adj, num_users)
         return {f"recall@{EVAL_K}": recall_at_k(user_emb, item_emb, users, items, eval_users, eval_items, EVAL_K)}
 
     history = loop.run(train_epoch, evaluate)
-    user_emb, item_emb = _split_embeddings(rt.unwrap(model), adj, num_users)
+    user_emb, item_emb = split_embeddings(rt.unwrap(model), adj, num_users)
 
     def write(out: Path) -> None:
         np.save(out / "item_emb.npy", item_emb.cpu().numpy().astype(np.float32))
@@ -91,7 +91,7 @@ def train_loop(config: dict) -> list[dict]:
 
 
 @torch.no_grad()
-def _split_embeddings(model, adj: torch.Tensor, num_users: int) -> tuple[torch.Tensor, torch.Tensor]:
+def split_embeddings(model, adj: torch.Tensor, num_users: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Propagated node embeddings split into users (U, d) and items (I, d)."""
     was_training = model.training
     model.eval()

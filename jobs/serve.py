@@ -6,6 +6,8 @@ RUN_DIR is the output folder of a finished `ragrec run` (it holds run.json). Blo
 The service has no authentication, so it listens on 127.0.0.1 unless --host says otherwise: reach it
 through an SSH tunnel (`ray attach cluster.yaml -p 8000`, or `ssh -L 8000:localhost:8000 <head>`), or
 pass --host 0.0.0.0 only behind a reverse proxy that authenticates (or on a private network).
+Under overload a request gets 503 with Retry-After (--max-ongoing-requests, --max-queued-requests);
+Ctrl-C or SIGTERM stops Serve and Ray and exits 0.
 """
 
 import argparse
@@ -25,13 +27,25 @@ def main(argv=None) -> int:
         "authentication: use 0.0.0.0 only behind an authenticating reverse proxy or on a private network)",
     )
     p.add_argument("--port", type=int, default=8000, help="HTTP port of the Serve proxy (default: 8000)")
+    p.add_argument(
+        "--max-ongoing-requests", type=int, default=None, help="requests one ingress replica runs at once (64)"
+    )
+    p.add_argument(
+        "--max-queued-requests",
+        type=int,
+        default=None,
+        help="requests queued beyond those (64; -1 unbounded); more get 503 with Retry-After",
+    )
+    p.add_argument("--retry-after-s", type=float, default=None, help="Retry-After of the 503 (1 s)")
     args = p.parse_args(argv)
 
     from ragrec.serving import serve_run  # lazy: the serving stack is only needed here
 
+    names = ("max_ongoing_requests", "max_queued_requests", "retry_after_s")
+    options = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     try:
-        serve_run(args.run_dir, host=args.host, port=args.port, blocking=True)
-    except FileNotFoundError as e:
+        serve_run(args.run_dir, host=args.host, port=args.port, blocking=True, **options)
+    except (FileNotFoundError, ValueError) as e:
         print(f"jobs/serve.py: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -16,19 +16,30 @@ from typing import Any
 from ragrec.serving import build_app
 from ragrec.serving.app import ServeOptions
 
-_FIELDS = {name: f.type for name, f in ServeOptions.__dataclass_fields__.items()}
+_FIELDS = {name: f.annotation for name, f in ServeOptions.model_fields.items()}
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 def _parse(name: str, value: Any) -> Any:
+    """A ``key=value`` string as the option's type; ValueError naming the option when it does not parse."""
     if not isinstance(value, str):
         return value
     kind = str(_FIELDS[name])
-    if "bool" in kind:
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    if "int" in kind:
-        return int(value)
-    if "float" in kind:
-        return float(value)
+    text = value.strip()
+    if "None" in kind and text.lower() in ("", "none", "null"):
+        return None
+    try:
+        if "bool" in kind:
+            if text.lower() not in _TRUE + _FALSE:
+                raise ValueError(value)
+            return text.lower() in _TRUE
+        if "int" in kind:
+            return int(text)
+        if "float" in kind:
+            return float(text)
+    except ValueError:
+        want = "true or false" if "bool" in kind else "an integer" if "int" in kind else "a number"
+        raise ValueError(f"serve argument {name}={value!r} is not {want}") from None
     return value
 
 

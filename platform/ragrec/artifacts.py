@@ -1,8 +1,12 @@
 """Content-addressed artifact store.
 
 Every stage output lives at ``<root>/<stage>/<key>/`` where ``key`` hashes the stage's code version,
-its config and the keys of its inputs. A stage writes into ``<key>.partial/`` and the directory is
-renamed to ``<key>/`` only when complete, with a ``manifest.json`` (row counts, timings, versions;
+its config and the *content digests* of its inputs (each input's manifest records the sha256 of every file and a
+``content`` digest over them). So recomputing an upstream stage (``--force``, or a corrupt artifact) gives its
+descendants new keys exactly when its output changed, and a stage whose inputs are raw files (``dataset``) puts
+their sha256 in its spec (:meth:`ArtifactStore.file_sha256`, memoised by size, mtime and inode). A stage
+writes into ``<key>.partial/`` and the directory is renamed to ``<key>/`` only when complete, with a
+``manifest.json`` (row counts, timings, versions;
 ``seconds`` = the computing attempt's wall time, and after a resume ``seconds_total`` = all attempts').
 So a finished artifact is never half-written, a rerun skips finished stages, and a killed run
 resumes at the first unfinished stage. Long stages (LLM generation) also checkpoint *blocks* inside
@@ -15,13 +19,16 @@ Concurrency and integrity (a sweep with concurrent trials, two users on one cach
   resumable place: blocks, LoRA ``train/`` checkpoints). A second writer of the same key waits and then reuses
   the first one's artifact. Where the filesystem has no ``flock``, each writer stages into its own
   ``<key>.<host>-<pid>-<random>.partial/`` instead (no resume there).
-* The manifest lists every file with its size and a blake2b digest (of the whole file up to
-  :data:`FULL_DIGEST_MAX`, else of its first and last 64 KiB and size) and is written last; remote stores
-  upload the data before it. Publishing never removes another writer's finished artifact: the rename onto an
-  existing ``<key>/`` fails, and the existing one is kept (unless it is forced or broken).
+* The manifest lists every file with its size and sha256 and is written last; remote stores upload the data
+  before it. Reuse checks every size and re-hashes the files up to :data:`HASH_ON_READ_MAX`; a full check
+  (:meth:`Artifact.verify` ``full=True``, ``ragrec cache verify``) hashes them all. Publishing never removes
+  another writer's finished artifact: the rename onto an existing ``<key>/`` fails, and the existing one is
+  kept (unless it is forced or broken).
 * Reuse verifies: a listed file that is missing, of another size or digest makes the artifact unfinished; it
   is moved aside to ``<key>.corrupt-<time>/`` with a warning naming the file and recomputed. Manifests written
-  before the file list (no ``files``) are trusted as before.
+  before the file list (no ``files``) are trusted as before; older blake2b ``digest`` entries are still checked.
+* A write that runs out of space (ENOSPC, EDQUOT) removes the staging folder and raises
+  :class:`ArtifactWriteError`, one line naming the stage and the file: nothing is half-published.
 
 The root can be a local path or any URI pyarrow.fs understands (``s3://bucket/prefix``,
 ``gs://...``); remote roots stage locally and upload on commit.
@@ -58,9 +65,18 @@ log = logging.getLogger("ragrec.artifacts")
 MANIFEST = "manifest.json"
 LOCK = ".writer.lock"
 """Inside ``<key>.partial/``: the file a writer holds an exclusive ``flock`` on while it computes the artifact."""
+HASH_ON_READ_MAX = 16 * 1024**2
+"""On reuse, files up to this size are re-hashed against the manifest's sha256; larger ones are checked by size
+(a full check hashes them too: ``Artifact.verify(full=True)``, ``ragrec cache verify``)."""
 FULL_DIGEST_MAX = 16 * 1024**2
-"""Files up to this size get a digest of their whole content; larger ones of their first and last 64 KiB."""
+"""Legacy (blake2b) manifests: files up to this size had a digest of their whole content, larger ones ``ends``."""
 _EDGE = 64 * 1024
+MEMO = ".digests.json"
+"""Under the store's local root: sha256 of input files by (size, mtime_ns, inode), so unchanged ones are not
+re-hashed on every run (:meth:`ArtifactStore.file_sha256`)."""
+RACY_NS = 2_000_000_000
+"""A memo entry is trusted only for a file last modified this long before it was hashed (coarse mtimes)."""
+_MEMO_MAX = 100_000
 LOCK_POLL_S = 0.5
 """How often a writer waiting for another writer of the same key retries its lock."""
 
@@ -89,9 +105,31 @@ def unmatched_force_message(force: Iterable[str], stages: Iterable[str]) -> str 
     return f"--force {names} matched no stage; stages of this run: {', '.join(stages) or '(none)'}"
 
 
+class ArtifactWriteError(OSError):
+    """A stage's output could not be written (disk full, quota): its staging was removed, nothing was published.
+    ``str()`` is the one-line message naming the stage, the file and the fix."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def content_digest(files: dict[str, dict]) -> str:
+    """The sha256 of an artifact's file list (names, sizes, sha256s): what the keys of its descendants hold."""
+    blob = json.dumps(sorted((rel, m["size"], m["sha256"]) for rel, m in files.items())).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
 def _digest(path: Path, size: int, mode: str | None = None) -> str:
-    """``full:<blake2b>`` of the whole file (``mode`` full, or by default when ``size`` <= FULL_DIGEST_MAX),
-    else ``ends:<blake2b>`` of its first and last 64 KiB and its size."""
+    """Legacy manifests (before sha256): ``full:<blake2b>`` of the whole file (``mode`` full, or by default
+    when ``size`` <= FULL_DIGEST_MAX), else ``ends:<blake2b>`` of its first and last 64 KiB and its size."""
     mode = mode or ("full" if size <= FULL_DIGEST_MAX else "ends")
     h = hashlib.blake2b(digest_size=16)
     with open(path, "rb") as f:
@@ -107,17 +145,19 @@ def _digest(path: Path, size: int, mode: str | None = None) -> str:
 
 
 def _file_list(staging: Path) -> dict[str, dict]:
-    """``{relative path: {size, digest}}`` of every file of a staged artifact but the manifest and lock."""
+    """``{relative path: {size, sha256}}`` of every file of a staged artifact but the manifest and lock."""
     out = {}
     for p in sorted(staging.rglob("*")):
         if p.is_file() and p.name not in (MANIFEST, LOCK, ATTEMPTS):
-            size = p.stat().st_size
-            out[p.relative_to(staging).as_posix()] = {"size": size, "digest": _digest(p, size)}
+            out[p.relative_to(staging).as_posix()] = {"size": p.stat().st_size, "sha256": _sha256(p)}
     return out
 
 
-def _check_files(files: dict[str, dict], root: Path, digests: bool) -> list[str]:
-    """What is wrong with the local copy under ``root`` of the listed ``files`` ([] = nothing)."""
+def _check_files(files: dict[str, dict], root: Path, hashes: str) -> list[str]:
+    """What is wrong with the local copy under ``root`` of the listed ``files`` ([] = nothing).
+
+    ``hashes``: ``none`` (sizes only), ``small`` (also the sha256 of files up to :data:`HASH_ON_READ_MAX`) or
+    ``all`` (every file's sha256)."""
     problems = []
     for rel, meta in files.items():
         p = root / rel
@@ -128,7 +168,12 @@ def _check_files(files: dict[str, dict], root: Path, digests: bool) -> list[str]
             continue
         if size != meta.get("size"):
             problems.append(f"{rel}: {size} bytes, the manifest lists {meta.get('size')}")
-        elif digests and meta.get("digest"):
+        elif hashes == "none":
+            continue
+        elif meta.get("sha256"):
+            if (hashes == "all" or size <= HASH_ON_READ_MAX) and _sha256(p) != meta["sha256"]:
+                problems.append(f"{rel}: content differs from the manifest's sha256")
+        elif meta.get("digest"):  # a legacy blake2b manifest
             mode = meta["digest"].split(":", 1)[0]
             if _digest(p, size, mode) != meta["digest"]:
                 problems.append(f"{rel}: content differs from the manifest's checksum")
@@ -147,6 +192,10 @@ class Artifact:
     stage: str
     key: str
     spec: dict = field(default_factory=dict)
+    inputs: list[dict] = field(default_factory=list)
+    """``{stage, key}`` of each input artifact (the manifest's ``input_keys``: ``ragrec cache gc`` keeps the
+    ancestors of what runs reference)."""
+    _content: str | None = field(default=None, init=False, repr=False, compare=False)
     # a private staging folder (writers without a lock); None = the stable, resumable ``<key>.partial/``
     _staging_dir: Path | None = field(default=None, init=False, repr=False, compare=False)
     # a forced recompute: publishing replaces a finished artifact of the key
@@ -171,13 +220,38 @@ class Artifact:
 
     @property
     def done(self) -> bool:
-        """The manifest exists and every file it lists exists with its size (digests: :meth:`verify`)."""
-        return not self.store._problems(self, digests=False)
+        """The manifest exists and every file it lists exists with its size (checksums: :meth:`verify`)."""
+        return not self.store._problems(self, "none")
 
-    def verify(self) -> list[str]:
+    def verify(self, full: bool = False) -> list[str]:
         """What is wrong with the finished artifact ([] = complete): a missing manifest, or a listed file that
-        is missing or differs in size or checksum (checksums of a remote artifact: on its local copy)."""
-        return self.store._problems(self, digests=True)
+        is missing or differs in size or sha256. The sha256 of files up to :data:`HASH_ON_READ_MAX` is always
+        checked, of all files with ``full`` (checksums of a remote artifact: on its local copy)."""
+        return self.store._problems(self, "all" if full else "small")
+
+    @property
+    def content(self) -> str:
+        """The finished artifact's content digest (its manifest's ``content``: sha256 over its files' names,
+        sizes and sha256s); what the keys of the stages reading it derive from. Raises ValueError when the
+        artifact is not finished."""
+        if self._content is None:
+            try:
+                manifest = self.store._read_manifest(self)
+            except (ValueError, OSError):
+                manifest = None
+            if manifest is None:
+                raise ValueError(
+                    f"artifact {self.stage}/{self.key} is not finished ({self.uri}): a stage's key derives from "
+                    f"its inputs' content, so compute the input first (ArtifactStore.run)"
+                )
+            content = manifest.get("content")
+            if not content:  # written before content digests: hash the files themselves
+                files = manifest.get("files")
+                if not (isinstance(files, dict) and all("sha256" in m for m in files.values())):
+                    files = _file_list(self.path)
+                content = content_digest(files)
+            self._content = content
+        return self._content
 
     # ---- reading ---------------------------------------------------------------------------
     def manifest(self) -> dict:
@@ -250,10 +324,13 @@ class Artifact:
             if tmp.is_file():
                 tmp.unlink()
         manifest["files"] = _file_list(staging)
+        manifest["content"] = content_digest(manifest["files"])
+        manifest["input_keys"] = self.inputs
         tmp = staging / f"{MANIFEST}.tmp"
         tmp.write_text(json.dumps(manifest, indent=2, default=str))
         os.replace(tmp, staging / MANIFEST)
         self.store._publish(self, staging)
+        self._content = None  # a concurrent winner's artifact may have been kept: read its manifest
         return self
 
 
@@ -323,10 +400,65 @@ class ArtifactStore:
 
     # ---- keys --------------------------------------------------------------------------------
     def artifact(self, stage: str, config: Any, inputs: Iterable[Artifact | str] = (), version: str = "1") -> Artifact:
-        """The artifact for ``stage`` computed from ``config`` and ``inputs`` by code ``version``."""
-        input_keys = [a.key if isinstance(a, Artifact) else str(a) for a in inputs]
-        spec = {"stage": stage, "version": version, "config": config, "inputs": input_keys}
-        return Artifact(self, stage, config_hash(spec), spec=json.loads(json.dumps(spec, default=str)))
+        """The artifact for ``stage`` computed from ``config`` and ``inputs`` by code ``version``.
+
+        An input artifact enters the key as ``<stage>@<content digest>`` (it must be finished: ValueError
+        otherwise), so the key changes exactly when an input's content does; a string input enters as it is."""
+        refs, ids = [], []
+        for a in inputs:
+            if isinstance(a, Artifact):
+                refs.append(f"{a.stage}@{a.content[:32]}")
+                ids.append({"stage": a.stage, "key": a.key})
+            else:
+                refs.append(str(a))
+        spec = {"stage": stage, "version": version, "config": config, "inputs": refs}
+        art = Artifact(self, stage, config_hash(spec), spec=json.loads(json.dumps(spec, default=str)))
+        art.inputs = ids
+        return art
+
+    def file_sha256(self, path: str | os.PathLike) -> str:
+        """The sha256 of one input file (:meth:`files_sha256`)."""
+        return self.files_sha256([path])[0]
+
+    def files_sha256(self, paths: Iterable[str | os.PathLike]) -> list[str]:
+        """The sha256 of input files, memoised in ``<root>/.digests.json`` by (size, mtime_ns, inode): an
+        unchanged file is not read again; one modified within :data:`RACY_NS` before its hashing (a coarse
+        mtime could hide a later edit) is hashed again next time."""
+        memo_path = (Path(self.root) if not self.remote else self._cache) / MEMO
+        try:
+            memo = json.loads(memo_path.read_text())
+            if not isinstance(memo, dict):
+                memo = {}
+        except (OSError, ValueError):
+            memo = {}
+        out, changed = [], False
+        for path in paths:
+            p = Path(path).resolve()
+            st = p.stat()
+            sig = [st.st_size, st.st_mtime_ns, st.st_ino]
+            entry = memo.get(str(p))
+            if (
+                isinstance(entry, dict)
+                and entry.get("sig") == sig
+                and st.st_mtime_ns < entry.get("hashed_ns", 0) - RACY_NS
+            ):
+                out.append(entry["sha256"])
+                continue
+            digest = _sha256(p)
+            memo[str(p)] = {"sig": sig, "sha256": digest, "hashed_ns": time.time_ns()}
+            out.append(digest)
+            changed = True
+        if changed:
+            if len(memo) > _MEMO_MAX:  # forget the longest-unhashed files
+                memo = dict(sorted(memo.items(), key=lambda kv: kv[1].get("hashed_ns", 0))[-_MEMO_MAX:])
+            try:  # a lost update (a concurrent run) only costs a re-hash later
+                memo_path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = memo_path.with_name(f"{MEMO}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+                tmp.write_text(json.dumps(memo))
+                os.replace(tmp, memo_path)
+            except OSError as e:
+                log.debug("could not write the digest memo %s: %s", memo_path, e)
+        return out
 
     def run(
         self,
@@ -370,29 +502,46 @@ class ArtifactStore:
                 self._move_aside(art, "corrupt")
             art._replace = forced and not problems
             log.info("stage %-14s running  %s", stage, art.key)
-            earlier = _start_attempt(art.staging)
-            t0 = time.perf_counter()
             try:
-                out = compute(art)
-            except BaseException:
-                if art._staging_dir is not None:  # a private folder nobody resumes from
-                    shutil.rmtree(art._staging_dir, ignore_errors=True)
-                raise
-            extra = out if isinstance(out, dict) else {"rows": out}
-            extra.setdefault("rows", None)
-            seconds = time.perf_counter() - t0
-            if earlier:  # resumed: the earlier attempts' kept work counts too
-                extra.update(
-                    seconds_total=round(seconds + sum(a["end"] - a["start"] for a in earlier), 3),
-                    attempts=len(earlier) + 1,
-                )
-            (art.staging / ATTEMPTS).unlink(missing_ok=True)
-            art.commit(seconds=round(seconds, 3), **extra)
+                earlier = _start_attempt(art.staging)
+                t0 = time.perf_counter()
+                try:
+                    out = compute(art)
+                except BaseException:
+                    if art._staging_dir is not None:  # a private folder nobody resumes from
+                        shutil.rmtree(art._staging_dir, ignore_errors=True)
+                    raise
+                extra = out if isinstance(out, dict) else {"rows": out}
+                extra.setdefault("rows", None)
+                seconds = time.perf_counter() - t0
+                if earlier:  # resumed: the earlier attempts' kept work counts too
+                    extra.update(
+                        seconds_total=round(seconds + sum(a["end"] - a["start"] for a in earlier), 3),
+                        attempts=len(earlier) + 1,
+                    )
+                (art.staging / ATTEMPTS).unlink(missing_ok=True)
+                art.commit(seconds=round(seconds, 3), **extra)
+            except OSError as e:
+                if e.errno not in (errno.ENOSPC, errno.EDQUOT) or isinstance(e, ArtifactWriteError):
+                    raise  # (a nested stage's full disk is already said)
+                raise self._write_failed(art, e) from e
             log.info("stage %-14s done     %s (%.1fs)", stage, art.key, seconds)
             return art
         finally:
             if fd is not None:
                 os.close(fd)  # after commit the lock file went with the folder (or stays for a resume)
+
+    def _write_failed(self, art: Artifact, e: OSError) -> ArtifactWriteError:
+        """Remove ``art``'s staging after a full disk (its files may be cut short) and say so in one line."""
+        staging = self._local_staging(art)
+        shutil.rmtree(staging, ignore_errors=True)  # the lock file goes too: a waiting writer looks again
+        where = e.filename or staging
+        msg = (
+            f"stage {art.stage}: {os.strerror(e.errno).lower()} while writing {where}; nothing was published and "
+            f"the staging folder {staging} was removed: free space under {self.root} (or point artifacts_dir at "
+            f"a larger disk) and rerun"
+        )
+        return ArtifactWriteError(e.errno, msg)
 
     # ---- writer lock -------------------------------------------------------------------------------
     def _lock(self, art: Artifact) -> tuple[int | None, bool]:
@@ -503,7 +652,7 @@ class ArtifactStore:
         info = self.fs.get_file_info(self._fs_path(f"{art.uri}/{MANIFEST}"))
         return (info.type, info.mtime_ns, info.size)
 
-    def _problems(self, art: Artifact, digests: bool) -> list[str]:
+    def _problems(self, art: Artifact, hashes: str) -> list[str]:
         """What keeps ``art`` from being a complete finished artifact ([] = nothing)."""
         try:
             manifest = self._read_manifest(art)
@@ -515,7 +664,7 @@ class ArtifactStore:
         if not isinstance(files, dict):  # written before manifests listed their files: trusted as before
             return []
         if not self.remote:
-            return _check_files(files, Path(self.root) / art.stage / art.key, digests)
+            return _check_files(files, Path(self.root) / art.stage / art.key, hashes)
         infos = self.fs.get_file_info([self._fs_path(f"{art.uri}/{rel}") for rel in files])
         problems = []
         for (rel, meta), info in zip(files.items(), infos):
@@ -524,12 +673,17 @@ class ArtifactStore:
             elif info.size != meta.get("size"):
                 problems.append(f"{rel}: {info.size} bytes, the manifest lists {meta.get('size')}")
         local = self._cache / art.stage / art.key
-        if not problems and digests and (local / MANIFEST).exists():
-            stale = _check_files(files, local, digests=True) or json.loads((local / MANIFEST).read_text()) != manifest
+        if not problems and hashes != "none" and (local / MANIFEST).exists():
+            stale = _check_files(files, local, hashes) or json.loads((local / MANIFEST).read_text()) != manifest
             if stale:  # a broken or outdated download: fetch it again when read
                 log.warning("stage %s: the local copy %s differs from %s; downloading again", art.stage, local, art.uri)
                 shutil.rmtree(local, ignore_errors=True)
         return problems
+
+    def quarantine(self, art: Artifact) -> Path | None:
+        """Move a corrupt finished artifact aside to ``<key>.corrupt-<time>/`` (remote: delete it); the next run
+        recomputes it. Returns where it went (None: remote, or nothing was there)."""
+        return self._move_aside(art, "corrupt")
 
     def _move_aside(self, art: Artifact, why: str) -> Path | None:
         """Move the finished ``<key>/`` out of the way to ``<key>.<why>-<time>`` (remote: delete it)."""
@@ -561,7 +715,7 @@ class ArtifactStore:
                 except OSError as e:
                     if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                         raise
-                problems = self._problems(art, digests=True)
+                problems = self._problems(art, "small")
                 if not problems and not art._replace:
                     log.info("stage %s: %s was published by another writer; keeping it", art.stage, art.key)
                     shutil.rmtree(staging, ignore_errors=True)
@@ -572,7 +726,7 @@ class ArtifactStore:
                 art._replace = False
             (final / LOCK).unlink(missing_ok=True)  # it came along; a waiter holding it sees it gone
             return
-        if not art._replace and not self._problems(art, digests=False):
+        if not art._replace and not self._problems(art, "none"):
             log.info("stage %s: %s was published by another writer; keeping it", art.stage, art.key)
         else:
             if self._read_manifest(art) is not None:

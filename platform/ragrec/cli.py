@@ -4,9 +4,12 @@ ragrec run configs/rallrec_ml100k.yaml [--set retrieval.k=20] [--force lora]
 ragrec evaluate configs/rallrec_ml100k.yaml [--set eval.max_test_samples=300]
 ragrec sweep configs/sweep_rallrec_ml100k.yaml
 ragrec serve runs/rallrec_ml100k [--port 8000] [--no-batching]
-ragrec data fetch ml-100k [--dest DIR]
+ragrec data fetch ml-100k [--dest DIR] [--category C]   # docs/datasets.md: every dataset, its files and URL
 ragrec data verify ml-100k [--path DIR]
+ragrec data stats CONFIG_OR_NAME [--set ...]   # users, items, interactions, sparsity, positive rate
+ragrec data check configs/rallrec_ml100k.yaml [--set ...]   # config + data files + split, nothing run
 ragrec config show configs/rallrec_ml100k.yaml [--set ...]
+ragrec cache ls|verify|gc [--artifacts DIR] [--runs DIR] [--dry-run]   # the artifact cache
 ragrec check-llm [--model smollm2-135m-instruct] [--train 256]   # does tuning + scoring learn?
 """
 
@@ -55,16 +58,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("data", help="datasets")
     dsub = d.add_subparsers(dest="data_command", required=True)
+    from .config import DATA_DIR_DATASETS as fetchable  # the datasets `data fetch` knows (docs/datasets.md)
+
     f = dsub.add_parser("fetch", help="download and verify an official dataset archive")
-    f.add_argument("name", choices=["ml-100k", "ml-1m"])
+    f.add_argument("name", choices=fetchable)
+    f.add_argument("--category", default=None, help="amazon-2018: the category, e.g. Movies_and_TV")
     f.add_argument(
         "--dest",
         default=os.environ.get("RAGREC_DATA_DIR", "data"),
         help="parent folder (default: $RAGREC_DATA_DIR or ./data)",
     )
     v = dsub.add_parser("verify", help="check the md5 of an existing dataset folder")
-    v.add_argument("name", choices=["ml-100k", "ml-1m"])
+    v.add_argument("name", choices=fetchable)
     v.add_argument("--path", default=None, help="dataset folder (default: $RAGREC_DATA_DIR/NAME)")
+    v.add_argument("--category", default=None, help="amazon-2018: the category whose files to check")
+    st = dsub.add_parser("stats", help="users, items, interactions, sparsity and positive rate under the protocol")
+    st.add_argument("target", metavar="CONFIG_OR_NAME", help="a YAML config, or a data.name (e.g. ml-10m)")
+    st.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="override a config field (e.g. data.protocol=rerank, data.category=Books); repeatable",
+    )
+    dc = dsub.add_parser("check", help="validate a config, its data files and its protocol split (runs no stage)")
+    _add_config_args(dc)
 
     k = sub.add_parser("check-llm", help="learnability check: tune and score a synthetic task with a known answer")
     k.add_argument("--model", default="smollm2-135m-instruct", help="llm.model (registry name, path or HF id)")
@@ -78,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     csub = c.add_subparsers(dest="config_command", required=True)
     s = csub.add_parser("show", help="print the fully resolved config")
     _add_config_args(s)
+
+    from .cache_cli import add_parser as add_cache_parser  # standard library only
+
+    add_cache_parser(sub)
     return parser
 
 
@@ -89,6 +112,29 @@ def _force_unmatched(force: list[str], stages) -> bool:
     if err:
         print(f"ragrec: error: {err}", file=sys.stderr)
     return bool(err)
+
+
+def _one_line(e: BaseException) -> str:
+    """An error message on one line: a ConfigError's field lines joined with '; ' after its first line."""
+    first, *rest = str(e).splitlines() or [type(e).__name__]
+    rest = [r.strip() for r in rest if r.strip()]
+    return f"{first}: {'; '.join(rest)}" if rest else first
+
+
+def _data_stats(target: str, overrides: list[str]) -> None:
+    """Print :func:`ragrec.data.stats.dataset_stats` of a config file, or of the dataset ``target`` by name."""
+    from .config import load_config
+    from .data import load_dataset
+    from .data.stats import dataset_stats, format_dataset_stats
+
+    is_file = target.endswith((".yaml", ".yml")) or os.path.isfile(target)
+    cfg = load_config(target, overrides) if is_file else load_config(None, [f"data.name={target}", *overrides])
+    ds = load_dataset(cfg.data)
+    if cfg.data.max_users:  # as the dataset stage does
+        import pyarrow.compute as pc
+
+        ds.interactions = ds.interactions.filter(pc.less(ds.interactions.column("user_id"), cfg.data.max_users))
+    print(format_dataset_stats(dataset_stats(ds, cfg.data, seed=cfg.seed)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                 )
                 return 1
+        elif args.command == "cache":
+            from .cache_cli import main as cache_main
+
+            return cache_main(args)
         elif args.command == "config":
             cfg = load_config(args.config, args.overrides)
             from .methods import get_method
@@ -157,16 +207,32 @@ def main(argv: list[str] | None = None) -> int:
             from .data import fetch
             from .data.fetch import verify
 
-            if args.data_command == "fetch":
-                path = fetch(args.name, args.dest)
+            if args.data_command == "check":
+                from .data.check import check_data
+
+                print("\n".join(check_data(load_config(args.config, args.overrides)).lines()))
+            elif args.data_command == "fetch":
+                path = fetch(args.name, args.dest, category=args.category)
                 print(f"{args.name} ready in {path}")
-            else:
+            elif args.data_command == "verify":
                 path = args.path or os.path.join(os.environ.get("RAGREC_DATA_DIR", "data"), args.name)
-                verify(args.name, path)
-                print(f"{args.name} in {path}: checksums match")
+                verify(args.name, path, category=args.category)
+                from .data.fetch import archives
+
+                known = any(a.file_md5 for a in archives(args.name, args.category))
+                print(f"{args.name} in {path}: " + ("checksums match" if known else "the required files are present"))
+            elif args.data_command == "stats":
+                _data_stats(args.target, args.overrides)
     except (ConfigError, ValueError, FileNotFoundError) as e:
-        print(f"ragrec: error: {e}", file=sys.stderr)
+        print(f"ragrec: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk while writing an artifact: one line, nothing half-published
+        from .artifacts import ArtifactWriteError
+
+        if not isinstance(e, ArtifactWriteError):
+            raise
+        print(f"ragrec: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -65,6 +65,23 @@ class _Strict(BaseModel):
         return v
 
 
+# Prompt templates: config field -> (allowed placeholders, required ones); checked when the config loads
+# (ragrec.templates: plain {name} placeholders only, filled without str.format).
+TEMPLATE_PLACEHOLDERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "description.template": (("title", "genre"), ("title",)),
+    "rationale.template": (("history", "target"), ("history", "target")),
+    "ur4rec.user_template": (("history",), ("history",)),
+    "ur4rec.item_template": (("title", "genre"), ("title", "genre")),
+}
+
+
+def _check_template(v: str, where: str) -> str:
+    from .templates import check_template
+
+    allowed, required = TEMPLATE_PLACEHOLDERS[where]
+    return check_template(v, allowed, required, where)
+
+
 class GenericColumns(_Strict):
     """Column names of a user's own interactions / items files (the ``generic`` dataset)."""
 
@@ -141,13 +158,58 @@ class RerankProtocolConfig(_Strict):
     )
 
 
+# the datasets `ragrec data fetch` knows, whose folder defaults to $RAGREC_DATA_DIR/<name> (docs/datasets.md)
+DATA_DIR_DATASETS = ("ml-100k", "ml-1m", "ml-10m", "bookcrossing", "amazon-2018", "steam", "netflix")
+
+# the categories of the Amazon Review Data (2018): files <Category>_5.json.gz and meta_<Category>.json.gz
+AMAZON_2018_CATEGORIES = (
+    "AMAZON_FASHION", "All_Beauty", "Appliances", "Arts_Crafts_and_Sewing", "Automotive", "Books",
+    "CDs_and_Vinyl", "Cell_Phones_and_Accessories", "Clothing_Shoes_and_Jewelry", "Digital_Music", "Electronics",
+    "Gift_Cards", "Grocery_and_Gourmet_Food", "Home_and_Kitchen", "Industrial_and_Scientific", "Kindle_Store",
+    "Luxury_Beauty", "Magazine_Subscriptions", "Movies_and_TV", "Musical_Instruments", "Office_Products",
+    "Patio_Lawn_and_Garden", "Pet_Supplies", "Prime_Pantry", "Software", "Sports_and_Outdoors",
+    "Tools_and_Home_Improvement", "Toys_and_Games", "Video_Games",
+)  # fmt: skip
+
+# data.label_threshold when the config does not set it (label = rating > threshold); 3.0 for every other dataset
+DATASET_LABEL_THRESHOLDS = {"bookcrossing": 4.0}  # BookCrossing rates 1..10: 5..10 are positives
+
+
+def amazon_category_hint(value: str) -> str:
+    """``"; did you mean 'Movies_and_TV'?"`` for a misspelt Amazon 2018 category ('' when nothing is close)."""
+    import difflib
+
+    def norm(c: str) -> str:
+        return "".join(ch for ch in c.lower().replace("&", "and") if ch.isalnum())
+
+    by_norm = {norm(c): c for c in AMAZON_2018_CATEGORIES}
+    if norm(value) in by_norm:
+        return f"; did you mean {by_norm[norm(value)]!r}?"
+    close = difflib.get_close_matches(norm(value), list(by_norm), n=1, cutoff=0.6)
+    return f"; did you mean {by_norm[close[0]]!r}?" if close else ""
+
+
 class DataConfig(_Strict):
     """Which dataset to load and how to turn it into samples."""
 
-    name: Literal["ml-100k", "ml-1m", "generic", "synthetic"] = "ml-100k"
+    name: Literal[
+        "ml-100k", "ml-1m", "ml-10m", "bookcrossing", "amazon-2018", "steam", "netflix", "recbole", "generic",
+        "synthetic",
+    ] = Field("ml-100k", description="the dataset; docs/datasets.md lists the files each one reads")  # fmt: skip
     path: str | None = Field(
         None,
-        description="Folder with the raw files. Default: $RAGREC_DATA_DIR/<name> (ml-100k, ml-1m).",
+        description="Folder with the raw files. Default: $RAGREC_DATA_DIR/<name> (every dataset `ragrec data fetch` "
+        "knows); recbole: the folder holding <name>.inter (.item, .user) or the .inter file itself.",
+    )
+    category: str | None = Field(
+        None,
+        description="amazon-2018 only (required there): the category, as in the file names <category>_5.json.gz "
+        "and meta_<category>.json.gz, e.g. Books, Movies_and_TV, Video_Games",
+    )
+    implicit_zero: Literal["drop", "negative"] = Field(
+        "drop",
+        description="bookcrossing only: the implicit interactions (Book-Rating 0): drop = leave them out (only the "
+        "explicit 1..10 ratings remain); negative = keep them as negatives (label 0, rating 0)",
     )
     protocol: Literal["rallrec", "temporal", "rerank", "full_ranking"] = Field(
         "rallrec",
@@ -168,7 +230,9 @@ class DataConfig(_Strict):
     )
     max_users: int | None = Field(None, ge=1, description="keep only users with dense id < N (quick slices for tests)")
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    label_threshold: float = Field(3.0, description="label = rating > threshold")
+    label_threshold: float = Field(
+        3.0, description="label = rating > threshold (not set: 4.0 for bookcrossing, i.e. 5..10 of 10; else 3.0)"
+    )
     interactions_file: str | None = Field(None, description="generic: interactions .parquet/.csv")
     items_file: str | None = Field(None, description="generic: items .parquet/.csv")
     users_file: str | None = Field(None, description="generic: optional users .parquet/.csv")
@@ -186,6 +250,19 @@ class DataConfig(_Strict):
         description="generic: unit of numeric timestamps: s (seconds since the epoch) or ms (milliseconds, "
         "converted to seconds)",
     )
+    on_duplicate: Literal["drop", "error", "keep"] = Field(
+        "drop",
+        description="generic: interactions repeating user, item and timestamp: drop = keep the first of exact "
+        "duplicates and log how many were dropped (rows that differ otherwise are an error); error = any repeat "
+        "is an error naming both lines; keep = keep every row (each becomes its own sample)",
+    )
+    on_out_of_range: Literal["error", "drop", "keep"] = Field(
+        "error",
+        description="generic: ratings outside data.rating_range and timestamps after the year 5000 in a file "
+        "that is mostly seconds: error (naming the first line), drop (log how many rows were dropped) or "
+        "keep (no range check); a file whose timestamps are mostly milliseconds stays an error "
+        "(set data.timestamp_unit: ms)",
+    )
     columns: GenericColumns = GenericColumns()
     synthetic: SyntheticConfig = SyntheticConfig()
 
@@ -193,6 +270,36 @@ class DataConfig(_Strict):
     def _check_split(self) -> DataConfig:
         if abs(sum(self.split) - 1.0) > 1e-6 or min(self.split) < 0:
             raise ValueError(f"data.split must be three non-negative fractions summing to 1, got {self.split}")
+        return self
+
+    @model_validator(mode="after")
+    def _dataset_options(self) -> DataConfig:
+        """data.category / data.implicit_zero belong to one dataset each; a dataset's own label threshold."""
+        if self.name == "amazon-2018":
+            if self.category is None:
+                raise ValueError(
+                    "data.name: amazon-2018 needs data.category, the <category> of the files <category>_5.json.gz "
+                    "and meta_<category>.json.gz, e.g. data.category: Movies_and_TV (one of "
+                    + ", ".join(AMAZON_2018_CATEGORIES)
+                    + ")"
+                )
+            if self.category not in AMAZON_2018_CATEGORIES:
+                raise ValueError(
+                    f"data.category {self.category!r} is not an Amazon 2018 category"
+                    f"{amazon_category_hint(self.category)} (the categories: {', '.join(AMAZON_2018_CATEGORIES)})"
+                )
+        elif self.category is not None:
+            raise ValueError(
+                f"data.category applies to data.name: amazon-2018 only, not {self.name}; remove data.category"
+            )
+        if self.implicit_zero != "drop" and self.name != "bookcrossing":  # the default survives a dump + reload
+            raise ValueError(
+                f"data.implicit_zero applies to data.name: bookcrossing only, not {self.name}; "
+                "remove data.implicit_zero"
+            )
+        if "label_threshold" not in self.model_fields_set and self.name in DATASET_LABEL_THRESHOLDS:
+            # the dataset's own rating scale; set without validation, so it stays out of model_fields_set
+            object.__setattr__(self, "label_threshold", DATASET_LABEL_THRESHOLDS[self.name])
         return self
 
     @field_validator("encoding")
@@ -221,7 +328,7 @@ class DataConfig(_Strict):
     def resolved_path(self) -> Path | None:
         if self.path:
             return Path(os.path.expandvars(os.path.expanduser(self.path)))
-        if self.name in ("ml-100k", "ml-1m"):
+        if self.name in DATA_DIR_DATASETS:
             root = os.environ.get("RAGREC_DATA_DIR")
             if not root:
                 raise ValueError(
@@ -261,6 +368,11 @@ class DescriptionConfig(_Strict):
     max_new_tokens: int = Field(96, ge=1)
     block_size: int = Field(64, ge=1, description="items per checkpointed generation block")
     max_items: int | None = Field(None, ge=1, description="describe only the first N items (tests)")
+
+    @field_validator("template")
+    @classmethod
+    def _placeholders(cls, v: str) -> str:
+        return _check_template(v, "description.template")
 
 
 class EmbeddingConfig(_Strict):
@@ -406,6 +518,11 @@ class RationaleConfig(_Strict):
     max_new_tokens: int = Field(96, ge=1)
     block_size: int = Field(64, ge=1)
 
+    @field_validator("template")
+    @classmethod
+    def _placeholders(cls, v: str) -> str:
+        return _check_template(v, "rationale.template")
+
 
 class SAREConfig(_Strict):
     """SCoRe step 5: the self-assessing reranker, a cross-encoder tuned with InfoNCE on the rationale ranking."""
@@ -419,6 +536,12 @@ class SAREConfig(_Strict):
     lr: float = Field(2e-5, gt=0)
     batch_size: int = Field(8, ge=1)
     max_tokens: int = Field(384, ge=1)
+    precision: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="dtype of SARE's reranking pass over every sample's Ke users (training stays float32): auto = "
+        "bfloat16 where the hardware runs it natively (AVX512-BF16/AMX CPUs, bf16 GPUs; 2.5x float32 on this "
+        "project's CPU, Spearman 0.999 with float32 scores), else float32",
+    )
 
 
 class CIConfig(_Strict):
@@ -473,6 +596,11 @@ class UR4RecConfig(_Strict):
     batch_size: int = Field(32, ge=1)
     max_train_samples: int | None = Field(None, ge=1, description="pretrain on at most N training samples (seeded)")
 
+    @field_validator("user_template", "item_template")
+    @classmethod
+    def _placeholders(cls, v: str, info: ValidationInfo) -> str:
+        return _check_template(v, f"ur4rec.{info.field_name}")
+
 
 class RerankerConfig(_Strict):
     """The reranking backbones trained on the ``rerank`` protocol (listwise softmax over the candidates)."""
@@ -497,6 +625,11 @@ ER2ALM_ASPECTS = ("plot_theme", "genre", "visual_sound", "culture_language", "du
 class RAGConfig(_Strict):
     """ER2ALM Eq. 1: passages retrieved per item from the corpus, and the LLM's aspects written from them."""
 
+    enabled: bool = Field(
+        True,
+        description="False: no retrieval, the LLM writes the aspects from the item's title, year and genres alone "
+        "(the LLMRec-style baseline of `ragrec evaluate`)",
+    )
     encoder: str = Field("minilm-l6", description="registry text encoder of the corpus chunks and the queries")
     chunk_chars: int = Field(600, ge=50, description="corpus chunk length in characters")
     chunk_overlap: int = Field(100, ge=0, description="characters shared by consecutive chunks")
@@ -548,7 +681,7 @@ class GNNConfig(_Strict):
     the side embeddings (profile, kept aspects, basic attributes); BPR."""
 
     dim: int = Field(64, ge=1)
-    num_layers: int = Field(3, ge=1)
+    num_layers: int = Field(3, ge=0, description="propagation layers (0: no propagation, i.e. BPR-MF)")
     epochs: int = Field(200, ge=1)
     lr: float = Field(5e-4, gt=0, description="paper (MovieLens): 2.5e-4 .. 9.5e-4")
     batch_size: int = Field(2048, ge=1)
@@ -567,7 +700,14 @@ SCORE_EVAL_VARIANTS = ("zero_shot", "no_ci", "score_base", "score_cf", "score_re
 
 UR4REC_EVAL_VARIANTS = ("base", "text", "llm", "ur4rec", "no_cl", "no_pim")
 
-_METHOD_VARIANTS = {"rallrec": EVAL_VARIANTS, "score": SCORE_EVAL_VARIANTS, "ur4rec": UR4REC_EVAL_VARIANTS}
+ER2ALM_EVAL_VARIANTS = ("bpr_mf", "lightgcn", "llmrec", "er2alm", "no_item", "no_user", "no_noise", "no_aug")
+
+_METHOD_VARIANTS = {
+    "rallrec": EVAL_VARIANTS,
+    "score": SCORE_EVAL_VARIANTS,
+    "ur4rec": UR4REC_EVAL_VARIANTS,
+    "er2alm": ER2ALM_EVAL_VARIANTS,
+}
 
 
 class EvalConfig(_Strict):
@@ -600,6 +740,21 @@ class EvalConfig(_Strict):
         "shared", description="K/alpha sweeps: score with the full variant's adapter (shared) or tune one per point"
     )
     ke_sweep: list[int] = Field([5, 10, 15, 20], description="SCoRe: users retrieved by CAR before SARE (Figure 4)")
+    tau_sweep: list[float] = Field(
+        [0.2, 0.35, 0.5, 0.65, 0.8], description="ER2ALM: noise.tau values of the Figure 4 sweep ([] = none)"
+    )
+    bank_sweep: list[int] = Field(
+        [200, 350, 500, 650, 800], description="ER2ALM: noise.bank_size N values of the Figure 4 sweep ([] = none)"
+    )
+    theta_sweep: list[float] = Field(
+        [0.2, 0.35, 0.5, 0.65, 0.8], description="ER2ALM: noise.theta values of the Figure 4 sweep ([] = none)"
+    )
+    eta_sweep: list[float] = Field(
+        [0.04, 0.08, 0.12, 0.16, 0.2], description="ER2ALM: augment.eta values of the Figure 4 sweep ([] = none)"
+    )
+    sweep_seeds: int = Field(
+        1, ge=1, description="ER2ALM: GNN seeds per sweep point (the table rows use gnn.seeds; sweeps are many points)"
+    )
     ks_sweep: list[int] = Field([1, 2, 3, 4], description="SCoRe: users whose behaviours enter the prompt (Figure 4)")
     deepfm: dict[str, Any] = Field(
         default_factory=dict, description="DeepFM baseline hyper-parameters (ragrec.models.deepfm.DeepFMConfig fields)"
@@ -702,16 +857,111 @@ class EvalConfig(_Strict):
             raise ValueError(f"alpha_sweep values must lie in [0, 1], got {v}")
         return v
 
+    @field_validator("tau_sweep", "bank_sweep", "theta_sweep", "eta_sweep")
+    @classmethod
+    def _er2alm_sweep_range(cls, v: list, info: ValidationInfo) -> list:
+        ok = {
+            "tau_sweep": lambda x: x > 0,
+            "bank_sweep": lambda x: x >= 1,
+            "theta_sweep": lambda x: 0 < x < 1,
+            "eta_sweep": lambda x: x >= 0,
+        }[info.field_name]
+        rule = {"tau_sweep": "> 0", "bank_sweep": ">= 1", "theta_sweep": "in (0, 1)", "eta_sweep": ">= 0"}
+        if not all(ok(x) for x in v):
+            raise ValueError(f"{info.field_name} values must be {rule[info.field_name]}, got {v}")
+        return v
+
+
+class ServeConfig(_Strict):
+    """``ragrec serve`` / ``serve/config.yaml`` ``args`` (not a run-config section: a served run keeps its own
+    config). Overload: the ingress runs at most ``max_ongoing_requests`` requests per replica and Serve's proxy
+    queues ``max_queued_requests`` more; beyond that a request gets 503 with ``Retry-After: retry_after_s``
+    (Ray Serve's ``max_queued_requests`` + ``backpressure_config``), never an unbounded queue."""
+
+    batching: bool = Field(True, description="@serve.batch the Predictor's scoring across requests")
+    max_batch_size: int = Field(16, ge=1)
+    batch_wait_timeout_s: float = Field(0.01, ge=0)
+    max_items: int = Field(100, ge=1, description="items per request; more get a 413")
+    predictor_cpus: float = 1.0
+    predictor_gpus: float = Field(
+        0.0, description="GPUs of the Predictor replica; set 1 on a GPU cluster, or Ray hides the GPUs"
+    )
+    light_cpus: float = Field(0.1, ge=0, description="CPUs of the retriever, reranker and ingress replicas")
+    torch_threads: int | None = Field(None, ge=1, description="torch threads of the model replica (None: all cores)")
+    max_ongoing_requests: int = Field(64, ge=1, description="requests one ingress replica runs at once")
+    max_queued_requests: int = Field(
+        64, ge=-1, description="requests queued for the ingress beyond max_ongoing_requests (-1: unbounded)"
+    )
+    retry_after_s: float = Field(1.0, ge=0, description="Retry-After seconds of the 503 answering an overload")
+    max_body_bytes: int = Field(1 << 20, ge=1, description="largest request body; a larger one gets a 413")
+
+    @field_validator("predictor_cpus", "predictor_gpus")
+    @classmethod
+    def _non_negative(cls, v: float) -> float:
+        if v < 0:
+            raise ValueError(f"predictor_cpus / predictor_gpus must be >= 0, got {v}")
+        return v
+
+    @field_validator("max_queued_requests")
+    @classmethod
+    def _queue(cls, v: int) -> int:
+        if v == 0:
+            raise ValueError("max_queued_requests must be >= 1, or -1 for an unbounded queue, got 0")
+        return v
+
 
 class RayConfig(_Strict):
     address: str | None = Field(None, description="None: $RAY_ADDRESS, else a local Ray")
     num_cpus: int | None = Field(None, ge=0)
     num_workers: int = Field(1, ge=1, description="Ray Train workers")
     use_gpu: bool = False
+    storage_path: str | None = Field(
+        None,
+        description="Where Ray Train keeps checkpoints: a local path, or a URI such as s3://bucket/prefix that "
+        "every node can reach (required on a multi-node cluster). Each stage checkpoints under "
+        "<storage_path>/<stage>/<key>, so a rerun after a crash resumes from it. None: inside the stage's "
+        "<key>.partial/ folder in the artifact cache (single-node only)",
+    )
+
+    @field_validator("storage_path")
+    @classmethod
+    def _storage_path(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("ray.storage_path is empty: give a path or a URI (s3://bucket/prefix), or null")
+        return v
+
+
+class TrackingConfig(_Strict):
+    """Experiment tracking (``ragrec.tracking``): every ``ragrec run``, ``ragrec evaluate`` and sweep trial logged
+    to MLflow or TensorBoard (config, metrics, report, plots). Off by default: MLflow is an optional extra and the
+    run folder already holds everything."""
+
+    backend: Literal["none", "mlflow", "tensorboard"] = Field(
+        "none",
+        description="none: only the run folder; mlflow: an MLflow run per command (rows as nested runs, sweep "
+        "trials through Ray Tune's MLflowLoggerCallback; pip install 'ragrec[mlflow]'); tensorboard: event files "
+        "(tensorboardX, shipped with Ray Tune; sweep trials through Ray Tune's TBXLoggerCallback)",
+    )
+    uri: str | None = Field(
+        None,
+        description="mlflow: tracking URI (http://host:5000, file:/path, or a plain path = local file store; None: "
+        "$MLFLOW_TRACKING_URI, else ./mlruns); tensorboard: log-dir root, events go to <uri>/<name>/ (None: the "
+        "run folder's tensorboard/)",
+    )
+    experiment: str | None = Field(
+        None, description="MLflow experiment (None: the config's name, or the sweep's name for a sweep)"
+    )
+
+    @field_validator("uri")
+    @classmethod
+    def _non_empty_uri(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("tracking.uri is empty; leave it out (None: the default location) or give a URI/path")
+        return v
 
 
 class RunConfig(_Strict):
-    method: Literal["rallrec", "score", "ur4rec"] = "rallrec"
+    method: Literal["rallrec", "score", "ur4rec", "er2alm"] = "rallrec"
     name: str = "run"
     seed: int = 42
     artifacts_dir: str = Field("artifacts", description="content-addressed cache (local path or s3://...)")
@@ -735,8 +985,15 @@ class RunConfig(_Strict):
     # UR4Rec (method: ur4rec)
     ur4rec: UR4RecConfig = UR4RecConfig()
     reranker: RerankerConfig = RerankerConfig()
+    # ER2ALM (method: er2alm; also reads `description` for the corpus fallback)
+    rag: RAGConfig = RAGConfig()
+    profile: ProfileConfig = ProfileConfig()
+    noise: NoiseConfig = NoiseConfig()
+    augment: AugmentConfig = AugmentConfig()
+    gnn: GNNConfig = GNNConfig()
     eval: EvalConfig = EvalConfig()
     ray: RayConfig = RayConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
     @field_validator("name")
     @classmethod
@@ -835,16 +1092,27 @@ def read_yaml_mapping(p: Path, what: str) -> dict:
     if not p.is_file():
         raise ConfigError(f"{what} {p} does not exist")
     try:
-        raw = _load_yaml(p.read_text()) or {}
+        raw = _load_yaml(p.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: the {what} is not UTF-8 text (byte {e.start}); Fix: save it as UTF-8 YAML") from None
     except _DuplicateKey as e:
         raise ConfigError(
             f"{p} line {e.mark.line + 1}: duplicate key '{e.key}'; Fix: keep one '{e.key}' entry per section "
             "(YAML would silently use the last one)"
         ) from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from e
+        mark = getattr(e, "problem_mark", None)
+        at = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(
+            f"{p}{at}: not valid YAML ({problem}); Fix: check the indentation, quotes and brackets there "
+            "(a list is [1, 2], a mapping {a: 1}; quote text holding ': ' or '#')"
+        ) from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{p}: the top level must be a mapping of sections")
+        raise ConfigError(
+            f"{p}: the top level must be a mapping of sections, got a {type(raw).__name__}; Fix: write "
+            "'section:' lines, e.g. 'retrieval:' followed by indented 'k: 20'"
+        )
     return raw
 
 
@@ -862,8 +1130,55 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         lines = []
         for err in e.errors():
             loc = ".".join(str(x) for x in err["loc"])
-            lines.append(f"  {loc}: {err['msg']}")
+            at = _where_set(err["loc"], path, overrides)
+            lines.append(f"  {loc}{at}: {_error_text(err, loc)}")
         raise ConfigError(f"{where}: invalid config\n" + "\n".join(lines)) from None
+
+
+def _error_text(err: dict, loc: str) -> str:
+    """A pydantic error as a message with its fix: unknown keys list the section's fields (closest first)."""
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    msg = msg.removeprefix(f"{loc}: ")
+    if err["type"] == "extra_forbidden":
+        import difflib
+
+        *parents, key = (str(x) for x in err["loc"])
+        model: Any = RunConfig
+        for name in parents:
+            f = getattr(model, "model_fields", {}).get(name)
+            model = f.annotation if f is not None else None
+        fields = list(getattr(model, "model_fields", {})) if isinstance(model, type) else []
+        close = difflib.get_close_matches(key, fields, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        section = ".".join(parents) or "the top level"
+        return f"unknown field '{key}'; {hint}the fields of {section} are: {', '.join(fields)}"
+    return msg
+
+
+def _where_set(loc: tuple, path: str | os.PathLike | None, overrides: list[str] | None) -> str:
+    """Where the value at ``loc`` was given: `` (--set a.b=...)`` or `` (line N)`` of the config file; "" if
+    neither is known (a default)."""
+    keys = [str(x) for x in loc]
+    for item in reversed(overrides or []):
+        k = item.split("=", 1)[0].strip().split(".")
+        if k[: len(keys)] == keys[: len(k)]:  # the override set this field, or a field inside it
+            return f" (--set {item})"
+    if path is None:
+        return ""
+    try:
+        node = yaml.compose(Path(path).read_text(), Loader=yaml.SafeLoader)
+    except (OSError, yaml.YAMLError):
+        return ""
+    line = None
+    for key in keys:
+        if not isinstance(node, yaml.MappingNode):
+            break
+        match = [(k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == key]
+        if not match:
+            break
+        line = match[-1][0].start_mark.line + 1
+        node = match[-1][1]
+    return f" (line {line})" if line is not None else ""
 
 
 def config_hash(obj: Any) -> str:

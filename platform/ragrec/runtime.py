@@ -12,11 +12,24 @@ import numpy as np
 log = logging.getLogger("ragrec")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of the record (not the stream of the first call: a
+    caller that swapped stderr, such as a test capture since closed, must not break later log lines)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def setup_logging(level: str | int | None = None) -> None:
     level = level or os.environ.get("RAGREC_LOG", "INFO")
     root = logging.getLogger("ragrec")
     if not root.handlers:
-        h = logging.StreamHandler(sys.stderr)
+        h = _StderrHandler()
         h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
         root.addHandler(h)
     root.setLevel(level)

@@ -1,5 +1,7 @@
 """Ray Serve over a finished RALLRec slice run: HTTP on loopback, parity with the offline predictions,
-every 4xx case, and the service still answering afterwards.
+every 4xx case, the service still answering afterwards, a live request never seeing its target's rating, a
+bounded soak at twice the concurrency the service admits (200 or 503 + Retry-After only, flat replica
+memory, offline answers), and ``ragrec serve`` stopping cleanly on SIGINT (the module's last test).
 
 The slice run (configs/rallrec_ml100k_slice.yaml, the real SmolLM2 + LoRA) shares the session's slice
 artifact store with the pipeline test, so its stages are computed once per test session.
@@ -8,10 +10,15 @@ artifact store with the pipeline test, so its stages are computed once per test 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,6 +28,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
+# the app's overload limits: ADMITTED = max_ongoing_requests + max_queued_requests requests at once, more get 503
+MAX_ONGOING, MAX_QUEUED = 8, 16  # a burst of 10 (the parity test) fits the queue
+ADMITTED = MAX_ONGOING + MAX_QUEUED
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +70,9 @@ def url(slice_run):
                 "max_items": "8",
                 "max_batch_size": "8",
                 "batch_wait_timeout_s": "0.05",
+                "max_ongoing_requests": str(MAX_ONGOING),
+                "max_queued_requests": str(MAX_QUEUED),
+                "retry_after_s": "1",
             }
         ),
         name="ragrec",
@@ -70,15 +83,26 @@ def url(slice_run):
 
 
 def _call(url: str, path: str, body: bytes | dict | None = None) -> tuple[int, dict]:
+    status, answer, _ = _call_headers(url, path, body)
+    return status, answer
+
+
+def _call_headers(url: str, path: str, body: bytes | dict | None = None) -> tuple[int, dict, dict]:
+    """(status, JSON body or {"text": ...}, lower-cased headers)."""
     data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
     req = urllib.request.Request(
         url + path, data=data, headers={"Content-Type": "application/json"}, method="GET" if data is None else "POST"
     )
     try:
         with urllib.request.urlopen(req, timeout=120) as r:
-            return r.status, json.loads(r.read())
+            status, raw, headers = r.status, r.read(), r.headers
     except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+        status, raw, headers = e.code, e.read(), e.headers
+    try:
+        answer = json.loads(raw)
+    except ValueError:  # Serve's own 503 body is text
+        answer = {"text": raw.decode(errors="replace")}
+    return status, answer, {k.lower(): v for k, v in headers.items()}
 
 
 def test_healthz(url):
@@ -159,3 +183,117 @@ def test_service_keeps_answering_after_errors(url):
     status, body = _call(url, "/predict", {"user_id": 2, "item_ids": [10, 20]})
     assert status == 200 and [p["item_id"] for p in body["predictions"]] == [10, 20]
     assert all(0.0 < p["prob"] < 1.0 and len(p["history_item_ids"]) == 5 for p in body["predictions"])
+
+
+def test_a_live_request_never_sees_its_target_and_says_it_was_rated(url, slice_run):
+    """Without as_of the context is the user's whole history minus the target's own rating (issue 14: the
+    target, rated 5, came first in its own context); with as_of it is the offline sample's context."""
+    p = pq.read_table(slice_run / "predictions.parquet").slice(0, 1).to_pylist()[0]
+    status, body = _call(url, "/predict", {"user_id": p["user_id"], "item_ids": [p["item_id"]]})
+    assert status == 200, body
+    (live,) = body["predictions"]
+    assert live["in_history"] is True and p["item_id"] not in live["history_item_ids"]
+    status, body = _call(
+        url, "/predict", {"user_id": p["user_id"], "item_ids": [p["item_id"]], "as_of": p["timestamp"]}
+    )
+    (replayed,) = body["predictions"]
+    assert replayed["in_history"] is False and replayed["history_item_ids"] == p["context_item_ids"]
+
+
+def _replica_rss(name: str) -> int:
+    """Resident bytes of the (one) live replica of deployment ``name`` of the app."""
+    import psutil
+    import ray
+    from ray.util.state import list_actors
+
+    actors = list_actors(
+        address=ray.get_runtime_context().gcs_address,  # this session's Ray (others may run on the machine)
+        filters=[("class_name", "=", f"ServeReplica:ragrec:{name}"), ("state", "=", "ALIVE")],
+    )
+    assert len(actors) == 1, actors
+    return psutil.Process(actors[0].pid).memory_info().rss
+
+
+def _hammer(url: str, bodies: list[dict], clients: int, seconds: float) -> list[tuple[int, dict, dict, int]]:
+    """``clients`` threads posting ``bodies`` round-robin for ``seconds``; (status, body, headers, index) each
+    (a transport error is status 0). A 503 is retried at once: the load stays at ``clients``."""
+    deadline = time.monotonic() + seconds
+
+    def client(k: int) -> list:
+        out, j = [], k
+        while time.monotonic() < deadline:
+            idx = j % len(bodies)
+            try:
+                out.append((*_call_headers(url, "/predict", bodies[idx]), idx))
+            except OSError as e:
+                out.append((0, {"text": repr(e)}, {}, idx))
+            j += clients
+        return out
+
+    with ThreadPoolExecutor(clients) as pool:
+        return [r for rs in pool.map(client, range(clients)) for r in rs]
+
+
+def test_soak_at_twice_the_admitted_concurrency(url, slice_run):
+    """2 x (max_ongoing_requests + max_queued_requests) clients for 4 + 12 s on loopback: every answer is 200
+    or 503 with Retry-After, the 200s equal the offline predictions, the replicas' memory stays flat and the
+    service answers afterwards."""
+    preds = pq.read_table(slice_run / "predictions.parquet").slice(0, 16).to_pylist()
+    bodies = [{"user_id": p["user_id"], "item_ids": [p["item_id"]], "as_of": p["timestamp"]} for p in preds]
+    clients = 2 * ADMITTED
+    warm = _hammer(url, bodies, clients, 4.0)  # allocations of the first batches are not a leak
+    rss0 = {d: _replica_rss(d) for d in ("Ingress", "PredictorDeployment")}
+    results = warm + _hammer(url, bodies, clients, 12.0)
+    rss1 = {d: _replica_rss(d) for d in ("Ingress", "PredictorDeployment")}
+
+    statuses = Counter(r[0] for r in results)
+    assert set(statuses) <= {200, 503}, statuses
+    assert statuses[200] >= 2 * len(bodies) and statuses[503] > 0, statuses  # served, and overloaded
+    for status, body, headers, idx in results:
+        if status == 503:
+            assert headers.get("retry-after") == "1", headers
+            continue
+        (got,) = body["predictions"]
+        assert got["item_id"] == preds[idx]["item_id"] and got["history_item_ids"] == preds[idx]["context_item_ids"]
+        assert got["prob"] == pytest.approx(preds[idx]["prob"], abs=1e-4)
+    for d in rss0:  # flat: at most 10% + 64 MiB above the warmed-up size
+        assert rss1[d] <= 1.10 * rss0[d] + (64 << 20), (d, rss0[d] >> 20, rss1[d] >> 20)
+    assert _call(url, "/healthz")[0] == 200
+
+
+def test_ragrec_serve_stops_cleanly_on_sigint(slice_run, ray_session):
+    """``ragrec serve`` in a subprocess (on the session's Ray) answers, then SIGINT: exit 0 within 60 s, Serve
+    gone, no traceback or native stack dump. The module's last test: it replaces the module's app."""
+    from ray import serve
+
+    serve.shutdown()  # the module's app is done with; the subprocess starts Serve again
+    port = _free_port()
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ragrec.cli", "serve", str(slice_run), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        for line in proc.stdout:  # the ready line
+            if "Ctrl-C stops" in line:
+                break
+        status, body = _call(f"http://127.0.0.1:{port}", "/predict", {"user_id": 2, "item_ids": [10]})
+        assert status == 200 and body["predictions"][0]["item_id"] == 10
+        start = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    assert time.monotonic() - start < 60
+    for bad in ("Traceback", "Fatal Python error", "Stack (most recent call first)", "*** SIG", "core dumped"):
+        assert bad not in err, err[-3000:]
+    assert "SIGINT: stopping the service" in err
+    with pytest.raises(ValueError):  # Serve's controller is gone
+        ray_session.get_actor("SERVE_CONTROLLER_ACTOR", namespace="serve")
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
+        pass

@@ -1,6 +1,7 @@
 """The artifact cache under concurrency and corruption: one writer per key, verified reuse, atomic publish,
 resume after a kill, and ``--force`` names that match no stage."""
 
+import hashlib
 import json
 import logging
 import multiprocessing as mp
@@ -176,20 +177,41 @@ def test_manifest_lists_every_file_with_size_and_checksum(tmp_path):
     files = art.manifest()["files"]
     assert set(files) == {"data.parquet", "adapter/weights.bin"}
     assert files["adapter/weights.bin"]["size"] == 200_000
-    assert files["adapter/weights.bin"]["digest"].startswith("full:")
+    assert (
+        files["adapter/weights.bin"]["sha256"]
+        == hashlib.sha256((art.path / "adapter/weights.bin").read_bytes()).hexdigest()
+    )
+    assert art.manifest()["content"] == artifacts.content_digest(files)
     assert not (art.path / artifacts.LOCK).exists()
 
 
-def test_large_files_get_an_end_digest(tmp_path, monkeypatch):
-    monkeypatch.setattr(artifacts, "FULL_DIGEST_MAX", 1000)
-    p = tmp_path / "big.bin"
-    p.write_bytes(os.urandom(300_000))
-    d = artifacts._digest(p, 300_000)
-    assert d.startswith("ends:")
-    b = bytearray(p.read_bytes())
-    b[-1] ^= 0xFF  # the Parquet footer lives at the end
-    p.write_bytes(bytes(b))
-    assert artifacts._digest(p, 300_000, "ends") != d
+def test_large_files_are_hashed_by_a_full_verify_only(tmp_path, monkeypatch):
+    """Reuse re-hashes files up to HASH_ON_READ_MAX; a larger one is checked by size, and by sha256 on demand."""
+    monkeypatch.setattr(artifacts, "HASH_ON_READ_MAX", 1000)
+
+    def compute(art):
+        (art.staging / "big.bin").write_bytes(os.urandom(300_000))
+        art.write_json({"k": 1}, "small")
+
+    art = ArtifactStore(tmp_path / "a").run("s", {}, [], compute)
+    big = art.path / "big.bin"
+    b = bytearray(big.read_bytes())
+    b[-1] ^= 0xFF
+    big.write_bytes(bytes(b))
+    assert art.verify() == []
+    assert art.verify(full=True) == ["big.bin: content differs from the manifest's sha256"]
+
+
+def test_a_legacy_blake2b_manifest_is_still_checked(tmp_path):
+    art = ArtifactStore(tmp_path / "a").artifact("s", {})
+    art.path.mkdir(parents=True)
+    (art.path / "x.bin").write_bytes(b"abc")
+    files = {"x.bin": {"size": 3, "digest": artifacts._digest(art.path / "x.bin", 3)}}
+    (art.path / MANIFEST).write_text(json.dumps({"stage": "s", "key": art.key, "files": files}))
+    assert art.verify() == []
+    assert art.content == artifacts.content_digest({"x.bin": {"size": 3, "sha256": hashlib.sha256(b"abc").hexdigest()}})
+    (art.path / "x.bin").write_bytes(b"abd")
+    assert art.verify() == ["x.bin: content differs from the manifest's checksum"]
 
 
 def test_an_old_style_manifest_without_a_file_list_is_still_reused(tmp_path):

@@ -30,7 +30,13 @@ def test_key_depends_on_config_inputs_and_version(store):
     a = store.artifact("s", {"p": 1})
     assert store.artifact("s", {"p": 2}).key != a.key
     assert store.artifact("s", {"p": 1}, version="2").key != a.key
-    assert store.artifact("t", {"p": 1}, [a]).key != store.artifact("t", {"p": 1}, ["other"]).key
+    with pytest.raises(ValueError, match="not finished"):  # an input enters by its content: it must exist
+        store.artifact("t", {"p": 1}, [a])
+    a = store.run("s", {"p": 1}, [], lambda art: art.write_table(_table(2)) and None)
+    b = store.run("s", {"p": 2}, [], lambda art: art.write_table(_table(3)) and None)
+    t_a = store.artifact("t", {"p": 1}, [a])
+    assert t_a.spec["inputs"] == [f"s@{a.content[:32]}"] and t_a.inputs == [{"stage": "s", "key": a.key}]
+    assert t_a.key != store.artifact("t", {"p": 1}, [b]).key != store.artifact("t", {"p": 1}, ["other"]).key
 
 
 def test_failed_stage_leaves_nothing_published(store):

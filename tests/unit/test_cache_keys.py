@@ -10,22 +10,39 @@ from ragrec.config import LLMConfig, load_config
 from ragrec.stages.data import dataset_stage, samples_stage
 from ragrec.stages.generate import _engine_spec
 
+CONTENT = "c0ffee" * 10 + "0000"
+"""A fixed content digest given to the input artifacts: downstream keys derive from their inputs' content
+(``ArtifactStore.artifact``), which depends on the bytes pyarrow writes; these tests pin the spec part."""
+
+
+def _key_store(tmp_path) -> ArtifactStore:
+    """A store whose ``run`` returns the unfinished artifact (its key) and gives it the content ``CONTENT``."""
+    store = ArtifactStore(str(tmp_path))
+
+    def key_only(stage, spec, inputs, compute, version="1"):
+        art = store.artifact(stage, spec, inputs, version)
+        art._content = CONTENT
+        return art
+
+    store.run = key_only
+    return store
+
 
 def _keys_without_running(cfg, tmp_path):
-    store = ArtifactStore(str(tmp_path))
-    store.run = lambda stage, spec, inputs, compute, version="1": store.artifact(stage, spec, inputs, version)
+    store = _key_store(tmp_path)
     ds = dataset_stage(store, cfg)
     return ds.key, samples_stage(store, cfg, ds).key
 
 
 def test_demo_data_keys_are_the_ones_existing_caches_hold(tmp_path):
-    """The keys the demo's artifacts were written under (2026-11-30); a change here orphans every cache."""
-    assert _keys_without_running(load_config("configs/demo.yaml"), tmp_path) == ("1fd3dc7900b92c60", "19461eb0c9b46e8c")
+    """The demo's dataset key (2026-11-30: the synthetic dataset reads no file) and its samples' key given the
+    dataset's content (content-derived input keys, 2026-12); a change here orphans every cache."""
+    assert _keys_without_running(load_config("configs/demo.yaml"), tmp_path) == ("1fd3dc7900b92c60", "4a13cab6aa9d72b6")
 
 
 def test_rallrec_slice_lightgcn_key_is_the_one_existing_caches_hold(tmp_path, monkeypatch):
     """RALLRec's ``lightgcn`` stage (now built by ``stages.lightgcn``) keeps its name, spec, inputs and version:
-    the key the slice's pinned artifacts were written under."""
+    the keys of the slice (2026-12: the dataset key holds the files' sha256, inputs enter by content)."""
     from ragrec.methods.rallrec import lightgcn_stage
 
     root = os.environ.get("RAGREC_DATA_DIR") or str(Path(__file__).resolve().parents[3] / "shared" / "data")
@@ -33,12 +50,11 @@ def test_rallrec_slice_lightgcn_key_is_the_one_existing_caches_hold(tmp_path, mo
         pytest.skip("no ml-100k under RAGREC_DATA_DIR or ../shared/data")
     monkeypatch.setenv("RAGREC_DATA_DIR", root)
     cfg = load_config("configs/rallrec_ml100k_slice.yaml")
-    store = ArtifactStore(str(tmp_path))
-    store.run = lambda stage, spec, inputs, compute, version="1": store.artifact(stage, spec, inputs, version)
-    ds = dataset_stage(store, cfg)
+    store = _key_store(tmp_path)
+    ds = dataset_stage(store, cfg)  # holds the sha256 of u.data, u.item, u.genre, u.user
     samples = samples_stage(store, cfg, ds)
-    assert (ds.key, samples.key) == ("65361fad2defce37", "46a1c62c0f51dcce")
-    assert lightgcn_stage(store, cfg, ds, samples).key == "f2b39c23dbf785fe"
+    assert (ds.key, samples.key) == ("049fdf03074dd673", "4a13cab6aa9d72b6")
+    assert lightgcn_stage(store, cfg, ds, samples).key == "9a95cbb26146067b"
 
 
 def test_a_late_field_enters_the_spec_only_away_from_its_default():

@@ -135,7 +135,14 @@ def _dataset_key(cfg, tmp_path) -> str:
 def test_new_data_options_keep_existing_keys(tmp_path):
     pinned = "1fd3dc7900b92c60"  # tests/unit/test_cache_keys.py: the demo's dataset key
     assert _dataset_key(load_config(REPO / "configs/demo.yaml"), tmp_path) == pinned
-    for o in ("data.encoding=latin-1", "data.separator=';'", "data.rating_range=[1, 5]", "data.timestamp_unit=ms"):
+    for o in (
+        "data.encoding=latin-1",
+        "data.separator=';'",
+        "data.rating_range=[1, 5]",
+        "data.timestamp_unit=ms",
+        "data.on_duplicate=keep",
+        "data.on_out_of_range=drop",
+    ):
         assert _dataset_key(load_config(REPO / "configs/demo.yaml", [o]), tmp_path) != pinned, o
 
 
@@ -244,3 +251,76 @@ def test_millisecond_timestamps(tmp_path):
     ms = _load(tmp_path, timestamp_unit="ms")
     _write(tmp_path, _rows(ts0=1_600_000_000))
     assert ms.interactions.equals(_load(tmp_path).interactions)
+
+
+# ---- data.on_duplicate / data.on_out_of_range policies --------------------------------------------------------
+def test_on_duplicate_keep_keeps_every_row_and_error_names_both_lines(tmp_path, caplog):
+    _write(tmp_path, _rows() + _rows()[:5])
+    assert _load(tmp_path, on_duplicate="keep").interactions.num_rows == 26
+    msg = _error(tmp_path, on_duplicate="error")
+    assert "line 2" in msg and "also line 23" in msg and "5 repeated rows" in msg and "data.on_duplicate" in msg
+    rows = _rows()
+    u, i, r, t = rows[4].split(",")
+    _write(tmp_path, [*rows, f"{u},{i},{int(r) % 5 + 1},{t}"])  # differing values: kept apart under keep only
+    assert _load(tmp_path, on_duplicate="keep").interactions.num_rows == 22
+    assert "data.on_duplicate: keep" in _error(tmp_path)
+
+
+def test_on_out_of_range_drop_and_keep(tmp_path, caplog):
+    rows = _rows()
+    rows[2] = ",".join([*rows[2].split(",")[:2], "1e9", rows[2].split(",")[3]])
+    rows[5] = ",".join([*rows[5].split(",")[:3], str(1_600_000_000_000)])  # one stray millisecond timestamp
+    _write(tmp_path, rows)
+    assert "data.on_out_of_range: drop" in _error(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="ragrec.data.generic"):
+        ds = _load(tmp_path, on_out_of_range="drop")
+    assert ds.interactions.num_rows == 19 and "dropped 2 interactions out of range" in caplog.text
+    assert float(ds.interactions.column("rating").to_numpy().max()) <= 5
+    kept = _load(tmp_path, on_out_of_range="keep").interactions
+    assert kept.num_rows == 21 and float(kept.column("rating").to_numpy().max()) == 1e9
+
+
+def test_mostly_millisecond_timestamps_stay_an_error_under_every_policy(tmp_path):
+    _write(tmp_path, _rows(ts0=1_600_000_000, scale=1000))
+    for policy in ("error", "drop", "keep"):
+        assert "data.timestamp_unit: ms" in _error(tmp_path, on_out_of_range=policy)
+
+
+# ---- templates: checked at load, filled without str.format ------------------------------------------------------
+def test_templates_are_checked_when_the_config_loads():
+    from ragrec.config import TEMPLATE_PLACEHOLDERS
+
+    for field, (allowed, required) in TEMPLATE_PLACEHOLDERS.items():
+        section, name = field.split(".")
+        with pytest.raises(ConfigError, match=rf"{field}.*unknown placeholder\(s\) \{{nope\}}"):
+            load_config(None, [f"{field}='{{{required[0]}}} {{nope}}'"])
+        with pytest.raises(ConfigError, match=rf"{field}.*attribute, index or format syntax"):
+            load_config(None, [f"{field}='{{{required[0]}.__class__}}'"])
+        ok = " ".join("{" + a + "}" for a in allowed)
+        assert getattr(getattr(load_config(None, [f"{field}='{ok}'"]), section), name) == ok
+
+
+def test_fill_template_never_evaluates_and_keeps_braces_in_values():
+    import pyarrow as pa
+
+    from ragrec.config import DescriptionConfig
+    from ragrec.methods.rallrec import description_prompts
+    from ragrec.templates import TemplateError, fill_template
+
+    out = fill_template("A {title} {'k': 1} { }", {"title": pa.array(["{genre}", "B"])}).to_pylist()
+    assert out == ["A {genre} {'k': 1} { }", "A B {'k': 1} { }"]  # a value's braces are text
+    with pytest.raises(TemplateError, match="format syntax"):
+        fill_template("{title.__class__.__mro__}", {"title": pa.array(["a"])})
+    items = pa.table(
+        {
+            "item_id": pa.array([0, 1, 2], pa.int64()),
+            "title": ["Heat {x}", "Up", "Alien"],
+            "genres": pa.array([["Action", "Crime"], [], None], pa.list_(pa.string())),
+        }
+    )
+    t = DescriptionConfig().template  # the former str.format output, for the default template
+    want = [
+        t.format(title=a, genre=", ".join(g or []) or "unknown")
+        for a, g in zip(["Heat {x}", "Up", "Alien"], [["Action", "Crime"], [], None])
+    ]
+    assert description_prompts(items, t).column("prompt").to_pylist() == want

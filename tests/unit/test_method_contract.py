@@ -10,10 +10,19 @@ import yaml
 
 from ragrec.config import RunConfig, load_config
 from ragrec.methods import METHODS, MethodPipeline, get_method
-from ragrec.methods.base import COMMON_SECTIONS, RankingPipeline
+from ragrec.methods.base import COMMON_SECTIONS, FullRankingPipeline, RankingPipeline
 
 PKG = Path(__file__).resolve().parents[2] / "platform" / "ragrec"
-METHOD_MODULES = {"rallrec", "score", "ur4rec", "rallrec_evaluate", "score_evaluate", "ur4rec_evaluate"}
+METHOD_MODULES = {
+    "rallrec",
+    "score",
+    "ur4rec",
+    "er2alm",
+    "rallrec_evaluate",
+    "score_evaluate",
+    "ur4rec_evaluate",
+    "er2alm_evaluate",
+}
 
 
 def _imports(path: Path) -> list[tuple[str, list[str]]]:
@@ -66,7 +75,7 @@ def test_registry_covers_every_method_a_config_accepts_and_names_the_fix():
     accepted = set(RunConfig.model_fields["method"].annotation.__args__)
     assert accepted == set(METHODS)
     assert all(get_method(n).name == n for n in accepted)
-    names = r"\['rallrec', 'score', 'ur4rec'\]"
+    names = r"\['er2alm', 'rallrec', 'score', 'ur4rec'\]"
     with pytest.raises(ValueError, match=rf"method 'ur5rec' is not registered; choose from {names}"):
         get_method("ur5rec")
 
@@ -84,6 +93,7 @@ def test_every_config_section_belongs_to_the_common_part_or_to_a_method():
         ("configs/rallrec_ml100k.yaml", {"lightgcn", "retrieval", "prompt"}, {"car", "ci", "sare", "rationale"}),
         ("configs/score_ml100k.yaml", {"car", "ci", "sare", "sasrec"}, {"lightgcn", "projector", "retrieval"}),
         ("configs/ur4rec_ml100k.yaml", {"ur4rec", "reranker"}, {"lightgcn", "car", "sasrec", "retrieval"}),
+        ("configs/er2alm_ml100k.yaml", {"rag", "profile", "noise", "augment", "gnn"}, {"lightgcn", "ur4rec", "car"}),
     ],
 )
 def test_config_show_prints_only_the_methods_sections(config, own, foreign):
@@ -108,11 +118,13 @@ def test_every_pipeline_implements_the_contract():
         cls = getattr(importlib.import_module(module), attr)
         assert issubclass(cls, MethodPipeline)
         assert not getattr(cls, "__abstractmethods__", None), f"{m.name}: {cls.__abstractmethods__}"
-        assert cls.task in ("ctr", "rerank")
+        assert cls.task in ("ctr", "rerank", "full_ranking")
         if cls.task == "ctr":  # a CTR method tunes an LLM; a ranking one scores candidate lists
             assert "lora" in cls.loss_stages
-        else:
+        elif cls.task == "rerank":
             assert issubclass(cls, RankingPipeline)
+        else:  # ranks every item: embeddings per seed
+            assert issubclass(cls, FullRankingPipeline)
 
 
 def test_pipeline_refuses_a_config_of_another_method():

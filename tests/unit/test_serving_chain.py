@@ -77,11 +77,16 @@ def test_candidates_are_a_chronological_subset_holding_the_recent_and_the_most_s
     inter, _, _, _, views = data
     rcfg = RetrievalConfig(k=3)
     hist = UserHistories(inter, N_USERS)
-    w = hist.window(4, np.array([10, 11, 12]))
-    full = w.to_samples().column("history_item_ids")[0].as_py()
+    rated = int(inter.filter(pc.equal(inter.column("user_id"), 4)).column("item_id")[0].as_py())
+    targets = [10, 11, 12, rated]
+    w = hist.window(4, np.array(targets))
+    fulls = w.to_samples().column("history_item_ids").to_pylist()
+    assert rated not in fulls[3] and w.in_history[3]  # a target's own rating is never its context
     cand = Retriever(retrieval_matrices(views, rcfg), rcfg.k, margin=0).candidates(w)
+    assert cand.column("in_history").to_pylist() == w.in_history.tolist()
     mixed = views.get("mixed")
-    for row, target in enumerate([10, 11, 12]):
+    for row, target in enumerate(targets):
+        full = fulls[row]
         got = cand.column("history_item_ids")[row].as_py()
         assert len(got) <= 2 * rcfg.k < len(full)
         it = iter(full)  # a subsequence of the full history: chronological order kept

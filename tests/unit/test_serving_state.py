@@ -51,10 +51,31 @@ def test_same_second_targets_get_different_histories_by_item_order():
     w = hist.window(0, np.array([2, 5, 9, 3, 1000]), as_of=100)
     lists = w.to_samples().column("history_item_ids").to_pylist()
     assert lists == [[7], [7, 2], [7, 2, 5], [7, 2], [7, 2, 5, 9]]
-    assert hist.window(0, np.array([5]), as_of=101).to_samples().column("history_item_ids").to_pylist() == [
-        [7, 2, 5, 9]
-    ]
+    assert w.in_history.tolist() == [False] * 5  # each target's own rating is not before it
+    # later, item 5's own rating is before the cut: left out of its history, flagged in_history
+    late = hist.window(0, np.array([5, 4]), as_of=101).to_samples()
+    assert late.column("history_item_ids").to_pylist() == [[7, 2, 9], [7, 2, 5, 9]]
+    assert late.column("in_history").to_pylist() == [True, False]
     assert hist.window(0, np.array([5]), as_of=50).to_samples().column("history_item_ids").to_pylist() == [[]]
+
+
+def test_a_target_never_sees_its_own_rating_and_is_flagged_in_history():
+    """Without as_of the whole history is the context, minus the target's own ratings (the leak of issue 14:
+    a live request for an item the user rated 5 stars must not show the LLM that rating)."""
+    inter = pa.table(
+        {
+            "user_id": pa.array([0, 0, 0, 0, 0], pa.int64()),
+            "item_id": pa.array([119, 3, 8, 119, 4], pa.int64()),  # 119 rated twice
+            "rating": pa.array([5, 1, 2, 4, 3], pa.float32()),
+            "timestamp": pa.array([10, 20, 30, 40, 50], pa.int64()),
+        }
+    )
+    hist = UserHistories(inter, n_users=1, max_history=3)
+    s = hist.window(0, np.array([119, 8, 500])).to_samples()
+    # the last max_history=3 ratings of items other than the target
+    assert s.column("history_item_ids").to_pylist() == [[3, 8, 4], [3, 119, 4], [8, 119, 4]]
+    assert s.column("history_ratings").to_pylist() == [[1.0, 2.0, 3.0], [1.0, 4.0, 3.0], [2.0, 4.0, 3.0]]
+    assert s.column("in_history").to_pylist() == [True, True, False]
 
 
 def test_default_window_is_the_whole_history_in_protocol_order():
@@ -62,11 +83,16 @@ def test_default_window_is_the_whole_history_in_protocol_order():
     hist = UserHistories(inter, n_users=25)
     df = inter.to_pandas().sort_values(["timestamp", "item_id"], kind="stable")
     for u in (0, 7, 24):
-        want = df[df.user_id == u]
-        s = hist.window(u, np.array([1, 2])).to_samples()
-        assert s.column("history_item_ids").to_pylist() == [want.item_id.tolist()] * 2
-        assert s.column("history_ratings").to_pylist() == [want.rating.astype(float).tolist()] * 2
-        assert s.column("user_id").to_pylist() == [u, u] and s.column("item_id").to_pylist() == [1, 2]
+        mine = df[df.user_id == u]
+        targets = [int(mine.item_id.iloc[3]), 10_000]  # one the user rated, one not
+        s = hist.window(u, np.array(targets)).to_samples()
+        for row, t in enumerate(targets):  # everything but the target's own ratings
+            want = mine[mine.item_id != t]
+            assert s.column("history_item_ids")[row].as_py() == want.item_id.tolist()
+            assert s.column("history_ratings")[row].as_py() == want.rating.astype(float).tolist()
+        assert len(s.column("history_item_ids")[1].as_py()) == len(mine)
+        assert s.column("in_history").to_pylist() == [True, False]
+        assert s.column("user_id").to_pylist() == [u, u] and s.column("item_id").to_pylist() == targets
 
 
 def test_user_without_ratings_has_empty_history_and_unknown_user_raises():

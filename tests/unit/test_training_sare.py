@@ -115,6 +115,19 @@ def test_score_pairs_shape_order_and_batch_invariance(tuned):
     assert score_pairs(res.model_dir, [], []).shape == (0, 0)
 
 
+def test_bfloat16_reranking_keeps_the_tuned_order(tuned):
+    """sare.precision bfloat16 (auto on AVX512-BF16 CPUs): the scores stay close to float32 and keep rank 0 first."""
+    res, _ = tuned
+    queries, cands = toy_queries()
+    f32 = score_pairs(res.model_dir, queries, cands, precision="float32")
+    bf16 = score_pairs(res.model_dir, queries, cands, precision="bfloat16")
+    assert bf16.dtype == np.float32 and bf16.shape == f32.shape
+    assert not np.array_equal(bf16, f32)  # it did run in another dtype
+    np.testing.assert_allclose(bf16, f32, atol=0.05 * float(np.abs(f32).max()))
+    assert (bf16.argmax(1) == f32.argmax(1)).mean() >= 0.9
+    assert rank0_wins(bf16) >= 0.95
+
+
 def test_saved_folder_loads_as_a_sentence_transformers_cross_encoder(tuned):
     from sentence_transformers import CrossEncoder
 

@@ -18,7 +18,8 @@ class Dataset:
     """Canonical tables of one dataset (docs/architecture.md §2), validated on construction.
 
     Attributes:
-        name: dataset name (``"ml-100k"``, ``"ml-1m"``, ``"generic"``, ``"synthetic"``).
+        name: dataset name (``"ml-100k"``, ``"ml-1m"``, a key of :data:`ragrec.data.sources.SOURCES`,
+            ``"generic"``, ``"synthetic"``).
         interactions: ``(n_ratings,)`` rows of :data:`~ragrec.data.schemas.INTERACTIONS`.
         items: ``(n_items,)`` rows of :data:`~ragrec.data.schemas.ITEMS` (+ extras), row k has item_id k.
         users: ``(n_users,)`` rows of :data:`~ragrec.data.schemas.USERS` (+ profile), row k has user_id k;
@@ -74,7 +75,8 @@ def check_dense(table: pa.Table, col: str, name: str, fix: str | None = None) ->
 
 
 def load_dataset(cfg: DataConfig) -> Dataset:
-    """Load the dataset ``cfg.name`` from ``cfg.resolved_path()`` (or generate it, for ``synthetic``).
+    """Load the dataset ``cfg.name`` from ``cfg.resolved_path()`` (or generate it, for ``synthetic``); the papers'
+    datasets and RecBole atomic files are read by :mod:`ragrec.data.sources` (docs/datasets.md).
 
     Raises:
         DataError: the data folder cannot be resolved, a file is missing or malformed.
@@ -87,6 +89,10 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         from .generic import load_generic
 
         return load_generic(cfg)
+    from .sources import SOURCES, load_source
+
+    if cfg.name in SOURCES:  # the papers' datasets and RecBole atomic files: one module each (docs/datasets.md)
+        return load_source(cfg)
     try:
         path = cfg.resolved_path()
     except ValueError as e:
@@ -99,4 +105,8 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         from .movielens import load_ml1m
 
         return load_ml1m(path, label_threshold=cfg.label_threshold)
-    raise DataError(f"unknown dataset '{cfg.name}'", field="data.name", fix="use ml-100k, ml-1m, generic or synthetic")
+    raise DataError(
+        f"unknown dataset '{cfg.name}'",
+        field="data.name",
+        fix=f"use ml-100k, ml-1m, {', '.join(SOURCES)}, generic or synthetic",
+    )

@@ -7,10 +7,14 @@ column (``label = rating > cfg.label_threshold``) or read from a 0/1 label colum
 or integers) become dense ids ``0..n-1`` in ascending raw-id order; the raw ids are kept in
 ``raw_item_id`` / ``raw_user_id``. Item columns other than the declared ones pass through as extras.
 
-Checks beyond parsing: every item needs a title; ratings must lie in ``data.rating_range`` (default 0 .. 1000);
-numeric timestamps above 1e11 (milliseconds read as seconds) are an error unless ``data.timestamp_unit: ms``;
-exact duplicate interactions (same user, item, timestamp, rating/label, split) are dropped with a logged count,
-while rows sharing user, item and timestamp but differing otherwise are an error.
+Checks beyond parsing: every item needs a title; ratings must lie in ``data.rating_range`` (default 0 .. 1000)
+and numeric timestamps must be seconds (above 1e11 is the year 5000+); what happens to the rows that do not is
+``data.on_out_of_range``: ``error`` (default, naming the first line), ``drop`` (with a logged count) or ``keep``.
+A file whose timestamps are mostly above 1e11 holds milliseconds: an error under every policy unless
+``data.timestamp_unit: ms``. Interactions repeating (user, item, timestamp) follow ``data.on_duplicate``:
+``drop`` (default: exact duplicates, equal in rating/label and split too, are dropped with a logged count,
+while rows differing otherwise are an error naming both lines), ``error`` (any repeat is an error naming both
+lines) or ``keep`` (every row stays, each its own sample).
 """
 
 from __future__ import annotations
@@ -177,31 +181,33 @@ def _resolve(cfg: DataConfig, name: str | None) -> Path | None:
     return p
 
 
-def _epoch_seconds(f: _File, ts: pa.Array, field: str, unit: str) -> pa.Array:
-    """Numeric timestamps in ``unit`` (``data.timestamp_unit``) -> seconds; seconds above 1e11 are an error."""
+def _epoch_seconds(f: _File, ts: pa.Array, field: str, unit: str, policy: str = "error") -> pa.Array:
+    """Numeric timestamps in ``unit`` (``data.timestamp_unit``) -> seconds; seconds above 1e11 are an error,
+    unless ``policy`` (``data.on_out_of_range``) is drop / keep and they are a minority (the caller drops them)."""
     if unit == "ms":
         return pc.cast(pc.floor(pc.divide(pc.cast(ts, pa.float64()), 1000.0)), pa.int64())
     big = np.flatnonzero(pc.fill_null(pc.greater(ts, _MAX_SECONDS), False).to_numpy(zero_copy_only=False))
-    if len(big):
+    if len(big) and (policy == "error" or 2 * len(big) >= len(ts)):
         row = int(big[0])
         raise f.error(
             f"{field} {ts[row].as_py()} is not seconds since the epoch (it would be after the year 5000; "
             f"{len(big)} timestamps are): it looks like milliseconds",
             row,
             field,
-            f"set data.timestamp_unit: ms, or divide column '{field}' by 1000",
+            f"set data.timestamp_unit: ms, or divide column '{field}' by 1000"
+            + ("" if 2 * len(big) >= len(ts) else "; or set data.on_out_of_range: drop to drop those rows"),
         )
     return ts
 
 
-def _timestamps(f: _File, col: pa.Array, field: str, unit: str = "s") -> pa.Array:
+def _timestamps(f: _File, col: pa.Array, field: str, unit: str = "s", policy: str = "error") -> pa.Array:
     """``(n,) int64`` seconds since the epoch from integer, float (both in ``unit``), timestamp, date or
     ISO-string columns."""
     if pa.types.is_timestamp(col.type) or pa.types.is_date(col.type):
         return pc.cast(pc.cast(col, pa.timestamp("s")), pa.int64())
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
         try:
-            return _epoch_seconds(f, f.numeric(col, pa.int64(), field), field, unit)
+            return _epoch_seconds(f, f.numeric(col, pa.int64(), field), field, unit, policy)
         except DataError as e:
             if "timestamp_unit" in (e.fix or ""):
                 raise
@@ -213,6 +219,8 @@ def _timestamps(f: _File, col: pa.Array, field: str, unit: str = "s") -> pa.Arra
             bad = pd.to_datetime(
                 pd.Series(col.to_numpy(zero_copy_only=False)), errors="coerce", format="ISO8601"
             ).isna()
+            numeric = pc.fill_null(pc.match_substring_regex(col, r"^\s*[+-]?\d+(\.\d*)?\s*$"), False)
+            bad &= ~numeric.to_numpy(zero_copy_only=False)  # the first value that is neither
             row = int(np.flatnonzero(bad.to_numpy())[0]) if bad.any() else None
             shown = f" {col[row].as_py()!r}" if row is not None else ""
             raise f.error(
@@ -223,7 +231,7 @@ def _timestamps(f: _File, col: pa.Array, field: str, unit: str = "s") -> pa.Arra
             ) from None
     if unit == "ms":  # keep sub-second precision until the division
         return _epoch_seconds(f, f.numeric(col, pa.float64(), field), field, unit)
-    return _epoch_seconds(f, f.numeric(col, pa.int64(), field), field, unit)
+    return _epoch_seconds(f, f.numeric(col, pa.int64(), field), field, unit, policy)
 
 
 def _genres(col: pa.Array | None, sep: str, n: int) -> pa.ListArray:
@@ -363,19 +371,23 @@ def _labels(f: _File, cfg: DataConfig, rating: pa.Array | None) -> pa.Array:
     return pc.cast(col, pa.int8())
 
 
-def _check_rating_range(f: _File, cfg: DataConfig, rating: pa.Array) -> None:
-    """DataError naming the first rating outside ``data.rating_range`` (default 0 .. 1000), NaN included."""
+def _rating_outliers(f: _File, cfg: DataConfig, rating: pa.Array) -> np.ndarray:
+    """``(n,) bool``: ratings outside ``data.rating_range`` (default 0 .. 1000), NaN included; with
+    ``data.on_out_of_range: error`` (the default) a DataError naming the first one instead, ``keep``: none."""
     lo, hi = cfg.rating_range or _DEFAULT_RATING_RANGE
+    if cfg.on_out_of_range == "keep":
+        return np.zeros(len(rating), dtype=bool)
     r = rating.to_numpy(zero_copy_only=False).astype(np.float64)  # nulls -> NaN
-    bad = np.flatnonzero(~((r >= lo) & (r <= hi)) & ~rating.is_null().to_numpy(zero_copy_only=False))
-    if len(bad):
+    out = ~((r >= lo) & (r <= hi)) & ~rating.is_null().to_numpy(zero_copy_only=False)
+    bad = np.flatnonzero(out)
+    if len(bad) and cfg.on_out_of_range == "error":
         row = int(bad[0])
         name = cfg.columns.rating
         fix = (
             f"correct the {name} values, or set data.rating_range: [min, max] to your rating scale"
             if cfg.rating_range is None
             else f"correct the {name} values, or widen data.rating_range"
-        )
+        ) + " (data.on_out_of_range: drop drops those rows)"
         raise f.error(
             f"{name} {rating[row].as_py()} is outside the plausible range [{lo:g}, {hi:g}] "
             f"({len(bad)} of {len(r)} ratings)",
@@ -383,11 +395,19 @@ def _check_rating_range(f: _File, cfg: DataConfig, rating: pa.Array) -> None:
             name,
             fix,
         )
+    return out
 
 
-def _drop_duplicates(f: _File, inter: pa.Table, u_raw: pa.Array, i_raw: pa.Array) -> pa.Table:
-    """Drop exact duplicate interactions (every column equal; the first is kept) and log how many; rows that
-    share user, item and timestamp but differ otherwise are a DataError naming both lines."""
+def _drop_duplicates(
+    f: _File, inter: pa.Table, u_raw: pa.Array, i_raw: pa.Array, policy: str = "drop", rows: np.ndarray | None = None
+) -> pa.Table:
+    """Interactions repeating (user, item, timestamp) per ``policy`` (``data.on_duplicate``, module docstring).
+
+    ``rows`` (n,): the file row of each interaction (default: 0..n-1), for the line numbers of messages;
+    ``u_raw`` / ``i_raw`` are indexed by file row."""
+    if policy == "keep":
+        return inter
+    rows = np.arange(inter.num_rows) if rows is None else rows
     user, item, ts = (inter.column(n).to_numpy() for n in ("user_id", "item_id", "timestamp"))
     order = np.lexsort((ts, item, user))  # stable: file order within equal keys
     a, b = order[:-1], order[1:]
@@ -395,6 +415,16 @@ def _drop_duplicates(f: _File, inter: pa.Table, u_raw: pa.Array, i_raw: pa.Array
     if not same.any():
         return inter
     a, b = a[same], b[same]
+    if policy == "error":
+        first, second = sorted((int(rows[a[0]]), int(rows[b[0]])))
+        raise f.error(
+            f"user {u_raw[first].as_py()!r} and item {i_raw[first].as_py()!r} appear twice with timestamp "
+            f"{ts[a[0]]} (also {f.line_word} {f.line_of(second)}; {len(a)} repeated rows in all)",
+            first,
+            None,
+            "keep one row per (user, item, timestamp) in the interactions file, or set data.on_duplicate: drop "
+            "(drop exact duplicates) or keep (keep every row)",
+        )
     equal = np.ones(len(a), dtype=bool)
     for name in inter.schema.names:
         if name in ("user_id", "item_id", "timestamp"):
@@ -404,13 +434,14 @@ def _drop_duplicates(f: _File, inter: pa.Table, u_raw: pa.Array, i_raw: pa.Array
         equal &= np.asarray(v[a] == v[b], dtype=bool)
     if not equal.all():
         k = int(np.flatnonzero(~equal)[0])
-        first, second = sorted((int(a[k]), int(b[k])))
+        first, second = sorted((int(rows[a[k]]), int(rows[b[k]])))
         raise f.error(
             f"user {u_raw[first].as_py()!r} and item {i_raw[first].as_py()!r} appear twice with timestamp "
-            f"{ts[first]} but different values (also {f.line_word} {f.line_of(second)})",
+            f"{ts[a[k]]} but different values (also {f.line_word} {f.line_of(second)})",
             first,
             None,
-            "keep one row per (user, item, timestamp) in the interactions file",
+            "keep one row per (user, item, timestamp) in the interactions file, or set data.on_duplicate: keep "
+            "(every row becomes a sample)",
         )
     keep = np.ones(inter.num_rows, dtype=bool)
     keep[b] = False
@@ -501,23 +532,47 @@ def load_generic(cfg: DataConfig) -> Dataset:
     user_dense = dense_index(u_raw, user_raw)
     if users is not None:
         _check_known(inter_f, user_dense, u_raw, c.user_id, users_f.path)
-    ts = _timestamps(inter_f, inter_f.column(c.timestamp, "timestamp"), c.timestamp, cfg.timestamp_unit)
+    ts = _timestamps(
+        inter_f, inter_f.column(c.timestamp, "timestamp"), c.timestamp, cfg.timestamp_unit, cfg.on_out_of_range
+    )
     if ts.null_count:
         row = int(np.flatnonzero(ts.is_null().to_numpy(zero_copy_only=False))[0])
         raise inter_f.error(f"{c.timestamp} is empty", row, c.timestamp, "give every interaction a timestamp")
     rating = None
+    drop = np.zeros(len(ts), dtype=bool)
     if c.rating is not None:
         rating = inter_f.numeric(
             inter_f.column(c.rating, "rating", optional=c.label is not None), pa.float32(), c.rating
         )
-        _check_rating_range(inter_f, cfg, rating)
+        drop = _rating_outliers(inter_f, cfg, rating)
     label = _labels(inter_f, cfg, rating)
     if rating is None:
         rating = pa.nulls(len(label), pa.float32())
     inter = pa.Table.from_arrays([pa.array(user_dense), pa.array(item_dense), rating, ts, label], schema=INTERACTIONS)
     if c.split is not None:
         inter = inter.append_column(pa.field("split", pa.string()), _split(inter_f, cfg))
-    inter = _drop_duplicates(inter_f, inter, u_raw, i_raw)
+    rows = np.arange(inter.num_rows)
+    late = pc.fill_null(pc.greater(ts, _MAX_SECONDS), False).to_numpy(zero_copy_only=False)
+    if cfg.on_out_of_range == "drop" and (drop.any() or late.any()):
+        keep = ~(drop | late)
+        if not keep.any():
+            raise DataError(
+                f"every interaction is out of range ({int(drop.sum())} ratings outside "
+                f"{list(cfg.rating_range or _DEFAULT_RATING_RANGE)}, {int(late.sum())} timestamps after the year 5000)",
+                file=inter_f.path,
+                fix="set data.rating_range to your rating scale and data.timestamp_unit to the timestamps' unit",
+            )
+        log.warning(
+            "%s: dropped %d interactions out of range (data.on_out_of_range: drop): %d ratings outside %s, "
+            "%d timestamps after the year 5000",
+            inter_f.path,
+            int((~keep).sum()),
+            int(drop.sum()),
+            list(cfg.rating_range or _DEFAULT_RATING_RANGE),
+            int(late.sum()),
+        )
+        inter, rows = inter.filter(pa.array(keep)), rows[keep]
+    inter = _drop_duplicates(inter_f, inter, u_raw, i_raw, cfg.on_duplicate, rows)
     return Dataset(
         name="generic", interactions=with_label_source(inter, given=c.label is not None), items=items, users=users
     )

@@ -1,6 +1,7 @@
-"""Rating statistics known at a sample's time: the user's past ratings and the target item's ratings so far.
+"""Rating statistics known at a sample's time: the user's past ratings and the target item's ratings so far; and
+:func:`dataset_stats`, a dataset's size, sparsity and positive rate under its protocol (``ragrec data stats``).
 
-They feed ``prompt.stats`` (a line in the CTR prompt that states them): the numbers that the counting
+The first two feed ``prompt.stats`` (a line in the CTR prompt that states them): the numbers that the counting
 baselines use, written out so that a small LLM does not have to average a list of stars itself. Both are
 causal: an item's statistics count only interactions strictly before the sample's timestamp (never the
 sample's own rating), and a user's come from the sample's own history lists. Vectorised: one sort of the
@@ -13,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["history_stats", "item_stats_before"]
+__all__ = ["dataset_stats", "format_dataset_stats", "history_stats", "item_stats_before"]
 
 _TS_BITS = 34  # timestamps up to 2**34 s (year 2514) share an int64 key with item ids up to 2**29
 
@@ -60,3 +61,112 @@ def history_stats(ratings: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.n
     sums = np.bincount(np.repeat(np.arange(len(count)), count), weights=flat, minlength=len(count))
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(count > 0, sums / np.maximum(count, 1), np.nan), count
+
+
+# ---- dataset statistics (`ragrec data stats`) -------------------------------------------------------------------
+def dataset_stats(ds, cfg, *, seed: int = 0) -> dict:
+    """What the papers' dataset tables print, for a loaded dataset under ``cfg.protocol``.
+
+    Users, items and interactions are those present in the interactions (the items table may hold more: its size
+    is ``items_table``); ``sparsity = 1 - interactions / (users * items)``; ``positive_rate`` is the share of
+    interactions with label 1 under the dataset's rule (``rating > data.label_threshold`` unless the labels came
+    with the data). The protocol part counts what the protocol builds, per split:
+
+    * ``rallrec`` / ``temporal``: the CTR samples and their positive rate (built with ``max_history =
+      min_history``: the counts and labels do not depend on the history length);
+    * ``rerank``: the candidate lists (one per target positive; built with 2 uniform candidates, which leaves the
+      targets unchanged), each holding 1 positive of ``data.rerank.num_candidates``;
+    * ``full_ranking``: the distinct positive (user, item) pairs of each split.
+
+    Args:
+        ds: a :class:`~ragrec.data.Dataset`.
+        cfg: its :class:`~ragrec.config.DataConfig`.
+        seed: the run's seed (rerank / full_ranking draw with it).
+
+    Returns:
+        A dict with ``name``, ``protocol``, ``users``, ``items``, ``items_table``, ``users_table``, ``interactions``,
+        ``sparsity``, ``positive_rate``, ``label_rule``, ``samples`` ({split: rows}), ``sample_positive_rate``
+        ({split: rate} or None), ``unit`` (what a sample is).
+    """
+    from .protocols import _labels, build_samples
+    from .sources import label_rule
+
+    inter = ds.interactions
+    n = inter.num_rows
+    n_users = len(pc.unique(inter.column("user_id"))) if n else 0
+    n_items = len(pc.unique(inter.column("item_id"))) if n else 0
+    labels = _labels(inter, cfg.label_threshold) if n else np.zeros(0, dtype=np.int8)
+    out = {
+        "name": ds.name,
+        "protocol": cfg.protocol,
+        "users": n_users,
+        "items": n_items,
+        "users_table": ds.n_users,
+        "items_table": ds.n_items,
+        "interactions": n,
+        "sparsity": 1.0 - n / (n_users * n_items) if n_users and n_items else float("nan"),
+        "positive_rate": float(labels.mean()) if n else float("nan"),
+        "label_rule": label_rule(cfg),
+    }
+    if cfg.protocol in ("rallrec", "temporal"):
+        data = cfg.model_copy(update={"max_history": cfg.min_history})
+        unit = "CTR samples"
+    elif cfg.protocol == "rerank":
+        rr = cfg.rerank.model_copy(update={"num_candidates": 2, "negatives": "uniform"})
+        data = cfg.model_copy(update={"rerank": rr})
+        unit = f"candidate lists of {cfg.rerank.num_candidates} (1 positive each)"
+    else:
+        data = cfg
+        unit = "positive (user, item) pairs"
+    samples = build_samples(inter, _Seeded(data, seed))
+    split = samples.column("split").to_numpy(zero_copy_only=False)
+    out["unit"] = unit
+    out["samples"] = {s: int((split == s).sum()) for s in ("train", "valid", "test")}
+    if "label" in samples.column_names:
+        lab = samples.column("label").to_numpy()
+        out["sample_positive_rate"] = {
+            s: float(lab[split == s].mean()) if (split == s).any() else float("nan") for s in ("train", "valid", "test")
+        }
+        out["sample_positive_rate"]["all"] = float(lab.mean()) if len(lab) else float("nan")
+    else:
+        out["sample_positive_rate"] = None
+    return out
+
+
+class _Seeded:
+    """A stand-in RunConfig for :func:`~ragrec.data.protocols.build_samples`: ``data`` and ``seed``."""
+
+    def __init__(self, data, seed: int):
+        self.data, self.seed = data, seed
+
+
+def format_dataset_stats(st: dict) -> str:
+    """The lines ``ragrec data stats`` prints for :func:`dataset_stats`'s dict."""
+
+    def pct(x: float, digits: int = 2) -> str:
+        return "n/a" if x != x else f"{100 * x:.{digits}f}%"
+
+    items = f"{st['items']:,}"
+    if st["items_table"] != st["items"]:
+        items += f" ({st['items_table']:,} in the items table)"
+    users = f"{st['users']:,}"
+    if st["users_table"] != st["users"]:
+        users += f" ({st['users_table']:,} in the users table)"
+    s = st["samples"]
+    lines = [
+        f"dataset        {st['name']}",
+        f"users          {users}",
+        f"items          {items}",
+        f"interactions   {st['interactions']:,}",
+        f"sparsity       {pct(st['sparsity'], 4)}",
+        f"positive rate  {pct(st['positive_rate'])} of interactions; {st['label_rule']}",
+        f"protocol       {st['protocol']}: {sum(s.values()):,} {st['unit']}: "
+        f"train {s['train']:,} / valid {s['valid']:,} / test {s['test']:,}",
+    ]
+    r = st["sample_positive_rate"]
+    if r is not None:
+        lines.append(
+            f"sample positive rate  {pct(r['all'])} (train {pct(r['train'])} / valid {pct(r['valid'])} / "
+            f"test {pct(r['test'])})"
+        )
+    return "\n".join(lines)

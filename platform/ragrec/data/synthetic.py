@@ -16,8 +16,11 @@ Generative story (all numpy-vectorised, one ``numpy.random.Generator`` seeded by
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..config import SyntheticConfig
 from .dataset import Dataset
@@ -162,6 +165,15 @@ def _rank_top(logits: np.ndarray, n_take: np.ndarray, rng: np.random.Generator) 
     return rows, order[take]
 
 
+def _item_latents(rng: np.random.Generator, n_i: int, n_g: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The first draws of :func:`make_synthetic`: ``(primary genre (n_i,), genre membership (n_i, n_g) bool,
+    latent quality (n_i,))``."""
+    primary = rng.integers(0, n_g, n_i)
+    member = rng.random((n_i, n_g)) < 0.08
+    member[np.arange(n_i), primary] = True
+    return primary, member, rng.normal(0.0, 0.6, n_i)
+
+
 def make_synthetic(cfg: SyntheticConfig, label_threshold: float = 3.0) -> Dataset:
     """Generate the synthetic dataset described in the module docstring.
 
@@ -175,10 +187,7 @@ def make_synthetic(cfg: SyntheticConfig, label_threshold: float = 3.0) -> Datase
     n_u, n_i, n_g = cfg.n_users, cfg.n_items, cfg.n_genres
 
     # ---- items ------------------------------------------------------------------------------
-    primary = rng.integers(0, n_g, n_i)
-    member = rng.random((n_i, n_g)) < 0.08
-    member[np.arange(n_i), primary] = True
-    quality = rng.normal(0.0, 0.6, n_i)
+    primary, member, quality = _item_latents(rng, n_i, n_g)
     popularity = 0.8 * quality + rng.normal(0.0, 1.0, n_i)
     year = np.clip(2020 - np.floor(rng.exponential(14.0, n_i)), 1920, 2020).astype(np.int32)
     titles = _titles(rng, primary, year)
@@ -257,3 +266,88 @@ def make_synthetic(cfg: SyntheticConfig, label_threshold: float = 3.0) -> Datase
         }
     )
     return Dataset(name="synthetic", interactions=with_label_source(inter, given=False), items=items, users=users)
+
+
+# ---- the catalog's knowledge corpus (ER2ALM's RAG source in configs/er2alm_demo.yaml) ------------------------
+GENRE_THEMES: tuple[str, ...] = (
+    "explosive fights and car chases",
+    "a perilous journey to far-off lands",
+    "hand-drawn animated characters",
+    "a gentle story for young children",
+    "jokes and comic misunderstandings",
+    "gangsters, heists and police investigations",
+    "real events told by the people who lived them",
+    "family conflicts and personal struggles",
+    "magic spells and mythical creatures",
+    "a cynical detective in a shadowy city",
+    "terrifying monsters and gruesome deaths",
+    "song-and-dance numbers",
+    "a puzzling disappearance and hidden clues",
+    "two lovers kept apart",
+    "spaceships, robots and future technology",
+    "a race against time and mounting suspense",
+    "soldiers on the battlefield",
+    "cowboys and outlaws on the frontier",
+)
+RECEPTION: tuple[str, ...] = (
+    "It was a critical and popular disaster: badly made, widely panned, and most viewers walked out.",
+    "Critics and audiences found it weak and disappointing.",
+    "It drew mixed reviews: competent but unremarkable.",
+    "Critics and audiences enjoyed it; a well-made, satisfying film.",
+    "It is a masterpiece, acclaimed by critics and loved by audiences, one of the best films of its year.",
+)
+
+
+def synthetic_corpus(cfg: SyntheticConfig) -> pa.Table:
+    """One encyclopedia-style document per item of :func:`make_synthetic` (``doc_id``, ``title``, ``text``).
+
+    The text states what drives the synthetic ratings and is not in the titles: the item's latent quality as
+    a critical reception (five tiers by quintile) and every genre it belongs to as its themes
+    (:data:`GENRE_THEMES`). Identical for identical ``cfg``.
+    """
+    items = make_synthetic(cfg).items
+    _, member, quality = _item_latents(np.random.default_rng(cfg.seed), cfg.n_items, cfg.n_genres)
+    tier = np.searchsorted(np.quantile(quality, [0.2, 0.4, 0.6, 0.8]), quality)
+    themes = np.array(
+        [GENRE_THEMES[g] if g < len(GENRE_THEMES) else f"the themes of genre {g + 1}" for g in range(cfg.n_genres)],
+        dtype=object,
+    )
+    rows, cols = np.nonzero(member)
+    joined = _join_words(rows, themes[cols], cfg.n_items)
+    titles = np.array(items.column("title").to_pylist(), dtype=object)
+    years = np.array(items.column("year").to_pylist()).astype(str).astype(object)
+    text = titles + " is a film released in " + years + ". Its story is about " + joined + ". "
+    text = text + np.array(RECEPTION, dtype=object)[tier]
+    return pa.table(
+        {
+            "doc_id": pa.array([f"item-{i}" for i in range(cfg.n_items)], pa.string()),
+            "title": pa.array(titles.astype(str), pa.string()),
+            "text": pa.array(text.astype(str), pa.string()),
+        }
+    )
+
+
+def _join_words(rows: np.ndarray, words: np.ndarray, n: int) -> np.ndarray:
+    """``(n,)`` per row id, its ``words`` as "a, b and c" (``rows`` ascending, every row id at least once)."""
+    counts = np.bincount(rows, minlength=n)
+    ends = np.cumsum(counts)
+    last = words[ends - 1]
+    is_head = np.ones(len(words), dtype=bool)
+    is_head[ends - 1] = False
+    off = np.concatenate([[0], np.cumsum(counts - 1)]).astype(np.int32)
+    head = pc.binary_join(pa.ListArray.from_arrays(pa.array(off), pa.array(words[is_head].astype(str))), ", ")
+    head = head.to_numpy(zero_copy_only=False).astype(object)
+    return np.where(counts > 1, head + " and " + last, last)
+
+
+def write_synthetic_corpus(cfg: SyntheticConfig, path) -> Path:
+    """Write :func:`synthetic_corpus` as JSONL (one document a line) to ``path``; returns the path."""
+    import json
+
+    t = synthetic_corpus(cfg)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", encoding="utf-8") as f:
+        for rec in t.to_pylist():
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    return out

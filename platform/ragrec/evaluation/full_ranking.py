@@ -37,7 +37,14 @@ import scipy.sparse as sp
 
 from .ranking import check_ks
 
-__all__ = ["DEFAULT_FULL_KS", "full_ranking_metrics", "multi_seed_summary", "per_user_full_ranking"]
+__all__ = [
+    "DEFAULT_FULL_KS",
+    "full_ranking_metrics",
+    "multi_seed_summary",
+    "per_user_full_ranking",
+    "seed_interval",
+    "top_k_items",
+]
 
 DEFAULT_FULL_KS = (10, 20, 50)
 
@@ -220,3 +227,66 @@ def multi_seed_summary(results: Sequence[dict]) -> dict[str, dict[str, float]]:
         std = float(np.std(v, ddof=1)) if len(v) > 1 else float("nan")
         out[name] = {"mean": float(v.mean()), "std": std, "n": len(v)}
     return out
+
+
+def top_k_items(user_emb, item_emb, exclude, users, k: int, *, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """The ranked lists that serving returns and the run's ``predictions.parquet`` holds: for each of ``users``
+    the ``k`` best items by ``user_emb[u] @ item_emb.T`` computed in float64, the items of ``exclude`` (a
+    ``(U, I)`` sparse matrix, e.g. the train positives) left out, ties broken by the smaller item id.
+
+    Args:
+        user_emb: ``(U, d)``; item_emb: ``(I, d)``.
+        exclude: ``(U, I)`` scipy.sparse matrix of items never returned (None: nothing excluded).
+        users: ``(n,)`` user ids.
+        k: list length (``1 <= k``); users with fewer than ``k`` rankable items get ``-1`` items and
+            ``-inf`` scores at the end of their list.
+
+    Returns:
+        ``(items (n, k) int64, scores (n, k) float64)``, best first.
+    """
+    ue = np.asarray(user_emb, dtype=np.float64)
+    ie = np.asarray(item_emb, dtype=np.float64)
+    U, n_items = ue.shape[0], ie.shape[0]
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    u = np.asarray(users, dtype=np.int64).ravel()
+    if u.size and (u.min() < 0 or u.max() >= U):
+        raise ValueError(f"users must lie in 0..{U - 1}")
+    ex = None if exclude is None else _canonical(exclude, "exclude", (U, n_items))
+    kk = min(k, n_items)
+    items = np.full((len(u), k), -1, dtype=np.int64)
+    scores = np.full((len(u), k), -np.inf)
+    for s in range(0, len(u), block):
+        ub = u[s : s + block]
+        sc = ue[ub] @ ie.T
+        if ex is not None:
+            _scatter(ex, ub, sc, -np.inf)
+        part = (
+            np.argpartition(-sc, kk - 1, axis=1)[:, :kk] if kk < n_items else np.tile(np.arange(n_items), (len(ub), 1))
+        )
+        th = np.take_along_axis(sc, part, axis=1).min(axis=1, keepdims=True)  # the kk-th best score
+        # every item tied with the threshold competes, so that the smaller id wins a tie at the cut
+        cand = sc >= th
+        rows, cols = np.nonzero(cand)
+        o = np.lexsort((cols, -sc[rows, cols], rows))
+        rows, cols = rows[o], cols[o]
+        start = np.searchsorted(rows, np.arange(len(ub)))
+        rank = np.arange(len(rows)) - start[rows]
+        take = rank < kk
+        top_i = cols[take].reshape(len(ub), kk)
+        top_s = np.take_along_axis(sc, top_i, axis=1)
+        valid = np.isfinite(top_s)
+        items[s : s + len(ub), :kk] = np.where(valid, top_i, -1)
+        scores[s : s + len(ub), :kk] = top_s
+    return items, scores
+
+
+def seed_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """Student-t interval of the mean of per-seed values (NaN bounds with fewer than two seeds)."""
+    from scipy import stats
+
+    v = np.asarray(values, dtype=np.float64)
+    if v.size < 2:
+        return float("nan"), float("nan")
+    half = stats.t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size)
+    return float(v.mean() - half), float(v.mean() + half)

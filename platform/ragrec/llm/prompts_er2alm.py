@@ -47,11 +47,14 @@ __all__ = [
     "ASPECT_TEMPLATE",
     "NO_HISTORY",
     "NO_PASSAGES",
+    "PICK_TEMPLATE",
     "PROFILE_TEMPLATE",
     "UNIFORM_WEIGHT",
     "aspect_prompts",
     "parse_aspects",
+    "parse_picks",
     "parse_profiles",
+    "pick_prompts",
     "profile_prompts",
 ]
 
@@ -438,3 +441,119 @@ def parse_profiles(
     stats["uniform_rows"] = int((~any_valid).sum())
     profiles = pa.table({a: pa.array(cols[a], pa.string()) for a in ER2ALM_ASPECTS})
     return profiles, filled.astype(np.float32), stats
+
+
+# --------------------------------------------------------------------------------------- augmentation
+
+PICK_TEMPLATE = (
+    "Movies the user liked, oldest first:\n"
+    "{history}\n\n"
+    "Candidate movies:\n"
+    "{candidates}\n\n"
+    "Task description: You are a movie recommender. From the candidate movies, pick the one this user is most "
+    "likely to enjoy and the one this user is least likely to enjoy.\n"
+    "Task instructions: Compare every candidate with the movies the user liked (genres, themes, era).\n"
+    "Output format: exactly two lines, each a label, a colon and the number of a candidate:\n"
+    "liked: <candidate number>\n"
+    "disliked: <candidate number>\n"
+    "Emphasis on details: Write only these two lines. Use the numbers in square brackets of the candidate list; "
+    "the two numbers must differ."
+)
+_PICK_LINE = re.compile(
+    r"^[\s>#*+\-•·]*[\s*_\"'`]*(?P<label>(?:most\s+)?(?:dis|un)?lik(?:ed?|ing)|(?:least|not)\s+lik(?:ed?|ely)"
+    r"|positive|negative|best|worst)[\s*_\"'`]*[:：=]?[\s*_]*(?P<value>.*)$",
+    re.IGNORECASE,
+)
+_INT = re.compile(r"\d+")
+
+
+def pick_prompts(
+    items: pa.Table,
+    histories: pa.ListArray | pa.ChunkedArray,
+    candidates: np.ndarray,
+    max_items: int,
+    template: str = PICK_TEMPLATE,
+    max_title_chars: int = 80,
+) -> pa.Array:
+    """The augmentation prompt per user (ER2ALM §3.5, after LLMRec): the last ``max_items`` liked items of
+    ``histories`` (oldest first, ``1. "Heat (1995)" (Action, Crime)``) and the user's ``candidates`` row
+    ``(U, C)`` of item ids (``[k] "Title" (genres)``, k = 1..C); the answer names one liked and one disliked
+    candidate by number (:func:`parse_picks`). ``template`` fields: ``{history}``, ``{candidates}``."""
+    if max_items < 1:
+        raise ValueError(f"profile.max_history_items must be >= 1, got {max_items}")
+    title, _, genre = _item_texts(items, max_title_chars)
+    n_items = len(title)
+    line = pc.binary_join_element_wise('"', title, '" (', genre, ")", "")
+    h = histories.combine_chunks() if isinstance(histories, pa.ChunkedArray) else histories
+    if len(h) != len(candidates):
+        raise ValueError(f"pick_prompts: {len(h)} histories for {len(candidates)} candidate rows")
+    offsets = h.offsets.to_numpy().astype(np.int64)
+    ids = h.values.to_numpy(zero_copy_only=False)[offsets[0] : offsets[-1]]
+    ends = np.repeat(offsets[1:], np.diff(offsets))
+    keep = ends - np.arange(offsets[0], offsets[-1]) <= max_items
+    kept = np.bincount(np.repeat(np.arange(len(h)), np.diff(offsets))[keep], minlength=len(h))
+    new_off = np.concatenate([[0], np.cumsum(kept)]).astype(np.int64)
+    cand = np.asarray(candidates, dtype=np.int64)
+    for what, x in (("histories", ids[keep]), ("candidates", cand.ravel())):
+        if x.size and (x.min() < 0 or x.max() >= n_items):
+            raise ValueError(f"pick_prompts: {what} hold item id {int(x.max())}, not in the items table ({n_items})")
+    history = _numbered(line.take(pa.array(ids[keep], pa.int64())), new_off, "", ". ", NO_HISTORY)
+    c_off = np.arange(len(cand) + 1, dtype=np.int64) * cand.shape[1]
+    cands = _numbered(line.take(pa.array(cand.ravel(), pa.int64())), c_off, "[", "] ", "(none)")
+    return fill_template(template, {"history": history, "candidates": cands}, "er2alm pick prompt")
+
+
+def parse_picks(texts: Sequence[str | None], n_candidates: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """The liked / disliked candidate of each :func:`pick_prompts` answer, as 0-based candidate positions.
+
+    A labelled line (``liked: 3``, ``Disliked - [7]``, ``most likely to enjoy: 2``...) gives its first
+    number; numbers are 1-based candidate numbers. Repairs, each counted in ``stats``:
+
+    * ``unlabelled``: no labelled line at all; the first two numbers in range are read as liked, disliked;
+    * ``out_of_range``: a number outside 1..C (treated as missing);
+    * ``same``: liked == disliked (the disliked pick is dropped);
+    * ``missing_liked`` / ``missing_disliked``: no usable pick (-1 in the output).
+
+    Returns:
+        ``(liked, disliked, stats)``: ``(n,)`` int64 positions in ``0..C-1`` or -1.
+    """
+    n = len(texts)
+    liked = np.full(n, -1, dtype=np.int64)
+    disliked = np.full(n, -1, dtype=np.int64)
+    stats = dict.fromkeys(("parsed", "unlabelled", "out_of_range", "same", "missing_liked", "missing_disliked"), 0)
+
+    def number(s: str) -> int:
+        m = _INT.search(s)
+        if m is None:
+            return -1
+        v = int(m.group()) - 1
+        if not 0 <= v < n_candidates:
+            stats["out_of_range"] += 1
+            return -1
+        return v
+
+    for i, t in enumerate(texts):
+        got: dict[str, int] = {}
+        for line in (t or "").splitlines() if isinstance(t, str) else ():
+            m = _PICK_LINE.match(line)
+            if m is None:
+                continue
+            lab = m.group("label").lower()
+            neg = any(w in lab for w in ("dis", "un", "least", "not", "negative", "worst"))
+            key = "disliked" if neg else "liked"
+            if key not in got:
+                got[key] = number(m.group("value"))
+        if not got and isinstance(t, str):
+            nums = [int(x) - 1 for x in _INT.findall(t)]
+            nums = [x for x in nums if 0 <= x < n_candidates]
+            if nums:
+                stats["unlabelled"] += 1
+                got = {"liked": nums[0], "disliked": nums[1] if len(nums) > 1 else -1}
+        liked[i], disliked[i] = got.get("liked", -1), got.get("disliked", -1)
+        if liked[i] >= 0 and liked[i] == disliked[i]:
+            stats["same"] += 1
+            disliked[i] = -1
+    stats["missing_liked"] = int((liked < 0).sum())
+    stats["missing_disliked"] = int((disliked < 0).sum())
+    stats["parsed"] = int(((liked >= 0) & (disliked >= 0)).sum())
+    return liked, disliked, stats

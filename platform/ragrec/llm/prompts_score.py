@@ -159,15 +159,13 @@ def _target_titles(samples: pa.Table, items: pa.Table, max_title_chars: int) -> 
 def rationale_prompts(
     samples: pa.Table, history: pa.Array, items: pa.Table, template: str, max_title_chars: int = 80
 ) -> list[str]:
-    """``P^r`` per sample: ``template`` with ``{history}`` and ``{target}`` filled."""
-    if "{history}" not in template or "{target}" not in template:
-        raise ValueError("rationale.template must contain {history} and {target}")
-    head, rest = template.split("{history}", 1)
-    if "{target}" in head:
-        raise ValueError("rationale.template must name {history} before {target}")
-    mid, tail = rest.split("{target}", 1)
+    """``P^r`` per sample: ``template`` with ``{history}`` and ``{target}`` filled
+    (:func:`ragrec.templates.fill_template`: named fields only, both required)."""
+    from ..templates import fill_template
+
     target = _target_titles(samples, items, max_title_chars)
-    return pc.binary_join_element_wise(head, history, mid, target, tail, "").to_pylist()
+    values = {"history": pa.array(history) if not isinstance(history, pa.Array) else history, "target": target}
+    return fill_template(template, values, "rationale.template").to_pylist()
 
 
 def basic_prompts(samples: pa.Table, history: pa.Array, items: pa.Table, max_title_chars: int = 80) -> pa.Array:

@@ -8,18 +8,17 @@
   above and each item's ``"Heat (1995)", an Action, Crime and Thriller movie``.
 
 Texts are assembled column-wise with Arrow kernels over flat buffers addressed by list offsets (no Python
-string assembly per user or item). Templates are filled with ``str.replace`` on the named fields only, so a
-title holding braces is never interpreted.
+string assembly per user or item). Templates are filled by :func:`ragrec.templates.fill_template` (named
+fields only, checked when the config loads), so a title holding braces is never interpreted.
 """
 
 from __future__ import annotations
-
-import re
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..templates import fill_template
 from .prompts_ctr import _dense_lookup
 
 __all__ = [
@@ -33,31 +32,6 @@ __all__ = [
 ]
 
 NO_HISTORY = "(no rated movies yet)"
-_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-def fill_template(template: str, values: dict[str, pa.Array], where: str = "template") -> pa.Array:
-    """``template`` with each ``{field}`` replaced row by row by ``values[field]`` (``(n,)`` string arrays).
-
-    Only the named fields are substituted (no ``str.format``: a ``{title.__class__}`` is never evaluated);
-    a field of the template that ``values`` lacks, or a field of ``values`` missing from the template, is a
-    ValueError naming ``where`` and the fields there are.
-    """
-    names = _FIELD.findall(template)
-    unknown = sorted(set(names) - set(values))
-    missing = sorted(set(values) - set(names))
-    if unknown or missing:
-        raise ValueError(
-            f"{where}: "
-            + (f"unknown field(s) {['{' + f + '}' for f in unknown]}; " if unknown else "")
-            + (f"missing field(s) {['{' + f + '}' for f in missing]}; " if missing else "")
-            + f"the fields are {['{' + f + '}' for f in sorted(values)]}"
-        )
-    pieces: list = []
-    for k, chunk in enumerate(_FIELD.split(template)):
-        # re.split with one group alternates: text, field name, text, ...
-        pieces.append(values[chunk].cast(pa.string()) if k % 2 else pa.scalar(chunk))
-    return pc.binary_join_element_wise(*pieces, "")
 
 
 def _genre_words(items: pa.Table) -> pa.Array:

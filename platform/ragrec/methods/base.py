@@ -30,7 +30,19 @@ from ..runtime import seed_everything, setup_logging, use_ray_config
 from ..stages import score_stage
 from .common import eval_samples, train_interactions
 
-COMMON_SECTIONS = ("method", "name", "seed", "artifacts_dir", "output_dir", "data", "llm", "lora", "eval", "ray")
+COMMON_SECTIONS = (
+    "method",
+    "name",
+    "seed",
+    "artifacts_dir",
+    "output_dir",
+    "data",
+    "llm",
+    "lora",
+    "eval",
+    "ray",
+    "tracking",
+)
 """Config fields every method reads; a method adds its own sections (:attr:`Method.sections`)."""
 
 
@@ -54,7 +66,8 @@ class MethodPipeline(ABC):
     loss_stages: ClassVar[tuple[str, ...]] = ("lora",)
     #: the stage that writes the instruction-tuning examples (its time counts as training time)
     examples_stage: ClassVar[str | None] = "examples"
-    #: what ``predict`` returns: ``ctr`` (P(yes) per sample, AUC) or ``rerank`` (:class:`RankingPipeline`)
+    #: what ``predict`` returns: ``ctr`` (P(yes) per sample, AUC), ``rerank`` (:class:`RankingPipeline`) or
+    #: ``full_ranking`` (:class:`FullRankingPipeline`)
     task: ClassVar[str] = "ctr"
 
     def __init__(self, cfg: RunConfig, force: tuple[str, ...] = ()):
@@ -187,6 +200,97 @@ class RankingPipeline(MethodPipeline):
         return train_positive_counts(ds.read_table("interactions"), self.cfg.data, num_items=ds.manifest()["items"])
 
 
+class Recommender(ABC):
+    """A finished full-ranking run's top-k for one user: the unseen (non-training) items, best first."""
+
+    n_users: int
+    n_items: int
+
+    @abstractmethod
+    def recommend(self, user_id: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(items (k',) int64, scores (k',) float)`` with ``k' = min(k, unseen items)``: the same list and
+        scores as the run's offline ranking of that user (``predictions.parquet``)."""
+
+    @abstractmethod
+    def unseen(self, user_id: int) -> int:
+        """How many items the user can be recommended (the items not in their training positives)."""
+
+
+class FullRankingPipeline(MethodPipeline):
+    """A method whose task ranks every item for every user (``data.protocol: full_ranking``, ER2ALM).
+
+    It tunes no LLM (``adapter`` is None). ``rankings`` gives every model row of the run report as one artifact
+    per seed holding ``user_emb.npy`` (U, d) and ``item_emb.npy`` (I, d) (score = inner product); the shared
+    runner (:mod:`ragrec.methods.full_ranking`) adds the popularity row, Recall / NDCG / Precision@{10, 20, 50}
+    with intervals over seeds and users, and the run folder.
+    """
+
+    task: ClassVar[str] = "full_ranking"
+    examples_stage: ClassVar[str | None] = None
+    loss_stages: ClassVar[tuple[str, ...]] = ()
+
+    def adapter(self, cfg: RunConfig | None = None) -> Artifact | None:
+        return None
+
+    @abstractmethod
+    def rankings(self, cfg: RunConfig | None = None) -> dict[str, list[Artifact]]:
+        """``row name -> [artifact per seed]`` (the first row is the method's own); call :meth:`upstream` first."""
+
+    def pairs(self, names: list[str]) -> list[tuple[str, str]]:
+        """``(row, reference row)`` pairs of the report whose paired difference is shown (none by default)."""
+        return []
+
+    def main_models(self, cfg: RunConfig | None = None) -> list[Artifact]:
+        """The method's own row of :meth:`rankings` (one artifact per seed) without building the other rows
+        (the Tune objective and ``predict`` need only this one); override when the rows train separately."""
+        return next(iter(self.rankings(cfg).values()))
+
+    def sizes(self) -> tuple[int, int]:
+        """``(num_users, num_items)`` of the dataset (dense id spaces)."""
+        import pyarrow.compute as pc
+
+        ds = self.arts["dataset"]
+        m = ds.manifest()
+        users = m.get("users") or int(pc.max(ds.read_table("interactions").column("user_id")).as_py()) + 1
+        return int(users), int(m["items"])
+
+    def split_matrices(self) -> dict:
+        """``{"train", "valid", "test"}`` -> ``(U, I)`` CSR positives of the ``full_ranking`` split."""
+        from ..data.full_ranking import split_matrices
+
+        return split_matrices(self.samples(), *self.sizes())
+
+    def predict(
+        self, adapter: Artifact | None = None, cfg: RunConfig | None = None, split_name: str = "test", name: str = ""
+    ) -> tuple[pa.Table, Artifact]:
+        """The method's ranked lists (first row, first seed) of every user with a ``split_name`` positive:
+        ``user_id, items (top 50), scores, positives`` (the user's ``split_name`` items), and the model artifact."""
+        from ..evaluation.full_ranking import DEFAULT_FULL_KS, top_k_items
+
+        art = self.main_models(cfg)[0]
+        mats = self.split_matrices()
+        target = mats[split_name]
+        users = np.flatnonzero(np.diff(target.indptr) > 0)
+        ue, ie = np.load(art.path / "user_emb.npy"), np.load(art.path / "item_emb.npy")
+        items, scores = top_k_items(ue, ie, mats["train"], users, max(DEFAULT_FULL_KS))
+        lists = lambda x, t: pa.array(list(x), pa.list_(t))
+        pos = [target.indices[target.indptr[u] : target.indptr[u + 1]].astype(np.int64) for u in users]
+        table = pa.table(
+            {
+                "user_id": pa.array(users, pa.int64()),
+                "items": lists(items, pa.int64()),
+                "scores": lists(scores.astype(np.float32), pa.float32()),
+                "positives": lists(pos, pa.int64()),
+            }
+        )
+        return table, art
+
+    @classmethod
+    def recommender(cls, run: Any) -> Recommender:
+        """The :class:`Recommender` of a finished run (``ragrec serve``'s ``POST /recommend``)."""
+        raise ValueError(f"{cls.__module__}: this full-ranking method has no recommender for serving")
+
+
 @dataclass(frozen=True)
 class Method:
     """One registered method. ``pipeline`` and ``evaluation`` are ``module:attribute`` paths, imported on
@@ -221,7 +325,7 @@ class Method:
 
     @property
     def task(self) -> str:
-        """``ctr`` or ``rerank``: what the method's pipeline predicts (imports the pipeline's module)."""
+        """``ctr``, ``rerank`` or ``full_ranking``: what the method's pipeline predicts (imports its module)."""
         return _resolve(self.pipeline_path).task
 
     def pipeline_class(self) -> type[MethodPipeline]:
@@ -265,6 +369,14 @@ METHODS: dict[str, Method] = {
             sections=("ur4rec", "reranker"),
             pipeline_path="ragrec.methods.ur4rec:Pipeline",
             evaluation_path="ragrec.methods.ur4rec_evaluate:evaluate",
+            servable=True,
+        ),
+        Method(
+            name="er2alm",
+            title="ER2ALM",
+            sections=("description", "rag", "profile", "noise", "augment", "gnn"),
+            pipeline_path="ragrec.methods.er2alm:Pipeline",
+            evaluation_path="ragrec.methods.er2alm_evaluate:evaluate",
             servable=True,
         ),
     )

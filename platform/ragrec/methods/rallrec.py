@@ -37,10 +37,16 @@ log = logging.getLogger("ragrec.rallrec")
 # steps 1-2: descriptions and text embeddings
 # ---------------------------------------------------------------------------------------------------
 def description_prompts(items: pa.Table, template: str) -> pa.Table:
-    genres = items.column("genres").to_pylist()
-    titles = items.column("title").to_pylist()
-    prompts = [template.format(title=t, genre=", ".join(g or []) or "unknown") for t, g in zip(titles, genres)]
-    return pa.table({"item_id": items.column("item_id"), "prompt": pa.array(prompts, pa.string())})
+    """Step 1 prompts: ``description.template`` with ``{title}`` and ``{genre}`` (``"Action, Crime"`` or
+    ``unknown``), filled by :func:`ragrec.templates.fill_template` (named fields only, no ``str.format``)."""
+    from ..templates import fill_template
+
+    genres = items.column("genres").combine_chunks()
+    genre = pc.fill_null(pc.binary_join(genres, ", "), "")
+    genre = pc.if_else(pc.equal(genre, ""), pa.scalar("unknown"), genre)
+    title = pc.fill_null(items.column("title").combine_chunks().cast(pa.string()), "")
+    prompts = fill_template(template, {"title": title, "genre": genre}, "description.template", required=("title",))
+    return pa.table({"item_id": items.column("item_id"), "prompt": prompts})
 
 
 def descriptions_stage(store: ArtifactStore, cfg: RunConfig, ds_art: Artifact) -> Artifact:
@@ -133,7 +139,7 @@ def projector_stage(store: ArtifactStore, cfg: RunConfig, text_art: Artifact, lg
             np.load(text_art.file("text.npy")),
             np.load(lg_art.file("item_emb.npy")),
             cfg.projector,
-            opts=TrainOptions.from_config(cfg, out_dir=str(art.staging / "train")),
+            opts=TrainOptions.for_stage(cfg, art, out="train"),
         )
         np.save(art.staging / "ssl_emb.npy", res.ssl_emb.astype(np.float32))
         art.write_json(res.history, "history")

@@ -108,7 +108,7 @@ def deepfm_stage(pipe: Pipeline):
             items,
             users,
             cfg.eval.deepfm,
-            opts=TrainOptions.from_config(cfg, out_dir=str(art.staging / "model")),
+            opts=TrainOptions.for_stage(cfg, art, out="model"),
         )
         art.write_json(res.history, "history")
         return {"rows": len(res.history)}

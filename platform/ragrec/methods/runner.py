@@ -34,6 +34,10 @@ def run(cfg: RunConfig, force: tuple[str, ...] = ()) -> RunResult:
         from .ranking import run_rerank
 
         return run_rerank(method, pipe, cfg, t0)
+    if pipe.task == "full_ranking":
+        from .full_ranking import run_full_ranking
+
+        return run_full_ranking(method, pipe, cfg, t0)
     pipe.upstream()
     adapter = pipe.adapter()
     pipe.arts["lora"] = adapter

@@ -42,6 +42,16 @@ def _train_inter(ds_art: Artifact, samples_art: Artifact) -> pa.Table:
     return train_interactions(ds_art.read_table("interactions"), samples_art.read_table("samples"))
 
 
+def _sare_dtype(precision: str) -> str:
+    """``bfloat16`` / ``float32``: what ``sare.precision`` resolves to on this machine's default device."""
+    import torch
+
+    from ..runtime import device
+    from ..training.lora import resolve_precision
+
+    return "bfloat16" if resolve_precision(precision, torch.device(device("auto"))) == torch.bfloat16 else "float32"
+
+
 def sasrec_stage(store: ArtifactStore, cfg: RunConfig, ds_art: Artifact, samples_art: Artifact) -> Artifact:
     """Step 1: SASRec on the training interactions; user vectors ``h_u`` and the leave-one-out sanity metric."""
     from ..training.ray_train import TrainOptions
@@ -58,7 +68,7 @@ def sasrec_stage(store: ArtifactStore, cfg: RunConfig, ds_art: Artifact, samples
             n_users,
             n_items,
             cfg.sasrec,
-            opts=TrainOptions.from_config(cfg, out_dir=str(art.staging / "train")),
+            opts=TrainOptions.for_stage(cfg, art, out="train"),
         )
         np.save(art.staging / "user_emb.npy", res.user_emb.astype(np.float32))
         np.save(art.staging / "item_emb.npy", res.item_emb.astype(np.float32))
@@ -111,7 +121,7 @@ def car_stage(store: ArtifactStore, cfg: RunConfig, sasrec_art: Artifact, docs_a
             nbrs,
             cfg.car,
             valid=valid,
-            opts=TrainOptions.from_config(cfg, out_dir=str(art.staging / "train")),
+            opts=TrainOptions.for_stage(cfg, art, out="train"),
         )
         np.save(art.staging / "user_emb.npy", encode_users(res.model_dir, docs).astype(np.float32))
         art.write_json(res.history, "history")
@@ -240,7 +250,7 @@ def sare_stage(
             queries,
             docs[ranked].tolist(),
             cfg.sare,
-            opts=TrainOptions.from_config(cfg, out_dir=str(art.staging / "train")),
+            opts=TrainOptions.for_stage(cfg, art, out="train"),
         )
         art.write_table(
             pa.table(
@@ -331,6 +341,8 @@ class Pipeline(MethodPipeline):
             "n": samples.num_rows,
             "ids": _ids_digest(samples),
         }
+        if cfg.sare.enabled:  # the dtype the reranking pass resolves to here (auto differs between machines)
+            spec["sare_dtype"] = _sare_dtype(cfg.sare.precision)
         inputs = [
             a["samples"],
             a["user_docs"],
@@ -351,7 +363,11 @@ class Pipeline(MethodPipeline):
                     samples, self._history(samples, cfg), self.items, cfg.user_text.max_title_chars
                 ).to_pylist()
                 scores = score_pairs(
-                    _sare_model_dir(a["sare"]), queries, docs[cand].tolist(), max_tokens=cfg.sare.max_tokens
+                    _sare_model_dir(a["sare"]),
+                    queries,
+                    docs[cand].tolist(),
+                    max_tokens=cfg.sare.max_tokens,
+                    precision=cfg.sare.precision,
                 )
                 cand = np.take_along_axis(cand, order_by_scores(scores), axis=1)
             art.write_table(

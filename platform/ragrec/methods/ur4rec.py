@@ -248,7 +248,7 @@ def reranker_stage(
             n_items,
             cfg.data.rerank.history_len,
             cfg.reranker,
-            opts=TrainOptions.from_config(cfg, out_dir=str(art.staging / "model")),
+            opts=TrainOptions.for_stage(cfg, art, out="model"),
             augmenter=None if precomputed else module,
         )
         art.write_json(res.history, "history")
@@ -345,7 +345,7 @@ def retriever_stage(
             base_item_embeddings(base),
             as_dict(train),
             cfg.ur4rec,
-            opts=TrainOptions.from_config(cfg, out_dir=str(art.staging / "model")),
+            opts=TrainOptions.for_stage(cfg, art, out="model"),
             valid=as_dict(valid),
             interacted=interacted,
             init_encoder=cfg.ur4rec.encoder,

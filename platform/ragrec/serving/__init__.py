@@ -38,9 +38,15 @@ def build_app(run_dir: str, batching: bool = True, **options):
 
 
 def serve_run(
-    run_dir: str, *, host: str = "127.0.0.1", port: int = 8000, batching: bool = True, blocking: bool = True
+    run_dir: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    batching: bool = True,
+    blocking: bool = True,
+    **options,
 ) -> str:
-    """See :func:`ragrec.serving.app.serve_run` (imported lazily)."""
+    """See :func:`ragrec.serving.app.serve_run` (imported lazily); ``options``: ``ServeOptions`` fields."""
     from .app import serve_run as _run
 
-    return _run(run_dir, host=host, port=port, batching=batching, blocking=blocking)
+    return _run(run_dir, host=host, port=port, batching=batching, blocking=blocking, **options)

@@ -10,20 +10,28 @@ ids (404) and oversized lists (413); bodies over ``max_body_bytes`` get 413 befo
 The Predictor scores with ``@serve.batch`` (requests arriving within ``batch_wait_timeout_s`` share one
 engine call of up to ``max_batch_size`` requests) or, with ``batching=False``, one request at a time.
 Each replica reads the run from ``run_dir`` itself (the folder must be visible to every node).
+
+Overload is Ray Serve's own backpressure: the ingress deployment runs ``max_ongoing_requests`` requests per
+replica, the proxy queues ``max_queued_requests`` more, and every request beyond gets 503 with a
+``Retry-After: retry_after_s`` header (``BackpressureConfig``); the deployments behind the ingress never see
+more than it lets through. :func:`serve_run` stops Serve and the Ray it started on Ctrl-C or SIGTERM.
 """
 
 # no `from __future__ import annotations`: FastAPI reads the route signatures' real types
 import logging
 import os
-import time
-from dataclasses import asdict, dataclass
+import signal
+import threading
+from dataclasses import asdict
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
+from ray.serve.config import BackpressureConfig
 
+from ..config import ServeConfig
 from .schemas import Catalog, Health, PredictRequest, PredictResponse, RequestError, check_request
 
 __all__ = ["APP_NAME", "DEFAULT_MAX_BODY_BYTES", "BodySizeLimit", "ServeOptions", "build_app", "serve_run"]
@@ -33,30 +41,18 @@ APP_NAME = "ragrec"
 DEFAULT_MAX_BODY_BYTES = 1 << 20  # 1 MiB: 100 int64 ids are ~2 KB of JSON
 
 
-@dataclass(frozen=True)
-class ServeOptions:
-    """Deployment knobs. CPUs are fractional so that all replicas fit next to other Ray work."""
+ServeOptions = ServeConfig
+"""Deployment knobs (:class:`ragrec.config.ServeConfig`, validated): batching, resources, overload limits, body
+size. CPUs are fractional so that all replicas fit next to other Ray work."""
 
-    batching: bool = True
-    max_batch_size: int = 16
-    batch_wait_timeout_s: float = 0.01
-    max_items: int = 100
-    predictor_cpus: float = 1.0
-    predictor_gpus: float = 0.0
-    """GPUs of the Predictor replica; set 1 on a GPU cluster, or Ray hides the GPUs and the LLM runs on CPU."""
-    light_cpus: float = 0.1
-    torch_threads: int | None = None
-    max_ongoing_requests: int = 64
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    """Largest request body accepted; a larger one gets 413 without being parsed."""
 
-    def __post_init__(self) -> None:
-        if self.predictor_gpus < 0 or self.predictor_cpus < 0:
-            raise ValueError(
-                f"predictor_cpus / predictor_gpus must be >= 0, got {self.predictor_cpus} / {self.predictor_gpus}"
-            )
-        if self.max_body_bytes < 1:
-            raise ValueError(f"max_body_bytes must be >= 1, got {self.max_body_bytes}")
+def ingress_options(opts: ServeConfig) -> dict:
+    """``.options(...)`` of an ingress deployment: Serve's own concurrency limit, queue bound and 503 answer."""
+    return {
+        "max_ongoing_requests": opts.max_ongoing_requests,
+        "max_queued_requests": opts.max_queued_requests,
+        "backpressure_config": BackpressureConfig(status_code=503, retry_after_s=opts.retry_after_s),
+    }
 
 
 class BodySizeLimit:
@@ -186,7 +182,7 @@ class PredictorDeployment:
         from .chain import Predictor
         from .state import load_state
 
-        opts = ServeOptions(**options)
+        opts = ServeOptions.model_validate(options)
         torch.set_num_threads(opts.torch_threads or os.cpu_count() or 1)
         state = load_state(run_dir)
         self.predictor = Predictor(
@@ -267,7 +263,7 @@ def catalog_of(run_dir: str, max_items: int) -> tuple[Catalog, str]:
 
 
 def run_task(run_dir: str) -> str:
-    """``ctr`` or ``rerank``: what the method of the run in ``run_dir`` predicts."""
+    """``ctr``, ``rerank`` or ``full_ranking``: what the method of the run in ``run_dir`` predicts."""
     from ..methods import get_method, load_run
 
     return get_method(load_run(run_dir).method).task
@@ -287,8 +283,14 @@ def build_app(run_dir: str, batching: bool = True, **options) -> serve.Applicati
     Raises:
         FileNotFoundError: ``run_dir`` holds no finished run (no ``run.json`` / missing artifacts).
     """
-    opts = ServeOptions(batching=batching, **options)
+    opts = serve_options(batching=batching, **options)
     run_dir = str(os.path.abspath(run_dir))
+    if run_task(run_dir) == "full_ranking":  # a full-ranking run: one deployment behind POST /recommend
+        from .recommend import build_recommend_app
+
+        return build_recommend_app(
+            run_dir, cpus=opts.predictor_cpus, torch_threads=opts.torch_threads, max_body_bytes=opts.max_body_bytes
+        )
     if run_task(run_dir) == "rerank":  # a ranking run: one deployment behind POST /rerank
         from .rerank import build_rank_app
 
@@ -298,6 +300,7 @@ def build_app(run_dir: str, batching: bool = True, **options) -> serve.Applicati
             cpus=opts.predictor_cpus,
             torch_threads=opts.torch_threads,
             max_body_bytes=opts.max_body_bytes,
+            ingress=ingress_options(opts),
         )
     catalog, name = catalog_of(run_dir, opts.max_items)
     light = {"num_cpus": opts.light_cpus}
@@ -306,23 +309,49 @@ def build_app(run_dir: str, batching: bool = True, **options) -> serve.Applicati
     reranker = RerankerDeployment.options(ray_actor_options=light, max_ongoing_requests=ongoing).bind(run_dir)
     predictor = PredictorDeployment.options(
         ray_actor_options=predictor_resources(opts), max_ongoing_requests=max(ongoing, 2 * opts.max_batch_size)
-    ).bind(run_dir, asdict(opts))
-    return Ingress.options(ray_actor_options=light, max_ongoing_requests=ongoing).bind(
+    ).bind(run_dir, opts.model_dump())
+    return Ingress.options(ray_actor_options=light, **ingress_options(opts)).bind(
         retriever, reranker, predictor, asdict(catalog), name, batching, opts.max_body_bytes
     )
 
 
-def serve_run(
-    run_dir: str, *, host: str = "127.0.0.1", port: int = 8000, batching: bool = True, blocking: bool = True
-) -> str:
-    """Start the service for ``run_dir`` on ``http://host:port`` and return that URL.
+def serve_options(**options) -> ServeConfig:
+    """:class:`ServeOptions` from keyword options; a ValueError on one line naming the option and the fix."""
+    from pydantic import ValidationError
 
-    Connects to ``RAY_ADDRESS`` or starts a local Ray (``ragrec.runtime.init``). ``blocking=True`` keeps
-    serving until Ctrl-C, then shuts Serve down; ``blocking=False`` returns once the app is up.
+    try:
+        return ServeOptions(**options)
+    except ValidationError as e:
+        err = e.errors()[0]
+        name = ".".join(str(x) for x in err["loc"]) or "options"
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown serve option; the options are {', '.join(ServeOptions.model_fields)}"
+        raise ValueError(f"serve option {name}={err.get('input')!r}: {msg}") from None
+
+
+def serve_run(
+    run_dir: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    batching: bool = True,
+    blocking: bool = True,
+    **options,
+) -> str:
+    """Start the service for ``run_dir`` on ``http://host:port`` and return that URL; ``options``:
+    :class:`ServeOptions` fields (overload limits, body size, resources).
+
+    Connects to ``RAY_ADDRESS`` or starts a local Ray (``ragrec.runtime.init``). ``blocking=True`` serves until
+    Ctrl-C (SIGINT) or SIGTERM, then deletes the app, shuts Serve down and disconnects from Ray (stopping the
+    local Ray it started) and returns; ``blocking=False`` returns once the app is up.
     """
+    import ray
+
     from ..methods import load_run
     from ..runtime import init
 
+    opts = serve_options(batching=batching, **options)  # bad options fail before Ray starts
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning(
             "serving on %s: the API has no authentication; expose it only behind an authenticating reverse "
@@ -330,18 +359,57 @@ def serve_run(
             host,
         )
     ray_cfg = load_run(run_dir).cfg.ray
-    init(ray_cfg.address, ray_cfg.num_cpus)
-    app = build_app(run_dir, batching=batching)
-    serve.start(http_options={"host": host, "port": port})
-    serve.run(app, name=APP_NAME, route_prefix="/")
-    url = f"http://{host}:{port}"
-    route = "POST /rerank" if run_task(run_dir) == "rerank" else "POST /predict"
-    log.info("serving %s at %s (%s, GET /healthz)", run_dir, url, route)
-    if blocking:
+    stop = None
+    try:
+        init(ray_cfg.address, ray_cfg.num_cpus)
+        if blocking:  # after ray.init, which sets its own SIGTERM handler: a signal now stops the service cleanly
+            stop = _StopSignals()
+        app = build_app(run_dir, **opts.model_dump())
+        serve.start(http_options={"host": host, "port": port})
+        serve.run(app, name=APP_NAME, route_prefix="/")
+        url = f"http://{host}:{port}"
+        route = {"rerank": "POST /rerank", "full_ranking": "POST /recommend"}.get(run_task(run_dir), "POST /predict")
+        log.info("serving %s at %s (%s, GET /healthz)", run_dir, url, route)
+        if stop is None:
+            return url
         print(f"ragrec serve: {url}  ({route}, GET /healthz); Ctrl-C stops", flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            serve.shutdown()
+        stop.wait()
+        log.info("%s: stopping the service", stop.name)
+    finally:
+        if blocking:
+            if stop is not None:
+                stop.restore()
+            _shutdown(ray)
     return url
+
+
+class _StopSignals:
+    """SIGINT / SIGTERM set an event (instead of raising inside Ray's calls) until :meth:`restore`."""
+
+    def __init__(self) -> None:
+        self.event, self.name = threading.Event(), "signal"
+        main = threading.current_thread() is threading.main_thread()  # signal handlers live in the main thread
+        sigs = (signal.SIGINT, signal.SIGTERM) if main else ()
+        self.previous = {sig: signal.signal(sig, self._handle) for sig in sigs}
+
+    def _handle(self, signum, _frame) -> None:
+        self.name = signal.Signals(signum).name
+        self.event.set()
+
+    def wait(self) -> None:
+        while not self.event.wait(0.5):  # a timed wait lets the handler run promptly
+            pass
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def _shutdown(ray) -> None:
+    """Delete the app, stop Serve, disconnect from Ray (which stops a local Ray started here); never raises."""
+    for step in (lambda: serve.delete(APP_NAME), serve.shutdown, ray.shutdown):
+        try:
+            if ray.is_initialized():
+                step()
+        except Exception as e:
+            log.warning("while stopping: %s: %s", type(e).__name__, e)

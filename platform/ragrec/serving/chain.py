@@ -76,7 +76,7 @@ class Retriever:
         present = np.zeros((n, u), dtype=bool)
         rows, pos = np.nonzero(valid)
         present[rows, inv[pos]] = True
-        lengths = w.stop - w.start
+        lengths = valid.sum(axis=1)
         want = self.k + self.margin
         # a target misses the items seen only outside its own range: search that many more
         kk = int(min(u, want + (len(inv) - lengths.min())))
@@ -93,12 +93,13 @@ class Retriever:
         return keep
 
     def candidates(self, w: HistoryWindow) -> pa.Table:
-        """n rows (user_id, item_id, history_item_ids, history_ratings): histories cut to the candidates."""
+        """n rows (user_id, item_id, history_item_ids, history_ratings, in_history): histories (never holding
+        the target itself) cut to the candidates."""
         n = len(w.item_ids)
         lo, hi = int(w.start.min()) if n else 0, int(w.stop.max()) if n else 0
-        pos = np.arange(lo, hi)
-        valid = (pos >= w.start[:, None]) & (pos < w.stop[:, None])  # (n, hi - lo)
-        cand = valid & (pos >= (w.stop - self.k)[:, None])  # the K most recent
+        hi = max(hi, lo)
+        valid = w.mask[:, lo:hi]  # (n, hi - lo)
+        cand = valid & (np.cumsum(valid[:, ::-1], axis=1)[:, ::-1] <= self.k)  # the K most recent
         if self.indexes and hi > lo:
             uniq, inv = np.unique(w.items[lo:hi], return_inverse=True)
             cand |= self._similar(w, inv, uniq, valid)[:, inv] & valid
@@ -106,7 +107,8 @@ class Retriever:
         offsets = np.zeros(n + 1, dtype=np.int32)
         np.cumsum(np.bincount(rows, minlength=n), out=offsets[1:])
         at = lo + cols
-        return samples_table(w.user_id, w.item_ids, w.items[at], w.ratings[at], offsets)
+        out = samples_table(w.user_id, w.item_ids, w.items[at], w.ratings[at], offsets)
+        return out.append_column("in_history", pa.array(w.in_history, pa.bool_()))
 
 
 class Reranker:
@@ -184,9 +186,10 @@ def response(
     ids = contexts.column(CONTEXT_ITEMS).to_pylist()
     rats = contexts.column(CONTEXT_RATINGS).to_pylist()
     pf = [None] * len(req.item_ids) if fused is None else [float(x) for x in np.asarray(fused).tolist()]
+    seen = contexts.column("in_history").to_pylist() if "in_history" in contexts.column_names else [False] * len(ids)
     preds = [
-        ItemPrediction(item_id=i, prob=float(p), history_item_ids=h, history_ratings=r, p_fused=f)
-        for i, p, h, r, f in zip(req.item_ids, probs.tolist(), ids, rats, pf)
+        ItemPrediction(item_id=i, prob=float(p), history_item_ids=h, history_ratings=r, p_fused=f, in_history=s)
+        for i, p, h, r, f, s in zip(req.item_ids, probs.tolist(), ids, rats, pf, seen)
     ]
     return PredictResponse(user_id=req.user_id, predictions=preds)
 

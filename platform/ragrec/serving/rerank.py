@@ -125,8 +125,10 @@ def build_rank_app(
     cpus: float = 1.0,
     torch_threads: int | None = None,
     max_body_bytes: int | None = None,
+    ingress: dict | None = None,
 ):
-    """The bound Serve application of the ranking run in ``run_dir`` (``max_body_bytes``: None = 1 MiB)."""
-    return RankIngress.options(ray_actor_options={"num_cpus": cpus}).bind(
+    """The bound Serve application of the ranking run in ``run_dir`` (``max_body_bytes``: None = 1 MiB;
+    ``ingress``: the deployment's overload options, :func:`ragrec.serving.app.ingress_options`)."""
+    return RankIngress.options(ray_actor_options={"num_cpus": cpus}, **(ingress or {})).bind(
         run_dir, max_items, torch_threads, max_body_bytes
     )

@@ -39,7 +39,9 @@ class PredictRequest(BaseModel):
 
     ``as_of`` (optional, a unix timestamp): score as if each rating happened at that time, i.e. the
     history is what the ``rallrec`` protocol gives a rating of the item at ``as_of`` (earlier ratings,
-    same-second ratings of smaller item ids). Without it, the user's whole known history is used.
+    same-second ratings of smaller item ids). Without it, the user's whole known history is used. Either
+    way an item's own ratings are left out of its history (``ItemPrediction.in_history`` says the user
+    had rated it).
     """
 
     model_config = ConfigDict(strict=True, extra="forbid")
@@ -54,6 +56,11 @@ class ItemPrediction(BaseModel):
     prob: float = Field(description="P(the user likes the item) = softmax([yes, no])[0]")
     history_item_ids: list[int] = Field(description="the history items shown to the LLM, in prompt order")
     history_ratings: list[float]
+    in_history: bool = Field(
+        False,
+        description="the user had already rated this item (before as_of when given); its own rating is never "
+        "part of history_item_ids",
+    )
     p_fused: float | None = Field(
         None,
         description="the run's fusion (LLM + DeepFM + item/user baseline, fitted on "

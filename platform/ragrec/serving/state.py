@@ -2,11 +2,13 @@
 
 :class:`UserHistories` keeps every user's ratings in the ``rallrec`` protocol's order (stable sort by
 (timestamp, user_id, item_id), :func:`ragrec.data.protocols.time_order`) as flat arrays with per-user
-offsets. :meth:`UserHistories.window` gives, for one user and a list of target items, the slice of
-that user's ratings each target sees as its history: the whole list by default, or with ``as_of`` what
-the protocol gives a rating of the target at ``as_of`` — ratings earlier in protocol order, i.e. with
+offsets. :meth:`UserHistories.window` gives, for one user and a list of target items, the ratings of
+that user each target sees as its history: the whole list by default, or with ``as_of`` what the
+protocol gives a rating of the target at ``as_of`` — ratings earlier in protocol order, i.e. with
 ``timestamp < as_of``, or ``timestamp == as_of`` and a smaller item id — truncated to the last
-``data.max_history`` like the samples.
+``data.max_history`` like the samples. A target's own ratings are never in its history (a live request
+without ``as_of`` would otherwise show the LLM the very rating it predicts); ``in_history`` says which
+targets the user had already rated (before ``as_of`` when given).
 
 :class:`FusionScorer` (runs with ``eval.fusion: true``): the run's fusion model over the LLM's P(yes),
 DeepFM's P(click) (its artifact, loaded once) and the item+user baseline's log-odds (a table computed once
@@ -35,10 +37,11 @@ __all__ = ["FusionScorer", "HistoryWindow", "ServingState", "UserHistories", "lo
 
 @dataclass(frozen=True)
 class HistoryWindow:
-    """The histories of n targets of one user, as ranges of that user's L ratings (protocol order).
+    """The histories of n targets of one user, as masks over that user's L ratings (protocol order).
 
     items (L,) int64, ratings (L,) float32, timestamps (L,) int64: the user's ratings, oldest first;
-    start, stop (n,) int64: target j's history is ``items[start[j]:stop[j]]``.
+    mask (n, L) bool: target j's history is ``items[mask[j]]`` (never a rating of item j itself), all inside
+    ``[start[j], stop[j])`` (n,) int64; in_history (n,) bool: the user rated target j before the cut.
     """
 
     user_id: int
@@ -48,14 +51,16 @@ class HistoryWindow:
     timestamps: np.ndarray
     start: np.ndarray
     stop: np.ndarray
+    mask: np.ndarray
+    in_history: np.ndarray
 
     def to_samples(self) -> pa.Table:
-        """n rows (user_id, item_id, history_item_ids, history_ratings): the full histories as samples."""
-        lengths = self.stop - self.start
-        offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
-        np.cumsum(lengths, out=offsets[1:])
-        flat = np.repeat(self.start - offsets[:-1], lengths) + np.arange(int(offsets[-1]))
-        return samples_table(self.user_id, self.item_ids, self.items[flat], self.ratings[flat], offsets)
+        """n rows (user_id, item_id, history_item_ids, history_ratings, in_history): the full histories."""
+        rows, cols = np.nonzero(self.mask)  # row-major: positions ascending = chronological
+        offsets = np.zeros(len(self.item_ids) + 1, dtype=np.int32)
+        np.cumsum(np.bincount(rows, minlength=len(self.item_ids)), out=offsets[1:])
+        out = samples_table(self.user_id, self.item_ids, self.items[cols], self.ratings[cols], offsets)
+        return out.append_column("in_history", pa.array(self.in_history, pa.bool_()))
 
 
 def samples_table(
@@ -101,7 +106,9 @@ class UserHistories:
         self.max_history = max_history
 
     def window(self, user_id: int, item_ids: np.ndarray, as_of: int | None = None) -> HistoryWindow:
-        """The history ranges of ``item_ids`` (n,) for ``user_id`` (see the module docstring)."""
+        """The histories of ``item_ids`` (n,) for ``user_id`` (see the module docstring): the ratings before
+        the cut (all of them, or those before ``as_of`` in protocol order) except the target's own, the last
+        ``max_history`` of them."""
         if not 0 <= user_id < self.n_users:
             raise ValueError(f"unknown user_id {user_id}: users are 0..{self.n_users - 1}")
         item_ids = np.asarray(item_ids, dtype=np.int64)
@@ -112,8 +119,15 @@ class UserHistories:
         else:
             lo, hi = np.searchsorted(ts, as_of, "left"), np.searchsorted(ts, as_of, "right")
             stop = lo + np.searchsorted(items[lo:hi], item_ids, "left")  # same second: smaller item ids first
-        start = np.zeros_like(stop) if self.max_history is None else np.maximum(stop - self.max_history, 0)
-        return HistoryWindow(int(user_id), item_ids, items, self.ratings[a:b], ts, start, stop)
+        before = np.arange(b - a)[None, :] < stop[:, None]  # (n, L)
+        own = items[None, :] == item_ids[:, None]
+        mask = before & ~own
+        if self.max_history is not None:  # the last max_history of each history
+            mask &= np.cumsum(mask[:, ::-1], axis=1)[:, ::-1] <= self.max_history
+        first = mask.argmax(axis=1) if mask.shape[1] else np.zeros(len(item_ids), dtype=np.int64)
+        start = np.where(mask.any(axis=1), first, stop).astype(np.int64)
+        in_history = (before & own).any(axis=1)
+        return HistoryWindow(int(user_id), item_ids, items, self.ratings[a:b], ts, start, stop, mask, in_history)
 
 
 @dataclass

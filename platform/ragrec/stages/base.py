@@ -199,14 +199,24 @@ def _engine_spec(llm_cfg: LLMConfig) -> dict:
 
 
 def _digest(col: pa.ChunkedArray | pa.Array) -> str:
-    """A short content hash of a text column (its Arrow buffers), for the cache spec of a stage."""
+    """A short content hash of a text column, for the cache spec of a stage: its values (each length, -1 for
+    null, then the bytes), the same however the column is chunked or sliced (a slice's Arrow buffers are its
+    parent's, so hashing buffers gave two slices of one column the same digest)."""
     import hashlib
 
-    h = hashlib.sha256()
-    for chunk in col.chunks if isinstance(col, pa.ChunkedArray) else [col]:
-        for buf in chunk.buffers():
-            if buf is not None:
-                h.update(memoryview(buf))
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        arr = arr.cast(pa.string())
+    lengths = pa.compute.binary_length(arr).fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    h = hashlib.sha256(lengths.tobytes())
+    if arr.null_count:
+        arr = arr.fill_null("")  # fresh buffers: a null slot's bytes are not part of the value
+    if len(arr):
+        offsets = np.frombuffer(arr.buffers()[1], np.int64 if pa.types.is_large_string(arr.type) else np.int32)
+        offsets = offsets[arr.offset : arr.offset + len(arr) + 1]
+        data = arr.buffers()[2]
+        if data is not None:
+            h.update(memoryview(data)[int(offsets[0]) : int(offsets[-1])])
     return h.hexdigest()[:16]
 
 

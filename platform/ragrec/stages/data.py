@@ -1,5 +1,8 @@
 """The data stages every method starts from: ``dataset`` (the raw files, normalised) and ``samples`` (the
-CTR samples of the configured protocol with their split), plus reading the optional users table."""
+CTR samples of the configured protocol with their split), plus reading the optional users table.
+
+The ``dataset`` key holds the size and sha256 of every file the loader reads (:func:`input_files`), so an
+in-place edit of a data file gives a new key (and, through the content-derived keys, new downstream keys)."""
 
 from __future__ import annotations
 
@@ -9,7 +12,41 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..artifacts import Artifact, ArtifactStore, spec_fields
-from ..config import RunConfig
+from ..config import DataConfig, RunConfig
+
+_MOVIELENS_FILES = {
+    "ml-100k": ("u.data", "u.item", "u.genre", "u.user"),
+    "ml-1m": ("ratings.dat", "movies.dat", "users.dat"),
+}
+
+
+def input_files(data: DataConfig) -> list[tuple[str, Path]]:
+    """``(label, path)`` of every raw file the dataset's loader reads: MovieLens-100K/1M their files, ``generic``
+    its ``*_file`` fields (label: the field), ``synthetic`` none; another dataset (``ragrec.data.sources``) the
+    files its module's ``input_files(cfg)`` names when it has one, else every file under ``data.path`` (a file
+    path: it and its siblings of the same stem, RecBole's ``.inter`` / ``.item`` / ``.user``), labelled by their
+    path relative to it. The corpus is read by its own stage."""
+    if data.name == "synthetic":
+        return []
+    if data.name == "generic":
+        from ..data.generic import _resolve  # the loader's own resolution: relative to data.path when set
+
+        fields = ("interactions_file", "items_file", "users_file")
+        return [(f, _resolve(data, getattr(data, f))) for f in fields if getattr(data, f) is not None]
+    path = data.resolved_path()
+    if path is None:
+        return []
+    if data.name in _MOVIELENS_FILES:
+        return [(name, path / name) for name in _MOVIELENS_FILES[data.name]]
+    from ..data.sources import SOURCES, source_module
+
+    if data.name in SOURCES and hasattr(source_module(data.name), "input_files"):
+        files = [Path(f) for f in source_module(data.name).input_files(data)]
+        return [(f.name, f) for f in files]
+    if path.is_file():
+        return [(f.name, f) for f in sorted(path.parent.glob(f"{path.stem}.*")) if f.is_file()]
+    files = sorted(f for f in path.rglob("*") if f.is_file() and not f.name.startswith("."))
+    return [(f.relative_to(path).as_posix(), f) for f in files]
 
 
 def dataset_stage(store: ArtifactStore, cfg: RunConfig) -> Artifact:
@@ -18,12 +55,22 @@ def dataset_stage(store: ArtifactStore, cfg: RunConfig) -> Artifact:
     # the protocol's fields and the corpus (read by its own stage) do not change the loaded tables
     protocol_fields = {"min_history", "max_history", "split", "protocol", "temporal", "rerank", "corpus_file"}
     # the text-file and range options enter only away from their defaults (keys computed before them hold)
-    late = ("encoding", "separator", "rating_range", "timestamp_unit")
+    late = (
+        "encoding",
+        "separator",
+        "rating_range",
+        "timestamp_unit",
+        "on_duplicate",
+        "on_out_of_range",
+        "category",  # amazon-2018 (docs/datasets.md)
+        "implicit_zero",  # bookcrossing
+    )
     data_cfg = {k: v for k, v in spec_fields(cfg.data, late=late).items() if k not in protocol_fields}
     data_cfg["columns"] = spec_fields(cfg.data.columns, late=("split",))
-    path = cfg.data.resolved_path()
-    if path is not None:
-        data_cfg["files"] = sorted((p.name, p.stat().st_size) for p in Path(path).glob("*") if p.is_file())
+    present = [(label, p) for label, p in input_files(cfg.data) if p.is_file()]  # missing: the loader says so
+    if present:
+        digests = store.files_sha256([p for _, p in present])
+        data_cfg["files"] = [[label, p.stat().st_size, d] for (label, p), d in zip(present, digests)]
 
     def compute(art: Artifact):
         ds = load_dataset(cfg.data)
@@ -61,6 +108,10 @@ def samples_stage(store: ArtifactStore, cfg: RunConfig, ds_art: Artifact, ranker
         spec["rerank"] = cfg.data.rerank.model_dump(mode="json", exclude={"ranker"})
         spec["seed"] = cfg.seed
         spec.pop("max_history")
+    if cfg.data.protocol == "full_ranking":  # a seeded per-user random split; no histories
+        spec["seed"] = cfg.seed
+        spec.pop("max_history")
+        spec.pop("min_history")
 
     def compute(art: Artifact):
         from ..data import build_samples

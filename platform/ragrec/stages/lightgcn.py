@@ -3,7 +3,7 @@
 Shared by the methods that need them: RALLRec's step 3 (``lightgcn``) and UR4Rec's initial ranker
 (``ranker``, whose inner products pick the hard negatives of ``data.rerank.negatives: ranker``). The method
 names the stage, its spec and its inputs (the cache key) and supplies the graph; this trains
-:func:`~ragrec.training.lightgcn.train_lightgcn` under Ray Train (``TrainOptions.from_config``) and writes
+:func:`~ragrec.training.lightgcn.train_lightgcn` under Ray Train (``TrainOptions.for_stage``) and writes
 ``item_emb.npy`` (I, dim) float32, ``user_emb.npy`` (U, dim) float32, ``history.json`` (per-epoch loss
 [/ Recall@20]) and the trainer's folder ``train/``.
 """
@@ -52,7 +52,7 @@ def train_lightgcn_into(art: Artifact, cfg: RunConfig, lg_cfg: LightGCNConfig, g
         lg_cfg,
         ratings=inter.column("rating").to_numpy(),
         eval_pairs=graph.eval_pairs,
-        opts=TrainOptions.from_config(cfg, out_dir=str(art.staging / "train")),
+        opts=TrainOptions.for_stage(cfg, art, out="train"),
     )
     np.save(art.staging / "item_emb.npy", res.item_emb.astype(np.float32))
     np.save(art.staging / "user_emb.npy", res.user_emb.astype(np.float32))

@@ -17,28 +17,26 @@ LORA_CHECKPOINT_STEPS = 200
 
 
 def lora_stage(store: ArtifactStore, cfg: RunConfig, examples_art: Artifact) -> Artifact:
-    """LoRA tuning under Ray Train. Resumable: the Ray run's storage is ``train/`` inside the artifact's
-    ``<key>.partial/`` folder, so a killed run, rerun, continues from its latest checkpoint (every
-    :data:`LORA_CHECKPOINT_STEPS` optimizer steps and every epoch end); removed once the adapter is written."""
+    """LoRA tuning under Ray Train. Resumable: Ray Train checkpoints at the stage's own place
+    (:func:`~ragrec.training.ray_train.stage_storage`: ``ray.storage_path/lora/<key>``, else ``ray_train/`` in
+    the artifact's ``<key>.partial/`` folder) every :data:`LORA_CHECKPOINT_STEPS` optimizer steps and every epoch
+    end, so a killed run, rerun, continues from its latest checkpoint; removed once the adapter is written."""
     import os
-    import shutil
 
     from ..training.lora import train_lora
     from ..training.ray_train import TrainOptions
 
     def compute(art: Artifact):
-        storage = art.staging / "train"
         steps = int(os.environ.get("RAGREC_LORA_CHECKPOINT_STEPS", LORA_CHECKPOINT_STEPS)) or None
         res = train_lora(
             examples_art.read_table(),
             cfg.llm.model,
             cfg.lora,
-            opts=TrainOptions.from_config(cfg, out_dir=str(art.staging / "adapter"), storage_path=str(storage)),
+            opts=TrainOptions.for_stage(cfg, art, out="adapter"),
             load_in_8bit=cfg.llm.load_in_8bit,
             checkpoint_steps=steps,
         )
         art.write_json(res.history, "history")
-        shutil.rmtree(storage, ignore_errors=True)  # the optimizer states are not part of the artifact
         return {"rows": examples_art.manifest()["rows"]}
 
     spec = {"lora": cfg.lora.model_dump(), "model": cfg.llm.model, "seed": cfg.seed}

@@ -336,6 +336,7 @@ def train_loop(config: dict) -> list[dict]:
                     "loss": loss.item(),
                     "tokens": int(lengths[idx].sum()),
                     "seconds": time.perf_counter() - t_step,
+                    "attempt": loop.attempt,  # > 0: computed after a resume from a checkpoint
                 }
             )
             bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")

@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -373,6 +373,7 @@ def fit(
     if storage_path is None:
         tmp_storage = tempfile.mkdtemp(prefix="ragrec-ray-train-")
         storage_path = tmp_storage
+    check_storage_reachable(storage_path)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=config,
@@ -424,6 +425,9 @@ class TrainOptions:
     out_dir: str | os.PathLike | None = None
     checkpoint_dir: str | os.PathLike | None = None
     report_every: int | None = None
+    keep_storage: bool = True
+    """False: a finished run's checkpoints in ``storage_path`` are removed (a stage's own, see :meth:`for_stage`);
+    a failed run keeps them, so the rerun resumes."""
 
     @classmethod
     def from_config(
@@ -448,6 +452,23 @@ class TrainOptions:
             report_every=report_every,
         )
 
+    @classmethod
+    def for_stage(
+        cls, cfg: RunConfig, art: Any, *, out: str = "train", report_every: int | None = None
+    ) -> TrainOptions:
+        """The options of the pipeline stage that writes artifact ``art``: outputs into ``art.staging / out``,
+        Ray Train checkpoints at :func:`stage_storage` (deterministic per artifact, so rerunning a crashed
+        stage resumes from its latest checkpoint), removed once the stage's training has finished."""
+        return replace(
+            cls.from_config(
+                cfg,
+                out_dir=art.staging / out,
+                storage_path=stage_storage(cfg.ray.storage_path, art),
+                report_every=report_every,
+            ),
+            keep_storage=False,
+        )
+
     def loop_config(self, name: str) -> dict[str, Any]:
         """The ``train_loop`` config keys these options set: seed, out_dir, checkpoint_dir, report_every."""
         if self.out_dir is None:
@@ -458,6 +479,55 @@ class TrainOptions:
             "checkpoint_dir": str(self.checkpoint_dir) if self.checkpoint_dir is not None else None,
             "report_every": self.report_every,
         }
+
+
+def is_uri(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a URI (``s3://``, ``gs://``, ``file://`` ...) rather than a local path."""
+    return "://" in str(path)
+
+
+def stage_storage(root: str | None, art: Any) -> str:
+    """Where Ray Train checkpoints the stage writing artifact ``art`` (``stage`` / ``key``).
+
+    ``root`` (``ray.storage_path``) None: ``ray_train/`` inside the artifact's ``<key>.partial/`` staging folder
+    (local, single node); else ``<root>/<stage>/<key>``, a local path or a URI such as ``s3://bucket/prefix``
+    that every node of the cluster reaches. The same stage and key always get the same place: a rerun finds
+    the interrupted run there."""
+    if root is None:
+        return str(Path(art.staging) / "ray_train")
+    if is_uri(root):
+        return f"{str(root).rstrip('/')}/{art.stage}/{art.key}"
+    return str(Path(root) / art.stage / art.key)
+
+
+def drop_storage(path: str | os.PathLike) -> None:
+    """Remove a finished run's checkpoints at ``path`` (a local folder, or a URI through pyarrow.fs)."""
+    if not is_uri(path):
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    import pyarrow.fs as pafs
+
+    try:
+        fs, p = pafs.FileSystem.from_uri(str(path))
+        fs.delete_dir(p)
+    except (OSError, pafs.ArrowException) as e:  # a leftover checkpoint is harmless; say so and go on
+        log.warning("could not remove the finished checkpoints at %s: %s", path, e)
+
+
+def check_storage_reachable(storage_path: str) -> None:
+    """A local ``storage_path`` on a Ray cluster of several alive nodes: one-line error (workers on the other
+    nodes could not write their checkpoints there; Ray Train would fail at the first one)."""
+    if is_uri(storage_path):
+        return
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")] if ray.is_initialized() else []
+    if len(nodes) > 1:
+        raise ValueError(
+            f"ray.storage_path {storage_path!r} is a local path, but the Ray cluster has {len(nodes)} nodes: "
+            "Ray Train workers on the other nodes cannot checkpoint there; set ray.storage_path to storage every "
+            "node reaches (s3://bucket/prefix, gs://..., or file:///mnt/shared/... mounted on every node)"
+        )
 
 
 def run_loop(
@@ -481,6 +551,8 @@ def run_loop(
             storage_path=storage,
             name=name,
         )
+        if storage is not None and not opts.keep_storage:
+            drop_storage(storage)  # the outputs are in out_dir; the optimizer states are not part of them
         return res["return_value"]
     return train_loop(config)
 
@@ -519,6 +591,7 @@ class EpochLoop:
         self.step_history = step_history
         self._save = save or (lambda: {"model": unwrap(model).state_dict()})
         self.start_epoch, self.resume_batch, self.history = 0, 0, []
+        self.attempt = 0  # how many times this run was resumed from a checkpoint (0: a fresh start)
         self.stop = False  # an epoch body sets it to end training after its epoch (early stopping)
         state = load_state(self.checkpoint_dir)
         if state is not None:
@@ -529,6 +602,7 @@ class EpochLoop:
             optimizer.load_state_dict(state["optimizer"])
             self.start_epoch, self.resume_batch = state["epoch"] + 1, state.get("batch", 0)
             self.history = state["history"]
+            self.attempt = int(state.get("attempt", 0)) + 1
         # the latest epoch row: the final metrics :meth:`publish` reports
         self.last_row: dict[str, Any] = (
             self.history[-1] if self.history and not step_history else {"epoch": self.start_epoch - 1}
@@ -594,6 +668,7 @@ class EpochLoop:
             "epoch": epoch,
             "batch": batch,
             "history": list(self.history),
+            "attempt": self.attempt,
         }
         report_state(metrics, state, self.checkpoint_dir)
 

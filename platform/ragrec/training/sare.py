@@ -209,6 +209,7 @@ def score_pairs(
     max_tokens: int | None = None,
     *,
     device: str = "auto",
+    precision: str = "float32",
 ) -> np.ndarray:
     """(Q, K) float32 reranker logits of ``(queries[q], docs[q][k])`` (higher = more useful).
 
@@ -216,8 +217,11 @@ def score_pairs(
     ``batch_size``; results do not depend on the batch size beyond float rounding. ``max_tokens``
     None uses the folder's ``model_max_length`` (``sare.max_tokens`` for a tuned folder), capped
     at the model's position limit. ``model_dir`` may also be a registry name (an untuned head).
+    ``precision`` (``sare.precision``): ``auto`` runs the pass in bfloat16 where the device does natively
+    (:func:`~ragrec.training.lora.resolve_precision`), ``bfloat16`` always, ``float32`` never.
     """
     from ragrec.runtime import device as pick_device
+    from ragrec.training.lora import resolve_precision
 
     if len(queries) != len(docs):
         raise ValueError(f"score_pairs: {len(queries)} queries but {len(docs)} candidate lists")
@@ -232,6 +236,8 @@ def score_pairs(
     dev = torch.device(pick_device(device))
     tokenizer, model = load_cross_encoder(model_dir, dev)
     model.eval()
+    if precision != "float32" and resolve_precision(precision, dev) == torch.bfloat16:
+        model = model.to(torch.bfloat16)  # logits are cast back to float32 below
     limit = int(getattr(model.config, "max_position_embeddings", 512))
     max_len = min(int(max_tokens or tokenizer.model_max_length or limit), limit)
 

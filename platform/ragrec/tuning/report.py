@@ -16,11 +16,16 @@ if TYPE_CHECKING:  # pragma: no cover
 
 COLUMNS = ("auc", "logloss", "acc", "n")
 RANKING_COLUMNS = ("ndcg@5", "ndcg@10", "map@5", "map@10", "n")
+FULL_RANKING_COLUMNS = ("recall@20", "ndcg@20", "precision@20", "n")
 
 
 def columns(metric: str) -> tuple[str, ...]:
-    """The metric columns of a sweep's tables: the CTR ones, or the ranking ones for an ndcg@k / map@k objective."""
-    return COLUMNS if metric in COLUMNS else tuple(dict.fromkeys((metric, *RANKING_COLUMNS)))
+    """The metric columns of a sweep's tables: the CTR ones, the full-ranking ones for a recall@k / precision@k /
+    ndcg@50 objective, or the ranking ones for an ndcg@k / map@k objective."""
+    if metric in COLUMNS:
+        return COLUMNS
+    full = metric.startswith(("recall@", "precision@")) or metric == "ndcg@50"
+    return tuple(dict.fromkeys((metric, *(FULL_RANKING_COLUMNS if full else RANKING_COLUMNS))))
 
 
 @dataclass

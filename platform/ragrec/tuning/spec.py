@@ -9,7 +9,7 @@ A sweep file (``configs/sweep_*.yaml``)::
       retrieval.alpha: {grid: [0.5, 0.6666667, 0.8]}
       retrieval.k: {choice: [5, 10]}
       description.temperature: {uniform: [0.6, 1.0]}
-    metric: auc          # auc | logloss | acc (CTR methods) or ndcg@10, map@5, ... (rerank protocol), on valid
+    metric: auc          # auc | logloss | acc (CTR), ndcg@10, map@5, ... (rerank), recall@20, ... (full ranking)
     mode: max            # default: max for auc/acc, min for logloss
     num_samples: 1       # repeats of the grid / draws of the random parameters
     max_concurrent_trials: 1
@@ -32,8 +32,16 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from ..config import ConfigError, RunConfig, _Strict, apply_overrides, read_yaml_mapping
 
 RANKING_METRICS = tuple(f"{m}@{k}" for m in ("ndcg", "map") for k in (1, 5, 10, 20))
-METRICS = ("auc", "logloss", "acc", *RANKING_METRICS)
-DEFAULT_MODE = {"auc": "max", "acc": "max", "logloss": "min", **dict.fromkeys(RANKING_METRICS, "max")}
+# full ranking (ER2ALM): recall / precision / ndcg @ 10, 20, 50 (ndcg@10 and @20 are already ranking metrics)
+FULL_RANKING_METRICS = tuple(f"{m}@{k}" for m in ("recall", "precision") for k in (10, 20, 50)) + ("ndcg@50",)
+METRICS = ("auc", "logloss", "acc", *RANKING_METRICS, *FULL_RANKING_METRICS)
+DEFAULT_MODE = {
+    "auc": "max",
+    "acc": "max",
+    "logloss": "min",
+    **dict.fromkeys(RANKING_METRICS, "max"),
+    **dict.fromkeys(FULL_RANKING_METRICS, "max"),
+}
 # run-config fields holding paths: made absolute in the driver because Tune runs trials in their own folder
 _PATH_FIELDS = (
     "artifacts_dir",
@@ -128,7 +136,9 @@ class SweepConfig(_Strict):
     search_space: dict[str, ParamSpace] = Field(..., min_length=1)
     num_samples: int = Field(1, ge=1)
     metric: Literal[METRICS] = Field(  # type: ignore[valid-type]
-        "auc", description="validation objective: auc | logloss | acc (CTR methods), ndcg@k | map@k (ranking)"
+        "auc",
+        description="validation objective: auc | logloss | acc (CTR methods), ndcg@k | map@k (ranking), "
+        "recall@k | precision@k | ndcg@k with k in 10, 20, 50 (full ranking, ER2ALM)",
     )
     mode: Literal["max", "min"] | None = None
     max_concurrent_trials: int = Field(1, ge=1, description="1 on a small machine: each trial runs Ray Data/Train")

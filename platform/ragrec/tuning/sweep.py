@@ -59,7 +59,7 @@ def _trial(params: dict, *, base_raw: dict, env: dict[str, str]) -> None:
     tune.report(_numeric(metrics))
 
 
-def _tuner(spec: SweepSpec, storage: Path):
+def _tuner(spec: SweepSpec, storage: Path, callbacks: list | None = None):
     from ray import tune
     from ray.tune.search import BasicVariantGenerator
 
@@ -79,7 +79,11 @@ def _tuner(spec: SweepSpec, storage: Path):
             search_alg=BasicVariantGenerator(max_concurrent=cfg.max_concurrent_trials, random_state=cfg.seed),
         ),
         run_config=tune.RunConfig(
-            name=cfg.name, storage_path=str(storage), verbose=1, failure_config=tune.FailureConfig(max_failures=0)
+            name=cfg.name,
+            storage_path=str(storage),
+            verbose=1,
+            failure_config=tune.FailureConfig(max_failures=0),
+            callbacks=callbacks or None,  # tracking: Ray Tune's MLflow / TensorBoard loggers (ragrec.tracking)
         ),
     )
 
@@ -100,6 +104,17 @@ def _rows(spec: SweepSpec, grid) -> list[TrialRow]:
     return rows
 
 
+def _tracker(spec: SweepSpec, run_cfg, out_dir: Path):
+    """The base config's ``tracking`` tracker of the sweep: its run holds the search space, the base config, the
+    best params and their valid / test metrics and ``results.*``; the trials nest under it (Ray Tune's loggers)."""
+    from ..methods import get_method
+    from ..tracking import track
+
+    config = {"sweep": spec.config.model_dump(mode="json"), **get_method(run_cfg.method).config_dict(run_cfg)}
+    tags = {"ragrec.method": run_cfg.method, "ragrec.dataset": run_cfg.data.name}
+    return track(run_cfg.tracking, name=spec.config.name, command="sweep", root=out_dir, config=config, tags=tags)
+
+
 def run_sweep(config_path: str, overrides: list[str] | None = None) -> SweepResult:
     """Run the sweep in ``config_path``; write ``results.md``, ``results.csv`` and ``sweep.png``.
 
@@ -114,25 +129,28 @@ def run_sweep(config_path: str, overrides: list[str] | None = None) -> SweepResu
     setup_logging()
     spec = load_sweep(config_path, overrides)
     run_cfg = spec.trial_config({})
-    init(run_cfg.ray.address, run_cfg.ray.num_cpus)
     out_dir = spec.out_dir()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    storage = out_dir / "tune"
-    log.info("sweep %s: %s over %s -> %s", spec.config.name, spec.config.metric, spec.params, out_dir)
-    grid = _tuner(spec, storage).fit()
-    rows = _rows(spec, grid)
-    best = best_row(rows, spec.config.metric, spec.config.mode)
-    if best is None:
-        errors = "\n".join(f"  trial {r.trial_id} {r.params}: {r.error}" for r in rows)
-        raise RuntimeError(f"sweep {spec.config.name}: every trial failed (logs under {storage}):\n{errors}")
-    env = {k: os.environ[k] for k in _FORWARD_ENV if k in os.environ}
-    log.info(
-        "sweep %s: best on valid %s (%s %.4f); evaluating it on test",
-        spec.config.name,
-        best.params,
-        spec.config.metric,
-        best.metrics[spec.config.metric],
-    )
-    test = _evaluate(spec.base_raw, best.params, "test", env)
-    write_results(out_dir, spec, rows, best, test)
+    with _tracker(spec, run_cfg, out_dir) as tracker:  # before Ray starts: a missing MLflow fails here
+        init(run_cfg.ray.address, run_cfg.ray.num_cpus)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        storage = out_dir / "tune"
+        log.info("sweep %s: %s over %s -> %s", spec.config.name, spec.config.metric, spec.params, out_dir)
+        grid = _tuner(spec, storage, tracker.tune_callbacks()).fit()
+        rows = _rows(spec, grid)
+        best = best_row(rows, spec.config.metric, spec.config.mode)
+        if best is None:
+            errors = "\n".join(f"  trial {r.trial_id} {r.params}: {r.error}" for r in rows)
+            raise RuntimeError(f"sweep {spec.config.name}: every trial failed (logs under {storage}):\n{errors}")
+        env = {k: os.environ[k] for k in _FORWARD_ENV if k in os.environ}
+        log.info(
+            "sweep %s: best on valid %s (%s %.4f); evaluating it on test",
+            spec.config.name,
+            best.params,
+            spec.config.metric,
+            best.metrics[spec.config.metric],
+        )
+        test = _evaluate(spec.base_raw, best.params, "test", env)
+        write_results(out_dir, spec, rows, best, test)
+        summary = {f"{split}/{k}": v for split, m in (("valid", best.metrics), ("test", test)) for k, v in m.items()}
+        tracker.log(out_dir, metrics=summary, params={"best": best.params})
     return SweepResult(out_dir=out_dir, best_config=dict(best.params), valid=dict(best.metrics), test=test, trials=rows)

@@ -249,3 +249,45 @@ def trivial_note(rows: Sequence[dict], n_trivial: int) -> list[str]:
     if trivial and rows[0]["auc"] < max(trivial):
         return [f"{rows[0]['name']} does NOT beat the best trivial baseline (AUC {max(trivial):.4f})."]
     return []
+
+
+def popularity_notes(rows: Sequence[dict], metric: str, label: str, popularity: str) -> list[str]:
+    """Which rows beat the ``popularity`` row on ``metric`` (printed as ``label``) with a user-level interval
+    above it, and which fall below it: a model below counting is a bug until shown otherwise."""
+    pop = next((r for r in rows if r["name"] == popularity), None)
+    if pop is None:
+        return []
+    others = [r for r in rows if r is not pop]
+    above = [r["name"] for r in others if r[f"{metric}_lo"] > pop[metric]]
+    below = [r["name"] for r in others if r[f"{metric}_hi"] < pop[metric]]
+    notes = [
+        f"{len(above)} of {len(others)} rows beat {popularity} ({label} {pop[metric]:.4f}) with user-level "
+        "intervals above it"
+    ]
+    if below:
+        notes.append("BELOW the popularity ranking (a bug until shown otherwise): " + ", ".join(below))
+    return notes
+
+
+def artifacts_note(arts: Mapping[str, Artifact | None]) -> str:
+    """The report line naming every stage's artifact key."""
+    return "artifacts: " + ", ".join(f"{k}={v.key}" for k, v in arts.items() if v is not None)
+
+
+def finish_report(
+    run_dir: Path, method, cfg: RunConfig, counts: dict, rows: list[dict], wall: float, extra: dict, **report: Any
+) -> dict:
+    """Write a ``ragrec run`` report (title and config from ``method``; ``report``: the rest of
+    :func:`~ragrec.evaluation.report.write_report`'s arguments) and return the run's ``metrics``."""
+    from ..evaluation.report import write_report
+
+    write_report(
+        run_dir,
+        title=f"{method.title} on {cfg.data.name}",
+        config=method.config_dict(cfg),
+        counts=counts,
+        rows=rows,
+        extra=extra,
+        **report,
+    )
+    return {"rows": rows, "counts": counts, "wall_seconds": round(wall, 1), **extra}

@@ -26,7 +26,7 @@ import numpy as np
 from ..artifacts import Artifact
 from ..config import RunConfig
 from ..evaluation.full_ranking import DEFAULT_FULL_KS, multi_seed_summary, per_user_full_ranking, seed_interval
-from .common import RunResult, loss_plots, write_run_folder
+from .common import RunResult, artifacts_note, finish_report, loss_plots, popularity_notes, write_run_folder
 
 log = logging.getLogger("ragrec.run")
 
@@ -141,19 +141,7 @@ def format_full_rows(rows: Sequence[Mapping]) -> str:
 
 def trivial_notes(rows: Sequence[dict], popularity: str = POPULARITY) -> list[str]:
     """Which rows beat the popularity ranking on Recall@20 with a user-level interval above it."""
-    pop = next((r for r in rows if r["name"] == popularity), None)
-    if pop is None:
-        return []
-    others = [r for r in rows if r is not pop]
-    above = [r["name"] for r in others if r[f"{CI_METRIC}_lo"] > pop[CI_METRIC]]
-    below = [r["name"] for r in others if r[f"{CI_METRIC}_hi"] < pop[CI_METRIC]]
-    notes = [
-        f"{len(above)} of {len(others)} rows beat {popularity} (Recall@20 {pop[CI_METRIC]:.4f}) with user-level "
-        "intervals above it"
-    ]
-    if below:
-        notes.append("BELOW the popularity ranking (a bug until shown otherwise): " + ", ".join(below))
-    return notes
+    return popularity_notes(rows, CI_METRIC, "Recall@20", popularity)
 
 
 def model_runs(rankings: Mapping[str, Sequence[Artifact]], mats: Mapping, split_name: str = "test") -> dict:
@@ -167,7 +155,7 @@ def model_runs(rankings: Mapping[str, Sequence[Artifact]], mats: Mapping, split_
 
 def run_full_ranking(method, pipe, cfg: RunConfig, t0: float) -> RunResult:
     """``ragrec run`` of a full-ranking method (see the module docstring)."""
-    from ..evaluation.report import plot_ranking_bars, write_report
+    from ..evaluation.report import plot_ranking_bars
 
     pipe.upstream()
     rankings = pipe.rankings()
@@ -185,22 +173,12 @@ def run_full_ranking(method, pipe, cfg: RunConfig, t0: float) -> RunResult:
         PROTOCOL_NOTE,
         *pipe.report_notes(),
         *trivial_notes(rows),
-        "artifacts: " + ", ".join(f"{k}={v.key}" for k, v in pipe.arts.items() if v is not None),
+        artifacts_note(pipe.arts),
     ]
-    extra = pipe.report_metrics()
     plots = {"recall": lambda p: plot_ranking_bars(rows, p, CI_METRIC), **loss_plots(pipe.arts, pipe.loss_stages)}
-    write_report(
-        run_dir,
-        title=f"{method.title} on {cfg.data.name}",
-        config=method.config_dict(cfg),
-        counts=counts,
-        rows=rows,
-        notes=notes,
-        plots=plots,
-        extra=extra,
-        table=format_full_rows(rows),
-    )
-    metrics = {"rows": rows, "counts": counts, "wall_seconds": round(wall, 1), **extra}
+    extra = pipe.report_metrics()
+    table = format_full_rows(rows)
+    metrics = finish_report(run_dir, method, cfg, counts, rows, wall, extra, notes=notes, plots=plots, table=table)
     for r in rows:
         log.info(
             "%-28s Recall@20 %.4f  NDCG@20 %.4f  P@20 %.4f", r["name"], r["recall@20"], r["ndcg@20"], r["precision@20"]

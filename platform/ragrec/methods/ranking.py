@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from ..config import RunConfig
 from ..evaluation.report import RANK_KS
-from .common import RunResult, write_run_folder
+from .common import RunResult, artifacts_note, finish_report, popularity_notes, write_run_folder
 
 log = logging.getLogger("ragrec.run")
 
@@ -80,26 +80,15 @@ def popularity_scores(train_counts: np.ndarray, candidates: np.ndarray) -> np.nd
 
 
 def trivial_notes(rows: Sequence[dict], popularity: str = POPULARITY) -> list[str]:
-    """Which rows beat the popularity ranking on NDCG@5 with an interval that excludes it (a reranker that does
-    not is a bug until shown otherwise)."""
-    pop = next((r for r in rows if r["name"] == popularity), None)
-    if pop is None:
-        return []
-    below = [r["name"] for r in rows if r is not pop and r[f"{CI_METRIC}_hi"] < pop[CI_METRIC]]
-    above = [r["name"] for r in rows if r is not pop and r[f"{CI_METRIC}_lo"] > pop[CI_METRIC]]
-    notes = [
-        f"{len(above)} of {len(rows) - 1} rows beat {popularity} (NDCG@5 {pop[CI_METRIC]:.4f}) with "
-        "user-level intervals above it"
-    ]
-    if below:
-        notes.append("BELOW the popularity ranking (a bug until shown otherwise): " + ", ".join(below))
-    return notes
+    """Which rows beat the popularity ranking on NDCG@5 with a user-level interval above it (a reranker below it
+    is a bug until shown otherwise)."""
+    return popularity_notes(rows, CI_METRIC, "NDCG@5", popularity)
 
 
 def run_rerank(method, pipe, cfg: RunConfig, t0: float) -> RunResult:
     """``ragrec run`` of a ranking method (see the module docstring)."""
 
-    from ..evaluation.report import format_ranking_rows, plot_ranking_bars, write_report
+    from ..evaluation.report import format_ranking_rows, plot_ranking_bars
 
     pipe.upstream()
     preds, pipe.arts["scores"] = pipe.predict()
@@ -119,21 +108,12 @@ def run_rerank(method, pipe, cfg: RunConfig, t0: float) -> RunResult:
         "on the same lists, * = its interval excludes 0.",
         *pipe.report_notes(),
         *trivial_notes(rows),
-        "artifacts: " + ", ".join(f"{k}={v.key}" for k, v in pipe.arts.items() if v is not None),
+        artifacts_note(pipe.arts),
     ]
     extra = pipe.report_metrics()
-    write_report(
-        run_dir,
-        title=f"{method.title} on {cfg.data.name}",
-        config=method.config_dict(cfg),
-        counts=counts,
-        rows=rows,
-        notes=notes,
-        plots={"ndcg": lambda p: plot_ranking_bars(rows, p, CI_METRIC)},
-        extra=extra,
-        table=format_ranking_rows(rows, RANK_KS, CI_METRIC),
-    )
-    metrics = {"rows": rows, "counts": counts, "wall_seconds": round(wall, 1), **extra}
+    plots = {"ndcg": lambda p: plot_ranking_bars(rows, p, CI_METRIC)}
+    table = format_ranking_rows(rows, RANK_KS, CI_METRIC)
+    metrics = finish_report(run_dir, method, cfg, counts, rows, wall, extra, notes=notes, plots=plots, table=table)
     for r in rows:
         log.info("%-28s NDCG@5 %.4f  NDCG@10 %.4f  MAP@10 %.4f", r["name"], r["ndcg@5"], r["ndcg@10"], r["map@10"])
     log.info("%s %s: %d lists, %.0f s -> %s", method.title, cfg.data.name, preds.num_rows, wall, run_dir / "report.md")

@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from ..config import RunConfig
 from .base import get_method
-from .common import RunResult, loss_plots, preds_row, trivial_note, write_run_folder
+from .common import RunResult, artifacts_note, finish_report, loss_plots, preds_row, trivial_note, write_run_folder
 
 log = logging.getLogger("ragrec.run")
 
@@ -25,7 +25,7 @@ def run(cfg: RunConfig, force: tuple[str, ...] = ()) -> RunResult:
 
     from ..evaluation.baselines import trivial_baselines
     from ..evaluation.metrics import auc_decomposition
-    from ..evaluation.report import decomposition_note, plot_auc_bars, write_report
+    from ..evaluation.report import decomposition_note, plot_auc_bars
 
     method = get_method(cfg.method)
     t0 = time.perf_counter()
@@ -66,7 +66,7 @@ def run(cfg: RunConfig, force: tuple[str, ...] = ()) -> RunResult:
     notes = [
         f"wall time {wall:.0f} s",
         *pipe.report_notes(),
-        "artifacts: " + ", ".join(f"{k}={v.key}" for k, v in pipe.arts.items() if v is not None),
+        artifacts_note(pipe.arts),
         decomposition_note(main, auc_decomposition(users, labels, probs)),
         *trivial_note([rows[0], *rows[len(rows) - len(trivial) :]], len(trivial)),
     ]
@@ -78,19 +78,9 @@ def run(cfg: RunConfig, force: tuple[str, ...] = ()) -> RunResult:
         sections.update(fusion.sections)
         extra.update(fusion.metrics)
     plots = {"auc": lambda p: plot_auc_bars(rows, p), **loss_plots(pipe.arts, pipe.loss_stages)}
-    write_report(
-        run_dir,
-        title=f"{method.title} on {cfg.data.name}",
-        config=method.config_dict(cfg),
-        counts=counts,
-        rows=rows,
-        notes=notes,
-        plots=plots,
-        sections=sections,
-        extra=extra,
-        reference=main,
+    metrics = finish_report(
+        run_dir, method, cfg, counts, rows, wall, extra, notes=notes, plots=plots, sections=sections, reference=main
     )
-    metrics = {"rows": rows, "counts": counts, "wall_seconds": round(wall, 1), **extra}
     log.info(
         "%s %s: AUC %.4f  UAUC %.4f  LogLoss %.4f  (%d samples, %.0f s) -> %s",
         method.title,

@@ -30,23 +30,13 @@ __all__ = [
 ]
 
 
-def build_app(run_dir: str, batching: bool = True, **options):
-    """See :func:`ragrec.serving.app.build_app` (imported lazily)."""
-    from .app import build_app as _build
-
-    return _build(run_dir, batching=batching, **options)
+_LAZY = ("build_app", "serve_run")  # in .app, which needs ray.serve and FastAPI: imported on first use
 
 
-def serve_run(
-    run_dir: str,
-    *,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    batching: bool = True,
-    blocking: bool = True,
-    **options,
-) -> str:
-    """See :func:`ragrec.serving.app.serve_run` (imported lazily); ``options``: ``ServeOptions`` fields."""
-    from .app import serve_run as _run
+def __getattr__(name: str):
+    """``build_app`` / ``serve_run`` of :mod:`ragrec.serving.app`, imported lazily (PEP 562)."""
+    if name in _LAZY:
+        from . import app
 
-    return _run(run_dir, host=host, port=port, batching=batching, blocking=blocking, **options)
+        return getattr(app, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -128,6 +128,16 @@ def examples_stage(store):
     return store.run("examples", {"n": n}, [], compute)
 
 
+SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train V2's record of the registered checkpoints
+
+
+def _registered(snapshot: Path) -> bool:
+    try:
+        return json.loads(snapshot.read_text()).get("latest_checkpoint_result") is not None
+    except (OSError, ValueError):  # being rewritten
+        return False
+
+
 def test_killed_lora_driver_resumes_from_the_stage_checkpoint(ray_session, tmp_path):
     import ray
 
@@ -139,14 +149,16 @@ def test_killed_lora_driver_resumes_from_the_stage_checkpoint(ray_session, tmp_p
     script = DRIVER.replace("__ROOT__", repr(str(root))).replace("__TESTS__", repr(str(Path(__file__).parent)))
     proc = subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
-    checkpoints: list[Path] = []
+    registered = False
     while time.monotonic() < deadline and proc.poll() is None:
-        checkpoints = list(root.glob("lora/*.partial/ray_train/lora/checkpoint_*"))
-        if len(checkpoints) >= 2:  # two checkpoints written (every 2 of its 64 steps): kill it right away
+        # kill once Ray Train's controller has *registered* a checkpoint (its snapshot names the latest one): a
+        # checkpoint folder alone may still be waiting for the controller's poll, and the rerun would start over
+        registered = any(_registered(p) for p in root.glob("lora/*.partial/ray_train/lora/" + SNAPSHOT))
+        if registered:
             break
         time.sleep(0.05)
     assert proc.poll() is None, f"the driver ended before it could be killed: {proc.stderr.read()[-2000:]}"
-    assert checkpoints, "no LoRA checkpoint appeared within 240 s"
+    assert registered, "no registered LoRA checkpoint within 240 s"
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert not [p for p in (root / "lora").iterdir() if not p.name.endswith(".partial")], "nothing is published"

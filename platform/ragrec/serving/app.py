@@ -104,6 +104,21 @@ class BodySizeLimit:
         )(scope, receive, send)
 
 
+def setup_replica(torch_threads: int | None, max_body_bytes: int | None) -> None:
+    """What every replica of a single-service app (``/rerank``, ``/recommend``) does first: the request-body
+    limit and torch's thread count (default: the machine's CPUs)."""
+    import torch
+
+    set_body_limit(max_body_bytes or DEFAULT_MAX_BODY_BYTES)
+    torch.set_num_threads(torch_threads or os.cpu_count() or 1)
+
+
+def service_health(service) -> Health:
+    """``GET /healthz`` of a single-service app: the run's name and catalog size (no batching)."""
+    c = service.catalog
+    return Health(status="ok", run=service.name, n_users=c.n_users, n_items=c.n_items, batching=False)
+
+
 def set_body_limit(max_body_bytes: int) -> None:
     """The limit of :class:`BodySizeLimit` middlewares made without one, in this process (a Serve replica:
     ``@serve.ingress`` serves a frozen copy of the module's app, so the limit cannot be set on ``api`` itself)."""

@@ -9,7 +9,6 @@ a 413; bodies over ``max_body_bytes`` get 413.
 """
 
 # no `from __future__ import annotations`: FastAPI reads the route signatures' real types
-import os
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -98,18 +97,16 @@ class RecommendIngress:
     """HTTP front of a full-ranking run: one replica holds the embeddings and ranks in-process."""
 
     def __init__(self, run_dir: str, max_k: int, torch_threads: int | None, max_body_bytes: int | None = None):
-        import torch
+        from .app import setup_replica
 
-        from .app import DEFAULT_MAX_BODY_BYTES, set_body_limit
-
-        set_body_limit(max_body_bytes or DEFAULT_MAX_BODY_BYTES)
-        torch.set_num_threads(torch_threads or os.cpu_count() or 1)
+        setup_replica(torch_threads, max_body_bytes)
         self.service = RecommendService(run_dir, max_k)
 
     @recommend_api.get("/healthz")
     async def healthz(self) -> Health:
-        c = self.service.catalog
-        return Health(status="ok", run=self.service.name, n_users=c.n_users, n_items=c.n_items, batching=False)
+        from .app import service_health
+
+        return service_health(self.service)
 
     @recommend_api.post("/recommend")
     async def recommend(self, req: RecommendRequest) -> RecommendResponse:

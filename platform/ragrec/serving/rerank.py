@@ -9,7 +9,6 @@ lists (413).
 """
 
 # no `from __future__ import annotations`: FastAPI reads the route signatures' real types
-import os
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -99,19 +98,16 @@ class RankIngress:
     def __init__(
         self, run_dir: str, max_items: int, torch_threads: int | None, max_body_bytes: int | None = None
     ) -> None:
-        import torch
+        from .app import setup_replica
 
-        from .app import DEFAULT_MAX_BODY_BYTES, set_body_limit
-
-        set_body_limit(max_body_bytes or DEFAULT_MAX_BODY_BYTES)
-
-        torch.set_num_threads(torch_threads or os.cpu_count() or 1)
+        setup_replica(torch_threads, max_body_bytes)
         self.service = RankService(run_dir, max_items)
 
     @rank_api.get("/healthz")
     async def healthz(self) -> Health:
-        c = self.service.catalog
-        return Health(status="ok", run=self.service.name, n_users=c.n_users, n_items=c.n_items, batching=False)
+        from .app import service_health
+
+        return service_health(self.service)
 
     @rank_api.post("/rerank")
     async def rerank(self, req: RerankRequest) -> RerankResponse:

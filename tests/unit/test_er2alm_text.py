@@ -16,6 +16,7 @@ from ragrec.llm.prompts_er2alm import (
     NO_HISTORY,
     NO_PASSAGES,
     aspect_prompts,
+    fit_aspect_prompts,
     parse_aspects,
     parse_profiles,
     profile_prompts,
@@ -266,6 +267,31 @@ def test_aspect_prompts_structure_and_literal_braces():
     assert fmt + "director: <text>\n" in heat
     with pytest.raises(ValueError, match="passages"):
         aspect_prompts(ITEMS, [[]])
+
+
+def test_fit_aspect_prompts_drops_the_least_relevant_passages_never_the_item():
+    long = "x" * 400
+    passages = [["best passage", long, long], ["about {title}"], []]
+    count = lambda texts: [len(t) for t in texts]  # noqa: E731 - one "token" per character
+    full = aspect_prompts(ITEMS, passages).to_pylist()
+    # a budget above every prompt changes nothing
+    same, fit = fit_aspect_prompts(ITEMS, passages, count, max(map(len, full)))
+    assert same.to_pylist() == full and fit == {"passages_dropped": 0, "items_shortened": 0}
+    # room for Heat's best passage and one long one, not two: the LAST passage goes, the title stays
+    budget = len(full[0]) - 400
+    fitted, fit = fit_aspect_prompts(ITEMS, passages, count, budget)
+    heat, alien, up = fitted.to_pylist()
+    assert fit == {"passages_dropped": 1, "items_shortened": 1}
+    assert heat == aspect_prompts(ITEMS, [["best passage", long], ["about {title}"], []]).to_pylist()[0]
+    assert heat.startswith("Movie data:\nTitle: Heat (1995)\n") and len(heat) <= budget
+    assert (alien, up) == (full[1], full[2])  # dense item order kept for the untouched items
+    # room for the best passage only (shorter than the no-passage marker): both long ones go
+    heat_only = ITEMS.slice(1, 1)
+    one = len(aspect_prompts(heat_only, [["best passage"]]).to_pylist()[0])
+    fitted, fit = fit_aspect_prompts(heat_only, passages[:1], count, one)
+    assert "[1] best passage\n" in fitted.to_pylist()[0] and fit == {"passages_dropped": 2, "items_shortened": 1}
+    with pytest.raises(ValueError, match=r"llm.max_prompt_tokens=.* item 0 needs .* without any passage"):
+        fit_aspect_prompts(heat_only, passages[:1], count, one - 1)
 
 
 def test_profile_prompts_keep_the_last_items_and_aspects():

@@ -84,6 +84,14 @@ def yes_no_token_ids(tokenizer: Any) -> tuple[int, int]:
     return int(yes_id), int(no_id)
 
 
+def prompt_token_counts(tokenizer: Any, user_texts: Sequence[str]) -> list[int]:
+    """Token count of each :func:`format_prompt` output (what ``llm.max_prompt_tokens`` limits), batched."""
+    if not user_texts:
+        return []
+    prompts = [format_prompt(tokenizer, t) for t in user_texts]
+    return [len(ids) for ids in tokenizer(prompts, add_special_tokens=add_special_tokens(tokenizer))["input_ids"]]
+
+
 def fit_prompts(tokenizer: Any, user_texts: Sequence[str], max_prompt_tokens: int) -> list[str]:
     """Formatted prompts of at most ``max_prompt_tokens`` tokens, in input order.
 

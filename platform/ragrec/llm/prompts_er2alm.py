@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -181,6 +181,52 @@ def aspect_prompts(
     text = _numbered(flat, lists.offsets.to_numpy(), "[", "] ", NO_PASSAGES)
     values = {"title": title, "year": year, "genre": genre, "passages": text}
     return fill_template(template, values, "er2alm item prompt")
+
+
+def fit_aspect_prompts(
+    items: pa.Table,
+    passages: Sequence[Sequence[str]],
+    count_tokens: Callable[[list[str]], Sequence[int]],
+    max_prompt_tokens: int,
+    **kwargs: Any,
+) -> tuple[pa.Array, dict[str, int]]:
+    """:func:`aspect_prompts` that fit in ``max_prompt_tokens``, and what was dropped to get there.
+
+    The engine cuts over-long prompts from the left, which here would drop the item's own title, year and
+    genres first (they open the prompt). Instead, an item whose prompt is too long loses its least relevant
+    passages (the last ones) one at a time until it fits; ``count_tokens`` gives the model-input token count
+    of each prompt text (:func:`~ragrec.llm.chat.prompt_token_counts`).
+
+    Raises ValueError naming ``llm.max_prompt_tokens`` when an item does not fit even without passages.
+    """
+    items = _dense_lookup(items, "item_id", "items")  # row i = dense item id i, like passages and the output
+    lists = [list(p) for p in passages]
+    prompts = aspect_prompts(items, lists, **kwargs).to_pylist()
+    lengths = np.asarray(count_tokens(prompts), dtype=np.int64)
+    over = np.flatnonzero(lengths > max_prompt_tokens)
+    dropped, shortened = 0, set()
+    while over.size:
+        stuck = [int(i) for i in over if not lists[i]]
+        if stuck:
+            i = stuck[0]
+            raise ValueError(
+                f"llm.max_prompt_tokens={max_prompt_tokens} is too small for ER2ALM's item prompt: item "
+                f"{i} needs {int(lengths[i])} tokens without any passage "
+                f"(the instructions alone are ~350); raise llm.max_prompt_tokens to at least {int(lengths[i]) + 16}"
+            )
+        for i in over:
+            lists[i].pop()
+        dropped += len(over)
+        shortened.update(int(i) for i in over)
+        sub_items = items.take(pa.array(over)).set_column(
+            items.column_names.index("item_id"), "item_id", pa.array(np.arange(len(over)), pa.int64())
+        )
+        sub = aspect_prompts(sub_items, [lists[i] for i in over], **kwargs).to_pylist()
+        lengths[over] = np.asarray(count_tokens(sub), dtype=np.int64)
+        for i, text in zip(over, sub):
+            prompts[i] = text
+        over = over[lengths[over] > max_prompt_tokens]
+    return pa.array(prompts, pa.string()), {"passages_dropped": dropped, "items_shortened": len(shortened)}
 
 
 def profile_prompts(

@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 
 from ..artifacts import Artifact, ArtifactStore
 from ..config import ER2ALM_ASPECTS, GNNConfig, RunConfig
+from .base import log
 from .embed import embed_stage, to_numpy
 from .generate import generate_stage
 
@@ -229,14 +230,25 @@ def passages_stage(store: ArtifactStore, cfg: RunConfig, ds_art: Artifact, corpu
 def aspects_stage(store: ArtifactStore, cfg: RunConfig, ds_art: Artifact, passages: Artifact | None) -> Artifact:
     """``P_I`` answers (Eq. 1) of the first ``rag.max_items`` items (all by default): ``(item_id, text)``.
     ``passages`` None (``rag.enabled: false``): the prompt holds no passage (the LLMRec-style baseline)."""
-    from ..llm.prompts_er2alm import aspect_prompts
+    from ..llm.chat import prompt_token_counts
+    from ..llm.prompts_er2alm import fit_aspect_prompts
+    from ..llm.registry import load_tokenizer
 
     items = ds_art.read_table("items")
     r = cfg.rag
     if r.max_items:
         items = items.slice(0, r.max_items)
     lists = passages.read_table().column("passages").to_pylist()[: items.num_rows] if passages else [[]] * len(items)
-    rows = pa.table({"item_id": items.column("item_id"), "prompt": aspect_prompts(items, lists)})
+    tokenizer = load_tokenizer(cfg.llm.model)
+    prompts, fit = fit_aspect_prompts(
+        items, lists, lambda texts: prompt_token_counts(tokenizer, texts), cfg.llm.max_prompt_tokens
+    )
+    if fit["passages_dropped"]:
+        log.warning(
+            "er2alm aspects: dropped %d passages of %d items to fit llm.max_prompt_tokens=%d (raise it to keep them)",
+            fit["passages_dropped"], fit["items_shortened"], cfg.llm.max_prompt_tokens,
+        )
+    rows = pa.table({"item_id": items.column("item_id"), "prompt": prompts})
     sampling = {"max_new_tokens": r.max_new_tokens, "temperature": r.temperature, "top_p": r.top_p}
     name = "er2alm_aspects" if passages is not None else "er2alm_aspects_norag"
     return _generate(store, cfg, name, rows, sampling, r.block_size, [passages or ds_art])

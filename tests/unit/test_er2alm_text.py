@@ -272,7 +272,7 @@ def test_aspect_prompts_structure_and_literal_braces():
 def test_fit_aspect_prompts_drops_the_least_relevant_passages_never_the_item():
     long = "x" * 400
     passages = [["best passage", long, long], ["about {title}"], []]
-    count = lambda texts: [len(t) for t in texts]  # noqa: E731 - one "token" per character
+    count = lambda texts: [len(t) for t in texts]
     full = aspect_prompts(ITEMS, passages).to_pylist()
     # a budget above every prompt changes nothing
     same, fit = fit_aspect_prompts(ITEMS, passages, count, max(map(len, full)))

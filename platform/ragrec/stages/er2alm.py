@@ -246,7 +246,9 @@ def aspects_stage(store: ArtifactStore, cfg: RunConfig, ds_art: Artifact, passag
     if fit["passages_dropped"]:
         log.warning(
             "er2alm aspects: dropped %d passages of %d items to fit llm.max_prompt_tokens=%d (raise it to keep them)",
-            fit["passages_dropped"], fit["items_shortened"], cfg.llm.max_prompt_tokens,
+            fit["passages_dropped"],
+            fit["items_shortened"],
+            cfg.llm.max_prompt_tokens,
         )
     rows = pa.table({"item_id": items.column("item_id"), "prompt": prompts})
     sampling = {"max_new_tokens": r.max_new_tokens, "temperature": r.temperature, "top_p": r.top_p}

@@ -156,6 +156,25 @@ def test_answer_loss_equals_the_full_logits_loss_and_first_token_loss_reads_the_
     assert abs(float(first) - float(want)) < 1e-4
 
 
+def test_answer_loss_runs_the_lm_head_as_one_matmul_without_copies_of_its_weight(tok):
+    """A sliced (non-contiguous) hidden state made torch multiply it batched against B expanded copies of the
+    (vocab, d) LM head, forward and backward: a third of a SmolLM2 training step. No op may see a
+    (B, vocab, d)-sized operand."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model, _ = load_causal_lm(TINY_LLAMA, dtype="float32", device="cpu")
+    model.requires_grad_(False)  # a frozen base, as under LoRA (a trainable head would be folded anyway)
+    model.model.layers[0].self_attn.q_proj.weight.requires_grad_(True)
+    enc = encode_batch(tok, PROMPTS, ANSWERS, max_tokens=128)
+    vocab, d = model.get_output_embeddings().weight.shape
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        answer_loss(model, enc).backward()
+    big = len(PROMPTS) * vocab * d
+    shapes = [(e.key, s) for e in prof.key_averages(group_by_input_shape=True) for s in e.input_shapes if s]
+    assert [(k, s) for k, s in shapes if int(np.prod(s)) >= big] == []
+    assert any(k == "aten::mm" and vocab in s for k, s in shapes)  # the LM head did run, as a 2-D mm
+
+
 def test_a_prompt_scores_the_same_alone_or_left_padded_in_a_batch(tok):
     model, _ = load_causal_lm(TINY_LLAMA, dtype="float32", device="cpu")
     enc = tokenize_examples(tok, PROMPTS, ANSWERS, max_tokens=128)

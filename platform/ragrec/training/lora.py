@@ -129,11 +129,17 @@ def answer_loss(model: Any, batch: dict[str, torch.Tensor], first_token_only: bo
     """
     labels = batch["labels"]
     span = int((labels != IGNORE_INDEX).sum(1).max())  # answers end at the last position (left padding)
+    width = labels.shape[1]
+    # the positions as an index tensor, not the int ``span + 1``: an int slices the hidden states into a
+    # non-contiguous (B, span + 1, d) view, which torch's matmul cannot fold into one (B * (span + 1), d) mm
+    # and multiplies batched against B expanded copies of the (vocab, d) LM head instead (forward and
+    # backward: a third of a SmolLM2 step on CPU); the index gives a contiguous copy of a few rows
+    keep = torch.arange(width - span - 1, width, device=labels.device)
     logits = model(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
         position_ids=batch["position_ids"],
-        logits_to_keep=span + 1,
+        logits_to_keep=keep,
         use_cache=False,
     ).logits[:, :-1]
     targets = labels[:, -span:]

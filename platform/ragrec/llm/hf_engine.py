@@ -137,7 +137,9 @@ class HFEngine:
                     input_ids=input_ids,
                     attention_mask=mask,
                     position_ids=position_ids_from_mask(mask),
-                    logits_to_keep=1,
+                    # an index, not the int 1: a contiguous (B, 1, d) row block for the LM head (see
+                    # ragrec.training.lora.answer_loss: a strided slice multiplies against expanded head copies)
+                    logits_to_keep=torch.tensor([input_ids.shape[1] - 1], device=input_ids.device),
                     use_cache=False,
                 ).logits[:, -1, :]
                 p = torch.softmax(logits.index_select(-1, pair).float(), dim=-1)[:, 0]

@@ -32,7 +32,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_scoring import RSS_INTERVAL_S, ml100k_available, peak_gflops, prompt_token_ids
+from benchmarks.bench_scoring import RSS_INTERVAL_S, bench_data, peak_gflops, prompt_token_ids, reference_generate_each
 from benchmarks.common import (
     Measurement,
     Result,
@@ -44,7 +44,7 @@ from benchmarks.common import (
     report,
     timed_with_rss,
 )
-from ragrec.config import DataConfig, DescriptionConfig, LLMConfig, SyntheticConfig
+from ragrec.config import DescriptionConfig, LLMConfig, SyntheticConfig
 
 BENCH = "generation"
 GOAL = 3.0
@@ -67,12 +67,7 @@ def description_prompt_texts(n: int, quick: bool = False) -> tuple[list[str], st
     from ragrec.data import load_dataset
     from ragrec.methods.rallrec import description_prompts
 
-    if not quick and ml100k_available():
-        cfg, source = DataConfig(name="ml-100k"), "MovieLens-100K"
-    else:
-        shape = QUICK_DATA if quick else SyntheticConfig()
-        cfg = DataConfig(name="synthetic", synthetic=shape)
-        source = f"synthetic {shape.n_items} items" + (" (quick)" if quick else " (RAGREC_DATA_DIR has no ml-100k)")
+    cfg, source = bench_data(quick, QUICK_DATA, lambda shape: f"{shape.n_items} items")
     items = load_dataset(cfg).items
     if items.num_rows < n:
         raise ValueError(f"{source}: {items.num_rows} items, fewer than the {n} asked for; lower --items")
@@ -82,27 +77,7 @@ def description_prompt_texts(n: int, quick: bool = False) -> tuple[list[str], st
 
 def reference_generate(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[list[int]]:
     """Generated token ids per prompt, one greedy ``model.generate`` call per prompt (no padding)."""
-    import torch
-    from tqdm.auto import tqdm
-
-    out: list[list[int]] = []
-    with torch.inference_mode():
-        for ids in tqdm(
-            prompt_token_ids(tokenizer, prompts), desc="reference generate", disable=not sys.stderr.isatty()
-        ):
-            input_ids = torch.tensor([ids], dtype=torch.long, device=model.device)
-            tokens = model.generate(
-                input_ids=input_ids,
-                attention_mask=torch.ones_like(input_ids),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                temperature=None,
-                top_p=None,
-                top_k=None,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-            out.append(tokens[0, input_ids.shape[1] :].tolist())
-    return out
+    return [tokens[0, n:].tolist() for n, tokens in reference_generate_each(model, tokenizer, prompts, max_new_tokens)]
 
 
 def decode(tokenizer, ids: list[int]) -> str:

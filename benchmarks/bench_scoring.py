@@ -37,6 +37,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,6 +89,18 @@ def ml100k_available() -> bool:
     return bool(root) and (Path(root) / "ml-100k" / "u.data").exists()
 
 
+def bench_data(
+    quick: bool, quick_shape: SyntheticConfig, size: Callable[[SyntheticConfig], str]
+) -> tuple[DataConfig, str]:
+    """``(data config, source)``: MovieLens-100K when ``$RAGREC_DATA_DIR`` has it (and not ``quick``), else the
+    synthetic catalog (``quick_shape`` when ``quick``; the source names it by ``size(shape)``)."""
+    if not quick and ml100k_available():
+        return DataConfig(name="ml-100k"), "MovieLens-100K"
+    shape = quick_shape if quick else SyntheticConfig()
+    note = " (quick)" if quick else " (RAGREC_DATA_DIR has no ml-100k)"
+    return DataConfig(name="synthetic", synthetic=shape), f"synthetic {size(shape)}{note}"
+
+
 def ctr_prompts(n: int, quick: bool = False) -> tuple[list[str], str]:
     """``(prompts, source)``: ReLLa prompts of the first ``n`` test samples with the K=10 recent history items.
 
@@ -100,14 +113,7 @@ def ctr_prompts(n: int, quick: bool = False) -> tuple[list[str], str]:
     from ragrec.llm.prompts_ctr import build_ctr_prompts
     from ragrec.retrieval.history import select_history
 
-    if not quick and ml100k_available():
-        cfg, source = DataConfig(name="ml-100k"), "MovieLens-100K"
-    else:
-        shape = QUICK_DATA if quick else SyntheticConfig()
-        cfg = DataConfig(name="synthetic", synthetic=shape)
-        source = f"synthetic {shape.n_users} users x {shape.n_items} items" + (
-            " (quick)" if quick else " (RAGREC_DATA_DIR has no ml-100k)"
-        )
+    cfg, source = bench_data(quick, QUICK_DATA, lambda shape: f"{shape.n_users} users x {shape.n_items} items")
     ds = load_dataset(cfg)
     samples = rallrec_samples(ds.interactions, cfg)
     test = samples.filter(pc.equal(samples.column("split"), "test"))
@@ -126,6 +132,32 @@ def prompt_token_ids(tokenizer, prompts: list[str]) -> list[list[int]]:
     return tokenizer(texts, add_special_tokens=add_special_tokens(tokenizer))["input_ids"]
 
 
+def reference_generate_each(model, tokenizer, prompts: list[str], max_new_tokens: int, **kwargs) -> Iterator:
+    """The reference's loop: each chat-formatted prompt, unpadded, through its own greedy ``model.generate``
+    (``kwargs`` go to it too), in inference mode, with a progress bar on a terminal. Yields ``(prompt token
+    count, what generate returned)``."""
+    import torch
+    from tqdm.auto import tqdm
+
+    with torch.inference_mode():
+        for ids in tqdm(
+            prompt_token_ids(tokenizer, prompts), desc="reference generate", disable=not sys.stderr.isatty()
+        ):
+            input_ids = torch.tensor([ids], dtype=torch.long, device=model.device)
+            out = model.generate(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                pad_token_id=tokenizer.pad_token_id,
+                **kwargs,
+            )
+            yield len(ids), out
+
+
 def reference_scores(model, tokenizer, prompts: list[str], yes_id: int, no_id: int) -> np.ndarray:
     """float32 ``(n,)`` P(yes), the reference code's way: one ``generate`` call per prompt.
 
@@ -133,28 +165,12 @@ def reference_scores(model, tokenizer, prompts: list[str], yes_id: int, no_id: i
     softmax([logit_yes, logit_no]) of the first generated position (``out.logits[0]``).
     """
     import torch
-    from tqdm.auto import tqdm
 
     probs = np.zeros(len(prompts), dtype=np.float32)
-    with torch.inference_mode():
-        for i, ids in enumerate(
-            tqdm(prompt_token_ids(tokenizer, prompts), desc="reference generate", disable=not sys.stderr.isatty())
-        ):
-            input_ids = torch.tensor([ids], dtype=torch.long, device=model.device)
-            out = model.generate(
-                input_ids=input_ids,
-                attention_mask=torch.ones_like(input_ids),
-                max_new_tokens=2,
-                do_sample=False,
-                temperature=None,
-                top_p=None,
-                top_k=None,
-                output_logits=True,
-                return_dict_in_generate=True,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-            first = out.logits[0][0]
-            probs[i] = torch.softmax(first[[yes_id, no_id]].float(), dim=-1)[0].item()
+    outs = reference_generate_each(model, tokenizer, prompts, 2, output_logits=True, return_dict_in_generate=True)
+    for i, (_, out) in enumerate(outs):
+        first = out.logits[0][0]
+        probs[i] = torch.softmax(first[[yes_id, no_id]].float(), dim=-1)[0].item()
     return probs
 
 

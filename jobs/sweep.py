@@ -15,15 +15,14 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 
 def main(argv=None) -> int:
+    from ragrec.cli import add_config_args
+
     p = argparse.ArgumentParser(prog="jobs/sweep.py", description=__doc__.splitlines()[0])
-    p.add_argument("config", help="sweep YAML (see configs/sweep_*.yaml)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
+    add_config_args(
+        p,
+        "sweep YAML (see configs/sweep_*.yaml)",
         metavar="FIELD=VALUE",
-        help="override a sweep field (num_samples=2) or a base run-config field (eval.max_valid_samples=100)",
+        set_help="override a sweep field (num_samples=2) or a base run-config field (eval.max_valid_samples=100)",
     )
     args = p.parse_args(argv)
 

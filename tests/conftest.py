@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,54 @@ def slice_artifacts(tmp_path_factory) -> Path:
     """One artifact store for every test that runs configs/rallrec_ml100k_slice.yaml (pipeline, serve,
     evaluate): the real SmolLM2 stages of the slice are computed once per test session."""
     return tmp_path_factory.mktemp("slice") / "artifacts"
+
+
+@contextmanager
+def _torch_one_thread():
+    """One torch intra-op thread, here and in Ray Train workers (``worker_setup`` reads RAGREC_TORCH_THREADS);
+    the thread count and the variable are restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAGREC_TORCH_THREADS", "1")
+        torch.set_num_threads(1)
+        yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture()
+def one_torch_thread():
+    """Tiny models: one torch thread for the test (2 contending threads on the shared 2 CPUs are much slower)."""
+    with _torch_one_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread_per_module():
+    """:func:`one_torch_thread` for a whole module, module-scoped fixtures (trainings) included."""
+    with _torch_one_thread():
+        yield
+
+
+@pytest.fixture()
+def kill_after_epoch(monkeypatch):
+    """``kill_after_epoch(run, epoch=1)``: calls ``run()`` with ``ray_train.report_state`` raising
+    ``RuntimeError("killed")`` right after it saved the state of ``epoch`` (a crash after a checkpoint), and
+    checks that the run died of it."""
+    from ragrec.training import ray_train as rt
+
+    def kill(run, epoch: int = 1) -> None:
+        original = rt.report_state
+
+        def killed_after_epoch(metrics, state, local_dir=None):
+            original(metrics, state, local_dir)
+            if state["epoch"] == epoch:
+                raise RuntimeError("killed")
+
+        with monkeypatch.context() as m:
+            m.setattr(rt, "report_state", killed_after_epoch)
+            with pytest.raises(RuntimeError, match="killed"):
+                run()
+
+    return kill

@@ -23,16 +23,16 @@ import sys
 import yaml
 
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="YAML experiment config (see configs/)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.FIELD=VALUE",
-        help="override a config field; repeatable",
-    )
+def add_config_args(
+    p: argparse.ArgumentParser,
+    config_help: str = "YAML experiment config (see configs/)",
+    *,
+    metavar: str = "SECTION.FIELD=VALUE",
+    set_help: str = "override a config field; repeatable",
+) -> None:
+    """The positional ``config`` and the repeatable ``--set`` override (``args.overrides``, a list) of ``p``."""
+    p.add_argument("config", help=config_help)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar=metavar, help=set_help)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,15 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run a method end to end (cached stages are reused)")
-    _add_config_args(p)
+    add_config_args(p)
     p.add_argument("--force", action="append", default=[], metavar="STAGE", help="recompute STAGE; repeatable")
 
     e = sub.add_parser("evaluate", help="the paper's evaluation: variants, baselines, K and alpha sweeps")
-    _add_config_args(e)
+    add_config_args(e)
     e.add_argument("--force", action="append", default=[], metavar="STAGE", help="recompute STAGE; repeatable")
 
     w = sub.add_parser("sweep", help="Ray Tune search over a sweep config (objective on the validation split)")
-    _add_config_args(w)
+    add_config_args(w)
 
     v = sub.add_parser("serve", help="serve a finished run with Ray Serve (POST /predict, GET /healthz)")
     v.add_argument("run_dir", help="output folder of a finished `ragrec run` (holds run.json)")
@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a config field (e.g. data.protocol=rerank, data.category=Books); repeatable",
     )
     dc = dsub.add_parser("check", help="validate a config, its data files and its protocol split (runs no stage)")
-    _add_config_args(dc)
+    add_config_args(dc)
 
     k = sub.add_parser("check-llm", help="learnability check: tune and score a synthetic task with a known answer")
     k.add_argument("--model", default="smollm2-135m-instruct", help="llm.model (registry name, path or HF id)")
@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("config", help="configs")
     csub = c.add_subparsers(dest="config_command", required=True)
     s = csub.add_parser("show", help="print the fully resolved config")
-    _add_config_args(s)
+    add_config_args(s)
 
     from .cache_cli import add_parser as add_cache_parser  # standard library only
 

@@ -75,6 +75,13 @@ TEMPLATE_PLACEHOLDERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
+def _not_blank(v: str | None, message: str) -> str | None:
+    """``v`` unchanged (None too); ``ValueError(message)`` when it is empty or only whitespace."""
+    if v is not None and not v.strip():
+        raise ValueError(message)
+    return v
+
+
 def _check_template(v: str, where: str) -> str:
     from .templates import check_template
 
@@ -926,9 +933,7 @@ class RayConfig(_Strict):
     @field_validator("storage_path")
     @classmethod
     def _storage_path(cls, v: str | None) -> str | None:
-        if v is not None and not v.strip():
-            raise ValueError("ray.storage_path is empty: give a path or a URI (s3://bucket/prefix), or null")
-        return v
+        return _not_blank(v, "ray.storage_path is empty: give a path or a URI (s3://bucket/prefix), or null")
 
 
 class TrackingConfig(_Strict):
@@ -955,9 +960,7 @@ class TrackingConfig(_Strict):
     @field_validator("uri")
     @classmethod
     def _non_empty_uri(cls, v: str | None) -> str | None:
-        if v is not None and not v.strip():
-            raise ValueError("tracking.uri is empty; leave it out (None: the default location) or give a URI/path")
-        return v
+        return _not_blank(v, "tracking.uri is empty; leave it out (None: the default location) or give a URI/path")
 
 
 class RunConfig(_Strict):

@@ -2,36 +2,24 @@
 equal to the offline ranking, the Tune objective and a small evaluation reusing the cached stages."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from pipeline_helpers import slice_config, stage_keys
 
-from ragrec.config import load_config
 from ragrec.methods import evaluate, evaluate_split, run
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
+CONFIG = "er2alm_ml100k_slice.yaml"
 
 LLM_STAGES = ["er2alm_descriptions", "er2alm_aspects", "er2alm_profiles", "er2alm_picks"]
 
 
-def _cfg(root, tmp_path, *extra):
-    return load_config(
-        REPO / "configs" / "er2alm_ml100k_slice.yaml",
-        [f"artifacts_dir={root}", f"output_dir={tmp_path / 'runs'}", *extra],
-    )
-
-
-def _keys(root: Path, stages) -> dict[str, set[str]]:
-    return {s: {p.name for p in (root / s).iterdir() if not p.name.endswith(".partial")} for s in stages}
-
-
 def test_er2alm_end_to_end_serving_tune_objective_and_evaluation(ray_session, data_dir, tmp_path):
     root = tmp_path / "artifacts"
-    cfg = _cfg(root, tmp_path)
+    cfg = slice_config(CONFIG, root, tmp_path)
     result = run(cfg)
     a = result.artifacts
 
@@ -70,14 +58,15 @@ def test_er2alm_end_to_end_serving_tune_objective_and_evaluation(ray_session, da
 
     # the Tune objective reads the cached models; a rerun recomputes nothing
     stages = ["dataset", "samples", *LLM_STAGES, "er2alm_features", "er2alm_noise", "er2alm_gnn"]
-    keys = _keys(root, stages)
+    keys = stage_keys(root, stages)
     valid = evaluate_split(cfg, "valid")
     assert valid["split"] == "valid" and 0.0 <= valid["recall@20"] <= 1.0 and valid["n"] >= 1
-    assert _keys(root, stages) == keys
+    assert stage_keys(root, stages) == keys
 
     # a small evaluation: LightGCN, ER2ALM, one ablation + a one-point theta sweep, sharing every LLM stage (the
     # ablation changes gnn flags: the candidates, hence the picks, must not be regenerated)
-    ev_cfg = _cfg(
+    ev_cfg = slice_config(
+        CONFIG,
         root,
         tmp_path,
         "name=er2alm_slice_eval",
@@ -88,7 +77,7 @@ def test_er2alm_end_to_end_serving_tune_objective_and_evaluation(ray_session, da
         "eval.theta_sweep=[0.3]",
     )
     ev = evaluate(ev_cfg)
-    assert _keys(root, LLM_STAGES) == {s: keys[s] for s in LLM_STAGES}
+    assert stage_keys(root, LLM_STAGES) == {s: keys[s] for s in LLM_STAGES}
     ev_rows = {r["key"]: r for r in ev.metrics["rows"]}
     assert list(ev_rows) == ["lightgcn", "er2alm", "no_item"]
     assert ev_rows["er2alm"]["recall@20"] == pytest.approx(er["recall@20"])  # the run's model, reused

@@ -1,17 +1,16 @@
 """The whole RALLRec pipeline on a slice of MovieLens-100K with the real SmolLM2 and MiniLM."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from pipeline_helpers import slice_config, stage_keys
 
-from ragrec.config import load_config
 from ragrec.methods import run
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
+CONFIG = "rallrec_ml100k_slice.yaml"
 
 STAGES = [
     "dataset",
@@ -31,25 +30,10 @@ STAGES = [
 PINNED = [("RALLRec", 0.603922, 0.952483), ("item_rate", 0.5, 0.69599), ("item_user_logit", 0.586275, 0.678322)]
 
 
-def _cfg(artifacts, tmp_path, *extra):
-    return load_config(
-        REPO / "configs" / "rallrec_ml100k_slice.yaml",
-        [f"artifacts_dir={artifacts}", f"output_dir={tmp_path / 'runs'}", *extra],
-    )
-
-
-def _keys(root: Path) -> dict[str, set[str]]:
-    return {
-        s: {p.name for p in (root / s).iterdir() if not p.name.endswith(".partial")}
-        for s in STAGES
-        if (root / s).exists()
-    }
-
-
 def test_rallrec_end_to_end_and_cache(ray_session, data_dir, slice_artifacts, tmp_path):
     # the store is shared with the serve/evaluate tests of this session: they only ever add artifacts
     # of the same config (same keys) or of other stages, so the counts below hold in any test order
-    cfg = _cfg(slice_artifacts, tmp_path)
+    cfg = slice_config(CONFIG, slice_artifacts, tmp_path)
     result = run(cfg)
     run_dir = result.run_dir
 
@@ -80,7 +64,7 @@ def test_rallrec_end_to_end_and_cache(ray_session, data_dir, slice_artifacts, tm
 
     # artifacts: every stage published exactly once, the adapter and item embeddings exist
     root = slice_artifacts
-    keys = _keys(root)
+    keys = stage_keys(root, STAGES, present_only=True)
     assert set(keys) == set(STAGES)
     assert all(result.artifacts[s].key in keys[s] for s in STAGES if s in result.artifacts)
     # no other test of the session builds other upstream artifacts for the slice
@@ -94,9 +78,9 @@ def test_rallrec_end_to_end_and_cache(ray_session, data_dir, slice_artifacts, tm
 
     # a rerun reuses every stage; a new K recomputes only what depends on it
     again = run(cfg)
-    assert _keys(root) == keys
+    assert stage_keys(root, STAGES, present_only=True) == keys
     assert again.metrics["rows"][0]["auc"] == pytest.approx(result.metrics["rows"][0]["auc"])
-    run(_cfg(slice_artifacts, tmp_path, "retrieval.k=3"))
-    after = _keys(root)
+    run(slice_config(CONFIG, slice_artifacts, tmp_path, "retrieval.k=3"))
+    after = stage_keys(root, STAGES, present_only=True)
     changed = {s for s in STAGES if after[s] != keys[s]}
     assert changed == {"examples", "lora", "scores"}

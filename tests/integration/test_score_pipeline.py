@@ -1,18 +1,17 @@
 """SCoRe end to end on a slice of MovieLens-100K with the real SmolLM2 and MiniLM, then its evaluation."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from pipeline_helpers import slice_config, stage_keys
 
-from ragrec.config import load_config
 from ragrec.methods import run
 from ragrec.methods.score_evaluate import evaluate
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
+CONFIG = "score_ml100k_slice.yaml"
 
 STAGES = [
     "dataset",
@@ -33,24 +32,9 @@ STAGES = [
 PINNED = [("SCoRe", 0.75, 0.667529), ("item_rate", 0.617188, 0.697126), ("item_user_logit", 0.648438, 0.690316)]
 
 
-def _cfg(artifacts, tmp_path, *extra):
-    return load_config(
-        REPO / "configs" / "score_ml100k_slice.yaml",
-        [f"artifacts_dir={artifacts}", f"output_dir={tmp_path / 'runs'}", *extra],
-    )
-
-
-def _keys(root: Path) -> dict[str, set[str]]:
-    return {
-        s: {p.name for p in (root / s).iterdir() if not p.name.endswith(".partial")}
-        for s in STAGES
-        if (root / s).exists()
-    }
-
-
 def test_score_end_to_end_cache_and_evaluation(ray_session, data_dir, tmp_path):
     root = tmp_path / "artifacts"
-    cfg = _cfg(root, tmp_path)
+    cfg = slice_config(CONFIG, root, tmp_path)
     result = run(cfg)
     a = result.artifacts
 
@@ -99,16 +83,20 @@ def test_score_end_to_end_cache_and_evaluation(ray_session, data_dir, tmp_path):
     assert prompt.count("[") == cfg.ci.ks and any(f"[{d}]" in prompt for d in docs)
 
     # a rerun reuses every stage
-    keys = _keys(root)
+    keys = stage_keys(root, STAGES, present_only=True)
     assert set(keys) == set(STAGES)
     again = run(cfg)
-    assert _keys(root) == keys
+    assert stage_keys(root, STAGES, present_only=True) == keys
     assert again.metrics["rows"][0]["auc"] == pytest.approx(metrics["rows"][0]["auc"])
 
     # the evaluation: variants on the same samples, a sweep point with the full adapter, UAUC in the report;
     # it reuses SASRec, CAR, the self-assessments and SARE and adds only contexts, prompts, adapters, scores
-    out = evaluate(_cfg(root, tmp_path, "eval.variants=[score_rerank,score]", "eval.ke_sweep=[]", "eval.ks_sweep=[1]"))
-    after = _keys(root)
+    out = evaluate(
+        slice_config(
+            CONFIG, root, tmp_path, "eval.variants=[score_rerank,score]", "eval.ke_sweep=[]", "eval.ks_sweep=[1]"
+        )
+    )
+    after = stage_keys(root, STAGES, present_only=True)
     assert {s for s in STAGES if after[s] != keys[s]} == {"ci_contexts", "score_examples", "lora", "scores"}
     assert len(after["lora"] - keys["lora"]) == 1  # SCoRe-rerank's adapter; the sweep reuses SCoRe's
     m = json.loads((out.run_dir / "metrics.json").read_text())

@@ -6,12 +6,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from pipeline_helpers import slice_config, stage_keys
 
-from ragrec.config import load_config
 from ragrec.methods import evaluate_split, run
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
+CONFIG = "ur4rec_ml100k_slice.yaml"
 
 STAGES = [
     "dataset",
@@ -26,20 +27,9 @@ STAGES = [
 ]
 
 
-def _cfg(root, tmp_path, *extra):
-    return load_config(
-        REPO / "configs" / "ur4rec_ml100k_slice.yaml",
-        [f"artifacts_dir={root}", f"output_dir={tmp_path / 'runs'}", *extra],
-    )
-
-
-def _keys(root: Path) -> dict[str, set[str]]:
-    return {s: {p.name for p in (root / s).iterdir() if not p.name.endswith(".partial")} for s in STAGES}
-
-
 def test_ur4rec_end_to_end_cache_and_tune_objective(ray_session, data_dir, tmp_path):
     root = tmp_path / "artifacts"
-    cfg = _cfg(root, tmp_path)
+    cfg = slice_config(CONFIG, root, tmp_path)
     result = run(cfg)
     a = result.artifacts
 
@@ -87,13 +77,13 @@ def test_ur4rec_end_to_end_cache_and_tune_objective(ray_session, data_dir, tmp_p
     _check_http(result.run_dir, preds)
 
     # a rerun reuses every stage; the Tune objective reads the same cached scores
-    keys = _keys(root)
+    keys = stage_keys(root, STAGES)
     again = run(cfg)
-    assert _keys(root) == keys
+    assert stage_keys(root, STAGES) == keys
     assert again.metrics["rows"][0]["ndcg@5"] == pytest.approx(metrics["rows"][0]["ndcg@5"])
     valid = evaluate_split(cfg, "valid")
     assert valid["n"] == cfg.eval.max_valid_samples and 0.0 < valid["ndcg@10"] <= 1.0
-    assert _keys(root) == keys
+    assert stage_keys(root, STAGES) == keys
 
 
 def _check_serving(run_dir, samples, preds):

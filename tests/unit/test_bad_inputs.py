@@ -14,12 +14,9 @@ import logging
 from pathlib import Path
 
 import pytest
-from starlette.testclient import TestClient
+from serving_helpers import checking_client
 
 from ragrec.cli import main
-from ragrec.serving.app import make_api
-from ragrec.serving.rerank import RerankRequest, check_rerank
-from ragrec.serving.schemas import Catalog, PredictRequest, check_request
 
 # ------------------------------------------------------------------------------------------ CLI harness
 
@@ -373,24 +370,10 @@ def test_ragrec_run_fails_cleanly_before_writing_a_run(tmp_path, capsys, extra, 
 
 # ------------------------------------------------------------------------------------------ HTTP bodies
 
-CATALOG = Catalog(n_users=10, n_items=20, max_items=100)
-
 
 @pytest.fixture(scope="module")
 def client():
-    api = make_api("test", max_body_bytes=4096)
-
-    @api.post("/predict")
-    async def predict(req: PredictRequest) -> dict:
-        check_request(req, CATALOG)
-        return {"ok": True}
-
-    @api.post("/rerank")
-    async def rerank(req: RerankRequest) -> dict:
-        check_rerank(req, CATALOG)
-        return {"ok": True}
-
-    return TestClient(api)
+    return checking_client(max_body_bytes=4096)
 
 
 HTTP_CASES = [

@@ -41,7 +41,20 @@ def _rows(table, *cols):
     return list(zip(*(table.column(c).to_pylist() for c in cols)))
 
 
+def _load_fails(match: str, **cfg) -> None:
+    """``load_dataset(DataConfig(**cfg))`` raises a DataError whose message matches ``match``."""
+    with pytest.raises(DataError, match=match):
+        load_dataset(DataConfig(**cfg))
+
+
 # ---- a toy rating set written in every format (for the protocol matrix) ------------------------------------------
+def _gz_lines(path: Path, records: list, fmt=json.dumps) -> None:
+    """``path`` gzip-compressed (UTF-8): one ``fmt(record)`` per line (JSON lines by default)."""
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        for r in records:
+            f.write(fmt(r) + "\n")
+
+
 def _toy() -> list[tuple[int, int, int, int]]:
     """(user 0..7, item 0..11, stars 1..5, day 0..29): 8 distinct items per user, days spread over 30 days."""
     return [(u, (u + k) % 12, 1 + (u + 2 * k) % 5, (u + 4 * k) % 30) for u in range(8) for k in range(8)]
@@ -84,29 +97,33 @@ def _toy_bookcrossing(root: Path) -> Path:
 def _toy_amazon(root: Path) -> Path:
     d = root / "amazon-2018"
     d.mkdir(parents=True)
-    with gzip.open(d / "Video_Games_5.json.gz", "wt") as f:
-        for u, i, s, t in _toy():
-            f.write(
-                json.dumps(
-                    {"overall": float(s), "reviewerID": f"A{u}", "asin": f"B{i:03d}", "unixReviewTime": T0 + t * DAY}
-                )
-                + "\n"
-            )
-    with gzip.open(d / "meta_Video_Games.json.gz", "wt") as f:
-        for i in range(12):
-            f.write(json.dumps({"asin": f"B{i:03d}", "title": f"Game {i}", "category": ["Video Games", "PC"]}) + "\n")
+    _gz_lines(
+        d / "Video_Games_5.json.gz",
+        [
+            {"overall": float(s), "reviewerID": f"A{u}", "asin": f"B{i:03d}", "unixReviewTime": T0 + t * DAY}
+            for u, i, s, t in _toy()
+        ],
+    )
+    _gz_lines(
+        d / "meta_Video_Games.json.gz",
+        [{"asin": f"B{i:03d}", "title": f"Game {i}", "category": ["Video Games", "PC"]} for i in range(12)],
+    )
     return d
 
 
 def _toy_steam(root: Path) -> Path:
     d = root / "steam"
     d.mkdir(parents=True)
-    with gzip.open(d / "steam_reviews.json.gz", "wt") as f:
-        for u, i, _s, t in _toy():
-            f.write(repr({"username": f"user{u}", "hours": 1.5, "product_id": str(700 + i), "date": _day(t)}) + "\n")
-    with gzip.open(d / "steam_games.json.gz", "wt") as f:
-        for i in range(12):
-            f.write(repr({"id": str(700 + i), "title": f"Game {i}", "genres": ["Indie"]}) + "\n")
+    _gz_lines(
+        d / "steam_reviews.json.gz",
+        [{"username": f"user{u}", "hours": 1.5, "product_id": str(700 + i), "date": _day(t)} for u, i, _s, t in _toy()],
+        repr,
+    )
+    _gz_lines(
+        d / "steam_games.json.gz",
+        [{"id": str(700 + i), "title": f"Game {i}", "genres": ["Indie"]} for i in range(12)],
+        repr,
+    )
     return d
 
 
@@ -223,18 +240,15 @@ def test_ml10m_latin1_titles_and_duplicate_movie_ids(tmp_path):
     ds = load_dataset(DataConfig(name="ml-10m", path=str(tmp_path)))
     assert ds.items.column("title").to_pylist() == ["Amélie (2001)"]
     (tmp_path / "movies.dat").write_text("1::A (2001)::Comedy\n2::B (2002)::Drama\n1::C (2003)::Drama\n")
-    with pytest.raises(DataError, match=r"movies\.dat line 3: .*MovieID 1 appears twice"):
-        load_dataset(DataConfig(name="ml-10m", path=str(tmp_path)))
+    _load_fails(r"movies\.dat line 3: .*MovieID 1 appears twice", name="ml-10m", path=str(tmp_path))
     (tmp_path / "movies.dat").write_text("1::A (2001)::Comedy\n")
     (tmp_path / "ratings.dat").write_text("1::1::4::1\n1::7::4::2\n")
-    with pytest.raises(DataError, match=r"ratings\.dat line 2: .*item id 7 is not in movies\.dat"):
-        load_dataset(DataConfig(name="ml-10m", path=str(tmp_path)))
+    _load_fails(r"ratings\.dat line 2: .*item id 7 is not in movies\.dat", name="ml-10m", path=str(tmp_path))
 
 
 def test_ml10m_missing_folder_suggests_fetch(tmp_path, monkeypatch):
     monkeypatch.setenv("RAGREC_DATA_DIR", str(tmp_path))
-    with pytest.raises(DataError, match=r"ml-10m folder does not exist.*ragrec data fetch ml-10m"):
-        load_dataset(DataConfig(name="ml-10m"))
+    _load_fails(r"ml-10m folder does not exist.*ragrec data fetch ml-10m", name="ml-10m")
 
 
 # ---- bookcrossing ------------------------------------------------------------------------------------------------
@@ -350,26 +364,23 @@ def test_bookcrossing_implicit_zero_negative_keeps_them_as_negatives(tmp_path):
 
 def test_bookcrossing_errors_name_file_and_line(tmp_path):
     d = _write_bx(tmp_path / "bx", ratings=_BX_RATINGS + '"276746";"0155061224";"11"\r\n')
-    with pytest.raises(DataError, match=r"BX-Book-Ratings\.csv line 12: .*Book-Rating 11 is outside 0\.\.10"):
-        load_dataset(DataConfig(name="bookcrossing", path=str(d)))
+    _load_fails(r"BX-Book-Ratings\.csv line 12: .*Book-Rating 11 is outside 0\.\.10", name="bookcrossing", path=str(d))
     d = _write_bx(tmp_path / "bx2", ratings=_BX_RATINGS.replace(";", ",", 3))
-    with pytest.raises(DataError, match=r"BX-Book-Ratings\.csv line 1: expected the header .*comma-separated"):
-        load_dataset(DataConfig(name="bookcrossing", path=str(d)))
+    _load_fails(r"BX-Book-Ratings\.csv line 1: expected the header .*comma-separated", name="bookcrossing", path=str(d))
     d = _write_bx(tmp_path / "bx3", ratings=_BX_RATINGS + '"276746";"0155061224"\r\n')
-    with pytest.raises(DataError, match=r"BX-Book-Ratings\.csv line 12: expected 3 ';'-separated fields, found 2"):
-        load_dataset(DataConfig(name="bookcrossing", path=str(d)))
+    _load_fails(
+        r"BX-Book-Ratings\.csv line 12: expected 3 ';'-separated fields, found 2", name="bookcrossing", path=str(d)
+    )
     d = _write_bx(tmp_path / "bx4", ratings='"User-ID";"ISBN";"Book-Rating"\r\n')
-    with pytest.raises(DataError, match=r"BX-Book-Ratings\.csv: the file has a header but no ratings"):
-        load_dataset(DataConfig(name="bookcrossing", path=str(d)))
-    with pytest.raises(DataError, match=r"bookcrossing folder does not exist.*ragrec data fetch bookcrossing"):
-        load_dataset(DataConfig(name="bookcrossing", path=str(tmp_path / "nowhere")))
+    _load_fails(r"BX-Book-Ratings\.csv: the file has a header but no ratings", name="bookcrossing", path=str(d))
+    _load_fails(
+        r"bookcrossing folder does not exist.*ragrec data fetch bookcrossing",
+        name="bookcrossing",
+        path=str(tmp_path / "nowhere"),
+    )
 
 
 # ---- amazon-2018 -------------------------------------------------------------------------------------------------
-def _jsonl_gz(path: Path, records: list[dict]) -> None:
-    with gzip.open(path, "wt", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
 
 
 _REVIEWS = [
@@ -393,8 +404,8 @@ _META = [
 
 
 def test_amazon_reads_gzip_reviews_and_metadata_with_its_traps(tmp_path):
-    _jsonl_gz(tmp_path / "Video_Games_5.json.gz", _REVIEWS)
-    _jsonl_gz(tmp_path / "meta_Video_Games.json.gz", _META)
+    _gz_lines(tmp_path / "Video_Games_5.json.gz", _REVIEWS)
+    _gz_lines(tmp_path / "meta_Video_Games.json.gz", _META)
     ds = load_dataset(DataConfig(name="amazon-2018", category="Video_Games", path=str(tmp_path)))
     items = ds.items
     assert items.column("raw_item_id").to_pylist() == ["0700026657", "0700099867"]
@@ -422,20 +433,28 @@ def test_amazon_plain_json_and_python_literal_metadata(tmp_path):
     assert ds.items.column("genres").to_pylist() == [["Books", "Fiction"], []]
     # a line that is neither: the file and line are named
     (tmp_path / "meta_Books.json").write_text("{'asin': '0700026657', 'title': 'A'}\n{'asin': __import__('os')}\n")
-    with pytest.raises(DataError, match=r"meta_Books\.json line 2: not a JSON object or a Python literal"):
-        load_dataset(DataConfig(name="amazon-2018", category="Books", path=str(tmp_path)))
+    _load_fails(
+        r"meta_Books\.json line 2: not a JSON object or a Python literal",
+        name="amazon-2018",
+        category="Books",
+        path=str(tmp_path),
+    )
 
 
 def test_amazon_missing_files_and_bad_reviews(tmp_path, monkeypatch):
     monkeypatch.setenv("RAGREC_DATA_DIR", str(tmp_path))
     (tmp_path / "amazon-2018").mkdir()
-    _jsonl_gz(tmp_path / "amazon-2018" / "Books_5.json.gz", _REVIEWS[:2])
-    with pytest.raises(DataError, match=r"meta_Books\.json\.gz or meta_Books\.json.*amazon-2018 --category Books"):
-        load_dataset(DataConfig(name="amazon-2018", category="Books"))
-    _jsonl_gz(tmp_path / "amazon-2018" / "meta_Books.json.gz", _META)
-    _jsonl_gz(tmp_path / "amazon-2018" / "Books_5.json.gz", [*_REVIEWS[:2], {"overall": 5.0, "asin": "0700026657"}])
-    with pytest.raises(DataError, match=r"Books_5\.json\.gz line 3: the review has no 'reviewerID', 'unixReviewTime'"):
-        load_dataset(DataConfig(name="amazon-2018", category="Books"))
+    _gz_lines(tmp_path / "amazon-2018" / "Books_5.json.gz", _REVIEWS[:2])
+    _load_fails(
+        r"meta_Books\.json\.gz or meta_Books\.json.*amazon-2018 --category Books", name="amazon-2018", category="Books"
+    )
+    _gz_lines(tmp_path / "amazon-2018" / "meta_Books.json.gz", _META)
+    _gz_lines(tmp_path / "amazon-2018" / "Books_5.json.gz", [*_REVIEWS[:2], {"overall": 5.0, "asin": "0700026657"}])
+    _load_fails(
+        r"Books_5\.json\.gz line 3: the review has no 'reviewerID', 'unixReviewTime'",
+        name="amazon-2018",
+        category="Books",
+    )
     with pytest.raises(ValueError, match=r"amazon-2018 needs data\.category"):
         DataConfig(name="amazon-2018")
     with pytest.raises(ValueError, match=r"did you mean 'Movies_and_TV'"):
@@ -470,10 +489,8 @@ _STEAM_GAMES = [
 
 def _write_steam(d: Path, reviews=_STEAM_REVIEWS, games=_STEAM_GAMES) -> Path:
     d.mkdir(parents=True, exist_ok=True)
-    with gzip.open(d / "steam_reviews.json.gz", "wt", encoding="utf-8") as f:
-        f.write("\n".join(reviews) + "\n")
-    with gzip.open(d / "steam_games.json.gz", "wt", encoding="utf-8") as f:
-        f.write("\n".join(games) + "\n")
+    _gz_lines(d / "steam_reviews.json.gz", reviews, str)
+    _gz_lines(d / "steam_games.json.gz", games, str)
     return d
 
 
@@ -500,15 +517,12 @@ def test_steam_never_evaluates_code_and_names_the_bad_line(tmp_path):
     marker = tmp_path / "pwned"
     evil = f"{{'username': 'x', 'product_id': '1', 'date': __import__('pathlib').Path({str(marker)!r}).touch()}}"
     d = _write_steam(tmp_path / "steam", reviews=[*_STEAM_REVIEWS[:2], evil])
-    with pytest.raises(DataError, match=r"steam_reviews\.json\.gz line 3: not a Python literal"):
-        load_dataset(DataConfig(name="steam", path=str(d)))
+    _load_fails(r"steam_reviews\.json\.gz line 3: not a Python literal", name="steam", path=str(d))
     assert not marker.exists()
     d = _write_steam(tmp_path / "steam2", reviews=[_STEAM_REVIEWS[0], "{'username': 'x', 'date': '2017-01-01'}"])
-    with pytest.raises(DataError, match=r"line 2: the review has no 'product_id'"):
-        load_dataset(DataConfig(name="steam", path=str(d)))
+    _load_fails(r"line 2: the review has no 'product_id'", name="steam", path=str(d))
     d = _write_steam(tmp_path / "steam3", reviews=[_STEAM_REVIEWS[0].replace("2017-12-17", "Dec 17, 2017")])
-    with pytest.raises(DataError, match=r"steam_reviews\.json\.gz line 1: date 'Dec 17, 2017' is not a date"):
-        load_dataset(DataConfig(name="steam", path=str(d)))
+    _load_fails(r"steam_reviews\.json\.gz line 1: date 'Dec 17, 2017' is not a date", name="steam", path=str(d))
 
 
 def test_steam_parallel_parse_matches_the_serial_one(tmp_path):
@@ -579,17 +593,13 @@ def test_netflix_prize_archive_layout_and_errors(tmp_path):
     ds = load_dataset(DataConfig(name="netflix", path=str(tmp_path)))
     assert _rows(ds.interactions, "item_id", "rating") == [(0, 3.0), (3, 4.0), (3, 2.0)]
     (ts / "mv_0000004.txt").write_text("4:\n822109,4,2003-12-31\n1488844;2;2004-02-01\n")
-    with pytest.raises(DataError, match=r"mv_0000004\.txt line 3: expected CustomerID,Rating,Date"):
-        load_dataset(DataConfig(name="netflix", path=str(tmp_path)))
+    _load_fails(r"mv_0000004\.txt line 3: expected CustomerID,Rating,Date", name="netflix", path=str(tmp_path))
     (ts / "mv_0000004.txt").write_text("822109,4,2003-12-31\n")
-    with pytest.raises(DataError, match=r"mv_0000004\.txt line 1: a rating line before any 'MovieID:' line"):
-        load_dataset(DataConfig(name="netflix", path=str(tmp_path)))
+    _load_fails(r"mv_0000004\.txt line 1: a rating line before any 'MovieID:' line", name="netflix", path=str(tmp_path))
     (ts / "mv_0000004.txt").write_text("9:\n822109,4,2003-12-31\n")
-    with pytest.raises(DataError, match=r"MovieID 9 has ratings but is not in movie_titles\.txt"):
-        load_dataset(DataConfig(name="netflix", path=str(tmp_path)))
+    _load_fails(r"MovieID 9 has ratings but is not in movie_titles\.txt", name="netflix", path=str(tmp_path))
     (tmp_path / "movie_titles.txt").write_bytes((_TITLES + "4,2002,Dup\n").encode("latin-1"))
-    with pytest.raises(DataError, match=r"movie_titles\.txt line 5: .*MovieID 4 appears twice"):
-        load_dataset(DataConfig(name="netflix", path=str(tmp_path)))
+    _load_fails(r"movie_titles\.txt line 5: .*MovieID 4 appears twice", name="netflix", path=str(tmp_path))
 
 
 # ---- recbole -----------------------------------------------------------------------------------------------------
@@ -634,21 +644,18 @@ def test_recbole_label_field_implicit_data_and_errors(tmp_path):
     assert ds.items.column("title").to_pylist() == ["a", "b"]  # no titles: the tokens stand in
     (tmp_path / "ctr.item").unlink()
     (tmp_path / "ctr.inter").write_text("user_id:token\titem_id:token\tlabel:float\n7\ta\t2\n")
-    with pytest.raises(DataError, match=r"ctr\.inter line 2: .*label '2' is not 0 or 1"):
-        load_dataset(DataConfig(name="recbole", path=str(tmp_path)))
+    _load_fails(r"ctr\.inter line 2: .*label '2' is not 0 or 1", name="recbole", path=str(tmp_path))
     (tmp_path / "ctr.inter").write_text("user_id:token\titem_id:int\n7\ta\n")
-    with pytest.raises(DataError, match=r"ctr\.inter line 1: header field 'item_id:int' has type 'int'"):
-        load_dataset(DataConfig(name="recbole", path=str(tmp_path)))
+    _load_fails(r"ctr\.inter line 1: header field 'item_id:int' has type 'int'", name="recbole", path=str(tmp_path))
     (tmp_path / "ctr.inter").write_text("uid:token\titem_id:token\n7\ta\n")
-    with pytest.raises(DataError, match=r"field 'user_id' \(data.columns.user_id\) not found; fields: uid, item_id"):
-        load_dataset(DataConfig(name="recbole", path=str(tmp_path)))
+    _load_fails(
+        r"field 'user_id' \(data.columns.user_id\) not found; fields: uid, item_id", name="recbole", path=str(tmp_path)
+    )
     ds = load_dataset(DataConfig(name="recbole", path=str(tmp_path), columns={"user_id": "uid"}))
     assert ds.users.column("raw_user_id").to_pylist() == ["7"]
     (tmp_path / "ctr.inter").write_text("user_id:token\titem_id:token\n7\ta\n8\n")
-    with pytest.raises(DataError, match=r"ctr\.inter line 3: expected 2 tab-separated fields"):
-        load_dataset(DataConfig(name="recbole", path=str(tmp_path)))
-    with pytest.raises(DataError, match=r"data\.path is not set"):
-        load_dataset(DataConfig(name="recbole"))
+    _load_fails(r"ctr\.inter line 3: expected 2 tab-separated fields", name="recbole", path=str(tmp_path))
+    _load_fails(r"data\.path is not set", name="recbole")
 
 
 # ---- fetch -------------------------------------------------------------------------------------------------------
@@ -752,11 +759,11 @@ def test_fetch_netflix_unpacks_the_tar_inside_the_tar(tmp_path):
 def test_fetch_amazon_places_each_category_file_in_the_shared_folder(tmp_path):
     served = tmp_path / "served"
     served.mkdir()
-    _jsonl_gz(served / "Books_5.json.gz", _REVIEWS[:3])
-    _jsonl_gz(served / "meta_Books.json.gz", _META[:2])
+    _gz_lines(served / "Books_5.json.gz", _REVIEWS[:3])
+    _gz_lines(served / "meta_Books.json.gz", _META[:2])
     out = fetch_mod.fetch("amazon-2018", tmp_path / "data", base_url=served.as_uri(), category="Books")
     assert sorted(p.name for p in out.iterdir()) == ["Books_5.json.gz", "meta_Books.json.gz"]
-    _jsonl_gz(out / "Video_Games_5.json.gz", _REVIEWS[:1])  # another category in the same folder
+    _gz_lines(out / "Video_Games_5.json.gz", _REVIEWS[:1])  # another category in the same folder
     books = DataConfig(name="amazon-2018", category="Books", path=str(out))
     assert [p.name for p in source_module("amazon-2018").input_files(books)] == [
         "Books_5.json.gz",

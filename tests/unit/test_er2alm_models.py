@@ -23,15 +23,7 @@ from ragrec.models.noise_control import (
 from ragrec.training.er2alm import augmented_count, augmented_pairs, train_er2alm
 from ragrec.training.ray_train import TrainOptions
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread(monkeypatch):
-    """Tiny models: one thread (worker_setup reads RAGREC_TORCH_THREADS), restored afterwards."""
-    threads = torch.get_num_threads()
-    monkeypatch.setenv("RAGREC_TORCH_THREADS", "1")
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one torch thread, restored afterwards
 
 
 # ----------------------------------------------------------------------------- Gumbel-sigmoid (Eq. 7-8)
@@ -298,18 +290,7 @@ def side_inputs(seed=0):
 
 
 @pytest.fixture(scope="module")
-def trained_one_thread():
-    """The module-scoped trainings run before the function-scoped thread fixture: one thread for them too."""
-    threads = torch.get_num_threads()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RAGREC_TORCH_THREADS", "1")
-        torch.set_num_threads(1)
-        yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def plain(tmp_path_factory, trained_one_thread):
+def plain(tmp_path_factory, one_torch_thread_per_module):
     tr_u, tr_i, held = toy_graph()
     extra_pos = np.array([[u, 20] for u in range(10)])  # cold item 20: liked by group A (LLM picks)
     extra_neg = np.array([[u, 20] for u in range(10, 20)])  # and disliked by group B
@@ -322,7 +303,7 @@ def plain(tmp_path_factory, trained_one_thread):
 
 
 @pytest.fixture(scope="module")
-def with_side(tmp_path_factory, trained_one_thread):
+def with_side(tmp_path_factory, one_torch_thread_per_module):
     tr_u, tr_i, held = toy_graph()
     us, its = side_inputs()
     out = tmp_path_factory.mktemp("er2alm_side")

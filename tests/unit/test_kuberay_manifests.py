@@ -31,6 +31,18 @@ KUBERAY = REPO / "deploy" / "kuberay"
 
 INT32 = {"type": "integer", "minimum": -(2**31), "maximum": 2**31 - 1}
 STR_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+
+
+def _closed(properties: dict, *required: str) -> dict:
+    """An object schema with exactly ``properties`` (``additionalProperties: false``) and the ``required`` ones."""
+    return {
+        "type": "object",
+        **({"required": list(required)} if required else {}),
+        "additionalProperties": False,
+        "properties": properties,
+    }
+
+
 # k8s resource.Quantity: x-kubernetes-int-or-string with the quantity pattern of the generated CRDs
 QUANTITY = {
     "anyOf": [
@@ -102,23 +114,19 @@ POD_TEMPLATE = {
         },
     },
 }
-HEAD_GROUP = {
-    "type": "object",
-    "required": ["rayStartParams", "template"],
-    "additionalProperties": False,
-    "properties": {
+HEAD_GROUP = _closed(
+    {
         "serviceType": {"type": "string", "enum": ["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"]},
         "headService": {"type": "object"},
         "enableIngress": {"type": "boolean"},
         "rayStartParams": STR_MAP,
         "template": POD_TEMPLATE,
     },
-}
-WORKER_GROUP = {
-    "type": "object",
-    "required": ["groupName", "maxReplicas", "minReplicas", "rayStartParams", "template"],
-    "additionalProperties": False,
-    "properties": {
+    "rayStartParams",
+    "template",
+)
+WORKER_GROUP = _closed(
+    {
         "groupName": {"type": "string"},
         "replicas": INT32,
         "minReplicas": INT32,
@@ -130,20 +138,20 @@ WORKER_GROUP = {
         "template": POD_TEMPLATE,
         "scaleStrategy": {"type": "object"},
     },
-}
-RAY_CLUSTER_SPEC = {
-    "type": "object",
-    "required": ["headGroupSpec"],
-    "additionalProperties": False,
-    "properties": {
+    "groupName",
+    "maxReplicas",
+    "minReplicas",
+    "rayStartParams",
+    "template",
+)
+RAY_CLUSTER_SPEC = _closed(
+    {
         "headGroupSpec": HEAD_GROUP,
         "workerGroupSpecs": {"type": "array", "items": WORKER_GROUP},
         "rayVersion": {"type": "string"},
         "enableInTreeAutoscaling": {"type": "boolean"},
-        "autoscalerOptions": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
+        "autoscalerOptions": _closed(
+            {
                 "resources": {"type": "object"},
                 "image": {"type": "string"},
                 "imagePullPolicy": {"type": "string"},
@@ -154,81 +162,78 @@ RAY_CLUSTER_SPEC = {
                 "idleTimeoutSeconds": INT32,
                 "upscalingMode": {"type": "string", "enum": ["Default", "Aggressive", "Conservative"]},
                 "version": {"type": "string"},
-            },
-        },
+            }
+        ),
         "headServiceAnnotations": STR_MAP,
         "suspend": {"type": "boolean"},
         "gcsFaultToleranceOptions": {"type": "object"},
         "managedBy": {"type": "string"},
         "authOptions": {"type": "object"},
     },
-}
+    "headGroupSpec",
+)
 # metadata.name becomes Service names (<name>-head-svc, <name>-serve-svc): RFC 1035 labels
 METADATA = {
     "type": "object",
     "required": ["name"],
     "properties": {"name": {"type": "string", "pattern": r"^[a-z]([-a-z0-9]*[a-z0-9])?$", "maxLength": 63}},
 }
-RAYJOB = {
-    "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "properties": {
-        "apiVersion": {"const": "ray.io/v1"},
-        "kind": {"const": "RayJob"},
-        "metadata": METADATA,
-        "spec": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "activeDeadlineSeconds": {**INT32, "minimum": 1},
-                "backoffLimit": INT32,
-                "rayClusterSpec": RAY_CLUSTER_SPEC,
-                "submitterPodTemplate": POD_TEMPLATE,
-                "metadata": STR_MAP,
-                "clusterSelector": STR_MAP,
-                "submitterConfig": {"type": "object"},
-                "managedBy": {"type": "string"},
-                "deletionStrategy": {"type": "object"},
-                "entrypoint": {"type": "string"},
-                "runtimeEnvYAML": {"type": "string"},
-                "jobId": {"type": "string"},
-                "submissionMode": {
-                    "type": "string",
-                    "enum": ["K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode"],
-                },
-                "entrypointResources": {"type": "string"},
-                "entrypointNumCpus": {"type": "number"},
-                "entrypointNumGpus": {"type": "number"},
-                "ttlSecondsAfterFinished": {**INT32, "minimum": 0},
-                "shutdownAfterJobFinishes": {"type": "boolean"},
-                "suspend": {"type": "boolean"},
-                "schedule": {"type": "string"},
-            },
+
+
+def _ray_resource(kind: str, spec: dict) -> dict:
+    """A ``ray.io/v1`` object of ``kind``: :data:`METADATA` and a spec with exactly the ``spec`` properties."""
+    return {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"const": "ray.io/v1"},
+            "kind": {"const": kind},
+            "metadata": METADATA,
+            "spec": _closed(spec),
         },
-    },
-}
-RAYSERVICE = {
-    "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "properties": {
-        "apiVersion": {"const": "ray.io/v1"},
-        "kind": {"const": "RayService"},
-        "metadata": METADATA,
-        "spec": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "serveConfigV2": {"type": "string"},
-                "rayClusterConfig": RAY_CLUSTER_SPEC,
-                "serviceUnhealthySecondThreshold": INT32,
-                "deploymentUnhealthySecondThreshold": INT32,
-                "serveService": {"type": "object"},
-                "upgradeStrategy": {"type": "object"},
-                "excludeHeadPodFromServeSvc": {"type": "boolean"},
-            },
+    }
+
+
+RAYJOB = _ray_resource(
+    "RayJob",
+    {
+        "activeDeadlineSeconds": {**INT32, "minimum": 1},
+        "backoffLimit": INT32,
+        "rayClusterSpec": RAY_CLUSTER_SPEC,
+        "submitterPodTemplate": POD_TEMPLATE,
+        "metadata": STR_MAP,
+        "clusterSelector": STR_MAP,
+        "submitterConfig": {"type": "object"},
+        "managedBy": {"type": "string"},
+        "deletionStrategy": {"type": "object"},
+        "entrypoint": {"type": "string"},
+        "runtimeEnvYAML": {"type": "string"},
+        "jobId": {"type": "string"},
+        "submissionMode": {
+            "type": "string",
+            "enum": ["K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode"],
         },
+        "entrypointResources": {"type": "string"},
+        "entrypointNumCpus": {"type": "number"},
+        "entrypointNumGpus": {"type": "number"},
+        "ttlSecondsAfterFinished": {**INT32, "minimum": 0},
+        "shutdownAfterJobFinishes": {"type": "boolean"},
+        "suspend": {"type": "boolean"},
+        "schedule": {"type": "string"},
     },
-}
+)
+RAYSERVICE = _ray_resource(
+    "RayService",
+    {
+        "serveConfigV2": {"type": "string"},
+        "rayClusterConfig": RAY_CLUSTER_SPEC,
+        "serviceUnhealthySecondThreshold": INT32,
+        "deploymentUnhealthySecondThreshold": INT32,
+        "serveService": {"type": "object"},
+        "upgradeStrategy": {"type": "object"},
+        "excludeHeadPodFromServeSvc": {"type": "boolean"},
+    },
+)
 SCHEMAS = {"RayJob": RAYJOB, "RayService": RAYSERVICE}
 
 

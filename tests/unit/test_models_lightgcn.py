@@ -6,40 +6,31 @@ import numpy as np
 import pytest
 import torch
 
-from ragrec.models.lightgcn import (
-    bipartite_edge_index,
-    bpr_step,
-    build_model,
-    normalized_adjacency,
-    recall_at_k,
-    sample_bpr_batch,
-    unique_pairs,
-    validate_interactions,
-)
+from ragrec.models import lightgcn as lg
 
 
 def test_bipartite_edge_index_has_both_directions_with_item_offset():
-    ei = bipartite_edge_index(torch.tensor([0, 2]), torch.tensor([1, 0]), num_users=3)
+    ei = lg.bipartite_edge_index(torch.tensor([0, 2]), torch.tensor([1, 0]), num_users=3)
     assert ei.tolist() == [[0, 2, 4, 3], [4, 3, 0, 2]]
 
 
 def test_prenormalised_csr_gives_pyg_default_embeddings_and_loss():
     torch.manual_seed(0)
     users, items, U, I = torch.randint(0, 7, (30,)), torch.randint(0, 5, (30,)), 7, 5
-    u, i = unique_pairs(users.numpy(), items.numpy(), I)
-    ei = bipartite_edge_index(torch.as_tensor(u), torch.as_tensor(i), U)
-    reference = build_model(U, I, 8, 3, normalize=True)  # PyG default: gcn_norm inside every LGConv
-    fast = build_model(U, I, 8, 3, normalize=False)
+    u, i = lg.unique_pairs(users.numpy(), items.numpy(), I)
+    ei = lg.bipartite_edge_index(torch.as_tensor(u), torch.as_tensor(i), U)
+    reference = lg.build_model(U, I, 8, 3, normalize=True)  # PyG default: gcn_norm inside every LGConv
+    fast = lg.build_model(U, I, 8, 3, normalize=False)
     fast.load_state_dict(reference.state_dict())
-    adj = normalized_adjacency(ei, U + I)
+    adj = lg.normalized_adjacency(ei, U + I)
     torch.testing.assert_close(fast.get_embedding(adj), reference.get_embedding(ei), rtol=1e-5, atol=1e-6)
     label = torch.tensor([[0, 1, 0, 1], [7, 8, 9, 11]])
-    torch.testing.assert_close(bpr_step(fast, adj, label, 1e-4), bpr_step(reference, ei, label, 1e-4))
+    torch.testing.assert_close(lg.bpr_step(fast, adj, label, 1e-4), lg.bpr_step(reference, ei, label, 1e-4))
 
 
 def test_normalized_adjacency_is_symmetric_degree_normalised():
-    ei = bipartite_edge_index(torch.tensor([0, 0, 1]), torch.tensor([0, 1, 1]), num_users=2)
-    dense = normalized_adjacency(ei, 4).to_dense()
+    ei = lg.bipartite_edge_index(torch.tensor([0, 0, 1]), torch.tensor([0, 1, 1]), num_users=2)
+    dense = lg.normalized_adjacency(ei, 4).to_dense()
     # degrees: user0 2, user1 1, item0 1, item1 2 -> weight 1/sqrt(d_u d_i)
     expected = torch.zeros(4, 4)
     for uu, it in [(0, 0), (0, 1), (1, 1)]:
@@ -50,7 +41,7 @@ def test_normalized_adjacency_is_symmetric_degree_normalised():
 
 def test_sample_bpr_batch_keeps_users_and_draws_items_from_item_range():
     pos = torch.tensor([[0, 1, 2] * 100, [5, 6, 7] * 100])
-    out = sample_bpr_batch(pos, num_users=3, num_items=4, generator=torch.Generator().manual_seed(0))
+    out = lg.sample_bpr_batch(pos, num_users=3, num_items=4, generator=torch.Generator().manual_seed(0))
     assert out.shape == (2, 600)
     assert torch.equal(out[:, :300], pos)
     assert torch.equal(out[0, 300:], pos[0])
@@ -66,21 +57,21 @@ def test_recall_at_k_masks_train_items_and_averages_over_eval_users():
     eval_u, eval_i = torch.tensor([0, 0, 1]), torch.tensor([1, 3, 0])  # user 2 has no eval items
     # user 0: train item 0 masked -> top-2 = {1, 2}: 1 of {1, 3} -> 0.5
     # user 1: top-2 = {3, 2}: 0 of {0} -> 0.0 ; mean over users with eval items = 0.25
-    assert recall_at_k(user_emb, item_emb, train_u, train_i, eval_u, eval_i, k=2) == pytest.approx(0.25)
+    assert lg.recall_at_k(user_emb, item_emb, train_u, train_i, eval_u, eval_i, k=2) == pytest.approx(0.25)
     # chunking must not change the result
-    assert recall_at_k(user_emb, item_emb, train_u, train_i, eval_u, eval_i, k=2, chunk=1) == pytest.approx(0.25)
-    assert recall_at_k(user_emb, item_emb, train_u, train_i, eval_u, eval_i, k=3) == pytest.approx(0.5)
+    assert lg.recall_at_k(user_emb, item_emb, train_u, train_i, eval_u, eval_i, k=2, chunk=1) == pytest.approx(0.25)
+    assert lg.recall_at_k(user_emb, item_emb, train_u, train_i, eval_u, eval_i, k=3) == pytest.approx(0.5)
 
 
 def test_validate_interactions_names_field_and_position():
     with pytest.raises(ValueError, match=r"item_id\[2\]=9 is outside 0\.\.4"):
-        validate_interactions(np.array([0, 1, 2]), np.array([0, 1, 9]), 3, 5)
+        lg.validate_interactions(np.array([0, 1, 2]), np.array([0, 1, 9]), 3, 5)
     with pytest.raises(ValueError, match="equal length"):
-        validate_interactions(np.array([0, 1]), np.array([0]), 3, 5)
+        lg.validate_interactions(np.array([0, 1]), np.array([0]), 3, 5)
     with pytest.raises(ValueError, match="integer dense ids"):
-        validate_interactions(np.array([0.0, 1.0]), np.array([0, 1]), 3, 5)
+        lg.validate_interactions(np.array([0.0, 1.0]), np.array([0, 1]), 3, 5)
 
 
 def test_unique_pairs_drops_duplicates():
-    u, i = unique_pairs(np.array([1, 0, 1, 1]), np.array([2, 3, 2, 0]), num_items=4)
+    u, i = lg.unique_pairs(np.array([1, 0, 1, 1]), np.array([2, 3, 2, 0]), num_items=4)
     assert list(zip(u.tolist(), i.tolist())) == [(0, 3), (1, 0), (1, 2)]

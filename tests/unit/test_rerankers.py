@@ -25,14 +25,7 @@ NAMES = list(BACKBONES)
 SMALL = RerankerConfig(dim=16, heads=2, layers=2, dropout=0.1)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread(monkeypatch):
-    """Tiny models: one thread (worker_setup reads RAGREC_TORCH_THREADS), restored afterwards."""
-    threads = torch.get_num_threads()
-    monkeypatch.setenv("RAGREC_TORCH_THREADS", "1")
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one torch thread, restored afterwards
 
 
 def parity_data(n: int, seed: int, aug: bool = False, anti: bool = False) -> dict[str, np.ndarray]:
@@ -170,22 +163,12 @@ def test_scorer_reproduces_training_scores_and_is_batch_size_independent(tmp_pat
         RerankScorer(tmp_path)(valid["history"], valid["candidates"])
 
 
-def test_standalone_run_resumes_from_checkpoint_dir(tmp_path, monkeypatch):
+def test_standalone_run_resumes_from_checkpoint_dir(tmp_path, monkeypatch, kill_after_epoch):
     train, valid = parity_data(200, 0), parity_data(60, 1)
     cfg = RerankerConfig(dim=16, heads=2, layers=1, dropout=0.2, epochs=4, lr=1e-2, batch_size=32)
     ref = train_reranker("sasrec", train, valid, I, L, cfg, opts=rt.TrainOptions(out_dir=tmp_path / "ref"), patience=9)
     opts = rt.TrainOptions(out_dir=tmp_path / "out", checkpoint_dir=tmp_path / "ckpt", report_every=1)
-    original = rt.report_state
-
-    def killed_after_epoch_1(metrics, state, local_dir=None):
-        original(metrics, state, local_dir)
-        if state["epoch"] == 1:
-            raise RuntimeError("killed")
-
-    with monkeypatch.context() as m:
-        m.setattr(rt, "report_state", killed_after_epoch_1)
-        with pytest.raises(RuntimeError, match="killed"):
-            train_reranker("sasrec", train, valid, I, L, cfg, opts=opts, patience=9)
+    kill_after_epoch(lambda: train_reranker("sasrec", train, valid, I, L, cfg, opts=opts, patience=9), epoch=1)
     assert not (tmp_path / "out" / "model.pt").exists()
     assert rt.load_state(tmp_path / "ckpt")["epoch"] == 1
 

@@ -13,33 +13,13 @@ import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
-from starlette.testclient import TestClient
+from serving_helpers import checking_client
 
 from ragrec.config import RunConfig
 from ragrec.methods.common import load_run
-from ragrec.serving.app import DEFAULT_MAX_BODY_BYTES, BodySizeLimit, ServeOptions, make_api, set_body_limit
-from ragrec.serving.rerank import RerankRequest, check_rerank
-from ragrec.serving.schemas import INT64_MAX, INT64_MIN, Catalog, PredictRequest, check_request
+from ragrec.serving.app import DEFAULT_MAX_BODY_BYTES, BodySizeLimit, ServeOptions, set_body_limit
+from ragrec.serving.schemas import INT64_MAX, INT64_MIN
 from ragrec.training import ray_train as rt
-
-CATALOG = Catalog(n_users=10, n_items=20, max_items=100)
-
-
-def _client(max_body_bytes=None) -> TestClient:
-    api = make_api("test", max_body_bytes=max_body_bytes)
-
-    @api.post("/predict")
-    async def predict(req: PredictRequest) -> dict:
-        check_request(req, CATALOG)
-        return {"ok": True}
-
-    @api.post("/rerank")
-    async def rerank(req: RerankRequest) -> dict:
-        check_rerank(req, CATALOG)
-        return {"ok": True}
-
-    return TestClient(api)
-
 
 # ----------------------------------------------------------------------------- int64 bounds -> 422
 
@@ -55,7 +35,7 @@ def _client(max_body_bytes=None) -> TestClient:
     ],
 )
 def test_ids_outside_int64_are_a_422_naming_the_field(route, body, field):
-    r = _client().post(route, json=body)
+    r = checking_client().post(route, json=body)
     assert r.status_code == 422, r.text
     detail = r.json()["detail"]
     assert detail.startswith("invalid request: ") and f"{field}:" in detail
@@ -63,12 +43,12 @@ def test_ids_outside_int64_are_a_422_naming_the_field(route, body, field):
 
 
 def test_history_item_ids_outside_int64_are_a_422():
-    r = _client().post("/rerank", json={"user_id": 1, "item_ids": [3], "history_item_ids": [1, 2**64]})
+    r = checking_client().post("/rerank", json={"user_id": 1, "item_ids": [3], "history_item_ids": [1, 2**64]})
     assert r.status_code == 422 and "history_item_ids.1:" in r.json()["detail"]
 
 
 def test_int64_extremes_pass_validation_and_get_the_catalog_404():
-    c = _client()
+    c = checking_client()
     assert c.post("/predict", json={"user_id": 1, "item_ids": [3], "as_of": INT64_MAX}).status_code == 200
     r = c.post("/predict", json={"user_id": 1, "item_ids": [INT64_MAX, INT64_MIN]})
     assert r.status_code == 404 and "unknown item_ids" in r.json()["detail"]
@@ -80,7 +60,7 @@ def test_int64_extremes_pass_validation_and_get_the_catalog_404():
 
 
 def test_a_body_over_max_body_bytes_is_a_413_with_the_reason():
-    c = _client(max_body_bytes=200)
+    c = checking_client(max_body_bytes=200)
     assert c.post("/predict", json={"user_id": 1, "item_ids": [1, 2, 3]}).status_code == 200
     r = c.post("/predict", json={"user_id": 1, "item_ids": list(range(100))})  # ~400 bytes
     assert r.status_code == 413
@@ -88,7 +68,7 @@ def test_a_body_over_max_body_bytes_is_a_413_with_the_reason():
 
 
 def test_a_streamed_body_without_content_length_is_counted():
-    c = _client(max_body_bytes=200)
+    c = checking_client(max_body_bytes=200)
     chunks = [b'{"user_id": 1, "item_ids": [', b", ".join(b"1" for _ in range(150)), b"]}"]
     r = c.post("/predict", content=iter(chunks), headers={"content-type": "application/json"})
     assert r.status_code == 413 and "bytes received" in r.json()["detail"]
@@ -121,7 +101,7 @@ def test_the_default_limit_is_1_mib_and_set_body_limit_changes_it():
     assert ServeOptions().max_body_bytes == DEFAULT_MAX_BODY_BYTES == 1 << 20
     with pytest.raises(ValueError, match="max_body_bytes"):
         ServeOptions(max_body_bytes=0)
-    c = _client()  # no fixed limit: the process's (what the Serve ingress sets from ServeOptions)
+    c = checking_client()  # no fixed limit: the process's (what the Serve ingress sets from ServeOptions)
     padded = b'{"user_id": 1, "item_ids": [1]' + b" " * (1 << 20) + b"}"
     assert c.post("/predict", content=padded, headers={"content-type": "application/json"}).status_code == 413
     try:

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from ragrec.config import CARConfig
 from ragrec.llm.registry import model_path
@@ -26,18 +24,8 @@ U = GROUPS * PER_GROUP
 CFG = CARConfig(epochs=4, lr=2e-4, batch_size=8, max_tokens=32, kc=KC)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """MiniLM steps on a shared 2-CPU box are ~10x slower with 2 contending threads than with 1."""
-    threads, env = torch.get_num_threads(), os.environ.get("RAGREC_TORCH_THREADS")
-    torch.set_num_threads(1)
-    os.environ["RAGREC_TORCH_THREADS"] = "1"
-    yield
-    torch.set_num_threads(threads)
-    if env is None:
-        os.environ.pop("RAGREC_TORCH_THREADS", None)
-    else:
-        os.environ["RAGREC_TORCH_THREADS"] = env
+# MiniLM steps on a shared 2-CPU box are ~10x slower with 2 contending threads than with 1
+pytestmark = pytest.mark.usefixtures("one_torch_thread_per_module")
 
 
 def toy_users(seed: int = 0):

@@ -118,23 +118,13 @@ def _linear_loop(config: dict, stop_at: int | None = None) -> tuple[list[dict], 
     return history, model.weight.detach().clone()
 
 
-def test_epoch_loop_resumes_standalone_from_checkpoint_dir(tmp_path, monkeypatch):
+def test_epoch_loop_resumes_standalone_from_checkpoint_dir(tmp_path, kill_after_epoch):
     opts = rt.TrainOptions(seed=3, out_dir=tmp_path / "out", checkpoint_dir=tmp_path / "ckpt", report_every=1)
     config = opts.loop_config("linear")
     ref_history, ref_weight = _linear_loop({**config, "checkpoint_dir": None})
     assert [list(h) for h in ref_history] == [["epoch", "loss", "seconds", "evaluated"]] * 4
 
-    original = rt.report_state
-
-    def killed_after_epoch_1(metrics, state, local_dir=None):
-        original(metrics, state, local_dir)
-        if state["epoch"] == 1:
-            raise RuntimeError("killed")
-
-    with monkeypatch.context() as m:
-        m.setattr(rt, "report_state", killed_after_epoch_1)
-        with pytest.raises(RuntimeError, match="killed"):
-            _linear_loop(config)
+    kill_after_epoch(lambda: _linear_loop(config), epoch=1)
     state = rt.load_state(tmp_path / "ckpt")
     assert (state["epoch"], state["batch"], len(state["history"])) == (1, 0, 2)
 

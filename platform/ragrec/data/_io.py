@@ -8,15 +8,17 @@ first offending row and translate its row index into a physical line number of t
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from ._ids import first_duplicate
 from .errors import DataError
 
 _SEP_NAMES = {"\t": "tab", ",": "comma", ";": "semicolon", "|": "'|'", "::": "'::'", " ": "space"}
@@ -67,6 +69,38 @@ def _line_of_text(buf: bytes, text: str) -> int | None:
     if pos < 0:
         return None
     return buf.count(b"\n", 0, pos + 1) + 1
+
+
+def read_string_columns(
+    buf: bytes, names: Sequence[str], *, skip_rows: int = 0, **parse: Any
+) -> tuple[pa.Table, list[pacsv.InvalidRow]]:
+    """``buf`` read by ``pyarrow.csv`` into one non-null ``pa.string()`` column per field, and the rows it skipped.
+
+    Args:
+        buf: UTF-8 text, one record per line (empty lines skipped).
+        names: the column names, one per field.
+        skip_rows: leading lines not read (a header).
+        **parse: :class:`pyarrow.csv.ParseOptions` fields (``delimiter``, ``quote_char``, ...).
+
+    Returns:
+        ``(table, bad)``: the ``(n_rows,)`` table of the well-formed rows, and the rows with a number of fields
+        other than ``len(names)`` (left out of the table) as :class:`pyarrow.csv.InvalidRow`.
+    """
+    bad: list[pacsv.InvalidRow] = []
+
+    def _on_invalid(row: pacsv.InvalidRow) -> str:
+        bad.append(row)
+        return "skip"
+
+    table = pacsv.read_csv(
+        io.BytesIO(buf),
+        read_options=pacsv.ReadOptions(column_names=list(names), skip_rows=skip_rows),
+        parse_options=pacsv.ParseOptions(invalid_row_handler=_on_invalid, **parse),
+        convert_options=pacsv.ConvertOptions(
+            column_types={n: pa.string() for n in names}, strings_can_be_null=False, quoted_strings_can_be_null=False
+        ),
+    )
+    return table, bad
 
 
 def _guess_sep(line: str, n_fields: int) -> str | None:
@@ -132,18 +166,7 @@ def read_delimited(
         text = text.replace(sep, _MULTI_CHAR_SUBSTITUTE)
         sep = _MULTI_CHAR_SUBSTITUTE
     buf = text.encode("utf-8")
-    bad: list[pacsv.InvalidRow] = []
-
-    def _on_invalid(row: pacsv.InvalidRow) -> str:
-        bad.append(row)
-        return "skip"
-
-    table = pacsv.read_csv(
-        io.BytesIO(buf),
-        read_options=pacsv.ReadOptions(column_names=names),
-        parse_options=pacsv.ParseOptions(delimiter=sep, quote_char=False, invalid_row_handler=_on_invalid),
-        convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names}),
-    )
+    table, bad = read_string_columns(buf, names, delimiter=sep, quote_char=False)
     if bad:
         row = bad[0]
         line = row.number if row.number is not None else _line_of_text(buf, row.text)
@@ -203,6 +226,29 @@ def cast_numeric(
 def numeric_column(data: Delimited, name: str, typ: pa.DataType, *, fix: str) -> pa.Array:
     """Column ``name`` of a :class:`Delimited` file converted to ``typ``; errors name the line."""
     return cast_numeric(data.table.column(name), typ, file=data.path, field=name, fix=fix, line_of=data.line_of)
+
+
+def unique_ids(data: Delimited, name: str, *, what: str, fix: str, parse_fix: str | None = None) -> pa.Array:
+    """Column ``name`` of an entity file as ``(n,) int64`` ids, each listed once, in file order.
+
+    Args:
+        data: the file.
+        name: the id column.
+        what: the id's name in messages (e.g. ``"MovieID"``).
+        fix: the fix of an id listed twice.
+        parse_fix: the fix of a value that is not an integer (default: ``fix``).
+
+    Raises:
+        DataError: a value that is not an integer, or ``"<file> line N: <what> 7 appears twice"`` naming the
+            second line of the first id listed twice.
+    """
+    ids = numeric_column(data, name, pa.int64(), fix=fix if parse_fix is None else parse_fix)
+    dup = first_duplicate(ids)
+    if dup is not None:
+        raise DataError(
+            f"{what} {ids[dup].as_py()} appears twice", file=data.path, line=data.line_of(dup), field=name, fix=fix
+        )
+    return ids
 
 
 def first_true(mask: np.ndarray) -> int | None:

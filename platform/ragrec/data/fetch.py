@@ -171,18 +171,10 @@ def _archive(name: str) -> Archive:
     return archives(name)[0]
 
 
-def md5sum(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex md5 of a file, read in ``chunk``-byte blocks."""
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def sha256sum(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in ``chunk``-byte blocks."""
-    h = hashlib.sha256()
+def file_digest(path: Path, algorithm: str, chunk: int = 1 << 20) -> str:
+    """Hex digest of a file with the :mod:`hashlib` ``algorithm`` (``"md5"``, ``"sha256"``), read in ``chunk``-byte
+    blocks."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
@@ -220,7 +212,7 @@ def verify(name: str, path: str | Path, *, category: str | None = None) -> Path:
                     fix=f"run `{_fetch_cmd(name, category)}` or put the files of the official {got} into {path}",
                 )
         for fname, expected in spec.file_md5.items():
-            got = md5sum(path / fname)
+            got = file_digest(path / fname, "md5")
             if got != expected:
                 raise DataError(
                     f"md5 {got} does not match the official {expected}; the file is altered or truncated",
@@ -270,7 +262,7 @@ def _checked_download(
     target = tmp / filename
     _download(url, target, name, spec, dest_dir, timeout)
     if spec.zip_md5 is not None:
-        got = md5sum(target)
+        got = file_digest(target, "md5")
         if got != spec.zip_md5:
             raise DataError(
                 f"md5 of the downloaded archive is {got}, expected {spec.zip_md5}; "
@@ -283,7 +275,7 @@ def _checked_download(
             "%s: no checksum is published; downloaded %d bytes, sha256 %s (only the files it holds are checked)",
             url,
             target.stat().st_size,
-            sha256sum(target),
+            file_digest(target, "sha256"),
         )
     return target
 

@@ -30,8 +30,8 @@ import scipy.sparse as sp
 
 from ..config import DataConfig
 from .errors import DataError
-from .protocols import _labels, _split_strings, per_user_split
-from .schemas import FULL_RANKING, INTERACTIONS, SPLITS, validate
+from .protocols import _interaction_ids, _labels, _split_strings, per_user_split
+from .schemas import FULL_RANKING, SPLITS, validate
 
 __all__ = ["full_ranking_split", "split_matrices"]
 
@@ -86,13 +86,7 @@ def full_ranking_split(
         DataError: an empty table, ids outside ``num_users`` / ``num_items``, or an empty test split (no
             positives, or ``data.split`` leaves no test positive to any user).
     """
-    validate(interactions, INTERACTIONS, "interactions")
-    if interactions.num_rows == 0:
-        raise DataError(
-            "the interactions table is empty", file="interactions table", fix="load a dataset with interactions"
-        )
-    user_all = interactions.column("user_id").to_numpy()
-    item_all = interactions.column("item_id").to_numpy()
+    user_all, item_all = _interaction_ids(interactions)
     _id_space(user_all, num_users, "user_id", "interactions")
     n_items = max(_id_space(item_all, num_items, "item_id", "interactions"), 1)
     label = _labels(interactions, cfg.label_threshold)

@@ -20,8 +20,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ._ids import dense_index, first_duplicate, year_from_title
-from ._io import Delimited, numeric_column, read_delimited
+from ._ids import dense_index, year_from_title
+from ._io import Delimited, numeric_column, read_delimited, unique_ids
 from .dataset import Dataset
 from .errors import DataError
 from .schemas import INTERACTIONS, with_label_source
@@ -103,17 +103,8 @@ def _num(data: Delimited, name: str, typ: pa.DataType, dataset: str) -> pa.Array
 
 def _raw_ids(data: Delimited, col: str, dataset: str) -> pa.Array:
     """Raw ids of an entity file, checked for duplicates, in ascending order."""
-    ids = _num(data, col, pa.int64(), dataset)
-    dup = first_duplicate(ids)
-    if dup is not None:
-        raise DataError(
-            f"{col} {ids[dup].as_py()} appears twice",
-            file=data.path,
-            line=data.line_of(dup),
-            field=col,
-            fix=_malformed_fix(dataset, data.path.name),
-        )
-    return ids
+    fix = _malformed_fix(dataset, data.path.name)
+    return unique_ids(data, col, what=col, fix=fix, parse_fix=f"correct or remove that line ({fix})")
 
 
 def _interactions(

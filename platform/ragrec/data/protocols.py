@@ -101,6 +101,17 @@ def _labels(interactions: pa.Table, threshold: float) -> np.ndarray:
     return (rating.to_numpy() > threshold).astype(np.int8)
 
 
+def _interaction_ids(interactions: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """``(user_id, item_id)``, each ``(n,) int64``, of an interactions table checked against
+    :data:`~ragrec.data.schemas.INTERACTIONS`; DataError when a column is missing / mistyped or the table is empty."""
+    validate(interactions, INTERACTIONS, "interactions")
+    if interactions.num_rows == 0:
+        raise DataError(
+            "the interactions table is empty", file="interactions table", fix="load a dataset with interactions"
+        )
+    return interactions.column("user_id").to_numpy(), interactions.column("item_id").to_numpy()
+
+
 def _take(values: pa.Array, rows: np.ndarray) -> pa.Array:
     """``values[rows]``; numpy gather when there are no nulls (several times faster than Arrow take)."""
     if values.null_count == 0:

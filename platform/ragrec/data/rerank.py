@@ -40,8 +40,8 @@ import pyarrow as pa
 
 from ..config import DataConfig
 from .errors import DataError
-from .protocols import _MAX_LIST_VALUES, _labels, _split_strings, per_user_split
-from .schemas import INTERACTIONS, RERANK_SAMPLES, SPLITS, validate
+from .protocols import _MAX_LIST_VALUES, _interaction_ids, _labels, _split_strings, per_user_split
+from .schemas import RERANK_SAMPLES, SPLITS
 
 __all__ = ["rerank_samples", "train_positive_counts", "train_positive_interactions"]
 
@@ -109,13 +109,7 @@ def _positives(interactions: pa.Table, cfg: DataConfig, num_items: int | None) -
     Returns:
         ``(positives, keys)``: ``keys`` ``(K,) int64`` sorted distinct ``user * I + item`` of ALL interactions.
     """
-    validate(interactions, INTERACTIONS, "interactions")
-    if interactions.num_rows == 0:
-        raise DataError(
-            "the interactions table is empty", file="interactions table", fix="load a dataset with interactions"
-        )
-    user_all = interactions.column("user_id").to_numpy()
-    item_all = interactions.column("item_id").to_numpy()
+    user_all, item_all = _interaction_ids(interactions)
     n_items = _num_items(item_all, num_items)
     label = _labels(interactions, cfg.label_threshold)
 

@@ -305,9 +305,19 @@ class Method:
     serving_note: str = ""
 
     def pipeline(self, cfg: RunConfig, force: tuple[str, ...] = ()) -> MethodPipeline:
-        if cfg.method != self.name:
-            raise ValueError(f"the {self.title} pipeline needs method: {self.name} (got '{cfg.method}')")
+        self._require(cfg, "pipeline")
         return _resolve(self.pipeline_path)(cfg, force)
+
+    def evaluation_pipeline(self, cfg: RunConfig, force: tuple[str, ...] = ()) -> MethodPipeline:
+        """The pipeline an evaluation of ``cfg`` scores on, its upstream stages run."""
+        self._require(cfg, "evaluation")
+        pipe = self.pipeline(cfg, force)
+        pipe.upstream()
+        return pipe
+
+    def _require(self, cfg: RunConfig, what: str) -> None:
+        if cfg.method != self.name:
+            raise ValueError(f"the {self.title} {what} needs method: {self.name} (got '{cfg.method}')")
 
     def evaluate(self, cfg: RunConfig, force: tuple[str, ...] = ()):
         """The method's paper evaluation (variants, baselines, sweeps) on ``cfg``'s test samples."""
@@ -341,44 +351,39 @@ def _resolve(path: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), attr)
 
 
+def _builtin(name: str, title: str, sections: tuple[str, ...], **kw: Any) -> Method:
+    """A method of this package: its pipeline is ``ragrec.methods.<name>:Pipeline``, its evaluation
+    ``ragrec.methods.<name>_evaluate:evaluate``."""
+    return Method(
+        name=name,
+        title=title,
+        sections=sections,
+        pipeline_path=f"ragrec.methods.{name}:Pipeline",
+        evaluation_path=f"ragrec.methods.{name}_evaluate:evaluate",
+        **kw,
+    )
+
+
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
-        Method(
-            name="rallrec",
-            title="RALLRec",
-            sections=("description", "embedding", "lightgcn", "projector", "retrieval", "prompt"),
-            pipeline_path="ragrec.methods.rallrec:Pipeline",
-            evaluation_path="ragrec.methods.rallrec_evaluate:evaluate",
+        _builtin(
+            "rallrec",
+            "RALLRec",
+            ("description", "embedding", "lightgcn", "projector", "retrieval", "prompt"),
             servable=True,
         ),
-        Method(
-            name="score",
-            title="SCoRe",
-            sections=("sasrec", "user_text", "car", "rationale", "sare", "ci"),
-            pipeline_path="ragrec.methods.score:Pipeline",
-            evaluation_path="ragrec.methods.score_evaluate:evaluate",
+        _builtin(
+            "score",
+            "SCoRe",
+            ("sasrec", "user_text", "car", "rationale", "sare", "ci"),
             servable=False,
             serving_note="the Serve chain (retrieve -> rerank -> predict) retrieves items; SCoRe's context is "
             "similar users (CAR + SARE), which the chain has no deployment for. Serve a RALLRec run "
             "(method: rallrec), or score SCoRe offline with `ragrec run`",
         ),
-        Method(
-            name="ur4rec",
-            title="UR4Rec",
-            sections=("ur4rec", "reranker"),
-            pipeline_path="ragrec.methods.ur4rec:Pipeline",
-            evaluation_path="ragrec.methods.ur4rec_evaluate:evaluate",
-            servable=True,
-        ),
-        Method(
-            name="er2alm",
-            title="ER2ALM",
-            sections=("description", "rag", "profile", "noise", "augment", "gnn"),
-            pipeline_path="ragrec.methods.er2alm:Pipeline",
-            evaluation_path="ragrec.methods.er2alm_evaluate:evaluate",
-            servable=True,
-        ),
+        _builtin("ur4rec", "UR4Rec", ("ur4rec", "reranker"), servable=True),
+        _builtin("er2alm", "ER2ALM", ("description", "rag", "profile", "noise", "augment", "gnn"), servable=True),
     )
 }
 

@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -31,6 +31,7 @@ from .base import get_method
 from .common import RunResult, metric_row, train_interactions
 
 log = logging.getLogger("ragrec.evaluate")
+V = TypeVar("V", bound="Variant")
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,11 @@ class Variant:
     label: str
     table: str = ""
     overrides: dict[str, Any] = field(default_factory=dict)
+
+
+def by_name(*variants: V) -> dict[str, V]:
+    """The rows keyed by their ``name``, in the given order (a method's ``VARIANTS``)."""
+    return {v.name: v for v in variants}
 
 
 def variant_config(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:

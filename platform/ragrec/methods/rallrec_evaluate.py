@@ -44,6 +44,7 @@ from .evaluation import (
     Scored,
     Sweep,
     Variant,
+    by_name,
     fusion_comparisons,  # noqa: F401  (re-exported: `ragrec run`'s fusion in rallrec.py imports these three here)
     fusion_labels,  # noqa: F401
     fusion_report,  # noqa: F401
@@ -56,34 +57,31 @@ FULL = {"retrieval.strategy": "rerank", "retrieval.embedding": "mixed", "lora.en
 """Overrides that make a config the full RALLRec (reranker over concat + SSL embeddings, tuned)."""
 
 
-VARIANTS: dict[str, Variant] = {
-    v.name: v
-    for v in (
-        Variant("zero_shot", "w/o IT (zero-shot)", "Table 3", {**FULL, "lora.enabled": False}),
-        Variant(
-            "recent",
-            "w/o retrieval (recent-K)",
-            "Table 3",
-            {**FULL, "retrieval.strategy": "recent", "prompt.augmentation": False},
-        ),
-        Variant(
-            "rella",
-            "ReLLa (text retrieval)",
-            "Table 1",
-            {**FULL, "retrieval.strategy": "relevance", "retrieval.embedding": "text"},
-        ),
-        Variant("hybrid", "Hybrid-Score (½ text, ½ colla)", "Table 1", {**FULL, "retrieval.strategy": "hybrid"}),
-        Variant(
-            "concat",
-            "concat w/o SSL",
-            "Table 4",
-            {**FULL, "retrieval.strategy": "relevance", "retrieval.embedding": "concat"},
-        ),
-        Variant("concat_ssl", "concat + SSL", "Table 4", {**FULL, "retrieval.strategy": "relevance"}),
-        Variant("rallrec", "RALLRec (concat + SSL + reranker)", "Table 1", dict(FULL)),
-        Variant("no_aug", "w/o data augmentation", "Table 3", {**FULL, "prompt.augmentation": False}),
-    )
-}
+VARIANTS: dict[str, Variant] = by_name(
+    Variant("zero_shot", "w/o IT (zero-shot)", "Table 3", {**FULL, "lora.enabled": False}),
+    Variant(
+        "recent",
+        "w/o retrieval (recent-K)",
+        "Table 3",
+        {**FULL, "retrieval.strategy": "recent", "prompt.augmentation": False},
+    ),
+    Variant(
+        "rella",
+        "ReLLa (text retrieval)",
+        "Table 1",
+        {**FULL, "retrieval.strategy": "relevance", "retrieval.embedding": "text"},
+    ),
+    Variant("hybrid", "Hybrid-Score (½ text, ½ colla)", "Table 1", {**FULL, "retrieval.strategy": "hybrid"}),
+    Variant(
+        "concat",
+        "concat w/o SSL",
+        "Table 4",
+        {**FULL, "retrieval.strategy": "relevance", "retrieval.embedding": "concat"},
+    ),
+    Variant("concat_ssl", "concat + SSL", "Table 4", {**FULL, "retrieval.strategy": "relevance"}),
+    Variant("rallrec", "RALLRec (concat + SSL + reranker)", "Table 1", dict(FULL)),
+    Variant("no_aug", "w/o data augmentation", "Table 3", {**FULL, "prompt.augmentation": False}),
+)
 REFERENCE = "rallrec"
 DEEPFM_LABEL = "DeepFM (ID-based CTR)"
 

@@ -36,7 +36,7 @@ import pyarrow as pa
 from ..config import RunConfig
 from .common import RunResult, train_interactions
 from .evaluation import Evaluation as Engine
-from .evaluation import EvaluationSpec, FusionFit, Scored, Sweep, Variant
+from .evaluation import EvaluationSpec, FusionFit, Scored, Sweep, Variant, by_name
 from .score import Pipeline
 
 log = logging.getLogger("ragrec.evaluate")
@@ -44,17 +44,14 @@ log = logging.getLogger("ragrec.evaluate")
 FULL = {"ci.retriever": "car", "sare.enabled": True, "lora.enabled": True}
 
 
-VARIANTS: dict[str, Variant] = {
-    v.name: v
-    for v in (
-        Variant("zero_shot", "zero-shot (P^b, w/o IT)", overrides={**FULL, "lora.enabled": False, "ci.ks": 0}),
-        Variant("no_ci", "w/o CI (TALLRec-style P^b)", overrides={**FULL, "ci.ks": 0}),
-        Variant("score_base", "SCoRe-base (untuned retriever)", overrides={**FULL, "ci.retriever": "base"}),
-        Variant("score_cf", "SCoRe-cf (SASRec neighbours)", overrides={**FULL, "ci.retriever": "cf"}),
-        Variant("score_rerank", "SCoRe-rerank (w/o SARE)", overrides={**FULL, "sare.enabled": False}),
-        Variant("score", "SCoRe (CAR + SARE)", overrides=dict(FULL)),
-    )
-}
+VARIANTS: dict[str, Variant] = by_name(
+    Variant("zero_shot", "zero-shot (P^b, w/o IT)", overrides={**FULL, "lora.enabled": False, "ci.ks": 0}),
+    Variant("no_ci", "w/o CI (TALLRec-style P^b)", overrides={**FULL, "ci.ks": 0}),
+    Variant("score_base", "SCoRe-base (untuned retriever)", overrides={**FULL, "ci.retriever": "base"}),
+    Variant("score_cf", "SCoRe-cf (SASRec neighbours)", overrides={**FULL, "ci.retriever": "cf"}),
+    Variant("score_rerank", "SCoRe-rerank (w/o SARE)", overrides={**FULL, "sare.enabled": False}),
+    Variant("score", "SCoRe (CAR + SARE)", overrides=dict(FULL)),
+)
 REFERENCE = "score"
 FUSION_NAMES = {"llm": "SCoRe", "crm": "SASRec", "item_user": "item_user_logit"}
 

@@ -26,7 +26,7 @@ from ..artifacts import Artifact, ArtifactStore
 from ..config import RunConfig
 from ..data.lists import Lists
 from ..llm.prompts_ur4rec import history_texts, item_phrases, item_prompts, user_histories, user_prompts
-from ..stages import embed_stage, generate_stage, to_numpy
+from ..stages import embed_texts_stage, generate_stage, to_numpy
 from ..stages.data import dataset_stage, samples_stage
 from ..stages.lightgcn import rerank_ranker_stage
 from .base import ListScorer, RankingPipeline
@@ -128,17 +128,14 @@ def texts_stage(
     keys = pa.concat_arrays(
         [flat(pc.binary_join_element_wise(f"{n}:", ids.cast(pa.string()), "")) for n, (ids, _) in parts.items()]
     )
-    texts = pa.concat_arrays([flat(t) for _, t in parts.values()])
-    emb = embed_stage(
+    emb = embed_texts_stage(
         store,
         "embed_ur4rec_texts",
-        pa.table({"key": keys, "text": texts}),
-        key="key",
-        text="text",
+        keys,
+        [t for _, t in parts.values()],
         llm_cfg=cfg.llm,
         encoder=cfg.ur4rec.encoder,
         max_tokens=256,
-        block_size=512,
         inputs=[samples_art, pref, know],
     )
 

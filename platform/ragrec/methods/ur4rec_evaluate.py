@@ -24,7 +24,7 @@ from ..config import RunConfig
 from ..evaluation.report import RANK_KS, format_ranking_rows, plot_curve, plot_ranking_bars, write_report
 from .base import get_method
 from .common import RunResult
-from .evaluation import Variant, variant_config
+from .evaluation import Variant, by_name, variant_config
 from .ranking import CI_METRIC, POPULARITY, popularity_scores, ranking_row, trivial_notes
 from .ur4rec import AUG_LLM, AUG_NONE, AUG_TEXT, AUG_UR4REC, BACKBONE_TITLES
 
@@ -38,17 +38,14 @@ class RankVariant(Variant):
     kind: str = AUG_NONE
 
 
-VARIANTS = {
-    v.name: v
-    for v in (
-        RankVariant("base", "Base", kind=AUG_NONE),
-        RankVariant("text", "+text (encoder on titles/genres; paper +BERT)", kind=AUG_TEXT),
-        RankVariant("llm", "+LLM (encoder on s_u/s_i, w/o Retr.)", kind=AUG_LLM),
-        RankVariant("ur4rec", "UR4Rec", kind=AUG_UR4REC),
-        RankVariant("no_cl", "w/o CL", overrides={"ur4rec.use_cl": False}, kind=AUG_UR4REC),
-        RankVariant("no_pim", "w/o PIM", overrides={"ur4rec.use_pim": False}, kind=AUG_UR4REC),
-    )
-}
+VARIANTS = by_name(
+    RankVariant("base", "Base", kind=AUG_NONE),
+    RankVariant("text", "+text (encoder on titles/genres; paper +BERT)", kind=AUG_TEXT),
+    RankVariant("llm", "+LLM (encoder on s_u/s_i, w/o Retr.)", kind=AUG_LLM),
+    RankVariant("ur4rec", "UR4Rec", kind=AUG_UR4REC),
+    RankVariant("no_cl", "w/o CL", overrides={"ur4rec.use_cl": False}, kind=AUG_UR4REC),
+    RankVariant("no_pim", "w/o PIM", overrides={"ur4rec.use_pim": False}, kind=AUG_UR4REC),
+)
 
 PAPER_ML1M = {  # Table 2, MovieLens-1M Base rows: M@1, M@5, N@1, N@5 (a direction check, another dataset)
     "dlcm": (0.158, 0.235, 0.158, 0.271),
@@ -68,12 +65,9 @@ def _scores(pipe, backbone: str, v: RankVariant, cfg: RunConfig) -> np.ndarray:
 
 def evaluate(cfg: RunConfig, force: tuple[str, ...] = ()) -> RunResult:
     """The rows, ablations and proxy sweep of every backbone of ``reranker.backbones`` (module docstring)."""
-    if cfg.method != "ur4rec":
-        raise ValueError(f"the UR4Rec evaluation needs method: ur4rec (got '{cfg.method}')")
     t0 = time.perf_counter()
     method = get_method("ur4rec")
-    pipe = method.pipeline(cfg, force)
-    pipe.upstream()
+    pipe = method.evaluation_pipeline(cfg, force)
     lists = pipe.eval_lists("test")
     target, users = lists.target_index, lists.users
     pop = ranking_row(POPULARITY, popularity_scores(pipe.train_positive_counts(), lists.candidates), target, users, cfg)

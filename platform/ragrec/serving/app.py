@@ -284,6 +284,20 @@ def run_task(run_dir: str) -> str:
     return get_method(load_run(run_dir).method).task
 
 
+def servable_run(run_dir: str, task: str, refusal: str):
+    """``(run, its method's pipeline class)`` of the run in ``run_dir``, whose method must be servable
+    (:meth:`~ragrec.methods.base.Method.require_servable`) and predict ``task``; ValueError
+    ``"<run_dir>: a <title> run <refusal>"`` for another task."""
+    from ..methods import get_method, load_run
+
+    run = load_run(run_dir)
+    method = get_method(run.method)
+    method.require_servable()
+    if method.task != task:
+        raise ValueError(f"{run_dir}: a {method.title} run {refusal}")
+    return run, method.pipeline_class()
+
+
 def predictor_resources(opts: ServeOptions) -> dict[str, float]:
     """``ray_actor_options`` of the Predictor: its CPUs, plus ``num_gpus`` when it asks for GPUs."""
     out = {"num_cpus": opts.predictor_cpus}

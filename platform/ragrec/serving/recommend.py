@@ -64,14 +64,10 @@ class RecommendService:
     """The plain service (what the Serve deployment wraps): check, rank, answer."""
 
     def __init__(self, run_dir: str, max_k: int = DEFAULT_MAX_K) -> None:
-        from ..methods import get_method, load_run
+        from .app import servable_run
 
-        run = load_run(run_dir)
-        method = get_method(run.method)
-        method.require_servable()
-        if method.task != "full_ranking":
-            raise ValueError(f"{run_dir}: a {method.title} run is not a full-ranking run; POST /recommend needs one")
-        self.recommender = method.pipeline_class().recommender(run)
+        run, pipeline = servable_run(run_dir, "full_ranking", "is not a full-ranking run; POST /recommend needs one")
+        self.recommender = pipeline.recommender(run)
         self.catalog = Catalog(self.recommender.n_users, self.recommender.n_items, max_k)
         self.name = run.cfg.name
 

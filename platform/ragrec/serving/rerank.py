@@ -61,14 +61,10 @@ class RankService:
     """The plain service (what the Serve deployment wraps): check, score, order."""
 
     def __init__(self, run_dir: str, max_items: int = 100) -> None:
-        from ..methods import get_method, load_run
+        from .app import servable_run
 
-        run = load_run(run_dir)
-        method = get_method(run.method)
-        method.require_servable()
-        if method.task != "rerank":
-            raise ValueError(f"{run_dir}: a {method.title} run predicts P(yes); serve it with POST /predict")
-        self.scorer = method.pipeline_class().list_scorer(run)
+        run, pipeline = servable_run(run_dir, "rerank", "predicts P(yes); serve it with POST /predict")
+        self.scorer = pipeline.list_scorer(run)
         self.catalog = Catalog(self.scorer.n_users, self.scorer.n_items, max_items)
         self.name = run.cfg.name
 

@@ -6,7 +6,7 @@ With ``encoder=None`` the LLM itself embeds (mean-pooled final hidden state, the
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -45,6 +45,35 @@ def embed_stage(
         name, rows, key, text, "embedding", "embed", llm_cfg, block_size, params=params, encoder=encoder
     )
     return store.run(name, spec, inputs, compute, version=VERSION)
+
+
+def embed_texts_stage(
+    store: ArtifactStore,
+    name: str,
+    keys: pa.Array,
+    texts: Sequence[pa.Array | pa.ChunkedArray],
+    *,
+    llm_cfg: LLMConfig,
+    encoder: str | None,
+    max_tokens: int,
+    inputs: Iterable[Artifact] = (),
+) -> Artifact:
+    """:func:`embed_stage` (blocks of 512) of the text arrays ``texts`` one after the other, row i labelled by
+    ``keys[i]``; the artifact's table is ``(key, embedding)`` in that order."""
+    flat = [t.combine_chunks() if isinstance(t, pa.ChunkedArray) else t for t in texts]
+    rows = pa.table({"key": keys, "text": pa.concat_arrays([t.cast(pa.string()) for t in flat])})
+    return embed_stage(
+        store,
+        name,
+        rows,
+        key="key",
+        text="text",
+        llm_cfg=llm_cfg,
+        encoder=encoder,
+        max_tokens=max_tokens,
+        block_size=512,
+        inputs=inputs,
+    )
 
 
 def to_numpy(col: pa.ChunkedArray | pa.FixedSizeListArray) -> np.ndarray:

@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 from ..artifacts import Artifact, ArtifactStore
 from ..config import ER2ALM_ASPECTS, GNNConfig, RunConfig
 from .base import log
-from .embed import embed_stage, to_numpy
+from .embed import embed_texts_stage, to_numpy
 from .generate import generate_stage
 
 VERSION = "1"
@@ -79,10 +79,6 @@ def train_histories(ds_art: Artifact, samples_art: Artifact) -> pa.ListArray:
     offsets = np.zeros(n_users + 1, dtype=np.int32)
     np.cumsum(np.bincount(u, minlength=n_users), out=offsets[1:])
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(i[o], pa.int64()))
-
-
-def _flat(x: pa.Array | pa.ChunkedArray) -> pa.Array:
-    return x.combine_chunks() if isinstance(x, pa.ChunkedArray) else x
 
 
 def _generate(store, cfg: RunConfig, name: str, rows: pa.Table, sampling: dict, block: int, inputs) -> Artifact:
@@ -189,16 +185,14 @@ def passages_stage(store: ArtifactStore, cfg: RunConfig, ds_art: Artifact, corpu
             pa.array([f"q:{k}" for k in range(len(queries))], pa.string()),
         ]
     )
-    emb = embed_stage(
+    emb = embed_texts_stage(
         store,
         "embed_er2alm_corpus",
-        pa.table({"key": keys, "text": pa.concat_arrays([texts.cast(pa.string()), _flat(queries).cast(pa.string())])}),
-        key="key",
-        text="text",
+        keys,
+        [texts, queries],
         llm_cfg=cfg.llm,
         encoder=cfg.rag.encoder,
         max_tokens=256,
-        block_size=512,
         inputs=[corpus_art],
     )
 
@@ -326,16 +320,14 @@ def features_stage(
             texts.append(pc.binary_join_element_wise(ASPECT_LABELS[a], col.filter(pa.array(ok)), ": "))
     kind, ids, asp = np.concatenate(kind), np.concatenate(ids).astype(np.int64), np.concatenate(asp)
     keys = _keyed(np.array(["b:", "a:", "p:"])[kind], ids, asp)
-    emb = embed_stage(
+    emb = embed_texts_stage(
         store,
         "embed_er2alm_texts",
-        pa.table({"key": keys, "text": pa.concat_arrays([_flat(t).cast(pa.string()) for t in texts])}),
-        key="key",
-        text="text",
+        keys,
+        texts,
         llm_cfg=cfg.llm,
         encoder=cfg.rag.encoder,
         max_tokens=128,
-        block_size=512,
         inputs=[aspects_art, profiles_art],
     )
 

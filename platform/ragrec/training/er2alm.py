@@ -30,15 +30,12 @@ from ragrec.models.lightgcn import (
     bipartite_edge_index,
     bpr_step,
     normalized_adjacency,
-    recall_at_k,
     sample_bpr_batch,
     unique_pairs,
     validate_interactions,
 )
 from ragrec.training import ray_train as rt
-from ragrec.training.lightgcn import split_embeddings
-
-EVAL_K = 20
+from ragrec.training.lightgcn import recall_evaluator, run_graph_loop, split_embeddings, write_embeddings
 
 
 @dataclass
@@ -127,9 +124,6 @@ def train_loop(config: dict) -> list[dict]:
     row_u = torch.cat([users, extra_pos[:, 0], extra_neg[:, 0]])
     row_pos = torch.cat([items, extra_pos[:, 1], none(len(extra_neg))])  # -1: a random train item of the user
     row_neg = torch.cat([none(len(users) + len(extra_pos)), extra_neg[:, 1]])  # -1: a random item
-    has_eval = config.get("eval_users") is not None
-    if has_eval:
-        eval_users, eval_items = long(config["eval_users"]), long(config["eval_items"])
 
     model = ER2ALMGNN(
         num_users,
@@ -167,13 +161,7 @@ def train_loop(config: dict) -> list[dict]:
         batches = rt.epoch_batches(row_u.numel(), cfg.batch_size, seed=seed, epoch=epoch, rank=rank, world_size=world)
         return {"loss": loop.train_batches(epoch, batches, step)}
 
-    def evaluate(epoch: int) -> dict:
-        if not has_eval:
-            return {}
-        ue, ie = split_embeddings(rt.unwrap(model), adj, num_users)
-        return {f"recall@{EVAL_K}": recall_at_k(ue, ie, users, items, eval_users, eval_items, EVAL_K)}
-
-    history = loop.run(train_epoch, evaluate)
+    history = loop.run(train_epoch, recall_evaluator(config, model, adj, users, items, num_users))
     user_emb, item_emb = split_embeddings(rt.unwrap(model), adj, num_users)
     meta = {
         "train_edges": int(users.numel()),
@@ -185,10 +173,8 @@ def train_loop(config: dict) -> list[dict]:
     }
 
     def write(out: Path) -> None:
-        np.save(out / "user_emb.npy", user_emb.cpu().numpy().astype(np.float32))
-        np.save(out / "item_emb.npy", item_emb.cpu().numpy().astype(np.float32))
+        write_embeddings(out, user_emb, item_emb, history)
         torch.save(rt.unwrap(model).state_dict(), out / "model.pt")
-        (out / "history.json").write_text(json.dumps(history, indent=1))
         (out / "meta.json").write_text(json.dumps(meta, indent=1))
 
     loop.publish(write)
@@ -229,22 +215,20 @@ def train_er2alm(
         if len(arr):
             validate_interactions(arr[:, 0], arr[:, 1], num_users, num_items, f"er2alm {name}")
         extras[name] = arr.astype(np.int64)
-    config = {
-        "user_ids": u,
-        "item_ids": i,
-        "num_users": int(num_users),
-        "num_items": int(num_items),
-        "cfg": cfg.model_dump(),
-        "user_side": None if user_side is None else np.asarray(user_side, np.float32),
-        "item_side": None if item_side is None else np.asarray(item_side, np.float32),
+    history, out = run_graph_loop(
+        train_loop,
+        "er2alm",
+        u,
+        i,
+        num_users,
+        num_items,
+        cfg,
+        eval_pairs,
+        opts,
+        user_side=None if user_side is None else np.asarray(user_side, np.float32),
+        item_side=None if item_side is None else np.asarray(item_side, np.float32),
         **extras,
-        **opts.loop_config("er2alm"),
-    }
-    if eval_pairs is not None:
-        eu, ei = validate_interactions(eval_pairs[0], eval_pairs[1], num_users, num_items, "er2alm eval_pairs")
-        config["eval_users"], config["eval_items"] = eu, ei
-    history = rt.run_loop(train_loop, config, opts, name="er2alm")
-    out = Path(config["out_dir"])
+    )
     return ER2ALMResult(
         user_emb=np.load(out / "user_emb.npy"), item_emb=np.load(out / "item_emb.npy"), history=history, out_dir=out
     )

@@ -8,11 +8,13 @@ the public entry point. Outputs in ``out_dir``: ``item_emb.npy`` (I, dim) float3
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import BaseModel
 
 from ragrec.config import LightGCNConfig
 from ragrec.models.lightgcn import (
@@ -54,10 +56,6 @@ def train_loop(config: dict) -> list[dict]:
     items = torch.as_tensor(config["item_ids"], dtype=torch.long, device=dev)
     adj = normalized_adjacency(bipartite_edge_index(users, items, num_users), num_users + num_items)
     pos_label_index = torch.stack([users, items + num_users])  # (2, E)
-    has_eval = config.get("eval_users") is not None
-    if has_eval:
-        eval_users = torch.as_tensor(config["eval_users"], dtype=torch.long, device=dev)
-        eval_items = torch.as_tensor(config["eval_items"], dtype=torch.long, device=dev)
 
     model = rt.prepare_model(build_model(num_users, num_items, cfg.dim, cfg.num_layers), dev)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -72,22 +70,36 @@ def train_loop(config: dict) -> list[dict]:
         batches = rt.epoch_batches(users.numel(), cfg.batch_size, seed=seed, epoch=epoch, rank=rank, world_size=world)
         return {"loss": loop.train_batches(epoch, batches, step)}
 
+    history = loop.run(train_epoch, recall_evaluator(config, model, adj, users, items, num_users))
+    user_emb, item_emb = split_embeddings(rt.unwrap(model), adj, num_users)
+    loop.publish(lambda out: write_embeddings(out, user_emb, item_emb, history))
+    return history
+
+
+def recall_evaluator(
+    config: dict, model, adj: torch.Tensor, users: torch.Tensor, items: torch.Tensor, num_users: int
+) -> Callable[[int], dict]:
+    """The ``evaluate(epoch)`` of a BPR graph loop (:meth:`ray_train.EpochLoop.run`): Recall@EVAL_K of
+    ``config``'s ``eval_users`` / ``eval_items`` (full ranking, the train edges ``users`` / ``items`` masked);
+    ``{}`` every epoch when the config has none."""
+    if config.get("eval_users") is None:
+        return lambda epoch: {}
+    dev = users.device
+    eval_users = torch.as_tensor(config["eval_users"], dtype=torch.long, device=dev)
+    eval_items = torch.as_tensor(config["eval_items"], dtype=torch.long, device=dev)
+
     def evaluate(epoch: int) -> dict:
-        if not has_eval:
-            return {}
         user_emb, item_emb = split_embeddings(rt.unwrap(model), adj, num_users)
         return {f"recall@{EVAL_K}": recall_at_k(user_emb, item_emb, users, items, eval_users, eval_items, EVAL_K)}
 
-    history = loop.run(train_epoch, evaluate)
-    user_emb, item_emb = split_embeddings(rt.unwrap(model), adj, num_users)
+    return evaluate
 
-    def write(out: Path) -> None:
-        np.save(out / "item_emb.npy", item_emb.cpu().numpy().astype(np.float32))
-        np.save(out / "user_emb.npy", user_emb.cpu().numpy().astype(np.float32))
-        (out / "history.json").write_text(json.dumps(history, indent=1))
 
-    loop.publish(write)
-    return history
+def write_embeddings(out: Path, user_emb: torch.Tensor, item_emb: torch.Tensor, history: list[dict]) -> None:
+    """``user_emb.npy`` (U, d) and ``item_emb.npy`` (I, d) float32 and ``history.json`` into ``out``."""
+    np.save(out / "item_emb.npy", item_emb.cpu().numpy().astype(np.float32))
+    np.save(out / "user_emb.npy", user_emb.cpu().numpy().astype(np.float32))
+    (out / "history.json").write_text(json.dumps(history, indent=1))
 
 
 @torch.no_grad()
@@ -129,19 +141,38 @@ def train_lightgcn(
         if len(u) == 0:
             raise ValueError(f"lightgcn: no interaction has rating > positive_threshold={cfg.positive_threshold}")
     u, i = unique_pairs(u, i, num_items)
-    config = {
-        "user_ids": u,
-        "item_ids": i,
-        "num_users": int(num_users),
-        "num_items": int(num_items),
-        "cfg": cfg.model_dump(),
-        **opts.loop_config("lightgcn"),
-    }
-    if eval_pairs is not None:
-        eu, ei = validate_interactions(eval_pairs[0], eval_pairs[1], num_users, num_items, "lightgcn eval_pairs")
-        config["eval_users"], config["eval_items"] = eu, ei
-    history = rt.run_loop(train_loop, config, opts, name="lightgcn")
-    out = Path(config["out_dir"])
+    history, out = run_graph_loop(train_loop, "lightgcn", u, i, num_users, num_items, cfg, eval_pairs, opts)
     return LightGCNResult(
         item_emb=np.load(out / "item_emb.npy"), user_emb=np.load(out / "user_emb.npy"), history=history
     )
+
+
+def run_graph_loop(
+    train_loop: Callable[[dict], list[dict]],
+    name: str,
+    user_ids: np.ndarray,
+    item_ids: np.ndarray,
+    num_users: int,
+    num_items: int,
+    cfg: BaseModel,
+    eval_pairs: tuple[np.ndarray, np.ndarray] | None,
+    opts: rt.TrainOptions,
+    **extra,
+) -> tuple[list[dict], Path]:
+    """:func:`ray_train.run_loop` of a BPR graph ``train_loop`` on the (checked) train edges ``user_ids`` /
+    ``item_ids``: its config holds them, the sizes, ``cfg`` (dumped), the ``extra`` entries and
+    ``eval_pairs=(users, items)`` (checked; Recall@20 per epoch). Returns ``(history, out_dir)``."""
+    config = {
+        "user_ids": user_ids,
+        "item_ids": item_ids,
+        "num_users": int(num_users),
+        "num_items": int(num_items),
+        "cfg": cfg.model_dump(),
+        **extra,
+        **opts.loop_config(name),
+    }
+    if eval_pairs is not None:
+        eu, ei = validate_interactions(eval_pairs[0], eval_pairs[1], num_users, num_items, f"{name} eval_pairs")
+        config["eval_users"], config["eval_items"] = eu, ei
+    history = rt.run_loop(train_loop, config, opts, name=name)
+    return history, Path(config["out_dir"])

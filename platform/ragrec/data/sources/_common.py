@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..dataset import Dataset
 from ..errors import DataError
 from ..schemas import INTERACTIONS, with_label_source
 
@@ -268,6 +269,91 @@ def interactions_table(
     for name, col in (extras or {}).items():
         table = table.append_column(name, col)
     return with_label_source(table, given=given)
+
+
+def items_table(raw_ids: pa.Array, title: pa.Array, genres: pa.Array, year: pa.Array, **extras: pa.Array) -> pa.Table:
+    """The canonical items ``(n,)``: dense ``item_id`` 0..n-1 in the order of ``raw_ids``, ``title``, ``genres``
+    (``list<string>``), ``year`` (int32, null when unknown), ``raw_item_id`` = ``raw_ids``, then the ``extras``."""
+    return pa.table(
+        {
+            "item_id": pa.array(np.arange(len(raw_ids), dtype=np.int64)),
+            "title": title,
+            "genres": genres,
+            "year": year,
+            "raw_item_id": raw_ids,
+            **extras,
+        }
+    )
+
+
+def users_table(raw_ids: pa.Array, **extras: pa.Array) -> pa.Table:
+    """The canonical users ``(n,)``: dense ``user_id`` 0..n-1 in the order of ``raw_ids``, ``raw_user_id`` =
+    ``raw_ids``, then the ``extras``."""
+    return pa.table({"user_id": pa.array(np.arange(len(raw_ids), dtype=np.int64)), "raw_user_id": raw_ids, **extras})
+
+
+def rated_dataset(
+    name: str,
+    items: pa.Table,
+    users: pa.Table,
+    user: np.ndarray,
+    item: np.ndarray,
+    rating: pa.Array,
+    timestamp: np.ndarray | pa.Array,
+    label_threshold: float,
+) -> Dataset:
+    """Dataset ``name`` of explicit ratings: :func:`interactions_table` of the dense ``user`` / ``item`` ids with
+    ``label = rating > label_threshold`` (derived, so protocols recompute it from ``data.label_threshold``)."""
+    inter = interactions_table(user, item, rating, timestamp, label_from_rating(rating, label_threshold), given=False)
+    return Dataset(name=name, interactions=inter, items=items, users=users)
+
+
+def reviews_with_metadata(
+    known: np.ndarray, reviews: Path, metadata: Path, what: str, *, none_left: str, fix: str, logger: logging.Logger
+) -> pa.Array:
+    """Rows of the reviews whose item has metadata with a title (``known``); the others are dropped with a logged
+    count (items need a title).
+
+    Args:
+        known: ``(n,) bool`` per review: its item has a title in ``metadata``.
+        reviews: the reviews file (named in the log line and the error).
+        metadata: the metadata file.
+        what: the reviewed things, plural (``"products"``).
+        none_left: the problem when no review has one.
+        fix: its fix.
+        logger: the loader's logger.
+
+    Returns:
+        ``(k,) int64`` rows of the kept reviews, ascending.
+
+    Raises:
+        DataError: ``none_left`` when no review is left.
+    """
+    if not known.all():
+        logger.warning(
+            "%s: dropped %d of %d reviews of %s without a title in %s (missing metadata)",
+            reviews,
+            int((~known).sum()),
+            len(known),
+            what,
+            metadata.name,
+        )
+    if not known.any():
+        raise DataError(none_left, file=reviews, fix=fix)
+    return pa.array(np.flatnonzero(known))
+
+
+def check_range(
+    values: np.ndarray, lo: float, hi: float, *, file: Path, field: str, fix: str, line_of: Callable[[int], int]
+) -> None:
+    """DataError ``"<field> 11 is outside 0..10"`` naming the line (``line_of(row)``) of the first of ``values``
+    ``(n,)`` outside ``[lo, hi]`` (NaN included); nothing when all are inside."""
+    bad = np.flatnonzero(~((values >= lo) & (values <= hi)))
+    if len(bad):
+        row = int(bad[0])
+        raise DataError(
+            f"{field} {values[row]:g} is outside {lo:g}..{hi:g}", file=file, line=line_of(row), field=field, fix=fix
+        )
 
 
 def drop_exact_duplicates(columns: dict[str, np.ndarray | pa.Array], what: str, path: Path) -> np.ndarray:

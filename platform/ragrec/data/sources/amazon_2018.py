@@ -33,19 +33,21 @@ import pyarrow.compute as pc
 import pyarrow.json as pajson
 
 from ...config import DataConfig
-from .._ids import dense_index
+from .._ids import dense_index, sorted_unique
 from ..dataset import Dataset
-from ..errors import DataError
 from ._common import (
+    check_range,
     dataset_folder,
     drop_exact_duplicates,
     find_file,
     first_existing,
     first_rows,
-    interactions_table,
-    label_from_rating,
+    items_table,
     list_array,
     parse_records,
+    rated_dataset,
+    reviews_with_metadata,
+    users_table,
     year_from_text,
 )
 
@@ -180,17 +182,15 @@ def load_amazon(path: str | Path, category: str, label_threshold: float = 3.0) -
     mpath = find_file(path, meta_files(category), NAME, f"{category} metadata", extra)
     reviews, lines = _reviews(rpath, category)
     rating = pc.cast(reviews.column("overall"), pa.float32()).combine_chunks()
-    r = rating.to_numpy(zero_copy_only=False)
-    bad = np.flatnonzero(~((r >= 1) & (r <= 5)))
-    if len(bad):
-        row = int(bad[0])
-        raise DataError(
-            f"overall {r[row]:g} is outside 1..5",
-            file=rpath,
-            line=int(lines[row]),
-            field="overall",
-            fix=_fix(rpath.name, category),
-        )
+    check_range(
+        rating.to_numpy(zero_copy_only=False),
+        1,
+        5,
+        file=rpath,
+        field="overall",
+        fix=_fix(rpath.name, category),
+        line_of=lambda row: int(lines[row]),
+    )
     user = reviews.column("reviewerID").combine_chunks()
     asin = reviews.column("asin").combine_chunks()
     ts = reviews.column("unixReviewTime").combine_chunks()
@@ -206,21 +206,15 @@ def load_amazon(path: str | Path, category: str, label_threshold: float = 3.0) -
     meta, title = meta.filter(has_title), title.filter(has_title)
 
     known = pc.is_in(asin, value_set=meta.column("asin")).to_numpy(zero_copy_only=False)
-    if not known.all():
-        log.warning(
-            "%s: dropped %d of %d reviews of products without a title in %s (missing metadata)",
-            rpath,
-            int((~known).sum()),
-            len(known),
-            mpath.name,
-        )
-    if not known.any():
-        raise DataError(
-            f"no reviewed product has metadata with a title in {mpath.name}",
-            file=rpath,
-            fix=f"use the reviews and metadata files of the same category ({category})",
-        )
-    sel = pa.array(np.flatnonzero(known))
+    sel = reviews_with_metadata(
+        known,
+        rpath,
+        mpath,
+        "products",
+        none_left=f"no reviewed product has metadata with a title in {mpath.name}",
+        fix=f"use the reviews and metadata files of the same category ({category})",
+        logger=log,
+    )
     user, asin, rating, ts, lines = user.take(sel), asin.take(sel), rating.take(sel), ts.take(sel), lines[known]
     keep = drop_exact_duplicates({"u": user, "i": asin, "t": ts}, "reviews (same reviewer, product and time)", rpath)
     if not keep.all():
@@ -230,29 +224,25 @@ def load_amazon(path: str | Path, category: str, label_threshold: float = 3.0) -
     order = pc.sort_indices(meta.column("asin"))
     meta, title = meta.take(order), title.take(order)
     item_raw = meta.column("asin").combine_chunks()  # every one has a review (meta was cut to reviewed products)
-    items = pa.table(
-        {
-            "item_id": pa.array(np.arange(len(item_raw), dtype=np.int64)),
-            "title": title,
-            "genres": list_array([clean_text(c or []) for c in meta.column("category").to_pylist()]),
-            "year": year_from_text(meta.column("date").combine_chunks()),
-            "raw_item_id": item_raw,
-            "brand": pa.array(clean_text(meta.column("brand").to_pylist()), pa.string()),
-            "main_cat": pa.array(clean_text(meta.column("main_cat").to_pylist()), pa.string()),
-        }
+    items = items_table(
+        item_raw,
+        title,
+        list_array([clean_text(c or []) for c in meta.column("category").to_pylist()]),
+        year_from_text(meta.column("date").combine_chunks()),
+        brand=pa.array(clean_text(meta.column("brand").to_pylist()), pa.string()),
+        main_cat=pa.array(clean_text(meta.column("main_cat").to_pylist()), pa.string()),
     )
-    user_raw = pc.unique(user)
-    user_raw = user_raw.take(pc.sort_indices(user_raw))
-    users = pa.table({"user_id": pa.array(np.arange(len(user_raw), dtype=np.int64)), "raw_user_id": user_raw})
-    inter = interactions_table(
+    user_raw = sorted_unique(user)
+    return rated_dataset(
+        NAME,
+        items,
+        users_table(user_raw),
         dense_index(user, user_raw),
         dense_index(asin, item_raw),
         rating,
         ts,
-        label_from_rating(rating, label_threshold),
-        given=False,
+        label_threshold,
     )
-    return Dataset(name=NAME, interactions=inter, items=items, users=users)
 
 
 def load(cfg: DataConfig) -> Dataset:

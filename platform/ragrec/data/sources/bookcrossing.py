@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import csv
 import html
-import io
 import logging
 import re
 from dataclasses import dataclass
@@ -49,21 +48,22 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 
 from ...config import DataConfig
-from .._ids import dense_index
-from .._io import cast_numeric
+from .._ids import dense_index, sorted_unique
+from .._io import cast_numeric, read_string_columns
 from ..dataset import Dataset
 from ..errors import DataError
 from ._common import (
+    check_range,
     dataset_folder,
     empty_lists,
     fetch_fix,
     first_rows,
-    interactions_table,
-    label_from_rating,
+    items_table,
     nonempty_lines,
+    rated_dataset,
+    users_table,
 )
 
 NAME = "bookcrossing"
@@ -135,21 +135,8 @@ def _read_bx(path: Path, fields: tuple[str, ...], *, strict: bool) -> _BX:
     if not text.split("\n", 1)[-1].strip() or "\n" not in text:  # a header only (Arrow refuses an empty body)
         empty = pa.table({f: pa.array([], pa.string()) for f in fields})
         return _BX(path=path, table=empty, lines=np.zeros(0, dtype=np.int64))
-    bad: list[pacsv.InvalidRow] = []
-
-    def _on_invalid(row: pacsv.InvalidRow) -> str:
-        bad.append(row)
-        return "skip"
-
-    table = pacsv.read_csv(
-        io.BytesIO(buf),
-        read_options=pacsv.ReadOptions(column_names=names, skip_rows=1),
-        parse_options=pacsv.ParseOptions(
-            delimiter=";", quote_char='"', escape_char="\\", double_quote=False, invalid_row_handler=_on_invalid
-        ),
-        convert_options=pacsv.ConvertOptions(
-            column_types={n: pa.string() for n in names}, strings_can_be_null=False, quoted_strings_can_be_null=False
-        ),
+    table, bad = read_string_columns(
+        buf, names, skip_rows=1, delimiter=";", quote_char='"', escape_char="\\", double_quote=False
     )
     lines = nonempty_lines(buf)[1:]  # without the header
     if bad:
@@ -229,16 +216,7 @@ def load_bookcrossing(path: str | Path, *, label_threshold: float = 4.0, implici
     isbn = _isbn(ratings.table.column("ISBN"))
     rating = _number(ratings, "Book-Rating", pa.float32())
     r = rating.to_numpy(zero_copy_only=False)
-    out_of_range = np.flatnonzero(~((r >= 0) & (r <= 10)))
-    if len(out_of_range):
-        row = int(out_of_range[0])
-        raise DataError(
-            f"Book-Rating {rating[row].as_py():g} is outside 0..10",
-            file=ratings.path,
-            line=ratings.line_of(row),
-            field="Book-Rating",
-            fix=_fix(RATINGS_FILE),
-        )
+    check_range(r, 0, 10, file=ratings.path, field="Book-Rating", fix=_fix(RATINGS_FILE), line_of=ratings.line_of)
     # pseudo-timestamps: a fixed random order of the file's rating lines (see the module docstring)
     order_of_line = np.argsort(ratings.lines, kind="stable")  # row of each line, in file order
     n_lines = len(order_of_line)
@@ -289,8 +267,7 @@ def load_bookcrossing(path: str | Path, *, label_threshold: float = 4.0, implici
     sel = pa.array(rows)
     u_raw, i_raw, rating, ts = user_raw.take(sel), isbn.take(sel), rating.take(sel), ts[rows]
 
-    item_ids = pc.unique(i_raw)
-    item_ids = item_ids.take(pc.sort_indices(item_ids))
+    item_ids = sorted_unique(i_raw)
     meta_rows = pa.array(dense_index(item_ids, book_isbn))
     bt, title = bt.take(meta_rows), title.take(meta_rows)
     year = cast_numeric(
@@ -306,21 +283,17 @@ def load_bookcrossing(path: str | Path, *, label_threshold: float = 4.0, implici
         line_of=books.line_of,
     )
     year = pc.if_else(pc.equal(year, 0), pa.scalar(None, pa.int32()), year)  # 0 = unknown
-    items = pa.table(
-        {
-            "item_id": pa.array(np.arange(len(item_ids), dtype=np.int64)),
-            "title": title,
-            "genres": empty_lists(len(item_ids)),
-            "year": year,
-            "raw_item_id": item_ids,
-            "author": _unescape(bt.column("Book-Author")),
-            "publisher": _unescape(bt.column("Publisher")),
-            "image_url": bt.column("Image-URL-L"),
-        }
+    items = items_table(
+        item_ids,
+        title,
+        empty_lists(len(item_ids)),
+        year,
+        author=_unescape(bt.column("Book-Author")),
+        publisher=_unescape(bt.column("Publisher")),
+        image_url=bt.column("Image-URL-L"),
     )
 
-    users_raw = pc.unique(u_raw)
-    users_raw = users_raw.take(pc.sort_indices(users_raw))
+    users_raw = sorted_unique(u_raw)
     location = pa.nulls(len(users_raw), pa.string())
     age = pa.nulls(len(users_raw), pa.int32())
     if (path / USERS_FILE).is_file():
@@ -337,23 +310,16 @@ def load_bookcrossing(path: str | Path, *, label_threshold: float = 4.0, implici
                 mask, pa.scalar(None, pa.string()), _unescape(ufile.table.column("Location").take(take))
             )
             age = pc.if_else(mask, pa.scalar(None, pa.int32()), pc.cast(age_str, pa.int32()).take(take))
-    users = pa.table(
-        {
-            "user_id": pa.array(np.arange(len(users_raw), dtype=np.int64)),
-            "raw_user_id": users_raw,
-            "location": location,
-            "age": age,
-        }
-    )
-    inter = interactions_table(
+    return rated_dataset(
+        NAME,
+        items,
+        users_table(users_raw, location=location, age=age),
         dense_index(u_raw, users_raw),
         dense_index(i_raw, item_ids),
         rating,
         ts,
-        label_from_rating(rating, label_threshold),
-        given=False,
+        label_threshold,
     )
-    return Dataset(name=NAME, interactions=inter, items=items, users=users)
 
 
 def load(cfg: DataConfig) -> Dataset:

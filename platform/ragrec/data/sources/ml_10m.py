@@ -17,12 +17,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ...config import DataConfig
-from .._ids import first_duplicate, sorted_unique, year_from_title
-from .._io import numeric_column, read_delimited
+from .._ids import sorted_unique, year_from_title
+from .._io import numeric_column, read_delimited, unique_ids
 from ..dataset import Dataset
 from ..errors import DataError
 from ..movielens import _interactions
-from ._common import dataset_folder, decode_text, fetch_fix
+from ._common import dataset_folder, decode_text, fetch_fix, items_table, users_table
 
 NAME = "ml-10m"
 ARCHIVE_FOLDER = "ml-10M100K"  # the folder inside ml-10m.zip
@@ -72,16 +72,7 @@ def load_ml10m(path: str | Path, label_threshold: float = 3.0) -> Dataset:
         fix=_fix("movies.dat"),
         missing_fix=fetch_fix(NAME),
     )
-    raw = numeric_column(movies, "item", pa.int64(), fix=_fix("movies.dat"))
-    dup = first_duplicate(raw)
-    if dup is not None:
-        raise DataError(
-            f"MovieID {raw[dup].as_py()} appears twice",
-            file=movies.path,
-            line=movies.line_of(dup),
-            field="item",
-            fix=_fix("movies.dat"),
-        )
+    raw = unique_ids(movies, "item", what="MovieID", fix=_fix("movies.dat"))
     order = pc.sort_indices(raw)
     item_raw = raw.take(order)
     mt = movies.table.take(order)
@@ -93,15 +84,7 @@ def load_ml10m(path: str | Path, label_threshold: float = 3.0) -> Dataset:
     genres = pa.ListArray.from_arrays(
         pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)), flat.filter(pa.array(keep))
     )
-    items = pa.table(
-        {
-            "item_id": pa.array(np.arange(len(item_raw), dtype=np.int64)),
-            "title": title,
-            "genres": genres,
-            "year": year_from_title(title),
-            "raw_item_id": item_raw,
-        }
-    )
+    items = items_table(item_raw, title, genres, year_from_title(title))
     ratings = read_delimited(
         path / "ratings.dat",
         "::",
@@ -113,8 +96,7 @@ def load_ml10m(path: str | Path, label_threshold: float = 3.0) -> Dataset:
     )
     user_raw = sorted_unique(numeric_column(ratings, "user", pa.int64(), fix=_fix("ratings.dat")))
     inter = _interactions(ratings, user_raw, item_raw, label_threshold, NAME, "ratings.dat", "movies.dat")
-    users = pa.table({"user_id": pa.array(np.arange(len(user_raw), dtype=np.int64)), "raw_user_id": user_raw})
-    return Dataset(name=NAME, interactions=inter, items=items, users=users)
+    return Dataset(name=NAME, interactions=inter, items=items, users=users_table(user_raw))
 
 
 def load(cfg: DataConfig) -> Dataset:

@@ -44,8 +44,9 @@ from ._common import (
     fetch_fix,
     find_file,
     first_existing,
-    interactions_table,
-    label_from_rating,
+    items_table,
+    rated_dataset,
+    users_table,
 )
 
 NAME = "netflix"
@@ -254,20 +255,17 @@ def _parse_batch_slow(files: list[Path]) -> tuple[np.ndarray, pa.Array, pa.Array
     def line_of(r: int) -> int:
         return where(int(data[r]))[1]
 
-    def file_of(r: int) -> Path:
-        return where(int(data[r]))[0]
+    def error_at(r: int, problem: str, field: str | None = None) -> DataError:
+        """The DataError of rating row ``r``, naming its file and line."""
+        f, line = where(int(data[r]))
+        return DataError(problem, file=f, line=line, field=field, fix=_fix(f.name))
 
     parts = pc.split_pattern(lines.take(pa.array(data)), ",")
     n_parts = pc.list_value_length(parts).to_numpy(zero_copy_only=False)
     bad = np.flatnonzero(n_parts != 3)
     if len(bad):
         r = int(bad[0])
-        raise DataError(
-            f"expected CustomerID,Rating,Date, found {lines[int(data[r])].as_py()[:80]!r}",
-            file=file_of(r),
-            line=line_of(r),
-            fix=_fix(file_of(r).name),
-        )
+        raise error_at(r, f"expected CustomerID,Rating,Date, found {lines[int(data[r])].as_py()[:80]!r}")
     first = files[0] if len(files) == 1 else files[0].parent
 
     def column(k: int, typ: pa.DataType, field: str) -> pa.Array:
@@ -281,13 +279,7 @@ def _parse_batch_slow(files: list[Path]) -> tuple[np.ndarray, pa.Array, pa.Array
     out = np.flatnonzero(~((r >= 1) & (r <= 5)))
     if len(out):
         k = int(out[0])
-        raise DataError(
-            f"Rating {r[k]:g} is outside 1..5",
-            file=file_of(k),
-            line=line_of(k),
-            field="Rating",
-            fix=_fix(file_of(k).name),
-        )
+        raise error_at(k, f"Rating {r[k]:g} is outside 1..5", "Rating")
     ts = date_seconds(pc.list_element(parts, 2), file=first, field="Date", fix=_fix("the rating file"), line_of=line_of)
     return movie_of_header[group], user, rating, ts
 
@@ -326,20 +318,10 @@ def load_netflix(path: str | Path, label_threshold: float = 3.0) -> Dataset:
             fix=f"use the rating files and {tpath.name} of the same release",
         )
     user_raw = sorted_unique(user)
-    items = pa.table(
-        {
-            "item_id": pa.array(np.arange(len(movie_raw), dtype=np.int64)),
-            "title": title,
-            "genres": empty_lists(len(movie_raw)),
-            "year": year,
-            "raw_item_id": movie_raw,
-        }
+    items = items_table(movie_raw, title, empty_lists(len(movie_raw)), year)
+    return rated_dataset(
+        NAME, items, users_table(user_raw), dense_index(user, user_raw), item, rating, ts, label_threshold
     )
-    users = pa.table({"user_id": pa.array(np.arange(len(user_raw), dtype=np.int64)), "raw_user_id": user_raw})
-    inter = interactions_table(
-        dense_index(user, user_raw), item, rating, ts, label_from_rating(rating, label_threshold), given=False
-    )
-    return Dataset(name=NAME, interactions=inter, items=items, users=users)
 
 
 def load(cfg: DataConfig) -> Dataset:

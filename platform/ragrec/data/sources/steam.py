@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ...config import DataConfig
-from .._ids import dense_index
+from .._ids import dense_index, sorted_unique
 from ..dataset import Dataset
 from ..errors import DataError
 from ._common import (
@@ -44,8 +44,11 @@ from ._common import (
     find_file,
     first_rows,
     interactions_table,
+    items_table,
     list_array,
     parse_records,
+    reviews_with_metadata,
+    users_table,
     year_from_text,
 )
 
@@ -146,46 +149,35 @@ def load_steam(path: str | Path, workers: int | None = None) -> Dataset:
 
     known_games = gid.filter(pa.array(titled))
     known = pc.is_in(product, value_set=known_games).to_numpy(zero_copy_only=False)
-    if not known.all():
-        log.warning(
-            "%s: dropped %d of %d reviews of games without a title in %s (missing metadata)",
-            rpath,
-            int((~known).sum()),
-            len(known),
-            gpath.name,
-        )
-    if not known.any():
-        raise DataError(
-            f"no reviewed game has a title in {gpath.name}",
-            file=rpath,
-            fix="use steam_games.json.gz of the same release as the reviews",
-        )
-    sel = pa.array(np.flatnonzero(known))
+    sel = reviews_with_metadata(
+        known,
+        rpath,
+        gpath,
+        "games",
+        none_left=f"no reviewed game has a title in {gpath.name}",
+        fix="use steam_games.json.gz of the same release as the reviews",
+        logger=log,
+    )
     user, product, ts, hours = user.take(sel), product.take(sel), ts.take(sel), hours.take(sel)
     keep = drop_exact_duplicates({"u": user, "i": product, "t": ts}, "reviews (same user, game and date)", rpath)
     if not keep.all():
         sel = pa.array(np.flatnonzero(keep))
         user, product, ts, hours = user.take(sel), product.take(sel), ts.take(sel), hours.take(sel)
 
-    item_raw = pc.unique(product)
-    item_raw = item_raw.take(pc.sort_indices(item_raw))
+    item_raw = sorted_unique(product)
     meta = pa.array(dense_index(item_raw, gid))  # every reviewed game kept has a metadata row
-    items = pa.table(
-        {
-            "item_id": pa.array(np.arange(len(item_raw), dtype=np.int64)),
-            "title": title.take(meta),
-            "genres": list_array(gcols[2]).take(meta),
-            "year": year_from_text(pa.array(gcols[6], pa.string())).take(meta),
-            "raw_item_id": item_raw,
-            "tags": list_array(gcols[3]).take(meta),
-            "developer": pa.array(gcols[4], pa.string()).take(meta),
-            "publisher": pa.array(gcols[5], pa.string()).take(meta),
-            "release_date": pa.array(gcols[6], pa.string()).take(meta),
-        }
+    items = items_table(
+        item_raw,
+        title.take(meta),
+        list_array(gcols[2]).take(meta),
+        year_from_text(pa.array(gcols[6], pa.string())).take(meta),
+        tags=list_array(gcols[3]).take(meta),
+        developer=pa.array(gcols[4], pa.string()).take(meta),
+        publisher=pa.array(gcols[5], pa.string()).take(meta),
+        release_date=pa.array(gcols[6], pa.string()).take(meta),
     )
-    user_raw = pc.unique(user)
-    user_raw = user_raw.take(pc.sort_indices(user_raw))
-    users = pa.table({"user_id": pa.array(np.arange(len(user_raw), dtype=np.int64)), "raw_user_id": user_raw})
+    user_raw = sorted_unique(user)
+    users = users_table(user_raw)
     n = len(user)
     inter = interactions_table(
         dense_index(user, user_raw),

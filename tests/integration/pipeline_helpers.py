@@ -1,0 +1,27 @@
+"""Helpers of the end-to-end pipeline tests: a slice config pointed at the test's folders, the published keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ragrec.config import RunConfig, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def slice_config(config: str, artifacts: Path, tmp_path: Path, *extra: str) -> RunConfig:
+    """``configs/<config>`` with ``artifacts_dir=artifacts``, ``output_dir=<tmp_path>/runs`` and the ``extra``
+    overrides."""
+    return load_config(
+        REPO / "configs" / config, [f"artifacts_dir={artifacts}", f"output_dir={tmp_path / 'runs'}", *extra]
+    )
+
+
+def stage_keys(root: Path, stages, *, present_only: bool = False) -> dict[str, set[str]]:
+    """``{stage: keys}``: the published (not ``.partial``) artifact keys of each stage under ``root``;
+    ``present_only`` leaves out the stages without a folder (else a missing one is an error)."""
+    return {
+        s: {p.name for p in (root / s).iterdir() if not p.name.endswith(".partial")}
+        for s in stages
+        if not present_only or (root / s).exists()
+    }

@@ -86,9 +86,13 @@ def yes_no_token_ids(tokenizer: Any) -> tuple[int, int]:
 
 def prompt_token_counts(tokenizer: Any, user_texts: Sequence[str]) -> list[int]:
     """Token count of each :func:`format_prompt` output (what ``llm.max_prompt_tokens`` limits), batched."""
-    if not user_texts:
+    return _token_counts(tokenizer, [format_prompt(tokenizer, t) for t in user_texts])
+
+
+def _token_counts(tokenizer: Any, prompts: list[str]) -> list[int]:
+    """Token count of each already formatted prompt (one batched tokenizer call)."""
+    if not prompts:
         return []
-    prompts = [format_prompt(tokenizer, t) for t in user_texts]
     return [len(ids) for ids in tokenizer(prompts, add_special_tokens=add_special_tokens(tokenizer))["input_ids"]]
 
 
@@ -102,7 +106,7 @@ def fit_prompts(tokenizer: Any, user_texts: Sequence[str], max_prompt_tokens: in
     if not prompts:
         return prompts
     special = add_special_tokens(tokenizer)
-    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=special)["input_ids"]]
+    lengths = _token_counts(tokenizer, prompts)
     too_long = [i for i, n in enumerate(lengths) if n > max_prompt_tokens]
     if not too_long:
         return prompts

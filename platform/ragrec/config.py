@@ -739,6 +739,11 @@ class EvalConfig(_Strict):
     proxy_sweep_backbones: list[Literal["dlcm", "prm", "setrank", "gru4rec", "sasrec"]] = Field(
         ["prm", "gru4rec"], description="UR4Rec: the backbones of the K sweep (paper: PRM and GRU4Rec)"
     )
+    ablation_backbones: list[Literal["dlcm", "prm", "setrank", "gru4rec", "sasrec"]] = Field(
+        ["prm", "gru4rec"],
+        description="UR4Rec: the backbones that get the Table 3 ablation rows w/o CL and w/o PIM (paper: PRM and "
+        "GRU4Rec; each row pretrains its own retriever)",
+    )
     k_sweep: list[int] = Field([5, 10, 20, 30], description="`ragrec evaluate` K sweep (full RALLRec)")
     alpha_sweep: list[float] = Field(
         [1 / 2, 2 / 3, 4 / 5], description="`ragrec evaluate` reranker alpha sweep (beta=1)"

@@ -47,6 +47,7 @@ VARIANTS = by_name(
     RankVariant("no_pim", "w/o PIM", overrides={"ur4rec.use_pim": False}, kind=AUG_UR4REC),
 )
 
+ABLATIONS = ("no_cl", "no_pim")  # Table 3 rows: only on eval.ablation_backbones
 PAPER_ML1M = {  # Table 2, MovieLens-1M Base rows: M@1, M@5, N@1, N@5 (a direction check, another dataset)
     "dlcm": (0.158, 0.235, 0.158, 0.271),
     "prm": (0.156, 0.242, 0.156, 0.283),
@@ -85,6 +86,8 @@ def evaluate(cfg: RunConfig, force: tuple[str, ...] = ()) -> RunResult:
         base = _scores(pipe, b, VARIANTS["base"], cfg)
         rows = []
         for name in names:
+            if name in ABLATIONS and b not in cfg.eval.ablation_backbones:
+                continue
             v = VARIANTS[name]
             s = base if name == "base" else _scores(pipe, b, v, cfg)
             ref = None if name == "base" else base
@@ -125,6 +128,8 @@ def _write(run_dir, cfg, method, tables, summary, pop, sweep, n_lists: int, wall
         f"wall time {wall:.0f} s; {n_lists} test lists of {cfg.data.rerank.num_candidates} candidates",
         "MAP@k divides by the hits in the top k (KAR / LibRerank). Intervals: user-level bootstrap; Δ = paired "
         "NDCG@5 difference against the backbone's Base row on the same lists, * = its interval excludes 0.",
+        f"Ablations w/o CL and w/o PIM on {', '.join(BACKBONE_TITLES[b] for b in cfg.eval.ablation_backbones)} "
+        "only (eval.ablation_backbones; the paper's Table 3 uses PRM and GRU4Rec).",
         *trivial_notes([*all_rows, pop]),
         *_anchor_notes(tables),
     ]

@@ -73,3 +73,18 @@ def test_predictor_asks_ray_for_gpus_only_when_told():
 def test_config_yaml_gives_the_predictor_a_gpu_for_the_cluster():
     args = yaml.safe_load((REPO / "serve" / "config.yaml").read_text())["applications"][0]["args"]
     assert float(args["predictor_gpus"]) == 1.0
+
+
+@pytest.mark.parametrize("task", ["rerank", "full_ranking"])
+def test_one_deployment_apps_carry_the_overload_limits(task, monkeypatch):
+    """UR4Rec's /rerank and ER2ALM's /recommend apps get Serve's concurrency limit, queue bound and 503 +
+    Retry-After from the serve options, like the RALLRec chain's ingress (an unbounded queue would hold
+    every request of an overload in memory)."""
+    from ragrec.serving import app as app_mod
+
+    monkeypatch.setattr(app_mod, "run_task", lambda run_dir: task)
+    app = app_mod.build_app("/runs/x", max_ongoing_requests=3, max_queued_requests=5, retry_after_s=2.5)
+    d = app._bound_deployment
+    assert (d.max_ongoing_requests, d.max_queued_requests) == (3, 5)
+    bp = d._deployment_config.backpressure_config
+    assert (bp.status_code, bp.retry_after_s) == (503, 2.5)

@@ -104,6 +104,23 @@ class BodySizeLimit:
         )(scope, receive, send)
 
 
+def bind_single_ingress(
+    ingress_cls,
+    run_dir: str,
+    limit: int,
+    *,
+    cpus: float,
+    torch_threads: int | None,
+    max_body_bytes: int | None,
+    ingress: dict | None,
+):
+    """A one-deployment app (a ranking or full-ranking run) bound with its CPUs and the overload options
+    ``ingress`` (:func:`ingress_options`); ``limit`` is the run kind's largest list or k."""
+    return ingress_cls.options(ray_actor_options={"num_cpus": cpus}, **(ingress or {})).bind(
+        run_dir, limit, torch_threads, max_body_bytes
+    )
+
+
 def setup_replica(torch_threads: int | None, max_body_bytes: int | None) -> None:
     """What every replica of a single-service app (``/rerank``, ``/recommend``) does first: the request-body
     limit and torch's thread count (default: the machine's CPUs)."""
@@ -318,7 +335,11 @@ def build_app(run_dir: str, batching: bool = True, **options) -> serve.Applicati
         from .recommend import build_recommend_app
 
         return build_recommend_app(
-            run_dir, cpus=opts.predictor_cpus, torch_threads=opts.torch_threads, max_body_bytes=opts.max_body_bytes
+            run_dir,
+            cpus=opts.predictor_cpus,
+            torch_threads=opts.torch_threads,
+            max_body_bytes=opts.max_body_bytes,
+            ingress=ingress_options(opts),
         )
     if run_task(run_dir) == "rerank":  # a ranking run: one deployment behind POST /rerank
         from .rerank import build_rank_app

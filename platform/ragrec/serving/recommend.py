@@ -116,8 +116,18 @@ def build_recommend_app(
     cpus: float = 1.0,
     torch_threads: int | None = None,
     max_body_bytes: int | None = None,
+    ingress: dict | None = None,
 ):
-    """The bound Serve application of the full-ranking run in ``run_dir`` (``max_k``: largest k per request)."""
-    return RecommendIngress.options(ray_actor_options={"num_cpus": cpus}).bind(
-        run_dir, max_k, torch_threads, max_body_bytes
+    """The bound Serve application of the full-ranking run in ``run_dir`` (``max_k``: largest k per request;
+    ``ingress``: the deployment's overload options, :func:`ragrec.serving.app.ingress_options`)."""
+    from .app import bind_single_ingress
+
+    return bind_single_ingress(
+        RecommendIngress,
+        run_dir,
+        max_k,
+        cpus=cpus,
+        torch_threads=torch_threads,
+        max_body_bytes=max_body_bytes,
+        ingress=ingress,
     )

@@ -121,6 +121,14 @@ def build_rank_app(
 ):
     """The bound Serve application of the ranking run in ``run_dir`` (``max_body_bytes``: None = 1 MiB;
     ``ingress``: the deployment's overload options, :func:`ragrec.serving.app.ingress_options`)."""
-    return RankIngress.options(ray_actor_options={"num_cpus": cpus}, **(ingress or {})).bind(
-        run_dir, max_items, torch_threads, max_body_bytes
+    from .app import bind_single_ingress
+
+    return bind_single_ingress(
+        RankIngress,
+        run_dir,
+        max_items,
+        cpus=cpus,
+        torch_threads=torch_threads,
+        max_body_bytes=max_body_bytes,
+        ingress=ingress,
     )

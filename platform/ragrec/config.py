@@ -629,6 +629,12 @@ class RerankerConfig(_Strict):
 ER2ALM_ASPECTS = ("plot_theme", "genre", "visual_sound", "culture_language", "duration", "director")
 
 
+_FORCE_FORMAT = (
+    "labelled lines by construction: the engine writes the answer's labels, the model only their values "
+    "(ragrec.llm.structured; small models rarely follow a format); false: free text that the parser repairs"
+)
+
+
 class RAGConfig(_Strict):
     """ER2ALM Eq. 1: passages retrieved per item from the corpus, and the LLM's aspects written from them."""
 
@@ -642,6 +648,7 @@ class RAGConfig(_Strict):
     chunk_overlap: int = Field(100, ge=0, description="characters shared by consecutive chunks")
     top_r: int = Field(3, ge=1, description="passages retrieved per item (query: title, year, genres)")
     max_new_tokens: int = Field(160, ge=1)
+    force_format: bool = Field(True, description=_FORCE_FORMAT)
     temperature: float = Field(0.8, ge=0, description="paper: {0.4, 0.8, 1}")
     top_p: float = Field(0.8, gt=0, le=1, description="paper: {0.6, 0.8, 1}")
     block_size: int = Field(64, ge=1)
@@ -653,6 +660,7 @@ class ProfileConfig(_Strict):
 
     max_history_items: int = Field(10, ge=1, description="most recent liked training items in the prompt")
     max_new_tokens: int = Field(200, ge=1)
+    force_format: bool = Field(True, description=_FORCE_FORMAT)
     temperature: float = Field(0.4, ge=0)
     top_p: float = Field(0.8, gt=0, le=1)
     block_size: int = Field(64, ge=1)
@@ -679,6 +687,7 @@ class AugmentConfig(_Strict):
     eta: float = Field(0.02, ge=0, description="extra training pairs = ceil(eta * |training edges|)")
     candidates: int = Field(10, ge=2, description="base-model candidates shown to the LLM per user")
     max_new_tokens: int = Field(48, ge=1)
+    force_format: bool = Field(True, description=_FORCE_FORMAT)
     temperature: float = Field(0.0, ge=0)
     block_size: int = Field(64, ge=1)
 

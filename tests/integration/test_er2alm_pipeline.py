@@ -25,6 +25,15 @@ def test_er2alm_end_to_end_serving_tune_objective_and_evaluation(ray_session, da
 
     # the LLM wrote aspects for the first rag.max_items items and a profile per user with a training positive
     assert a["aspects"].read_table().num_rows == cfg.rag.max_items
+    # the engine wrote the labels (rag / profile / augment.force_format): SmolLM2-135M's answers all parse
+    from ragrec.llm.prompts_er2alm import parse_aspects, parse_picks, parse_profiles
+
+    assert parse_aspects(a["aspects"].read_table().column("text").to_pylist())[1]["parsed"] == cfg.rag.max_items
+    assert parse_profiles(prof_texts := a["profiles"].read_table().column("text").to_pylist())[2]["parsed"] == len(
+        prof_texts
+    )
+    picks = parse_picks(a["picks"].read_table().column("text").to_pylist(), cfg.augment.candidates)[2]
+    assert picks["unlabelled"] == 0 and picks["missing_liked"] == 0
     prof = a["profiles"].read_table()
     split = a["samples"].read_table("samples")
     train_users = set(np.unique(split.filter(pc.equal(split.column("split"), "train")).column("user_id").to_numpy()))

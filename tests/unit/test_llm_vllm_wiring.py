@@ -123,3 +123,26 @@ def test_build_processors_wire_our_stages(ray_session):
         assert proc.config.model_source == model_path(TINY_LLAMA) and proc.config.batch_size == 16
     assert gen.config.engine_kwargs["max_model_len"] == 64 + 16
     assert score.config.engine_kwargs["max_model_len"] == 64 + 1
+
+
+def test_line_labels_become_vllm_structured_outputs():
+    """The hf engine's forced labels have a vLLM twin: a regex in ``structured_outputs`` (the dict form that
+    ``ray.data.llm`` converts; ``sampling_params`` converts it for the offline engine)."""
+    import re
+    from types import SimpleNamespace
+
+    from ragrec.llm.vllm_engine import generation_sampling, sampling_params
+
+    plain = generation_sampling(16, 0.0, 1.0, 3)
+    assert "structured_outputs" not in plain
+    kw = generation_sampling(16, 0.0, 1.0, 3, ["liked", "disliked"])
+    rx = re.compile(kw["structured_outputs"]["regex"])
+    assert rx.fullmatch("liked: 2\ndisliked: 5") and not rx.fullmatch("I liked 2")
+    made = {}
+    fake = SimpleNamespace(
+        SamplingParams=lambda **k: made.setdefault("params", k),
+        sampling_params=SimpleNamespace(StructuredOutputsParams=lambda **k: ("structured", k)),
+    )
+    params = sampling_params(fake, kw)
+    assert params["structured_outputs"] == ("structured", kw["structured_outputs"])
+    assert params["max_tokens"] == 16 and kw["structured_outputs"]  # the caller's dict is left as it was

@@ -6,6 +6,7 @@ left truncation to ``llm.max_prompt_tokens`` itself (``embed`` embeds the raw te
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
@@ -17,9 +18,19 @@ if TYPE_CHECKING:
 @runtime_checkable
 class Engine(Protocol):
     def generate(
-        self, prompts: list[str], *, max_new_tokens: int, temperature: float, top_p: float, seed: int
+        self,
+        prompts: list[str],
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        seed: int,
+        line_labels: Sequence[str] | None = None,
+        line_values: str = "text",
     ) -> list[str]:
-        """One completion per prompt, in input order (``temperature == 0``: greedy)."""
+        """One completion per prompt, in input order (``temperature == 0``: greedy). ``line_labels``: each
+        completion is ``len(line_labels)`` lines ``"<label>: <value>"`` by construction, each value free text or
+        (``line_values="number"``) digits (``ragrec.llm.structured``)."""
         ...
 
     def score_yes_no(self, prompts: list[str]) -> np.ndarray:

@@ -93,9 +93,19 @@ class HFEngine:
 
     # ------------------------------------------------------------------------------------------
     def generate(
-        self, prompts: list[str], *, max_new_tokens: int, temperature: float, top_p: float, seed: int
+        self,
+        prompts: list[str],
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        seed: int,
+        line_labels: Sequence[str] | None = None,
+        line_values: str = "text",
     ) -> list[str]:
-        """One completion per prompt (input order); sampling seeded per batch by ``seed``."""
+        """One completion per prompt (input order); sampling seeded per batch by ``seed``. ``line_labels``:
+        every answer is ``len(line_labels)`` lines ``"<label>: <value>"`` by construction, ``line_values``
+        ``text`` or ``number`` (:class:`~ragrec.llm.structured.LabelledLines`)."""
         import torch
 
         out: list[str] = [""] * len(prompts)
@@ -117,11 +127,25 @@ class HFEngine:
                         attention_mask=mask,
                         pad_token_id=self.tokenizer.pad_token_id,
                         **kwargs,
+                        **self._structure(line_labels, line_values, max_new_tokens),
                     )
                 texts = self.tokenizer.batch_decode(tokens[:, input_ids.shape[1] :], skip_special_tokens=True)
                 for i, text in zip(idx, texts):
                     out[i] = text.strip()
         return out
+
+    def _structure(self, line_labels: Sequence[str] | None, line_values: str, max_new_tokens: int) -> dict[str, Any]:
+        """``generate`` kwargs forcing labelled lines (a fresh processor per call: it holds the batch state)."""
+        if not line_labels:
+            return {}
+        from transformers import LogitsProcessorList
+
+        from .structured import LabelledLines, line_budget
+
+        budget = line_budget(max_new_tokens, LabelledLines.label_token_counts(self.tokenizer, line_labels))
+        vocab = self.model.get_output_embeddings().weight.shape[0]
+        proc = LabelledLines(self.tokenizer, line_labels, budget, vocab, values=line_values)
+        return {"logits_processor": LogitsProcessorList([proc])}
 
     def score_yes_no(self, prompts: list[str]) -> np.ndarray:
         """float32 ``(n,)`` P(yes): one forward per batch, logits of the last prompt position only."""

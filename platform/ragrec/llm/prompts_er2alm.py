@@ -47,6 +47,7 @@ __all__ = [
     "ASPECT_TEMPLATE",
     "NO_HISTORY",
     "NO_PASSAGES",
+    "PICK_LABELS",
     "PICK_TEMPLATE",
     "PROFILE_TEMPLATE",
     "UNIFORM_WEIGHT",
@@ -491,6 +492,7 @@ def parse_profiles(
 
 # --------------------------------------------------------------------------------------- augmentation
 
+PICK_LABELS = ("liked", "disliked")
 PICK_TEMPLATE = (
     "Movies the user liked, oldest first:\n"
     "{history}\n\n"

@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -202,9 +202,32 @@ def scoring_postprocess(row: Mapping[str, Any], *, source: str) -> dict[str, Any
     return out
 
 
-def generation_sampling(max_new_tokens: int, temperature: float, top_p: float, seed: int) -> dict[str, Any]:
-    """vLLM ``SamplingParams`` kwargs for generation (``temperature == 0``: greedy)."""
-    return dict(max_tokens=max_new_tokens, temperature=float(temperature), top_p=float(top_p), seed=int(seed))
+def generation_sampling(
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    seed: int,
+    line_labels: Sequence[str] | None = None,
+    line_values: str = "text",
+) -> dict[str, Any]:
+    """vLLM ``SamplingParams`` kwargs for generation (``temperature == 0``: greedy). ``line_labels``: vLLM's
+    structured outputs with :func:`~ragrec.llm.structured.labelled_lines_regex` (``ray.data.llm`` turns the
+    ``structured_outputs`` dict into ``StructuredOutputsParams``; :func:`sampling_params` does it here)."""
+    out = dict(max_tokens=max_new_tokens, temperature=float(temperature), top_p=float(top_p), seed=int(seed))
+    if line_labels:
+        from .structured import labelled_lines_regex
+
+        out["structured_outputs"] = {"regex": labelled_lines_regex(line_labels, values=line_values)}
+    return out
+
+
+def sampling_params(vllm: Any, kwargs: Mapping[str, Any]) -> Any:
+    """``vllm.SamplingParams`` of :func:`generation_sampling` kwargs (the ``structured_outputs`` dict converted)."""
+    kwargs = dict(kwargs)
+    structured = kwargs.pop("structured_outputs", None)
+    if structured:
+        kwargs["structured_outputs"] = vllm.sampling_params.StructuredOutputsParams(**structured)
+    return vllm.SamplingParams(**kwargs)
 
 
 def scoring_sampling() -> dict[str, Any]:
@@ -305,11 +328,20 @@ class VLLMEngine:
         return [{"prompt_token_ids": x[-self.cfg.max_prompt_tokens :]} for x in ids]
 
     def generate(
-        self, prompts: list[str], *, max_new_tokens: int, temperature: float, top_p: float, seed: int
+        self,
+        prompts: list[str],
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        seed: int,
+        line_labels: Sequence[str] | None = None,
+        line_values: str = "text",
     ) -> list[str]:
         import vllm
 
-        params = vllm.SamplingParams(**generation_sampling(max_new_tokens, temperature, top_p, seed))
+        kw = generation_sampling(max_new_tokens, temperature, top_p, seed, line_labels, line_values)
+        params = sampling_params(vllm, kw)
         outs = self.llm.generate(self._inputs(prompts), params, lora_request=self.lora, use_tqdm=False)
         return [o.outputs[0].text.strip() for o in outs]
 

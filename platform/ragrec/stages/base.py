@@ -83,6 +83,8 @@ class LLMWorker:
                 temperature=p["temperature"],
                 top_p=p["top_p"],
                 seed=int(p.get("seed", 0)) + block,
+                line_labels=p.get("line_labels"),
+                line_values=p.get("line_values", "text"),
             )
             col = pa.array(out, pa.string())
         elif self.op == "score":
@@ -293,7 +295,12 @@ def _run_vllm(art, texts, todo, *, op, llm_cfg, params, adapter_path=None) -> No
     ds = ray.data.from_arrow(_block_tables(texts, todo))
     if op == "generate":
         sampling = vllm_engine.generation_sampling(
-            params["max_new_tokens"], params["temperature"], params["top_p"], int(params.get("seed", 0))
+            params["max_new_tokens"],
+            params["temperature"],
+            params["top_p"],
+            int(params.get("seed", 0)),
+            params.get("line_labels"),
+            params.get("line_values", "text"),
         )
         processor, column, typ = (
             vllm_engine.build_generation_processor(llm_cfg, sampling),

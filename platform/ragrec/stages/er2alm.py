@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 
 from ..artifacts import Artifact, ArtifactStore
 from ..config import ER2ALM_ASPECTS, GNNConfig, RunConfig
+from ..llm.prompts_er2alm import ASPECT_LABELS, PICK_LABELS
 from .base import log
 from .embed import embed_texts_stage, to_numpy
 from .generate import generate_stage
@@ -79,6 +80,24 @@ def train_histories(ds_art: Artifact, samples_art: Artifact) -> pa.ListArray:
     offsets = np.zeros(n_users + 1, dtype=np.int32)
     np.cumsum(np.bincount(u, minlength=n_users), out=offsets[1:])
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(i[o], pa.int64()))
+
+
+def _labels(cfg: RunConfig, section: str, labels, values: str = "text") -> dict:
+    """The sampling entry that makes the engine write ``labels`` itself (``<section>.force_format``), or nothing
+    (the cache key of a free-text stage stays what it was). ValueError naming ``<section>.max_new_tokens`` when
+    the labels leave no room for the values, before any LLM starts."""
+    from ..llm.registry import load_tokenizer
+    from ..llm.structured import LabelledLines, line_budget
+
+    sec = getattr(cfg, section)
+    if not sec.force_format:
+        return {}
+    labels = list(labels)
+    try:
+        line_budget(sec.max_new_tokens, LabelledLines.label_token_counts(load_tokenizer(cfg.llm.model), labels))
+    except ValueError as e:
+        raise ValueError(f"{section}.max_new_tokens: {e} (or set {section}.force_format: false)") from None
+    return {"line_labels": labels} | ({"line_values": values} if values != "text" else {})
 
 
 def _generate(store, cfg: RunConfig, name: str, rows: pa.Table, sampling: dict, block: int, inputs) -> Artifact:
@@ -246,6 +265,7 @@ def aspects_stage(store: ArtifactStore, cfg: RunConfig, ds_art: Artifact, passag
         )
     rows = pa.table({"item_id": items.column("item_id"), "prompt": prompts})
     sampling = {"max_new_tokens": r.max_new_tokens, "temperature": r.temperature, "top_p": r.top_p}
+    sampling |= _labels(cfg, "rag", ASPECT_LABELS.values())
     name = "er2alm_aspects" if passages is not None else "er2alm_aspects_norag"
     return _generate(store, cfg, name, rows, sampling, r.block_size, [passages or ds_art])
 
@@ -279,6 +299,7 @@ def profiles_stage(
     prompts = profile_prompts(ds_art.read_table("items"), aspects, hist.take(pa.array(users)), p.max_history_items)
     rows = pa.table({"user_id": pa.array(users, pa.int64()), "prompt": prompts})
     sampling = {"max_new_tokens": p.max_new_tokens, "temperature": p.temperature, "top_p": p.top_p}
+    sampling |= _labels(cfg, "profile", ASPECT_LABELS.values())
     return _generate(store, cfg, "er2alm_profiles", rows, sampling, p.block_size, [samples_art, aspects_art])
 
 
@@ -416,6 +437,7 @@ def picks_stage(
     )
     rows = pa.table({"user_id": pa.array(users, pa.int64()), "prompt": prompts})
     sampling = {"max_new_tokens": a.max_new_tokens, "temperature": a.temperature, "top_p": 1.0}
+    sampling |= _labels(cfg, "augment", PICK_LABELS, "number")
     return _generate(store, cfg, "er2alm_picks", rows, sampling, a.block_size, [cands])
 
 

@@ -1,0 +1,150 @@
+"""Labelled-line answers by construction (``ragrec.llm.structured``): the processor alone against a scripted
+"model" that wants to break the format, then through HFEngine.generate on tiny-random-llama, whose random
+weights never follow any format by themselves."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ragrec.config import LLMConfig
+from ragrec.llm.hf_engine import HFEngine
+from ragrec.llm.prompts_er2alm import ASPECT_LABELS, PICK_LABELS, parse_aspects, parse_picks
+from ragrec.llm.registry import TINY_LLAMA, load_tokenizer
+from ragrec.llm.structured import LabelledLines, labelled_lines_regex, line_budget
+
+LABELS = list(ASPECT_LABELS.values())
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer(TINY_LLAMA)
+
+
+@pytest.fixture(scope="module")
+def engine() -> HFEngine:
+    return HFEngine(LLMConfig(model=TINY_LLAMA, batch_size=3, max_prompt_tokens=256))
+
+
+def _run(proc: LabelledLines, wants, steps: int, batch: int, vocab: int, filler: int) -> list[list[int]]:
+    """Greedy decoding of a scripted model: ``wants(row, step)`` is the token it would pick, ``filler`` its
+    second choice."""
+    seqs: list[list[int]] = [[0] for _ in range(batch)]  # a one-token "prompt"
+    for step in range(steps):
+        scores = torch.zeros(batch, vocab)
+        scores[:, filler] = 5.0
+        for r in range(batch):
+            scores[r, wants(r, step)] = 10.0
+        out = proc(torch.tensor(seqs), scores)
+        assert torch.isfinite(out).any(1).all(), "a row with no allowed token"
+        for r in range(batch):
+            seqs[r].append(int(out[r].argmax()))
+    return [s[1:] for s in seqs]
+
+
+def test_a_model_that_only_wants_eos_or_line_breaks_still_writes_every_labelled_line(tok):
+    vocab = len(tok)
+    nl = tok.encode("\n", add_special_tokens=False)[-1]
+    word = tok.encode(" drama", add_special_tokens=False)[0]
+    budget = 3
+    proc = LabelledLines(tok, LABELS, budget, vocab)
+    # row 0 wants EOS always, row 1 a line break always, row 2 one word forever (never a line break)
+    wants = [lambda s: tok.eos_token_id, lambda s: nl, lambda s: word]
+    steps = sum(LabelledLines.label_token_counts(tok, LABELS)) + len(LABELS) * (budget + 1) + 1
+    filler = tok.encode(" story", add_special_tokens=False)[0]
+    seqs = _run(proc, lambda r, s: wants[r](s), steps, 3, vocab, filler)
+    eos = tok.eos_token_id
+    assert all(eos in seq for seq in seqs)  # every row ended within the budget
+    seqs = [seq[: seq.index(eos)] for seq in seqs]  # generate stops a row at its EOS
+    for r, seq in enumerate(seqs):
+        text = tok.decode(seq).strip()  # the engine strips the last line break
+        lines = text.split("\n")
+        assert [ln.split(":")[0] for ln in lines] == LABELS, (r, text)
+        values = [ln.split(":", 1)[1] for ln in lines]
+        assert all(v.strip() for v in values), (r, text)  # the first free token may not end the line
+        free = [len(tok.encode(v, add_special_tokens=False)) for v in values]
+        assert max(free) <= budget  # a line at its budget is ended by a forced line break
+    # the row that wants one word forever writes exactly `budget` of it per line
+    assert tok.decode(seqs[2]).count("drama") == budget * len(LABELS)
+    # the row that wants line breaks gets them right after its one (forced non-break) value token
+    assert parse_aspects([tok.decode(seqs[1])])[1]["parsed"] == 1
+
+
+def test_budget_fits_the_labels_in_the_token_limit_or_names_the_fix(tok):
+    counts = LabelledLines.label_token_counts(tok, LABELS)
+    b = line_budget(120, counts)
+    assert sum(counts) + len(LABELS) * (b + 1) + 1 <= 120 < sum(counts) + len(LABELS) * (b + 2) + 1
+    with pytest.raises(ValueError, match=r"max_new_tokens=10 .* raise it to at least"):
+        line_budget(10, counts)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_engine_answers_parse_completely_even_from_random_weights(engine, temperature):
+    prompts = ["Describe Toy Story.", "x", "Write the six aspects of Heat (1995), a crime film with a long prompt."]
+    free = engine.generate(prompts, max_new_tokens=60, temperature=temperature, top_p=0.9, seed=3)
+    assert parse_aspects(free)[1]["parsed"] == 0  # random weights: no format without forcing
+    out = engine.generate(prompts, max_new_tokens=60, temperature=temperature, top_p=0.9, seed=3, line_labels=LABELS)
+    assert parse_aspects(out)[1]["parsed"] == len(prompts), out
+    assert all(len(engine.tokenizer.encode(o, add_special_tokens=False)) <= 60 for o in out)
+
+
+def test_state_is_per_row_a_prompt_answers_the_same_alone_and_in_a_batch(engine):
+    prompts = ["Describe Toy Story.", "x", "A longer prompt about crime films and their directors."]
+    kw = dict(max_new_tokens=48, temperature=0.0, top_p=1.0, seed=0, line_labels=list(ASPECT_LABELS.values()))
+    batched = engine.generate(prompts, **kw)
+    alone = [engine.generate([p], **kw)[0] for p in prompts]
+    assert batched == alone
+
+
+def test_number_values_make_every_pick_a_number(engine):
+    """Picks (``line_values="number"``): each value is digits, so random weights still give a candidate number."""
+    prompts = ["Pick a movie.", "x", "Which of the ten candidates will the user like and which not?"] * 2
+    kw = dict(max_new_tokens=12, top_p=1.0, seed=1, line_labels=list(PICK_LABELS))
+    free_text = engine.generate(prompts, temperature=1.0, **kw)
+    numbers = engine.generate(prompts, temperature=1.0, line_values="number", **kw)
+    for o in numbers:
+        lines = o.split("\n")
+        assert [ln.split(":")[0] for ln in lines] == list(PICK_LABELS)
+        assert all(ln.split(":", 1)[1].strip().isdigit() for ln in lines), o
+    big = 10**4  # every number is in range: only labels and digits decide the parse
+    assert parse_picks(numbers, n_candidates=big)[2]["missing_liked"] == 0
+    assert parse_picks(free_text, n_candidates=big)[2]["missing_liked"] > 0  # labels alone are not enough
+
+
+def test_er2alm_stages_check_the_label_budget_before_any_llm_starts():
+    from ragrec.config import load_config
+    from ragrec.stages.er2alm import _labels
+
+    cfg = load_config("configs/er2alm_ml100k_slice.yaml", ["profile.max_new_tokens=12"])
+    with pytest.raises(
+        ValueError, match=r"^profile\.max_new_tokens: .*raise it to at least \d+ \(or set profile\.force_format"
+    ):
+        _labels(cfg, "profile", ASPECT_LABELS.values())
+    assert _labels(cfg, "augment", PICK_LABELS, "number") == {"line_labels": list(PICK_LABELS), "line_values": "number"}
+    assert _labels(cfg, "rag", ASPECT_LABELS.values()) == {"line_labels": LABELS}
+    off = load_config("configs/er2alm_ml100k_slice.yaml", ["profile.max_new_tokens=12", "profile.force_format=false"])
+    assert _labels(off, "profile", ASPECT_LABELS.values()) == {}  # free text: the stage's cache key is unchanged
+
+
+def test_regex_accepts_the_forced_shape_and_nothing_else():
+    import re
+
+    rx = re.compile(labelled_lines_regex(["liked", "disliked"], max_line_chars=20))
+    assert rx.fullmatch("liked: 3\ndisliked: 7") and rx.fullmatch("liked: the one\ndisliked: 7")
+    num = re.compile(labelled_lines_regex(["liked", "disliked"], values="number"))
+    assert num.fullmatch("liked: 3\ndisliked:12") and not num.fullmatch("liked: the one\ndisliked: 7")
+    assert not rx.fullmatch("disliked: 7\nliked: 3")
+    assert not rx.fullmatch("liked:\ndisliked: 7")  # empty value
+    assert not rx.fullmatch("liked: 3")
+
+
+def test_newline_mask_marks_exactly_the_tokens_with_a_line_break(tok):
+    from ragrec.llm.structured import newline_token_mask
+
+    mask = newline_token_mask(tok, len(tok)).numpy()
+    ids = np.flatnonzero(mask)
+    assert tok.encode("\n", add_special_tokens=False)[-1] in ids
+    sample = np.random.default_rng(0).choice(len(tok), 300, replace=False)
+    for i in sample:
+        assert mask[i] == ("\n" in tok.decode([int(i)]))

@@ -5,15 +5,12 @@
 #
 #   bash scripts/gpu_check_wheels.sh            # then carry .gpu_wheels (see benchmarks/gpu_check.py)
 #
-# .gpu_wheels/ is kept out of git by .git/info/exclude (added here when missing). Needs PyPI.
+# .gpu_wheels/ is in .gitignore. Needs PyPI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 DEST=.gpu_wheels
 PACKAGES="pydantic pydantic-core annotated-types typing-inspection typing-extensions"
-
-mkdir -p .git/info
-grep -qxF "/$DEST/" .git/info/exclude 2>/dev/null || echo "/$DEST/" >>.git/info/exclude
 
 pins=$("$PY" -c 'import sys; from importlib.metadata import version
 print(" ".join(f"{n}=={version(n)}" for n in sys.argv[1:]))' $PACKAGES)

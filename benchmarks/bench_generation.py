@@ -181,6 +181,7 @@ def compare(
     model: str | None = None,
 ) -> Generation:
     """Generate for the same prompts both ways (untimed warm-ups first), then check the differences."""
+    from ragrec.llm.engine import Sampling
     from ragrec.llm.hf_engine import HFEngine
 
     n = n_items or (QUICK_ITEMS if quick else FULL_ITEMS)
@@ -194,7 +195,7 @@ def compare(
     if max(lengths) > llm_cfg.max_prompt_tokens:
         raise ValueError(f"a prompt has {max(lengths)} tokens > llm.max_prompt_tokens={llm_cfg.max_prompt_tokens}")
     peak = peak_gflops(quick)  # measured before the runs, so it is not disturbed by them
-    rag_fn = lambda p: engine.generate(p, max_new_tokens=new, temperature=0.0, top_p=1.0, seed=0)
+    rag_fn = lambda p: engine.generate(p, Sampling(new))
     reference_generate(m, tok, prompts[:1], 4)
     rag_fn(prompts[: llm_cfg.batch_size][:4])
     ref_ids, ref_timing, ref_rss = timed_with_rss(lambda: reference_generate(m, tok, prompts, new), RSS_INTERVAL_S)

@@ -11,6 +11,7 @@ import torch
 
 from ragrec.config import LLMConfig
 from ragrec.llm.chat import add_special_tokens, fit_prompts, format_prompt, yes_no_token_ids
+from ragrec.llm.engine import Sampling
 from ragrec.llm.hf_engine import HFEngine, length_sorted_batches, pad_left, position_ids_from_mask
 from ragrec.llm.registry import TINY_LLAMA
 
@@ -88,8 +89,8 @@ def test_long_prompts_are_truncated_from_the_left():
 
 
 def test_greedy_generate_batched_equals_single_in_input_order(engine):
-    batched = engine.generate(PROMPTS, max_new_tokens=6, temperature=0.0, top_p=1.0, seed=0)
-    single = [engine.generate([p], max_new_tokens=6, temperature=0.0, top_p=1.0, seed=0)[0] for p in PROMPTS]
+    batched = engine.generate(PROMPTS, Sampling(6))
+    single = [engine.generate([p], Sampling(6))[0] for p in PROMPTS]
     assert len(batched) == len(PROMPTS) and batched == single
     assert len(set(batched)) == len(PROMPTS)  # different prompts -> different texts: order is checkable
     # greedy = argmax of the independent forward for the first token
@@ -104,12 +105,12 @@ def test_sampling_is_seeded_and_leaves_the_global_rng_alone(engine):
     torch.manual_seed(7)
     expected_next = torch.rand(3)
     torch.manual_seed(7)
-    a = engine.generate(PROMPTS, seed=11, **kw)
+    a = engine.generate(PROMPTS, Sampling(seed=11, **kw))
     assert torch.equal(torch.rand(3), expected_next)
-    b = engine.generate(PROMPTS, seed=11, **kw)
-    c = engine.generate(PROMPTS, seed=12, **kw)
+    b = engine.generate(PROMPTS, Sampling(seed=11, **kw))
+    c = engine.generate(PROMPTS, Sampling(seed=12, **kw))
     assert a == b and a != c
-    assert engine.generate([], seed=0, **kw) == []
+    assert engine.generate([], Sampling(**kw)) == []
 
 
 def test_embed_is_masked_mean_of_lm_head_input(engine):

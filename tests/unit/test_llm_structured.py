@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ragrec.config import LLMConfig
+from ragrec.llm.engine import Sampling
 from ragrec.llm.hf_engine import HFEngine
 from ragrec.llm.prompts_er2alm import ASPECT_LABELS, PICK_LABELS, parse_aspects, parse_picks
 from ragrec.llm.registry import TINY_LLAMA, load_tokenizer
@@ -82,27 +83,28 @@ def test_budget_fits_the_labels_in_the_token_limit_or_names_the_fix(tok):
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_engine_answers_parse_completely_even_from_random_weights(engine, temperature):
     prompts = ["Describe Toy Story.", "x", "Write the six aspects of Heat (1995), a crime film with a long prompt."]
-    free = engine.generate(prompts, max_new_tokens=60, temperature=temperature, top_p=0.9, seed=3)
+    kw = dict(max_new_tokens=60, temperature=temperature, top_p=0.9, seed=3)
+    free = engine.generate(prompts, Sampling(**kw))
     assert parse_aspects(free)[1]["parsed"] == 0  # random weights: no format without forcing
-    out = engine.generate(prompts, max_new_tokens=60, temperature=temperature, top_p=0.9, seed=3, line_labels=LABELS)
+    out = engine.generate(prompts, Sampling(**kw, line_labels=tuple(LABELS)))
     assert parse_aspects(out)[1]["parsed"] == len(prompts), out
     assert all(len(engine.tokenizer.encode(o, add_special_tokens=False)) <= 60 for o in out)
 
 
 def test_state_is_per_row_a_prompt_answers_the_same_alone_and_in_a_batch(engine):
     prompts = ["Describe Toy Story.", "x", "A longer prompt about crime films and their directors."]
-    kw = dict(max_new_tokens=48, temperature=0.0, top_p=1.0, seed=0, line_labels=list(ASPECT_LABELS.values()))
-    batched = engine.generate(prompts, **kw)
-    alone = [engine.generate([p], **kw)[0] for p in prompts]
+    s = Sampling(48, line_labels=tuple(LABELS))
+    batched = engine.generate(prompts, s)
+    alone = [engine.generate([p], s)[0] for p in prompts]
     assert batched == alone
 
 
 def test_number_values_make_every_pick_a_number(engine):
     """Picks (``line_values="number"``): each value is digits, so random weights still give a candidate number."""
     prompts = ["Pick a movie.", "x", "Which of the ten candidates will the user like and which not?"] * 2
-    kw = dict(max_new_tokens=12, top_p=1.0, seed=1, line_labels=list(PICK_LABELS))
-    free_text = engine.generate(prompts, temperature=1.0, **kw)
-    numbers = engine.generate(prompts, temperature=1.0, line_values="number", **kw)
+    kw = dict(max_new_tokens=12, temperature=1.0, seed=1, line_labels=PICK_LABELS)
+    free_text = engine.generate(prompts, Sampling(**kw))
+    numbers = engine.generate(prompts, Sampling(**kw, line_values="number"))
     for o in numbers:
         lines = o.split("\n")
         assert [ln.split(":")[0] for ln in lines] == list(PICK_LABELS)
@@ -148,3 +150,28 @@ def test_newline_mask_marks_exactly_the_tokens_with_a_line_break(tok):
     sample = np.random.default_rng(0).choice(len(tok), 300, replace=False)
     for i in sample:
         assert mask[i] == ("\n" in tok.decode([int(i)]))
+
+
+def test_a_generation_stage_block_hands_its_sampling_to_the_engine(monkeypatch):
+    """The actor turns the stage's cache-key ``sampling`` dict into one :class:`Sampling` per checkpoint block:
+    the labels and value kind travel, and the seed is the stage seed plus the block index."""
+    import pyarrow as pa
+
+    import ragrec.llm as llm
+    from ragrec.stages.base import LLMWorker
+
+    seen = []
+
+    class Fake:
+        def generate(self, prompts, sampling):
+            seen.append(sampling)
+            return [f"{p}!" for p in prompts]
+
+    monkeypatch.setattr(llm, "load_engine", lambda cfg, adapter_path=None: Fake())
+    params = {"max_new_tokens": 12, "temperature": 0.5, "top_p": 0.9, "seed": 40, "line_labels": ["liked", "disliked"]}
+    worker = LLMWorker("generate", {"model": TINY_LLAMA}, params | {"line_values": "number"}, threads=1)
+    batch = pa.table({"row": [0, 1, 2], "block": [3, 3, 5], "text": ["a", "b", "c"]})
+    out = worker(batch)
+    assert out.column("output").to_pylist() == ["a!", "b!", "c!"]
+    assert [s.seed for s in seen] == [43, 45]
+    assert seen[0] == Sampling(12, 0.5, 0.9, 43, ("liked", "disliked"), "number")

@@ -10,6 +10,7 @@ import pytest
 from ragrec.config import LLMConfig
 from ragrec.llm import vllm_engine as V
 from ragrec.llm.chat import fit_prompts, yes_no_token_ids
+from ragrec.llm.engine import Sampling
 from ragrec.llm.registry import TINY_LLAMA, load_tokenizer, model_path
 
 CFG = LLMConfig(model=TINY_LLAMA, engine="vllm", batch_size=16, actors=2, max_prompt_tokens=64, dtype="bfloat16")
@@ -36,7 +37,7 @@ def test_hf_ids_go_to_vllm_unresolved():
 
 def test_preprocess_builds_prompt_tokens_and_sampling():
     tok = load_tokenizer(TINY_LLAMA)
-    sampling = V.generation_sampling(max_new_tokens=40, temperature=0.8, top_p=0.9, seed=3)
+    sampling = V.generation_sampling(Sampling(max_new_tokens=40, temperature=0.8, top_p=0.9, seed=3))
     pre, _ = V.generation_functions(CFG, sampling)
     long_text = " ".join(f"w{i}" for i in range(200)) + " Describe Heat."
     row = pre({"text": long_text, "item_id": 7})
@@ -115,7 +116,7 @@ def test_vllm_engine_needs_vllm():
 @pytest.mark.ray
 def test_build_processors_wire_our_stages(ray_session):
     """Building needs Ray but not vllm (the engine stage imports it only in its actors)."""
-    gen = V.build_generation_processor(CFG, V.generation_sampling(16, 0.0, 1.0, 0))
+    gen = V.build_generation_processor(CFG, V.generation_sampling(Sampling(16)))
     score = V.build_scoring_processor(CFG)
     for proc in (gen, score):
         names = proc.list_stage_names()
@@ -133,9 +134,9 @@ def test_line_labels_become_vllm_structured_outputs():
 
     from ragrec.llm.vllm_engine import generation_sampling, sampling_params
 
-    plain = generation_sampling(16, 0.0, 1.0, 3)
+    plain = generation_sampling(Sampling(16, seed=3))
     assert "structured_outputs" not in plain
-    kw = generation_sampling(16, 0.0, 1.0, 3, ["liked", "disliked"])
+    kw = generation_sampling(Sampling(16, seed=3, line_labels=("liked", "disliked")))
     rx = re.compile(kw["structured_outputs"]["regex"])
     assert rx.fullmatch("liked: 2\ndisliked: 5") and not rx.fullmatch("I liked 2")
     made = {}

@@ -1,7 +1,7 @@
 """LLM engines (transformers, vLLM), the model registry and the prompt / yes-no contract."""
 
 from .chat import ANSWER_NO, ANSWER_YES, fit_prompts, format_prompt, yes_no_token_ids
-from .engine import Engine, load_engine
+from .engine import Engine, Sampling, load_engine
 from .registry import ModelSource, load_causal_lm, load_tokenizer, model_path, resolve
 
 __all__ = [
@@ -9,6 +9,7 @@ __all__ = [
     "ANSWER_YES",
     "Engine",
     "ModelSource",
+    "Sampling",
     "fit_prompts",
     "format_prompt",
     "load_causal_lm",

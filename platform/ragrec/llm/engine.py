@@ -6,8 +6,9 @@ left truncation to ``llm.max_prompt_tokens`` itself (``embed`` embeds the raw te
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -15,22 +16,37 @@ if TYPE_CHECKING:
     from ..config import LLMConfig
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """How :meth:`Engine.generate` samples. ``temperature == 0``: greedy. ``line_labels``: every completion is
+    ``len(line_labels)`` lines ``"<label>: <value>"`` by construction, each value free text or
+    (``line_values="number"``) digits (:mod:`ragrec.llm.structured`)."""
+
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    line_labels: tuple[str, ...] | None = None
+    line_values: str = "text"
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], seed_offset: int = 0) -> Sampling:
+        """From a generation stage's ``sampling`` dict (its cache-key form), the seed moved by ``seed_offset``."""
+        labels = params.get("line_labels")
+        return cls(
+            max_new_tokens=int(params["max_new_tokens"]),
+            temperature=float(params.get("temperature", 0.0)),
+            top_p=float(params.get("top_p", 1.0)),
+            seed=int(params.get("seed", 0)) + seed_offset,
+            line_labels=tuple(labels) if labels else None,
+            line_values=params.get("line_values", "text"),
+        )
+
+
 @runtime_checkable
 class Engine(Protocol):
-    def generate(
-        self,
-        prompts: list[str],
-        *,
-        max_new_tokens: int,
-        temperature: float,
-        top_p: float,
-        seed: int,
-        line_labels: Sequence[str] | None = None,
-        line_values: str = "text",
-    ) -> list[str]:
-        """One completion per prompt, in input order (``temperature == 0``: greedy). ``line_labels``: each
-        completion is ``len(line_labels)`` lines ``"<label>: <value>"`` by construction, each value free text or
-        (``line_values="number"``) digits (``ragrec.llm.structured``)."""
+    def generate(self, prompts: list[str], sampling: Sampling) -> list[str]:
+        """One completion per prompt, in input order, sampled as ``sampling`` says."""
         ...
 
     def score_yes_no(self, prompts: list[str]) -> np.ndarray:

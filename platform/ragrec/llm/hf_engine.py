@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import torch
 
     from ..config import LLMConfig
+    from .engine import Sampling
 
 log = logging.getLogger("ragrec.llm.hf")
 
@@ -92,21 +93,17 @@ class HFEngine:
             yield idx, input_ids.to(self.device), mask.to(self.device)
 
     # ------------------------------------------------------------------------------------------
-    def generate(
-        self,
-        prompts: list[str],
-        *,
-        max_new_tokens: int,
-        temperature: float,
-        top_p: float,
-        seed: int,
-        line_labels: Sequence[str] | None = None,
-        line_values: str = "text",
-    ) -> list[str]:
-        """One completion per prompt (input order); sampling seeded per batch by ``seed``. ``line_labels``:
-        every answer is ``len(line_labels)`` lines ``"<label>: <value>"`` by construction, ``line_values``
-        ``text`` or ``number`` (:class:`~ragrec.llm.structured.LabelledLines`)."""
+    def generate(self, prompts: list[str], sampling: Sampling) -> list[str]:
+        """One completion per prompt (input order); seeded per batch by ``sampling.seed``; labelled lines
+        (``sampling.line_labels``) through :class:`~ragrec.llm.structured.LabelledLines`."""
         import torch
+
+        max_new_tokens, temperature, top_p, seed = (
+            sampling.max_new_tokens,
+            sampling.temperature,
+            sampling.top_p,
+            sampling.seed,
+        )
 
         out: list[str] = [""] * len(prompts)
         if not prompts:
@@ -127,24 +124,25 @@ class HFEngine:
                         attention_mask=mask,
                         pad_token_id=self.tokenizer.pad_token_id,
                         **kwargs,
-                        **self._structure(line_labels, line_values, max_new_tokens),
+                        **self._structure(sampling),
                     )
                 texts = self.tokenizer.batch_decode(tokens[:, input_ids.shape[1] :], skip_special_tokens=True)
                 for i, text in zip(idx, texts):
                     out[i] = text.strip()
         return out
 
-    def _structure(self, line_labels: Sequence[str] | None, line_values: str, max_new_tokens: int) -> dict[str, Any]:
+    def _structure(self, sampling: Sampling) -> dict[str, Any]:
         """``generate`` kwargs forcing labelled lines (a fresh processor per call: it holds the batch state)."""
+        line_labels = sampling.line_labels
         if not line_labels:
             return {}
         from transformers import LogitsProcessorList
 
         from .structured import LabelledLines, line_budget
 
-        budget = line_budget(max_new_tokens, LabelledLines.label_token_counts(self.tokenizer, line_labels))
+        budget = line_budget(sampling.max_new_tokens, LabelledLines.label_token_counts(self.tokenizer, line_labels))
         vocab = self.model.get_output_embeddings().weight.shape[0]
-        proc = LabelledLines(self.tokenizer, line_labels, budget, vocab, values=line_values)
+        proc = LabelledLines(self.tokenizer, line_labels, budget, vocab, values=sampling.line_values)
         return {"logits_processor": LogitsProcessorList([proc])}
 
     def score_yes_no(self, prompts: list[str]) -> np.ndarray:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -32,6 +32,7 @@ from .registry import allow_download, model_path, resolve
 
 if TYPE_CHECKING:
     from ..config import LLMConfig
+    from .engine import Sampling
 
 SCORE_TOP_LOGPROBS = 20
 TEXT_COLUMN = "text"
@@ -202,22 +203,15 @@ def scoring_postprocess(row: Mapping[str, Any], *, source: str) -> dict[str, Any
     return out
 
 
-def generation_sampling(
-    max_new_tokens: int,
-    temperature: float,
-    top_p: float,
-    seed: int,
-    line_labels: Sequence[str] | None = None,
-    line_values: str = "text",
-) -> dict[str, Any]:
+def generation_sampling(s: Sampling) -> dict[str, Any]:
     """vLLM ``SamplingParams`` kwargs for generation (``temperature == 0``: greedy). ``line_labels``: vLLM's
     structured outputs with :func:`~ragrec.llm.structured.labelled_lines_regex` (``ray.data.llm`` turns the
     ``structured_outputs`` dict into ``StructuredOutputsParams``; :func:`sampling_params` does it here)."""
-    out = dict(max_tokens=max_new_tokens, temperature=float(temperature), top_p=float(top_p), seed=int(seed))
-    if line_labels:
+    out = dict(max_tokens=s.max_new_tokens, temperature=float(s.temperature), top_p=float(s.top_p), seed=int(s.seed))
+    if s.line_labels:
         from .structured import labelled_lines_regex
 
-        out["structured_outputs"] = {"regex": labelled_lines_regex(line_labels, values=line_values)}
+        out["structured_outputs"] = {"regex": labelled_lines_regex(s.line_labels, values=s.line_values)}
     return out
 
 
@@ -327,21 +321,10 @@ class VLLMEngine:
         ids = self.tokenizer(texts, add_special_tokens=add_special_tokens(self.tokenizer))["input_ids"]
         return [{"prompt_token_ids": x[-self.cfg.max_prompt_tokens :]} for x in ids]
 
-    def generate(
-        self,
-        prompts: list[str],
-        *,
-        max_new_tokens: int,
-        temperature: float,
-        top_p: float,
-        seed: int,
-        line_labels: Sequence[str] | None = None,
-        line_values: str = "text",
-    ) -> list[str]:
+    def generate(self, prompts: list[str], sampling: Sampling) -> list[str]:
         import vllm
 
-        kw = generation_sampling(max_new_tokens, temperature, top_p, seed, line_labels, line_values)
-        params = sampling_params(vllm, kw)
+        params = sampling_params(vllm, generation_sampling(sampling))
         outs = self.llm.generate(self._inputs(prompts), params, lora_request=self.lora, use_tqdm=False)
         return [o.outputs[0].text.strip() for o in outs]
 

@@ -77,15 +77,9 @@ class LLMWorker:
         texts = part.column("text").to_pylist()
         p = self.params
         if self.op == "generate":
-            out = self.engine.generate(
-                texts,
-                max_new_tokens=p["max_new_tokens"],
-                temperature=p["temperature"],
-                top_p=p["top_p"],
-                seed=int(p.get("seed", 0)) + block,
-                line_labels=p.get("line_labels"),
-                line_values=p.get("line_values", "text"),
-            )
+            from ..llm.engine import Sampling
+
+            out = self.engine.generate(texts, Sampling.from_params(p, seed_offset=block))
             col = pa.array(out, pa.string())
         elif self.op == "score":
             col = pa.array(np.asarray(self.engine.score_yes_no(texts), dtype=np.float32), pa.float32())
@@ -294,14 +288,9 @@ def _run_vllm(art, texts, todo, *, op, llm_cfg, params, adapter_path=None) -> No
 
     ds = ray.data.from_arrow(_block_tables(texts, todo))
     if op == "generate":
-        sampling = vllm_engine.generation_sampling(
-            params["max_new_tokens"],
-            params["temperature"],
-            params["top_p"],
-            int(params.get("seed", 0)),
-            params.get("line_labels"),
-            params.get("line_values", "text"),
-        )
+        from ..llm.engine import Sampling
+
+        sampling = vllm_engine.generation_sampling(Sampling.from_params(params))
         processor, column, typ = (
             vllm_engine.build_generation_processor(llm_cfg, sampling),
             vllm_engine.GENERATED_COLUMN,

@@ -99,19 +99,48 @@ def test_state_is_per_row_a_prompt_answers_the_same_alone_and_in_a_batch(engine)
     assert batched == alone
 
 
-def test_number_values_make_every_pick_a_number(engine):
-    """Picks (``line_values="number"``): each value is digits, so random weights still give a candidate number."""
-    prompts = ["Pick a movie.", "x", "Which of the ten candidates will the user like and which not?"] * 2
+def test_number_values_make_every_pick_a_candidate_number(engine):
+    """Picks (``line_values="number"``, ``line_max`` = the candidates): each value is a number in range, so even
+    random weights give a usable pick; labels alone do not."""
+    prompts = ["Pick a movie.", "x", "Which of the ten candidates will the user like and which not?"] * 3
     kw = dict(max_new_tokens=12, temperature=1.0, seed=1, line_labels=PICK_LABELS)
     free_text = engine.generate(prompts, Sampling(**kw))
-    numbers = engine.generate(prompts, Sampling(**kw, line_values="number"))
-    for o in numbers:
-        lines = o.split("\n")
-        assert [ln.split(":")[0] for ln in lines] == list(PICK_LABELS)
-        assert all(ln.split(":", 1)[1].strip().isdigit() for ln in lines), o
-    big = 10**4  # every number is in range: only labels and digits decide the parse
-    assert parse_picks(numbers, n_candidates=big)[2]["missing_liked"] == 0
-    assert parse_picks(free_text, n_candidates=big)[2]["missing_liked"] > 0  # labels alone are not enough
+    for c in (3, 12):
+        numbers = engine.generate(prompts, Sampling(**kw, line_values="number", line_max=c))
+        for o in numbers:
+            lines = o.split("\n")
+            assert [ln.split(":")[0] for ln in lines] == list(PICK_LABELS)
+            values = [ln.split(":", 1)[1].strip() for ln in lines]
+            assert all(v.isdigit() and 1 <= int(v) <= c for v in values), o
+        stats = parse_picks(numbers, n_candidates=c)[2]
+        assert stats["missing_liked"] == stats["out_of_range"] == 0
+    assert parse_picks(free_text, n_candidates=12)[2]["missing_liked"] > 0  # labels alone are not enough
+
+
+def test_a_number_grows_digit_by_digit_only_while_it_stays_in_range(tok):
+    """A scripted model that wants ``0`` then ``9`` forever: the value cannot start with 0, and a second digit
+    is allowed only while the number stays <= max_value (here 12: "1" may grow to "10".."12", "9" may not)."""
+    vocab = len(tok)
+    ids = {d: tok.encode(d, add_special_tokens=False)[-1] for d in "0129"}
+    proc = LabelledLines(tok, ["liked"], 4, vocab, values="number", max_value=12)
+    n_label = LabelledLines.label_token_counts(tok, ["liked"])[0]
+    seqs = [[0], [0]]
+    wants = [[ids["0"], ids["9"], ids["9"]], [ids["1"], ids["9"], ids["2"]]]  # first choices per free step
+    for step in range(n_label + 4):
+        scores = torch.zeros(2, vocab)
+        for r in range(2):
+            k = max(step - n_label, 0)
+            if k < 3:
+                scores[r, wants[r][k]] = 10.0
+            scores[r, ids["2"]] = max(scores[r, ids["2"]].item(), 1.0)  # the runner-up
+        out = proc(torch.tensor(seqs), scores)
+        for r in range(2):
+            seqs[r].append(int(out[r].argmax()))
+    texts = [tok.decode(s[1:]) for s in seqs]
+    # row 0: "0" refused -> the runner-up "2"; then "9" would give 29 > 12 -> line break, EOS
+    assert texts[0].startswith("liked:2\n"), texts[0]
+    # row 1: "1", then "9" (19 > 12) refused -> runner-up "2" (12); then nothing keeps it <= 12 -> line break
+    assert texts[1].startswith("liked:12\n"), texts[1]
 
 
 def test_er2alm_stages_check_the_label_budget_before_any_llm_starts():

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 class Sampling:
     """How :meth:`Engine.generate` samples. ``temperature == 0``: greedy. ``line_labels``: every completion is
     ``len(line_labels)`` lines ``"<label>: <value>"`` by construction, each value free text or
-    (``line_values="number"``) digits (:mod:`ragrec.llm.structured`)."""
+    (``line_values="number"``) a number, in ``1..line_max`` when given (:mod:`ragrec.llm.structured`)."""
 
     max_new_tokens: int
     temperature: float = 0.0
@@ -28,6 +28,7 @@ class Sampling:
     seed: int = 0
     line_labels: tuple[str, ...] | None = None
     line_values: str = "text"
+    line_max: int | None = None
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], seed_offset: int = 0) -> Sampling:
@@ -40,6 +41,7 @@ class Sampling:
             seed=int(params.get("seed", 0)) + seed_offset,
             line_labels=tuple(labels) if labels else None,
             line_values=params.get("line_values", "text"),
+            line_max=params.get("line_max"),
         )
 
 

@@ -142,7 +142,9 @@ class HFEngine:
 
         budget = line_budget(sampling.max_new_tokens, LabelledLines.label_token_counts(self.tokenizer, line_labels))
         vocab = self.model.get_output_embeddings().weight.shape[0]
-        proc = LabelledLines(self.tokenizer, line_labels, budget, vocab, values=sampling.line_values)
+        proc = LabelledLines(
+            self.tokenizer, line_labels, budget, vocab, values=sampling.line_values, max_value=sampling.line_max
+        )
         return {"logits_processor": LogitsProcessorList([proc])}
 
     def score_yes_no(self, prompts: list[str]) -> np.ndarray:

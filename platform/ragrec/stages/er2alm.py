@@ -82,7 +82,7 @@ def train_histories(ds_art: Artifact, samples_art: Artifact) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(i[o], pa.int64()))
 
 
-def _labels(cfg: RunConfig, section: str, labels, values: str = "text") -> dict:
+def _labels(cfg: RunConfig, section: str, labels, values: str = "text", max_value: int | None = None) -> dict:
     """The sampling entry that makes the engine write ``labels`` itself (``<section>.force_format``), or nothing
     (the cache key of a free-text stage stays what it was). ValueError naming ``<section>.max_new_tokens`` when
     the labels leave no room for the values, before any LLM starts."""
@@ -97,7 +97,12 @@ def _labels(cfg: RunConfig, section: str, labels, values: str = "text") -> dict:
         line_budget(sec.max_new_tokens, LabelledLines.label_token_counts(load_tokenizer(cfg.llm.model), labels))
     except ValueError as e:
         raise ValueError(f"{section}.max_new_tokens: {e} (or set {section}.force_format: false)") from None
-    return {"line_labels": labels} | ({"line_values": values} if values != "text" else {})
+    out = {"line_labels": labels}
+    if values != "text":
+        out["line_values"] = values
+    if max_value is not None:
+        out["line_max"] = int(max_value)
+    return out
 
 
 def _generate(store, cfg: RunConfig, name: str, rows: pa.Table, sampling: dict, block: int, inputs) -> Artifact:
@@ -437,7 +442,7 @@ def picks_stage(
     )
     rows = pa.table({"user_id": pa.array(users, pa.int64()), "prompt": prompts})
     sampling = {"max_new_tokens": a.max_new_tokens, "temperature": a.temperature, "top_p": 1.0}
-    sampling |= _labels(cfg, "augment", PICK_LABELS, "number")
+    sampling |= _labels(cfg, "augment", PICK_LABELS, "number", items.shape[1])
     return _generate(store, cfg, "er2alm_picks", rows, sampling, a.block_size, [cands])
 
 

@@ -359,3 +359,18 @@ def test_baseline_models_do_not_depend_on_the_er2alm_ablation_flags(tmp_path, mo
     lightgcn, bpr = {repr(g) for _, g in seen[0::2]}, {repr(g) for _, g in seen[1::2]}
     assert len(lightgcn) == 1 and len(bpr) == 1 and lightgcn != bpr
     assert seen[1][1].num_layers == 0 and not seen[0][1].side and seen[0][1].num_layers == 3
+
+
+def test_evaluation_runs_rows_with_their_own_llm_generations_last():
+    """ER2ALM first (the rows are paired against it), then the rows that only retrain the GNN, then (after the
+    sweeps) LLMRec-style, whose no-RAG aspects and profiles are hours on a CPU: an interrupted evaluation has
+    every cheap row."""
+    from ragrec.methods.er2alm_evaluate import VARIANTS, evaluation_order
+
+    names = list(VARIANTS)
+    first, cheap, last = evaluation_order(names)
+    assert first == ["er2alm"] and last == ["llmrec"]
+    assert sorted(first + cheap + last) == sorted(names) and "llmrec" not in cheap
+    assert evaluation_order(["lightgcn", "no_aug"]) == ([], ["lightgcn", "no_aug"], [])
+    # the rows kept in `cheap` share ER2ALM's LLM stages: none of them turns retrieval (rag.enabled) off
+    assert all("rag.enabled" not in VARIANTS[n].overrides for n in cheap)

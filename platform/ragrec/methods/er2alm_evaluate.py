@@ -84,6 +84,17 @@ def _runs(pipe, v: ModelVariant, cfg: RunConfig, mats, seeds: int | None = None)
     return per_user_runs([embedding_scorer(a) for a in arts], mats)
 
 
+OWN_LLM_STAGES = ("llmrec",)  # rows whose variant needs LLM generations of its own (aspects, profiles w/o RAG)
+
+
+def evaluation_order(names: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """``(first, cheap, last)``: ER2ALM (every other row is paired against it), the rows that reuse its LLM
+    stages (GNN trainings only; the sweeps follow them), then the rows that generate their own texts."""
+    first = ["er2alm"] if "er2alm" in names else []
+    cheap = [n for n in names if n != "er2alm" and n not in OWN_LLM_STAGES]
+    return first, cheap, [n for n in names if n in OWN_LLM_STAGES]
+
+
 def evaluate(cfg: RunConfig, force: tuple[str, ...] = ()) -> RunResult:
     """The rows, ablations and sweeps (module docstring) on ``cfg``'s split."""
     t0 = time.perf_counter()
@@ -101,8 +112,7 @@ def evaluate(cfg: RunConfig, force: tuple[str, ...] = ()) -> RunResult:
     def write() -> None:
         _write(run_dir, cfg, method, pipe, names, rows, pop, sweeps, time.perf_counter() - t0)
 
-    order = (["er2alm"] if "er2alm" in names else []) + [n for n in names if n != "er2alm"]
-    for name in order:  # ER2ALM first: every other row's difference is paired against it
+    def row(name: str) -> None:
         v = VARIANTS[name]
         runs[name] = _runs(pipe, v, cfg, mats)
         ref = runs.get("er2alm") if name != "er2alm" else None
@@ -115,12 +125,18 @@ def evaluate(cfg: RunConfig, force: tuple[str, ...] = ()) -> RunResult:
             "%-40s Recall@20 %.4f  NDCG@20 %.4f  P@20 %.4f", r["name"], r["recall@20"], r["ndcg@20"], r["precision@20"]
         )
         write()
+
+    first, cheap, last = evaluation_order(names)
+    for name in first + cheap:  # ER2ALM first: every other row's difference is paired against it
+        row(name)
     for field, attr, _ in SWEEPS:
         for value in getattr(cfg.eval, attr):
             v = ModelVariant(f"{field}={value}", f"{field}={value}", "sweep", overrides={field: value})
             r = full_row(v.label, _runs(pipe, v, cfg, mats, cfg.eval.sweep_seeds), cfg) | {"value": value}
             sweeps.setdefault(field, []).append(r)
             write()
+    for name in last:  # rows with LLM generations of their own: an interrupted evaluation has the rest already
+        row(name)
     write()
     metrics = {
         "rows": [rows[n] for n in names if n in rows],

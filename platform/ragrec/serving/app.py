@@ -331,22 +331,21 @@ def build_app(run_dir: str, batching: bool = True, **options) -> serve.Applicati
     """
     opts = serve_options(batching=batching, **options)
     run_dir = str(os.path.abspath(run_dir))
-    if run_task(run_dir) == "full_ranking":  # a full-ranking run: one deployment behind POST /recommend
-        from .recommend import build_recommend_app
+    task = run_task(run_dir)
+    if task in ("full_ranking", "rerank"):  # one deployment behind POST /recommend or POST /rerank
+        if task == "full_ranking":
+            from .recommend import DEFAULT_MAX_K
+            from .recommend import RecommendIngress as ingress_cls
 
-        return build_recommend_app(
-            run_dir,
-            cpus=opts.predictor_cpus,
-            torch_threads=opts.torch_threads,
-            max_body_bytes=opts.max_body_bytes,
-            ingress=ingress_options(opts),
-        )
-    if run_task(run_dir) == "rerank":  # a ranking run: one deployment behind POST /rerank
-        from .rerank import build_rank_app
+            limit = DEFAULT_MAX_K
+        else:
+            from .rerank import RankIngress as ingress_cls
 
-        return build_rank_app(
+            limit = opts.max_items
+        return bind_single_ingress(
+            ingress_cls,
             run_dir,
-            max_items=opts.max_items,
+            limit,
             cpus=opts.predictor_cpus,
             torch_threads=opts.torch_threads,
             max_body_bytes=opts.max_body_bytes,

@@ -18,11 +18,11 @@ from .schemas import Catalog, Health, Int64, RequestError
 
 __all__ = [
     "DEFAULT_MAX_K",
+    "RecommendIngress",
     "RecommendRequest",
     "RecommendResponse",
     "RecommendService",
     "ScoredItem",
-    "build_recommend_app",
     "check_recommend",
 ]
 
@@ -107,27 +107,3 @@ class RecommendIngress:
     @recommend_api.post("/recommend")
     async def recommend(self, req: RecommendRequest) -> RecommendResponse:
         return self.service.recommend(req)
-
-
-def build_recommend_app(
-    run_dir: str,
-    *,
-    max_k: int = DEFAULT_MAX_K,
-    cpus: float = 1.0,
-    torch_threads: int | None = None,
-    max_body_bytes: int | None = None,
-    ingress: dict | None = None,
-):
-    """The bound Serve application of the full-ranking run in ``run_dir`` (``max_k``: largest k per request;
-    ``ingress``: the deployment's overload options, :func:`ragrec.serving.app.ingress_options`)."""
-    from .app import bind_single_ingress
-
-    return bind_single_ingress(
-        RecommendIngress,
-        run_dir,
-        max_k,
-        cpus=cpus,
-        torch_threads=torch_threads,
-        max_body_bytes=max_body_bytes,
-        ingress=ingress,
-    )

@@ -16,7 +16,7 @@ from ray import serve
 
 from .schemas import Catalog, Health, Int64, RequestError, check_request
 
-__all__ = ["RankService", "RankedItem", "RerankRequest", "RerankResponse", "build_rank_app", "check_rerank"]
+__all__ = ["RankIngress", "RankService", "RankedItem", "RerankRequest", "RerankResponse", "check_rerank"]
 
 
 class RerankRequest(BaseModel):
@@ -108,27 +108,3 @@ class RankIngress:
     @rank_api.post("/rerank")
     async def rerank(self, req: RerankRequest) -> RerankResponse:
         return self.service.rerank(req)
-
-
-def build_rank_app(
-    run_dir: str,
-    *,
-    max_items: int = 100,
-    cpus: float = 1.0,
-    torch_threads: int | None = None,
-    max_body_bytes: int | None = None,
-    ingress: dict | None = None,
-):
-    """The bound Serve application of the ranking run in ``run_dir`` (``max_body_bytes``: None = 1 MiB;
-    ``ingress``: the deployment's overload options, :func:`ragrec.serving.app.ingress_options`)."""
-    from .app import bind_single_ingress
-
-    return bind_single_ingress(
-        RankIngress,
-        run_dir,
-        max_items,
-        cpus=cpus,
-        torch_threads=torch_threads,
-        max_body_bytes=max_body_bytes,
-        ingress=ingress,
-    )

@@ -227,12 +227,14 @@ def _config(tmp_path, method):
 
 
 def _fake_pipeline(monkeypatch, method: str):
-    """The method's evaluation module, patched to run on the fake pipeline (no LLM, no Ray)."""
-    from ragrec.methods import rallrec_evaluate, score_evaluate
+    """The method's evaluation module, its method's ``Pipeline`` replaced by the fake one (no LLM, no Ray)."""
+    from ragrec.methods import rallrec, rallrec_evaluate, score, score_evaluate
 
-    module = rallrec_evaluate if method == "rallrec" else score_evaluate
-    monkeypatch.setattr(module, "Pipeline", FakeRALLRec if method == "rallrec" else FakeSCoRe)
-    return module
+    if method == "rallrec":
+        monkeypatch.setattr(rallrec, "Pipeline", FakeRALLRec)
+        return rallrec_evaluate
+    monkeypatch.setattr(score, "Pipeline", FakeSCoRe)
+    return score_evaluate
 
 
 @pytest.mark.parametrize("method", ["rallrec", "score"])
@@ -511,10 +513,10 @@ def test_the_engine_adds_a_fusion_hooks_rows_notes_and_metrics(tmp_path, monkeyp
     from dataclasses import replace
 
     from ragrec.evaluation.fusion import fuse, logit
-    from ragrec.methods import score_evaluate
+    from ragrec.methods import score, score_evaluate
     from ragrec.methods.evaluation import Evaluation, FusionFit, Scored
 
-    monkeypatch.setattr(score_evaluate, "Pipeline", FakeSCoRe)
+    monkeypatch.setattr(score, "Pipeline", FakeSCoRe)
     rng = np.random.default_rng(0)
 
     def hook(ev, ref):

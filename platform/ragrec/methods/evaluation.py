@@ -269,11 +269,10 @@ def _no_metrics(ev: Evaluation) -> dict:
 class EvaluationSpec:
     """What one method's evaluation is made of; the :class:`Evaluation` engine does the rest.
 
-    * ``method``: the registered method (``cfg.method``; the report's title is its ``Method.title``);
-      ``pipeline(cfg, force)`` builds its :class:`~ragrec.methods.base.MethodPipeline`.
-    * ``variants`` (``eval.variants`` picks and orders them), ``full`` (the overrides of the full variant, the
-      base of every sweep and learning-curve point) and ``reference`` (the variant key of the full method: the
-      first row, every ΔAUC is paired against it).
+    * ``method``: the registered method (``cfg.method``; the report's title is its ``Method.title``, its
+      ``Method.pipeline`` the :class:`~ragrec.methods.base.MethodPipeline` scored on).
+    * ``variants`` (``eval.variants`` picks and orders them) and ``reference`` (the variant key of the full
+      method: the first row, every ΔAUC is paired against it; its overrides are :attr:`full`).
     * ``sweeps``; ``point_section``: the config section sweep points change (a point whose section equals
       the full variant's, :func:`same_config`, is the reference row); ``sweep_adapter``: whether
       ``eval.sweep_adapter=retrain`` gives each point its own adapter (else all share the full adapter, as
@@ -287,9 +286,7 @@ class EvaluationSpec:
     """
 
     method: str
-    pipeline: Callable[[RunConfig, tuple[str, ...]], Any]
     variants: Mapping[str, Variant]
-    full: Mapping[str, Any]
     reference: str
     sweeps: tuple[Sweep, ...] = ()
     point_section: str = ""
@@ -303,11 +300,20 @@ class EvaluationSpec:
     notes: Callable[[Evaluation], list[str]] = _no_notes
     metrics: Callable[[Evaluation], dict] = _no_metrics
 
+    @property
+    def full(self) -> Mapping[str, Any]:
+        """The overrides of the full variant (:attr:`reference`): the base of every sweep and learning-curve point."""
+        return self.variants[self.reference].overrides
+
+    def evaluate(self, cfg: RunConfig, force: tuple[str, ...] = ()) -> RunResult:
+        """Run the :class:`Evaluation` of ``cfg`` with this spec (a method module's ``evaluate``)."""
+        return Evaluation(cfg, force, self).run()
+
 
 class Evaluation:
     """Scores a method's variants, baselines, fusion, sweep and learning-curve points of one config on the same
     test samples and writes the report to ``<output_dir>/<name>/evaluate/`` (``report.md``, ``metrics.json``,
-    ``predictions.parquet``, plots). A method's module binds its :class:`EvaluationSpec` in a subclass."""
+    ``predictions.parquet``, plots). A method's module runs it as ``evaluate = SPEC.evaluate``."""
 
     def __init__(self, cfg: RunConfig, force: tuple[str, ...], spec: EvaluationSpec):
         self.method = get_method(spec.method)
@@ -315,7 +321,7 @@ class Evaluation:
         if cfg.method != spec.method:
             raise ValueError(f"this evaluation is {self.title}'s; the config says method {cfg.method!r}")
         self.cfg, self.spec = cfg, spec
-        self.pipe = spec.pipeline(cfg, force)
+        self.pipe = self.method.pipeline(cfg, force)
         self.full_config = variant_config(cfg, spec.full)
         self.out_dir = cfg.run_dir() / "evaluate"
         self.t0 = time.perf_counter()

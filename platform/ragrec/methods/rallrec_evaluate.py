@@ -36,9 +36,9 @@ import pyarrow as pa
 
 from ..config import RunConfig
 from ..stages.data import read_users
-from .common import RunResult, split, train_interactions
-from .evaluation import Evaluation as Engine
+from .common import split, train_interactions
 from .evaluation import (
+    Evaluation,
     EvaluationSpec,
     FusionFit,
     Scored,
@@ -182,7 +182,7 @@ def rallrec_fusion(
 # ---------------------------------------------------------------------------------------------------
 # the evaluation: RALLRec's spec for the shared engine
 # ---------------------------------------------------------------------------------------------------
-def deepfm_row(ev: Engine) -> Scored:
+def deepfm_row(ev: Evaluation) -> Scored:
     """The DeepFM baseline row (``deepfm`` in ``eval.variants``, Table 1): trained under Ray Train (cached)."""
     log.info("evaluate: DeepFM baseline (Ray Train)")
     probs = deepfm_probs(ev.pipe, ev.test).astype(np.float64)
@@ -193,7 +193,7 @@ BASELINES = {"deepfm": deepfm_row}
 BASELINE_VARIANTS = tuple(BASELINES)
 
 
-def _fusion(ev: Engine, ref: Scored) -> FusionFit:
+def _fusion(ev: Evaluation, ref: Scored) -> FusionFit:
     """Full RALLRec + DeepFM + item/user fitted on the validation split; DeepFM's test row (reused when the
     baseline ran)."""
     res, vart = rallrec_fusion(ev.pipe, ev.full_config, ev.full_adapter(), ev.test, ref.probs)
@@ -210,11 +210,7 @@ def _examples(pipe: Pipeline, vcfg: RunConfig, adapter) -> int | None:
     return int(pipe.examples(vcfg).manifest()["rows"]) if vcfg.lora.enabled else None
 
 
-def _pipeline(cfg: RunConfig, force: tuple[str, ...]) -> Pipeline:
-    return Pipeline(cfg, force)  # the module's name at call time: tests substitute ``Pipeline``
-
-
-def _notes(ev: Engine) -> list[str]:
+def _notes(ev: Evaluation) -> list[str]:
     cfg = ev.cfg
     return [
         f"model {cfg.llm.model}; LoRA on {cfg.lora.train_samples} sampled training samples "
@@ -225,9 +221,7 @@ def _notes(ev: Engine) -> list[str]:
 
 SPEC = EvaluationSpec(
     method="rallrec",
-    pipeline=_pipeline,
     variants=VARIANTS,
-    full=FULL,
     reference=REFERENCE,
     sweeps=(
         Sweep("k_sweep", "retrieval.k", "k", "K={}", "K sweep (Figure 3)", "K (history items)", "auc_vs_k"),
@@ -254,13 +248,5 @@ SPEC = EvaluationSpec(
 )
 
 
-class Evaluation(Engine):
-    """RALLRec's evaluation: the shared engine with :data:`SPEC`."""
-
-    def __init__(self, cfg: RunConfig, force: tuple[str, ...] = ()):
-        super().__init__(cfg, force, SPEC)
-
-
-def evaluate(cfg: RunConfig, force: tuple[str, ...] = ()) -> RunResult:
-    """Run every variant and sweep point of ``cfg.eval`` and write the report (see the module docstring)."""
-    return Evaluation(cfg, force).run()
+evaluate = SPEC.evaluate
+"""``ragrec evaluate`` for RALLRec: every variant and sweep point of ``cfg.eval``, then the report (module doc)."""

@@ -33,10 +33,8 @@ import logging
 import numpy as np
 import pyarrow as pa
 
-from ..config import RunConfig
-from .common import RunResult, train_interactions
-from .evaluation import Evaluation as Engine
-from .evaluation import EvaluationSpec, FusionFit, Scored, Sweep, Variant, by_name
+from .common import train_interactions
+from .evaluation import Evaluation, EvaluationSpec, FusionFit, Scored, Sweep, Variant, by_name
 from .score import Pipeline
 
 log = logging.getLogger("ragrec.evaluate")
@@ -79,7 +77,7 @@ def sasrec_logits(pipe: Pipeline, samples: pa.Table) -> tuple[np.ndarray, str]:
     return (h[users].astype(np.float64) * e[items].astype(np.float64)).sum(1), "train_user_vector"
 
 
-def _fusion(ev: Engine, ref: Scored) -> FusionFit:
+def _fusion(ev: Evaluation, ref: Scored) -> FusionFit:
     """Full SCoRe + SASRec + item/user, fitted on the validation split: the full variant scores
     ``eval.max_valid_samples`` validation samples (cached like the test scores); SASRec's row is its fusion
     input as a probability."""
@@ -122,11 +120,7 @@ def _fusion(ev: Engine, ref: Scored) -> FusionFit:
     return FusionFit(res, keys, crm, notes, {"crm_score": how})
 
 
-def _pipeline(cfg: RunConfig, force: tuple[str, ...]) -> Pipeline:
-    return Pipeline(cfg, force)  # the module's name at call time: tests substitute ``Pipeline``
-
-
-def _notes(ev: Engine) -> list[str]:
+def _notes(ev: Evaluation) -> list[str]:
     cfg, sas = ev.cfg, ev.pipe.arts["sasrec"].read_json("metrics")
     return [
         f"model {cfg.llm.model}; LoRA r={cfg.lora.r} α={cfg.lora.alpha} on {cfg.lora.train_samples} "
@@ -137,15 +131,13 @@ def _notes(ev: Engine) -> list[str]:
     ]
 
 
-def _metrics(ev: Engine) -> dict:
+def _metrics(ev: Evaluation) -> dict:
     return {"sasrec": ev.pipe.arts["sasrec"].read_json("metrics")}
 
 
 SPEC = EvaluationSpec(
     method="score",
-    pipeline=_pipeline,
     variants=VARIANTS,
-    full=FULL,
     reference=REFERENCE,
     sweeps=(
         Sweep(
@@ -179,13 +171,5 @@ SPEC = EvaluationSpec(
 )
 
 
-class Evaluation(Engine):
-    """SCoRe's evaluation: the shared engine with :data:`SPEC`."""
-
-    def __init__(self, cfg: RunConfig, force: tuple[str, ...] = ()):
-        super().__init__(cfg, force, SPEC)
-
-
-def evaluate(cfg: RunConfig, force: tuple[str, ...] = ()) -> RunResult:
-    """Run every SCoRe variant and sweep point of ``cfg.eval`` and write the report (module docstring)."""
-    return Evaluation(cfg, force).run()
+evaluate = SPEC.evaluate
+"""``ragrec evaluate`` for SCoRe: every variant and sweep point of ``cfg.eval``, then the report (module doc)."""

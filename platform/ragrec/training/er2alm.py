@@ -35,7 +35,7 @@ from ragrec.models.lightgcn import (
     validate_interactions,
 )
 from ragrec.training import ray_train as rt
-from ragrec.training.lightgcn import recall_evaluator, run_graph_loop, split_embeddings, write_embeddings
+from ragrec.training.lightgcn import run_graph_loop, train_graph_epochs
 
 
 @dataclass
@@ -106,7 +106,7 @@ def train_loop(config: dict) -> list[dict]:
     (Recall@20 per epoch), ``checkpoint_dir``, ``report_every``. Returns the history."""
     cfg = GNNConfig.model_validate(config["cfg"])
     num_users, num_items = int(config["num_users"]), int(config["num_items"])
-    seed, rank, world, dev = rt.worker_setup(config)
+    seed, rank, _, dev = rt.worker_setup(config)
 
     def long(x) -> torch.Tensor:
         return torch.as_tensor(np.asarray(x), dtype=torch.long, device=dev)
@@ -157,12 +157,6 @@ def train_loop(config: dict) -> list[dict]:
             label[1, len(idx) :] = negs
         return bpr_step(model, adj, label, cfg.weight_decay), idx.numel()
 
-    def train_epoch(epoch: int) -> dict:
-        batches = rt.epoch_batches(row_u.numel(), cfg.batch_size, seed=seed, epoch=epoch, rank=rank, world_size=world)
-        return {"loss": loop.train_batches(epoch, batches, step)}
-
-    history = loop.run(train_epoch, recall_evaluator(config, model, adj, users, items, num_users))
-    user_emb, item_emb = split_embeddings(rt.unwrap(model), adj, num_users)
     meta = {
         "train_edges": int(users.numel()),
         "extra_pos": len(extra_pos),
@@ -173,12 +167,10 @@ def train_loop(config: dict) -> list[dict]:
     }
 
     def write(out: Path) -> None:
-        write_embeddings(out, user_emb, item_emb, history)
         torch.save(rt.unwrap(model).state_dict(), out / "model.pt")
         (out / "meta.json").write_text(json.dumps(meta, indent=1))
 
-    loop.publish(write)
-    return history
+    return train_graph_epochs(loop, step, row_u.numel(), cfg.batch_size, seed, adj, users, items, num_users, write)
 
 
 def train_er2alm(

@@ -50,7 +50,7 @@ def train_loop(config: dict) -> list[dict]:
     """
     cfg = LightGCNConfig.model_validate(config["cfg"])
     num_users, num_items = int(config["num_users"]), int(config["num_items"])
-    seed, rank, world, dev = rt.worker_setup(config)  # same init on every rank (DDP also broadcasts rank 0's weights)
+    seed, rank, _, dev = rt.worker_setup(config)  # same init on every rank (DDP also broadcasts rank 0's weights)
 
     users = torch.as_tensor(config["user_ids"], dtype=torch.long, device=dev)
     items = torch.as_tensor(config["item_ids"], dtype=torch.long, device=dev)
@@ -66,13 +66,43 @@ def train_loop(config: dict) -> list[dict]:
         label_index = sample_bpr_batch(pos_label_index[:, idx.to(dev)], num_users, num_items, neg_gen)
         return bpr_step(model, adj, label_index, cfg.weight_decay), idx.numel()
 
+    return train_graph_epochs(loop, step, users.numel(), cfg.batch_size, seed, adj, users, items, num_users)
+
+
+def train_graph_epochs(
+    loop: rt.EpochLoop,
+    step: Callable[[torch.Tensor], tuple[torch.Tensor, int]],
+    num_rows: int,
+    batch_size: int,
+    seed: int,
+    adj: torch.Tensor,
+    users: torch.Tensor,
+    items: torch.Tensor,
+    num_users: int,
+    write: Callable[[Path], None] | None = None,
+) -> list[dict]:
+    """The epochs and outputs of a BPR graph ``train_loop`` once its ``loop`` and ``step`` exist.
+
+    Each epoch is one :meth:`~ray_train.EpochLoop.train_batches` pass of ``step`` over this rank's shuffled
+    batches of ``num_rows`` rows, then :func:`recall_evaluator` on the graph ``adj`` (train edges ``users`` /
+    ``items``). The propagated embeddings and the history are published (:func:`write_embeddings`) with what
+    ``write(out)`` adds. Returns the history.
+    """
+    model, rank, world = loop.model, rt.world_rank(), rt.world_size()
+
     def train_epoch(epoch: int) -> dict:
-        batches = rt.epoch_batches(users.numel(), cfg.batch_size, seed=seed, epoch=epoch, rank=rank, world_size=world)
+        batches = rt.epoch_batches(num_rows, batch_size, seed=seed, epoch=epoch, rank=rank, world_size=world)
         return {"loss": loop.train_batches(epoch, batches, step)}
 
-    history = loop.run(train_epoch, recall_evaluator(config, model, adj, users, items, num_users))
+    history = loop.run(train_epoch, recall_evaluator(loop.config, model, adj, users, items, num_users))
     user_emb, item_emb = split_embeddings(rt.unwrap(model), adj, num_users)
-    loop.publish(lambda out: write_embeddings(out, user_emb, item_emb, history))
+
+    def write_outputs(out: Path) -> None:
+        write_embeddings(out, user_emb, item_emb, history)
+        if write is not None:
+            write(out)
+
+    loop.publish(write_outputs)
     return history
 
 

@@ -91,7 +91,8 @@ def test_fit_reports_are_not_held_back_by_the_controller_poll(ray_session, tmp_p
     assert res["return_value"] < 10, f"ten reports took {res['return_value']:.1f} s: held back by a 2 s poll"
     assert rt.os.environ[rt.HEALTH_CHECK_ENV] == rt.HEALTH_CHECK_INTERVAL_S
     monkeypatch.setenv(rt.HEALTH_CHECK_ENV, "0.3")
-    rt.fit(reporting_loop, {}, num_workers=1, storage_path=str(tmp_path / "ray2"), name="reports2")
+    with pytest.raises(ValueError, match="num_workers=0"):  # fails after the setting step: no second Ray run
+        rt.fit(reporting_loop, {}, num_workers=0, storage_path=str(tmp_path / "ray2"), name="reports2")
     assert rt.os.environ[rt.HEALTH_CHECK_ENV] == "0.3"
 
 

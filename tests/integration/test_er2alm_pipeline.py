@@ -92,6 +92,7 @@ def test_er2alm_end_to_end_serving_tune_objective_and_evaluation(ray_session, da
     assert ev_rows["er2alm"]["recall@20"] == pytest.approx(er["recall@20"])  # the run's model, reused
     assert ev_rows["lightgcn"]["delta"] == pytest.approx(rows["LightGCN"]["recall@20"] - er["recall@20"])
     assert len(ev.metrics["sweeps"]["noise.theta"]) == 1
+    assert ev.run_dir == ev_cfg.run_dir() / "evaluate"  # beside a run's report, never over it
     text = (ev.run_dir / "report.md").read_text()
     assert "Baselines and ER2ALM (Table 3)" in text and "Ablations (Table 4)" in text and "sanity anchor" in text
 

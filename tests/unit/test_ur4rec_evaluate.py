@@ -93,6 +93,18 @@ def test_ablations_only_on_ablation_backbones_and_sweep_only_on_sweep_backbones(
     assert "Ablations w/o CL and w/o PIM on PRM only" in report
 
 
+def test_the_evaluation_writes_beside_the_runs_report_not_over_it(evaluated, tmp_path):
+    run_dir = tmp_path / "runs" / "ur4rec_ml100k"
+    run_dir.mkdir(parents=True)
+    (run_dir / "report.md").write_text("the run's report")
+    (run_dir / "metrics.json").write_text("{}")
+    res, _ = evaluated(["reranker.backbones=[dlcm]", "eval.proxy_sweep=[]"])
+    assert res.run_dir == run_dir / "evaluate"
+    assert "UR4Rec evaluation" in (res.run_dir / "report.md").read_text()
+    assert (run_dir / "report.md").read_text() == "the run's report"
+    assert (run_dir / "metrics.json").read_text() == "{}"
+
+
 def test_each_row_reads_its_own_stage(evaluated):
     """The stage's target rank decides the row's NDCG@1: 1.0 only where the target ranks first."""
     best = {("gru4rec", "ur4rec", 8, True, True), ("gru4rec", "none", 8, True, True)}

@@ -10,8 +10,8 @@ interval of Recall@20 and its paired difference to ER2ALM; the popularity rankin
 
 Sweeps (Figure 4, ``eval.sweep_seeds`` seeds per point): noise.tau, noise.bank_size (N), noise.theta and
 augment.eta. None of them regenerates text: noise control and the GNN are retrained, the LLM stages are shared.
-The report is rewritten after each row and point, so an interrupted evaluation shows what it measured and a rerun
-reuses every finished model.
+The report (``runs/<name>/evaluate/``, beside the run's own) is rewritten after each row and point, so an
+interrupted evaluation shows what it measured and a rerun reuses every finished model.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def evaluate(cfg: RunConfig, force: tuple[str, ...] = ()) -> RunResult:
     runs: dict[str, list[dict]] = {}
     rows: dict[str, dict] = {}
     sweeps: dict[str, list[dict]] = {}
-    run_dir = cfg.run_dir()
+    run_dir = cfg.run_dir() / "evaluate"  # beside the run's own report, as the other methods' evaluations
 
     def write() -> None:
         _write(run_dir, cfg, method, pipe, names, rows, pop, sweeps, time.perf_counter() - t0)

@@ -8,8 +8,8 @@ a user-level bootstrap interval of NDCG@5 and, against the backbone's Base row, 
 NDCG@5 difference. The popularity ranking of the candidates is the trivial row. The proxy sweep retrains the
 retriever and the augmented backbone for each K of ``eval.proxy_sweep`` on ``eval.proxy_sweep_backbones``.
 
-Every row is a cached stage, so an interrupted evaluation resumes where it stopped, and the report is rewritten
-after each backbone.
+Every row is a cached stage, so an interrupted evaluation resumes where it stopped, and the report
+(``runs/<name>/evaluate/``, beside the run's own) is rewritten after each backbone.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def evaluate(cfg: RunConfig, force: tuple[str, ...] = ()) -> RunResult:
     tables: dict[str, list[dict]] = {}
     summary: list[dict] = []
     sweep: dict[str, list[dict]] = {}
-    run_dir = cfg.run_dir()
+    run_dir = cfg.run_dir() / "evaluate"  # beside the run's own report, as the other methods' evaluations
 
     def write() -> None:
         _write(run_dir, cfg, method, tables, summary, pop, sweep, len(lists), time.perf_counter() - t0)

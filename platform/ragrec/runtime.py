@@ -74,12 +74,38 @@ def init(address: str | None = None, num_cpus: int | None = None, **kwargs) -> N
         ray.init(address=address, log_to_driver=True, **kwargs)
         return
     num_cpus = num_cpus or os.cpu_count()
+    warn_other_local_rays()
     log.info("starting a local Ray with %d CPUs", num_cpus)
     # The dashboard hosts the State API; without it Ray Train V2's placement-group cleaner logs a
     # warning every second ("Failed to query Ray Train Controller actor state").
     kwargs.setdefault("include_dashboard", True)
     ray.init(num_cpus=num_cpus, log_to_driver=True, **kwargs)
     _quiet_ray_data()
+
+
+def local_ray_addresses() -> list[str]:
+    """The GCS addresses of the Ray instances running on this machine (Ray's own process scan; [] if it fails)."""
+    try:
+        from ray._private.services import find_gcs_addresses
+
+        find_gcs_addresses.cache_clear()
+        return sorted(find_gcs_addresses())
+    except Exception:  # a private API: never fail a run over a diagnostic
+        return []
+
+
+def warn_other_local_rays() -> None:
+    """Warn before starting a second local Ray: with two instances on one machine, Ray Train V2's placement-group
+    cleaner cannot tell which is its own ("Found multiple active Ray instances") and training can stall."""
+    others = local_ray_addresses()
+    if others:
+        log.warning(
+            "another Ray instance is running on this machine (%s): two local instances confuse Ray Train's "
+            "placement-group cleaner and training can stall. Share it (RAY_ADDRESS=%s or ray.address in the "
+            "config) or stop it first.",
+            ", ".join(others),
+            others[0],
+        )
 
 
 def _quiet_ray_data() -> None:

@@ -152,6 +152,27 @@ def test_ray_section_is_what_the_first_stage_starts_ray_with(monkeypatch):
     assert seen["address"] == "ray://head:10001" and "num_cpus" not in seen
 
 
+def test_starting_a_second_local_ray_warns_with_the_address_to_share(monkeypatch, caplog):
+    import ray
+
+    from ragrec import runtime
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: None)
+    monkeypatch.setattr(runtime, "_quiet_ray_data", lambda: None)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(runtime, "_RAY_DEFAULTS", {"address": None, "num_cpus": 1})
+    monkeypatch.setattr(runtime, "local_ray_addresses", lambda: ["192.0.2.2:46423"])
+    with caplog.at_level("WARNING", logger="ragrec"):
+        runtime.init()
+    assert "RAY_ADDRESS=192.0.2.2:46423" in caplog.text and "another Ray instance" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(runtime, "local_ray_addresses", list)
+    with caplog.at_level("WARNING", logger="ragrec"):
+        runtime.init()
+    assert "another Ray instance" not in caplog.text
+
+
 def test_the_tune_objective_runs_any_registered_method_through_the_contract(monkeypatch):
     """``evaluate_split`` (what every Tune trial calls) builds the config's method, not RALLRec's."""
     import numpy as np

@@ -96,13 +96,13 @@ def local_ray_addresses() -> list[str]:
 
 def warn_other_local_rays() -> None:
     """Warn before starting a second local Ray: with two instances on one machine, Ray Train V2's placement-group
-    cleaner cannot tell which is its own ("Found multiple active Ray instances") and training can stall."""
+    cleaner cannot tell which is its own and fails with "Found multiple active Ray instances"."""
     others = local_ray_addresses()
     if others:
         log.warning(
-            "another Ray instance is running on this machine (%s): two local instances confuse Ray Train's "
-            "placement-group cleaner and training can stall. Share it (RAY_ADDRESS=%s or ray.address in the "
-            "config) or stop it first.",
+            "another Ray instance is running on this machine (%s): with two local instances Ray Train's "
+            "placement-group cleaner fails ('Found multiple active Ray instances'). Share it "
+            "(RAY_ADDRESS=%s or ray.address in the config) or stop it first.",
             ", ".join(others),
             others[0],
         )

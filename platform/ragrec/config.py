@@ -661,6 +661,12 @@ class ProfileConfig(_Strict):
     max_history_items: int = Field(10, ge=1, description="most recent liked training items in the prompt")
     max_new_tokens: int = Field(200, ge=1)
     force_format: bool = Field(True, description=_FORCE_FORMAT)
+    force_weights: bool = Field(
+        True,
+        description="with force_format: each line ends with a weight that the engine opens ('[weight: 0.') and "
+        "the model completes with 1-2 digits (0.1-0.99); false: the weight is left to the model (SmolLM2-135M "
+        "writes none, and every user gets uniform weights)",
+    )
     temperature: float = Field(0.4, ge=0)
     top_p: float = Field(0.8, gt=0, le=1)
     block_size: int = Field(64, ge=1)

@@ -29,9 +29,12 @@ def test_er2alm_end_to_end_serving_tune_objective_and_evaluation(ray_session, da
     from ragrec.llm.prompts_er2alm import parse_aspects, parse_picks, parse_profiles
 
     assert parse_aspects(a["aspects"].read_table().column("text").to_pylist())[1]["parsed"] == cfg.rag.max_items
-    assert parse_profiles(prof_texts := a["profiles"].read_table().column("text").to_pylist())[2]["parsed"] == len(
-        prof_texts
-    )
+    prof_texts = a["profiles"].read_table().column("text").to_pylist()
+    _, weights, prof_stats = parse_profiles(prof_texts)
+    assert prof_stats["parsed"] == len(prof_texts)
+    # profile.force_weights: every aspect of every profile has the model's own weight, none filled or uniform
+    assert prof_stats["weight_missing"] == prof_stats["uniform_rows"] == prof_stats["weight_filled"] == 0
+    assert len(np.unique(weights)) > 1
     picks = parse_picks(a["picks"].read_table().column("text").to_pylist(), cfg.augment.candidates)[2]
     assert picks["unlabelled"] == 0 and picks["missing_liked"] == 0
     prof = a["profiles"].read_table()

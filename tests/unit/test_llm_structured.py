@@ -154,6 +154,13 @@ def test_er2alm_stages_check_the_label_budget_before_any_llm_starts():
         _labels(cfg, "profile", ASPECT_LABELS.values())
     assert _labels(cfg, "augment", PICK_LABELS, "number") == {"line_labels": list(PICK_LABELS), "line_values": "number"}
     assert _labels(cfg, "rag", ASPECT_LABELS.values()) == {"line_labels": LABELS}
+    weighted = _labels(
+        cfg.model_copy(update={"profile": cfg.profile.model_copy(update={"max_new_tokens": 200})}),
+        "profile",
+        ASPECT_LABELS.values(),
+        "weighted",
+    )
+    assert weighted == {"line_labels": LABELS, "line_values": "weighted"}
     off = load_config("configs/er2alm_ml100k_slice.yaml", ["profile.max_new_tokens=12", "profile.force_format=false"])
     assert _labels(off, "profile", ASPECT_LABELS.values()) == {}  # free text: the stage's cache key is unchanged
 
@@ -168,6 +175,10 @@ def test_regex_accepts_the_forced_shape_and_nothing_else():
     assert not rx.fullmatch("disliked: 7\nliked: 3")
     assert not rx.fullmatch("liked:\ndisliked: 7")  # empty value
     assert not rx.fullmatch("liked: 3")
+    w = re.compile(labelled_lines_regex(["genre", "director"], values="weighted"))
+    assert w.fullmatch("genre: crime [weight: 0.7]\ndirector: Hitchcock, Lang [weight: 0.35]")
+    assert not w.fullmatch("genre: crime [weight: 0.07]\ndirector: x [weight: 0.3]")  # no leading zero digit
+    assert not w.fullmatch("genre: crime\ndirector: x [weight: 0.3]")  # every line has its weight
 
 
 def test_newline_mask_marks_exactly_the_tokens_with_a_line_break(tok):
@@ -204,3 +215,63 @@ def test_a_generation_stage_block_hands_its_sampling_to_the_engine(monkeypatch):
     assert out.column("output").to_pylist() == ["a!", "b!", "c!"]
     assert [s.seed for s in seen] == [43, 45]
     assert seen[0] == Sampling(12, 0.5, 0.9, 43, ("liked", "disliked"), "number")
+
+
+def test_weighted_lines_end_with_a_weight_the_model_chooses_where_it_wanted_a_line_break(tok):
+    """``values="weighted"`` (ER2ALM profiles): row 0 wants a line break right after its first word, then the
+    digit 7; row 1 wants one word forever, then 0 (never allowed first: its runner-up 3 follows), then 5; row 2
+    wants EOS. Every line is ``label:<text> [weight: 0.<digits>]``: the line break's probability opened the
+    weight (row 0's lines have one word), the budget closed row 1's text, and the weights are the digits."""
+    from ragrec.llm.prompts_er2alm import parse_profiles
+
+    vocab = len(tok)
+    nl = tok.encode("\n", add_special_tokens=False)[-1]
+    word, filler = (tok.encode(w, add_special_tokens=False)[0] for w in (" drama", " story"))
+    d = {c: tok.encode(c, add_special_tokens=False)[-1] for c in "0357"}
+    budget = 3
+    proc = LabelledLines(tok, LABELS, budget, vocab, values="weighted")
+    seqs: list[list[int]] = [[0] for _ in range(3)]
+    steps = sum(LabelledLines.fixed_token_counts(tok, LABELS, "weighted")) + len(LABELS) * (budget + 1) + 1
+    for _ in range(steps):
+        scores = torch.zeros(3, vocab)
+        scores[:, filler] = 5.0
+        scores[:, d["3"]] = 4.0
+        last = [tok.decode(s[-2:]) for s in seqs]
+        in_weight = [t.endswith("0.") or (t[-1:].isdigit() and "." in t) for t in last]
+        scores[0, d["7"] if last[0].endswith("0.") else nl] = 10.0  # after its digit: the line break again
+        scores[1, word] = 10.0
+        scores[1, d["5"] if last[1][-1:] == "3" else d["0"]] = 11.0 if in_weight[1] else 0.0
+        scores[2, tok.eos_token_id] = 10.0
+        out = proc(torch.tensor(seqs), scores)
+        assert torch.isfinite(out).any(1).all(), "a row with no allowed token"
+        for r in range(3):
+            seqs[r].append(int(out[r].argmax()))
+    texts = []
+    for s in seqs:
+        s = s[1:]
+        assert tok.eos_token_id in s
+        texts.append(tok.decode(s[: s.index(tok.eos_token_id)]).strip())
+    for text in texts:
+        lines = text.split("\n")
+        assert [ln.split(":")[0] for ln in lines] == LABELS, text
+        assert all(ln.endswith("]") and " [weight: 0." in ln for ln in lines), text
+    assert texts[0].split("\n")[0] == "plot/theme: story [weight: 0.7]"  # one word, then its wish to end
+    assert texts[1].split("\n")[0] == "plot/theme: drama drama drama [weight: 0.35]"  # budget; 0 refused first
+    profiles, w, stats = parse_profiles(texts)
+    assert stats["weight_missing"] == stats["uniform_rows"] == stats["weight_invalid"] == 0
+    np.testing.assert_allclose(w[0], 0.7) and np.testing.assert_allclose(w[1], 0.35)
+    assert profiles.column("genre").to_pylist()[:2] == ["story", "drama drama drama"]
+
+
+def test_engine_weighted_answers_always_give_every_aspect_a_weight(engine):
+    from ragrec.llm.prompts_er2alm import parse_profiles
+
+    prompts = ["Describe the user.", "x", "A longer prompt about a user who likes crime films and their directors."]
+    kw = dict(max_new_tokens=120, temperature=1.0, top_p=0.9, seed=5, line_labels=tuple(LABELS))
+    _, _, plain = parse_profiles(engine.generate(prompts, Sampling(**kw)))
+    assert plain["uniform_rows"] == len(prompts)  # random weights write no weight by themselves
+    out = engine.generate(prompts, Sampling(**kw, line_values="weighted"))
+    assert all(len(engine.tokenizer.encode(o, add_special_tokens=False)) <= 120 for o in out)
+    _, w, stats = parse_profiles(out)
+    assert stats["parsed"] == len(prompts) and stats["weight_missing"] == stats["uniform_rows"] == 0, out
+    assert np.all((w >= 0.1) & (w <= 0.95)) and len(np.unique(w)) > 1

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 class Sampling:
     """How :meth:`Engine.generate` samples. ``temperature == 0``: greedy. ``line_labels``: every completion is
     ``len(line_labels)`` lines ``"<label>: <value>"`` by construction, each value free text or
-    (``line_values="number"``) a number, in ``1..line_max`` when given (:mod:`ragrec.llm.structured`)."""
+    (``line_values="number"``) a number, in ``1..line_max`` when given, or (``"weighted"``) text ending with
+    ``[weight: 0.xx]`` (:mod:`ragrec.llm.structured`)."""
 
     max_new_tokens: int
     temperature: float = 0.0

@@ -140,7 +140,10 @@ class HFEngine:
 
         from .structured import LabelledLines, line_budget
 
-        budget = line_budget(sampling.max_new_tokens, LabelledLines.label_token_counts(self.tokenizer, line_labels))
+        budget = line_budget(
+            sampling.max_new_tokens,
+            LabelledLines.fixed_token_counts(self.tokenizer, line_labels, sampling.line_values),
+        )
         vocab = self.model.get_output_embeddings().weight.shape[0]
         proc = LabelledLines(
             self.tokenizer, line_labels, budget, vocab, values=sampling.line_values, max_value=sampling.line_max

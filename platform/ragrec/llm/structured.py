@@ -13,7 +13,10 @@ Small models (SmolLM2-135M on a laptop) rarely follow a fixed output format such
   fits in the answer's token budget (:func:`line_budget`);
 * after the last line's break, EOS is forced; EOS (or any special token) is never allowed earlier;
 * ``values="number"``: a value is made of digit tokens only, a number in ``1..max_value`` (a pick's candidate
-  number); a line that can take no further digit ends.
+  number); a line that can take no further digit ends;
+* ``values="weighted"`` (ER2ALM's profiles, Eq. 2-3): a text value, then `` [weight: 0.`` forced and 1-2
+  digits by the model, then ``]``: ``plot/theme: dark crime dramas [weight: 0.75]``. The model's wish to end the
+  line opens the weight, so it still decides where the text ends and which weight it gives.
 
 The answer therefore always has exactly ``len(labels)`` lines, in order, each with a non-empty value:
 the parsers (``parse_aspects``, ``parse_profiles``, ``parse_picks``) read it unchanged. Sampling
@@ -45,20 +48,25 @@ __all__ = [
 
 def line_budget(max_new_tokens: int, label_token_counts: Sequence[int]) -> int:
     """Free tokens per line such that the labels, the values and the line breaks fit in ``max_new_tokens``
-    (one EOS included); ValueError naming the fix when not even one token per value fits."""
+    (one EOS included); ValueError naming the fix when not even one token per value fits. ``label_token_counts``
+    are the forced tokens of each line (:meth:`LabelledLines.fixed_token_counts`)."""
     n = len(label_token_counts)
     free = (max_new_tokens - sum(label_token_counts) - n - 1) // max(n, 1)
     if free < 1:
         need = sum(label_token_counts) + 2 * n + 1
         raise ValueError(
-            f"max_new_tokens={max_new_tokens} cannot hold {n} labelled lines ({sum(label_token_counts)} label "
+            f"max_new_tokens={max_new_tokens} cannot hold {n} labelled lines ({sum(label_token_counts)} forced "
             f"tokens): raise it to at least {need}"
         )
     return free
 
 
-VALUE_KINDS = ("text", "number")
+VALUE_KINDS = ("text", "number", "weighted")
 _NUMBER = re.compile(r"\s*\d+")
+WEIGHT_OPEN = " ["  # a weighted line's text ends with this token (the model's line break is moved onto it)
+WEIGHT_PREFIX = "weight: 0."  # then forced, and the model writes 1-2 digits: a weight 0.1 .. 0.99
+WEIGHT_CLOSE = "]"
+WEIGHT_DIGITS_MAX = 99
 
 
 @lru_cache(maxsize=8)
@@ -98,10 +106,25 @@ def _number_tokens(tokenizer: Any, vocab: int) -> tuple[torch.Tensor, ...]:
     return ids, m["digits_value"][ids], m["digits_scale"][ids], m["lead_space"][ids]
 
 
+def _single_token(tokenizer: Any, text: str) -> int:
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    if len(ids) != 1:
+        raise ValueError(f"weighted lines need {text!r} to be one token of this tokenizer, got {len(ids)}")
+    return int(ids[0])
+
+
 class LabelledLines:
     """transformers ``LogitsProcessor`` (a callable ``(input_ids, scores) -> scores``) forcing
     ``len(labels)`` lines ``"<label>:<free text>\\n"`` (module docstring). One instance per ``generate`` call:
-    it keeps the batch's state between steps."""
+    it keeps the batch's state between steps.
+
+    Internally the answer is a program of *segments*, each a forced prefix, then a value the model writes
+    (text or a number) that ends with the segment's terminator token. A ``text`` / ``number`` line is one
+    segment (prefix ``"<label>:"``, terminator the line break). A ``weighted`` line is two: the text (prefix
+    ``"\\n<label>:"`` after the first line, terminator :data:`WEIGHT_OPEN`) and the weight (prefix
+    :data:`WEIGHT_PREFIX`, 1-2 digits, terminator :data:`WEIGHT_CLOSE`): ``plot/theme: dark crime [weight: 0.7]``.
+    Where a terminator is not the line break, the model's probability of a line break is moved onto it: the
+    model ends a value when it wants to, in the format the parser reads."""
 
     def __init__(
         self,
@@ -118,16 +141,34 @@ class LabelledLines:
             raise ValueError(f"line values must be one of {VALUE_KINDS}, got {values!r}")
         if max_value is not None and (values != "number" or max_value < 1):
             raise ValueError(f"max_value {max_value}: only for number values, and at least 1")
-        self.numbers = _number_tokens(tokenizer, vocab) if values == "number" else None
-        self.max_value = max_value
-        ids = [tokenizer.encode(f"{label}:", add_special_tokens=False) for label in labels]
-        width = max(len(x) for x in ids)
-        self.label_ids = torch.tensor([x + [x[-1]] * (width - len(x)) for x in ids], dtype=torch.long)
-        self.label_len = torch.tensor([len(x) for x in ids], dtype=torch.long)
-        self.n_labels = len(ids)
-        self.max_line = int(max_line_tokens)
         self.newline = newline_token_mask(tokenizer, vocab)
         (self.newline_id,) = tokenizer.encode("\n", add_special_tokens=False)[-1:]
+        nl = int(self.newline_id)
+        big = 10**9
+        # the program: (prefix ids, is_number, max_value, terminator, leading-space digits allowed)
+        segs: list[tuple[list[int], bool, int, int, bool]] = []
+        if values == "weighted":
+            open_id, close_id = _single_token(tokenizer, WEIGHT_OPEN), _single_token(tokenizer, WEIGHT_CLOSE)
+            wprefix = tokenizer.encode(WEIGHT_PREFIX, add_special_tokens=False)
+            for k, label in enumerate(labels):
+                head = ([nl] if k else []) + tokenizer.encode(f"{label}:", add_special_tokens=False)
+                segs += [(head, False, big, open_id, True), (wprefix, True, WEIGHT_DIGITS_MAX, close_id, False)]
+        else:
+            number = values == "number"
+            for label in labels:
+                ids = tokenizer.encode(f"{label}:", add_special_tokens=False)
+                segs.append((ids, number, max_value if max_value is not None else big, nl, True))
+        self.numbers = _number_tokens(tokenizer, vocab) if any(s[1] for s in segs) else None
+        self.max_value = max_value
+        width = max(len(s[0]) for s in segs)
+        self.label_ids = torch.tensor([s[0] + [s[0][-1]] * (width - len(s[0])) for s in segs], dtype=torch.long)
+        self.label_len = torch.tensor([len(s[0]) for s in segs], dtype=torch.long)
+        self.seg_number = torch.tensor([s[1] for s in segs], dtype=torch.bool)
+        self.seg_max = torch.tensor([s[2] for s in segs], dtype=torch.long)
+        self.seg_term = torch.tensor([s[3] for s in segs], dtype=torch.long)
+        self.seg_lead = torch.tensor([s[4] for s in segs], dtype=torch.bool)
+        self.n_labels = len(segs)  # segments (= lines unless weighted)
+        self.max_line = int(max_line_tokens)
         self.eos_id = int(tokenizer.eos_token_id)
         special = {self.eos_id, *(int(i) for i in tokenizer.all_special_ids)}
         self.special = torch.tensor(sorted(i for i in special if i < vocab), dtype=torch.long)
@@ -137,20 +178,33 @@ class LabelledLines:
     def label_token_counts(tokenizer: Any, labels: Sequence[str]) -> list[int]:
         return [len(tokenizer.encode(f"{label}:", add_special_tokens=False)) for label in labels]
 
+    @staticmethod
+    def fixed_token_counts(tokenizer: Any, labels: Sequence[str], values: str = "text") -> list[int]:
+        """The tokens of each line that the model does not choose freely, for :func:`line_budget` (which adds
+        one terminator per line and the EOS): the label, and for ``weighted`` lines the line break before it,
+        :data:`WEIGHT_PREFIX`, two digits and :data:`WEIGHT_CLOSE`."""
+        counts = LabelledLines.label_token_counts(tokenizer, labels)
+        if values != "weighted":
+            return counts
+        extra = 1 + len(tokenizer.encode(WEIGHT_PREFIX, add_special_tokens=False)) + 2 + 1
+        return [c + extra for c in counts]
+
     def _advance(self, last: torch.Tensor) -> dict[str, torch.Tensor]:
         """The state after the token ``last`` (B,) was emitted."""
         s = self.state
         dev = last.device
         line, pos, free, num = s["line"], s["pos"], s["free"], s["num"]
+        seg = line.clamp(max=self.n_labels - 1)
         forcing = pos >= 0
         pos = torch.where(forcing, pos + 1, pos)
-        label_done = forcing & (pos >= self.label_len.to(dev)[line.clamp(max=self.n_labels - 1)])
+        label_done = forcing & (pos >= self.label_len.to(dev)[seg])
         pos = torch.where(label_done, torch.full_like(pos, -1), pos)
         free = torch.where(label_done, torch.zeros_like(free), free)
-        was_free = ~forcing
-        broke = was_free & self.newline.to(dev)[last]
+        num = torch.where(label_done, torch.zeros_like(num), num)
+        was_free = ~forcing & (line < self.n_labels)
+        broke = was_free & (last == self.seg_term.to(dev)[seg])
         free = torch.where(was_free & ~broke, free + 1, free)
-        if self.numbers is not None:  # the running value of the line's number
+        if self.numbers is not None:  # the running value of the segment's number
             _, value, scale, _ = self._number_tables(dev)
             v, sc = self._full(value, dev)[last], self._full(scale, dev)[last]
             num = torch.where(was_free & ~broke, num * sc + v, num)
@@ -171,21 +225,20 @@ class LabelledLines:
         out[ids] = column
         return out
 
-    def _number_mask(self, out, writing, free, num, dev) -> torch.Tensor:
-        """Rows writing a number may take a number token that keeps the value in ``1..max_value`` (a token with
-        leading whitespace only first), or the line break once a digit is written; nothing else."""
+    def _number_mask(self, out, rows, seg, free, num, dev) -> torch.Tensor:
+        """``rows`` (writing a number) may take a number token that keeps the value in ``1..max_value`` (a token
+        with leading whitespace only first, and only where the segment allows it), or the terminator once a
+        digit is written; nothing else."""
         ids, value, scale, lead = self._number_tables(dev)
-        rows = writing.nonzero(as_tuple=True)[0]
         if not len(rows):
             return out
+        s = seg[rows]
         cand = num[rows, None] * scale[None, :] + value[None, :]  # (R, number tokens)
-        ok = cand >= 1
-        if self.max_value is not None:
-            ok &= cand <= self.max_value
-        ok &= ~lead[None, :] | (free[rows, None] == 0)
+        ok = (cand >= 1) & (cand <= self.seg_max.to(dev)[s][:, None])
+        ok &= ~lead[None, :] | ((free[rows, None] == 0) & self.seg_lead.to(dev)[s][:, None])
         allowed = torch.zeros(len(rows), out.shape[1], dtype=torch.bool, device=dev)
         allowed[:, ids] = ok
-        allowed[:, self.newline_id] = free[rows] > 0
+        allowed[torch.arange(len(rows), device=dev), self.seg_term.to(dev)[s]] = free[rows] > 0
         out[rows] = out[rows].masked_fill(~allowed, float("-inf"))
         return out
 
@@ -197,27 +250,40 @@ class LabelledLines:
         else:
             self.state = self._advance(input_ids[:, -1].to(dev))
         line, pos, free = self.state["line"], self.state["pos"], self.state["free"]
+        seg = line.clamp(max=self.n_labels - 1)
+        term = self.seg_term.to(dev)[seg]
+        is_num = self.seg_number.to(dev)[seg]
         done = line >= self.n_labels
         forcing = (pos >= 0) & ~done
-        label_tok = self.label_ids.to(dev)[line.clamp(max=self.n_labels - 1), pos.clamp(min=0)]
+        label_tok = self.label_ids.to(dev)[seg, pos.clamp(min=0)]
         force = torch.full((b,), -1, dtype=torch.long, device=dev)
         force = torch.where(forcing, label_tok, force)
         force = torch.where(done, torch.full_like(force, self.eos_id), force)
         writing = ~forcing & ~done
-        force = torch.where(writing & (free >= self.max_line), torch.full_like(force, self.newline_id), force)
+        force = torch.where(writing & (free >= self.max_line), term, force)
         out = scores.clone()
-        # free text: no special token (EOS included) before the last line ends, no line break as a value's
-        # first token
+        r_all = torch.arange(b, device=dev)
+        # a terminator other than the line break takes the line break's probability: the model ends the value
+        # when it wants to end the line
+        moved = writing & (term != self.newline_id)
+        if moved.any():
+            rows = moved.nonzero(as_tuple=True)[0]
+            out[rows, term[rows]] = torch.logaddexp(out[rows, term[rows]], out[rows, self.newline_id])
+        # free text: no special token (EOS included) before the last line ends, no line break (but a text
+        # line's own terminator), no terminator as a value's first token
         out[writing.nonzero(as_tuple=True)[0][:, None], self.special.to(dev)[None, :]] = float("-inf")
-        if self.numbers is not None:  # a number value: digit tokens (in 1..max_value), then a line break
-            out = self._number_mask(out, writing, free, self.state["num"], dev)
-        # a line ends with the plain line-break token only (not "\n   " or ".\n"): the next label starts clean
-        other_nl = self.newline.to(dev)[: out.shape[1]].clone()
-        other_nl[self.newline_id] = False
-        out[writing] = out[writing].masked_fill(other_nl, float("-inf"))
-        empty = writing & (free == 0)
+        num_rows = (writing & is_num).nonzero(as_tuple=True)[0]
+        if self.numbers is not None:  # a number value: digit tokens (in 1..max), then its terminator
+            out = self._number_mask(out, num_rows, seg, free, self.state["num"], dev)
+        text = writing & ~is_num
         nl_cols = self.newline.to(dev)[: out.shape[1]]
-        out[empty] = out[empty].masked_fill(nl_cols, float("-inf"))
+        if text.any():
+            term_score = out[r_all, term]
+            out[text] = out[text].masked_fill(nl_cols, float("-inf"))
+            keep_term = text & (free > 0)
+            out[keep_term, term[keep_term]] = term_score[keep_term]  # the line break, or the moved terminator
+            empty = text & (free == 0)
+            out[empty, term[empty]] = float("-inf")
         rows = (force >= 0).nonzero(as_tuple=True)[0]
         if len(rows):
             keep = out[rows, force[rows]].clone()
@@ -228,6 +294,11 @@ class LabelledLines:
 
 def labelled_lines_regex(labels: Sequence[str], max_line_chars: int = 400, values: str = "text") -> str:
     """The same answer shape as a regex (vLLM structured outputs): ``label:`` + 1..max chars (``values``
-    ``number``: an optional space and 1-4 digits), one line per label."""
-    value = " ?[0-9]{1,4}" if values == "number" else f"[^\\n]{{1,{max_line_chars}}}"
+    ``number``: an optional space and 1-4 digits; ``weighted``: text, then `` [weight: 0.`` and 1-2 digits and
+    ``]``), one line per label."""
+    if values == "weighted":
+        weight = f"{re.escape(WEIGHT_OPEN + WEIGHT_PREFIX)}[1-9][0-9]?{re.escape(WEIGHT_CLOSE)}"
+        value = f"[^\\n]{{1,{max_line_chars}}}{weight}"
+    else:
+        value = " ?[0-9]{1,4}" if values == "number" else f"[^\\n]{{1,{max_line_chars}}}"
     return "\n".join(f"{re.escape(label)}:{value}" for label in labels)

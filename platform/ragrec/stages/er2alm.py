@@ -94,7 +94,7 @@ def _labels(cfg: RunConfig, section: str, labels, values: str = "text", max_valu
         return {}
     labels = list(labels)
     try:
-        line_budget(sec.max_new_tokens, LabelledLines.label_token_counts(load_tokenizer(cfg.llm.model), labels))
+        line_budget(sec.max_new_tokens, LabelledLines.fixed_token_counts(load_tokenizer(cfg.llm.model), labels, values))
     except ValueError as e:
         raise ValueError(f"{section}.max_new_tokens: {e} (or set {section}.force_format: false)") from None
     out = {"line_labels": labels}
@@ -304,7 +304,7 @@ def profiles_stage(
     prompts = profile_prompts(ds_art.read_table("items"), aspects, hist.take(pa.array(users)), p.max_history_items)
     rows = pa.table({"user_id": pa.array(users, pa.int64()), "prompt": prompts})
     sampling = {"max_new_tokens": p.max_new_tokens, "temperature": p.temperature, "top_p": p.top_p}
-    sampling |= _labels(cfg, "profile", ASPECT_LABELS.values())
+    sampling |= _labels(cfg, "profile", ASPECT_LABELS.values(), "weighted" if p.force_weights else "text")
     return _generate(store, cfg, "er2alm_profiles", rows, sampling, p.block_size, [samples_art, aspects_art])
 
 

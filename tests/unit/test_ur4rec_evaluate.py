@@ -116,6 +116,11 @@ def test_each_row_reads_its_own_stage(evaluated):
     assert rows["base"]["ndcg@1"] == 1.0 and rows["ur4rec"]["ndcg@1"] == 1.0
     for v in ("text", "llm", "no_cl", "no_pim"):
         assert rows[v]["ndcg@1"] == 0.0 and rows[v]["ndcg@5"] == pytest.approx(1 / np.log2(5))
-    assert res.metrics["sweep"]["gru4rec"][0]["ndcg@1"] == 0.0  # K=4 is a stage of its own, not K=8's
+    k4 = res.metrics["sweep"]["gru4rec"][0]
+    assert k4["ndcg@1"] == 0.0  # K=4 is a stage of its own, not K=8's
+    # paired with Base on the same lists: the target ranks 4th instead of 1st in every list
+    d = pytest.approx(1 / np.log2(5) - 1)
+    assert k4["delta"] == d and k4["delta_lo"] == d and k4["delta_hi"] == d  # the same in every resample
+    assert f"| GRU4Rec | 4 | {k4['ndcg@5']:.4f} [" in (res.run_dir / "report.md").read_text()
     # UR4Rec - Base on the same lists: both perfect, so the paired difference is exactly 0
     assert rows["ur4rec"]["delta"] == 0.0

@@ -101,9 +101,11 @@ def evaluate(cfg: RunConfig, force: tuple[str, ...] = ()) -> RunResult:
         write()
     for b in (b for b in cfg.eval.proxy_sweep_backbones if cfg.eval.proxy_sweep):
         pts = []
+        base = _scores(pipe, b, VARIANTS["base"], cfg)  # each K paired with the backbone's Base on the same lists
         for k in cfg.eval.proxy_sweep:
             s = _scores(pipe, b, RankVariant(f"k{k}", f"K={k}", overrides={"ur4rec.proxies": k}, kind=AUG_UR4REC), cfg)
-            pts.append(ranking_row(f"{BACKBONE_TITLES[b]} K={k}", s, target, users, cfg) | {"k": k})
+            row = ranking_row(f"{BACKBONE_TITLES[b]} K={k}", s, target, users, cfg, base, "Base")
+            pts.append(row | {"k": k})
         sweep[b] = pts
         write()
     write()
@@ -174,14 +176,18 @@ def _summary_table(summary: list[dict]) -> str:
 
 
 def _sweep_table(sweep: dict[str, list[dict]]) -> str:
-    ks = [pt["k"] for pt in next(iter(sweep.values()))]
-    out = ["| backbone | " + " | ".join(f"K={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+    """One row per backbone and K: NDCG@5 with its user-level interval, the paired difference to the backbone's
+    Base on the same lists (``*``: its interval excludes 0), and the sweep's plotted metric."""
+    head = f"| backbone | K | NDCG@5 [95% CI, users] | Δ vs Base [95% CI, users] | {SWEEP_METRIC.upper()} | MAP@10 |"
+    out = [head, "|---|---|---|---|---|---|"]
     for b, pts in sweep.items():
-        out.append(
-            f"| {BACKBONE_TITLES[b]} {SWEEP_METRIC.upper()} | "
-            + " | ".join(f"{p[SWEEP_METRIC]:.4f}" for p in pts)
-            + " |"
-        )
+        for p in pts:
+            star = " *" if p["delta_lo"] > 0 or p["delta_hi"] < 0 else ""
+            out.append(
+                f"| {BACKBONE_TITLES[b]} | {p['k']} | {p['ndcg@5']:.4f} [{p['ndcg@5_lo']:.4f}, {p['ndcg@5_hi']:.4f}] "
+                f"| {p['delta']:+.4f} [{p['delta_lo']:+.4f}, {p['delta_hi']:+.4f}]{star} | {p[SWEEP_METRIC]:.4f} "
+                f"| {p['map@10']:.4f} |"
+            )
     return "\n".join(out)
 
 

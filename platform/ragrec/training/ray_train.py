@@ -386,8 +386,10 @@ def fit(
         ),
         datasets=datasets,
     )
+    t0 = time.perf_counter()
     try:
         result = trainer.fit()  # raises TrainingFailedError when the run fails for good
+        log.info("Ray Train fit %s: %.1f s on %d worker(s)", name, time.perf_counter() - t0, num_workers)
         out_dir = config.get("out_dir")
         if out_dir is not None and result.checkpoint is not None:
             out = Path(out_dir)

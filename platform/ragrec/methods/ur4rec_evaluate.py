@@ -160,34 +160,32 @@ def _write(run_dir, cfg, method, tables, summary, pop, sweep, n_lists: int, wall
     )
 
 
+def _paired_cells(r: dict) -> str:
+    """``NDCG@5 [lo, hi] | Δ [lo, hi]`` of a row paired with Base (``*``: the Δ interval excludes 0) and its
+    NDCG@10 and MAP@10."""
+    star = " *" if r["delta_lo"] > 0 or r["delta_hi"] < 0 else ""
+    return (
+        f"{r['ndcg@5']:.4f} [{r['ndcg@5_lo']:.4f}, {r['ndcg@5_hi']:.4f}] "
+        f"| {r['delta']:+.4f} [{r['delta_lo']:+.4f}, {r['delta_hi']:+.4f}]{star} | {r['ndcg@10']:.4f} "
+        f"| {r['map@10']:.4f}"
+    )
+
+
 def _summary_table(summary: list[dict]) -> str:
     head = (
         "| backbone | Base NDCG@5 | UR4Rec NDCG@5 [95% CI, users] | Δ vs Base [95% CI, users] | NDCG@10 | MAP@10 | n |"
     )
     out = [head, "|---|---|---|---|---|---|---|"]
-    for r in summary:
-        star = " *" if r["delta_lo"] > 0 or r["delta_hi"] < 0 else ""
-        out.append(
-            f"| {r['name']} | {r['base_ndcg@5']:.4f} | {r['ndcg@5']:.4f} [{r['ndcg@5_lo']:.4f}, {r['ndcg@5_hi']:.4f}] "
-            f"| {r['delta']:+.4f} [{r['delta_lo']:+.4f}, {r['delta_hi']:+.4f}]{star} | {r['ndcg@10']:.4f} "
-            f"| {r['map@10']:.4f} | {r['n']} |"
-        )
+    out += [f"| {r['name']} | {r['base_ndcg@5']:.4f} | {_paired_cells(r)} | {r['n']} |" for r in summary]
     return "\n".join(out)
 
 
 def _sweep_table(sweep: dict[str, list[dict]]) -> str:
-    """One row per backbone and K: NDCG@5 with its user-level interval, the paired difference to the backbone's
-    Base on the same lists (``*``: its interval excludes 0), and the sweep's plotted metric."""
-    head = f"| backbone | K | NDCG@5 [95% CI, users] | Δ vs Base [95% CI, users] | {SWEEP_METRIC.upper()} | MAP@10 |"
+    """One row per backbone and K: NDCG@5 with its user-level interval and the paired difference to the
+    backbone's Base on the same lists."""
+    head = "| backbone | K | NDCG@5 [95% CI, users] | Δ vs Base [95% CI, users] | NDCG@10 | MAP@10 |"
     out = [head, "|---|---|---|---|---|---|"]
-    for b, pts in sweep.items():
-        for p in pts:
-            star = " *" if p["delta_lo"] > 0 or p["delta_hi"] < 0 else ""
-            out.append(
-                f"| {BACKBONE_TITLES[b]} | {p['k']} | {p['ndcg@5']:.4f} [{p['ndcg@5_lo']:.4f}, {p['ndcg@5_hi']:.4f}] "
-                f"| {p['delta']:+.4f} [{p['delta_lo']:+.4f}, {p['delta_hi']:+.4f}]{star} | {p[SWEEP_METRIC]:.4f} "
-                f"| {p['map@10']:.4f} |"
-            )
+    out += [f"| {BACKBONE_TITLES[b]} | {p['k']} | {_paired_cells(p)} |" for b, pts in sweep.items() for p in pts]
     return "\n".join(out)
 
 

@@ -4,6 +4,8 @@ weights never follow any format by themselves."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -217,17 +219,18 @@ def test_a_generation_stage_block_hands_its_sampling_to_the_engine(monkeypatch):
     assert seen[0] == Sampling(12, 0.5, 0.9, 43, ("liked", "disliked"), "number")
 
 
-def test_weighted_lines_end_with_a_weight_the_model_chooses_where_it_wanted_a_line_break(tok):
-    """``values="weighted"`` (ER2ALM profiles): row 0 wants a line break right after its first word, then the
-    digit 7; row 1 wants one word forever, then 0 (never allowed first: its runner-up 3 follows), then 5; row 2
-    wants EOS. Every line is ``label:<text> [weight: 0.<digits>]``: the line break's probability opened the
-    weight (row 0's lines have one word), the budget closed row 1's text, and the weights are the digits."""
+def test_weighted_lines_end_with_the_models_expected_weight_where_it_wanted_a_line_break(tok):
+    """``values="weighted"`` (ER2ALM profiles). Row 0 wants a line break right after its first word and, at a
+    weight, the digit 7 (with some mass on 3); row 1 wants one word forever and has no preference among digits
+    (its favourite, 0, is not a first digit); row 2 wants EOS. Every line is ``label:<text> [weight: 0.dd]``:
+    the line break's probability opened the weight (row 0's lines have one word), the budget closed row 1's
+    text, and the digits are round(10 E) of the expected first digit E under the model's scores."""
     from ragrec.llm.prompts_er2alm import parse_profiles
 
     vocab = len(tok)
     nl = tok.encode("\n", add_special_tokens=False)[-1]
     word, filler = (tok.encode(w, add_special_tokens=False)[0] for w in (" drama", " story"))
-    d = {c: tok.encode(c, add_special_tokens=False)[-1] for c in "0357"}
+    d = [tok.encode(str(k), add_special_tokens=False)[-1] for k in range(10)]
     budget = 3
     proc = LabelledLines(tok, LABELS, budget, vocab, values="weighted")
     seqs: list[list[int]] = [[0] for _ in range(3)]
@@ -235,12 +238,9 @@ def test_weighted_lines_end_with_a_weight_the_model_chooses_where_it_wanted_a_li
     for _ in range(steps):
         scores = torch.zeros(3, vocab)
         scores[:, filler] = 5.0
-        scores[:, d["3"]] = 4.0
-        last = [tok.decode(s[-2:]) for s in seqs]
-        in_weight = [t.endswith("0.") or (t[-1:].isdigit() and "." in t) for t in last]
-        scores[0, d["7"] if last[0].endswith("0.") else nl] = 10.0  # after its digit: the line break again
-        scores[1, word] = 10.0
-        scores[1, d["5"] if last[1][-1:] == "3" else d["0"]] = 11.0 if in_weight[1] else 0.0
+        scores[0, nl] = 10.0  # row 0: end the line (its first token may not: the filler comes first)
+        scores[0, d[7]], scores[0, d[3]] = 3.0, 2.0
+        scores[1, word], scores[1, d[0]] = 11.0, 10.0
         scores[2, tok.eos_token_id] = 10.0
         out = proc(torch.tensor(seqs), scores)
         assert torch.isfinite(out).any(1).all(), "a row with no allowed token"
@@ -254,12 +254,14 @@ def test_weighted_lines_end_with_a_weight_the_model_chooses_where_it_wanted_a_li
     for text in texts:
         lines = text.split("\n")
         assert [ln.split(":")[0] for ln in lines] == LABELS, text
-        assert all(ln.endswith("]") and " [weight: 0." in ln for ln in lines), text
-    assert texts[0].split("\n")[0] == "plot/theme: story [weight: 0.7]"  # one word, then its wish to end
-    assert texts[1].split("\n")[0] == "plot/theme: drama drama drama [weight: 0.35]"  # budget; 0 refused first
+        assert all(re.fullmatch(r".+ \[weight: 0\.[1-9][0-9]\]", ln) for ln in lines), text
+    p0 = torch.softmax(torch.tensor([0.0] * 2 + [2.0] + [0.0] * 3 + [3.0] + [0.0] * 2), 0)  # digits 1..9
+    e0 = float((p0 * torch.arange(1, 10)).sum())
+    assert texts[0].split("\n")[0] == f"plot/theme: story [weight: 0.{round(10 * e0)}]"  # one word, then the weight
+    assert texts[1].split("\n")[0] == "plot/theme: drama drama drama [weight: 0.50]"  # budget; flat digits: E = 5
     profiles, w, stats = parse_profiles(texts)
     assert stats["weight_missing"] == stats["uniform_rows"] == stats["weight_invalid"] == 0
-    np.testing.assert_allclose(w[0], 0.7) and np.testing.assert_allclose(w[1], 0.35)
+    np.testing.assert_allclose(w[0], round(10 * e0) / 100) and np.testing.assert_allclose(w[1], 0.5)
     assert profiles.column("genre").to_pylist()[:2] == ["story", "drama drama drama"]
 
 

@@ -117,7 +117,8 @@ PROFILE_TEMPLATE = (
     "user's preference and the weight in square brackets:\n"
     f"{_WEIGHT_LINES}\n"
     "Emphasis on details: Write only these six lines, with no text before or after them. Every line must end "
-    "with its weight such as [weight: 0.7]; weights are decimals between 0 and 1, not percentages. Base "
+    "with its weight as [weight: w], w a decimal between 0 and 1 (not a percentage) that differs between "
+    "perspectives as much as their importance to this user does. Base "
     "every statement on the movies listed."
 )
 

@@ -14,9 +14,12 @@ Small models (SmolLM2-135M on a laptop) rarely follow a fixed output format such
 * after the last line's break, EOS is forced; EOS (or any special token) is never allowed earlier;
 * ``values="number"``: a value is made of digit tokens only, a number in ``1..max_value`` (a pick's candidate
   number); a line that can take no further digit ends;
-* ``values="weighted"`` (ER2ALM's profiles, Eq. 2-3): a text value, then `` [weight: 0.`` forced and 1-2
-  digits by the model, then ``]``: ``plot/theme: dark crime dramas [weight: 0.75]``. The model's wish to end the
-  line opens the weight, so it still decides where the text ends and which weight it gives.
+* ``values="weighted"`` (ER2ALM's profiles, Eq. 2-3): a text value, then `` [weight: 0.`` forced, two digits,
+  then ``]``: ``plot/theme: dark crime dramas [weight: 0.63]``. The model's wish to end the line opens the
+  weight, so it still decides where the text ends. The digits are the model's *expected* weight: its
+  distribution over the first digit ``1``..``9`` at that point, E = sum p(d) d, written as round(10 E) (here
+  E = 6.3). A sampled or greedy digit would be one value for nearly every answer (SmolLM2-135M wrote 0.7, the
+  prompt's example, for all 96 weights of a slice); the expectation keeps what the model believes.
 
 The answer therefore always has exactly ``len(labels)`` lines, in order, each with a non-empty value:
 the parsers (``parse_aspects``, ``parse_profiles``, ``parse_picks``) read it unchanged. Sampling
@@ -62,6 +65,7 @@ def line_budget(max_new_tokens: int, label_token_counts: Sequence[int]) -> int:
 
 
 VALUE_KINDS = ("text", "number", "weighted")
+_TEXT, _NUMBER_KIND, _EXPECTED = 0, 1, 2  # a segment's value: free text, a sampled number, an expected weight
 _NUMBER = re.compile(r"\s*\d+")
 WEIGHT_OPEN = " ["  # a weighted line's text ends with this token (the model's line break is moved onto it)
 WEIGHT_PREFIX = "weight: 0."  # then forced, and the model writes 1-2 digits: a weight 0.1 .. 0.99
@@ -122,7 +126,8 @@ class LabelledLines:
     (text or a number) that ends with the segment's terminator token. A ``text`` / ``number`` line is one
     segment (prefix ``"<label>:"``, terminator the line break). A ``weighted`` line is two: the text (prefix
     ``"\\n<label>:"`` after the first line, terminator :data:`WEIGHT_OPEN`) and the weight (prefix
-    :data:`WEIGHT_PREFIX`, 1-2 digits, terminator :data:`WEIGHT_CLOSE`): ``plot/theme: dark crime [weight: 0.7]``.
+    :data:`WEIGHT_PREFIX`, the two digits of the expected weight, terminator :data:`WEIGHT_CLOSE`):
+    ``plot/theme: dark crime [weight: 0.63]``.
     Where a terminator is not the line break, the model's probability of a line break is moved onto it: the
     model ends a value when it wants to, in the format the parser reads."""
 
@@ -145,25 +150,26 @@ class LabelledLines:
         (self.newline_id,) = tokenizer.encode("\n", add_special_tokens=False)[-1:]
         nl = int(self.newline_id)
         big = 10**9
-        # the program: (prefix ids, is_number, max_value, terminator, leading-space digits allowed)
-        segs: list[tuple[list[int], bool, int, int, bool]] = []
+        # the program: (prefix ids, value kind, max_value, terminator, leading-space digits allowed)
+        segs: list[tuple[list[int], int, int, int, bool]] = []
         if values == "weighted":
             open_id, close_id = _single_token(tokenizer, WEIGHT_OPEN), _single_token(tokenizer, WEIGHT_CLOSE)
             wprefix = tokenizer.encode(WEIGHT_PREFIX, add_special_tokens=False)
+            self.digit_ids = torch.tensor([_single_token(tokenizer, str(d)) for d in range(10)], dtype=torch.long)
             for k, label in enumerate(labels):
                 head = ([nl] if k else []) + tokenizer.encode(f"{label}:", add_special_tokens=False)
-                segs += [(head, False, big, open_id, True), (wprefix, True, WEIGHT_DIGITS_MAX, close_id, False)]
+                segs += [(head, _TEXT, big, open_id, True), (wprefix, _EXPECTED, WEIGHT_DIGITS_MAX, close_id, False)]
         else:
-            number = values == "number"
+            kind = _NUMBER_KIND if values == "number" else _TEXT
             for label in labels:
                 ids = tokenizer.encode(f"{label}:", add_special_tokens=False)
-                segs.append((ids, number, max_value if max_value is not None else big, nl, True))
-        self.numbers = _number_tokens(tokenizer, vocab) if any(s[1] for s in segs) else None
+                segs.append((ids, kind, max_value if max_value is not None else big, nl, True))
+        self.numbers = _number_tokens(tokenizer, vocab) if any(s[1] == _NUMBER_KIND for s in segs) else None
         self.max_value = max_value
         width = max(len(s[0]) for s in segs)
         self.label_ids = torch.tensor([s[0] + [s[0][-1]] * (width - len(s[0])) for s in segs], dtype=torch.long)
         self.label_len = torch.tensor([len(s[0]) for s in segs], dtype=torch.long)
-        self.seg_number = torch.tensor([s[1] for s in segs], dtype=torch.bool)
+        self.seg_kind = torch.tensor([s[1] for s in segs], dtype=torch.long)
         self.seg_max = torch.tensor([s[2] for s in segs], dtype=torch.long)
         self.seg_term = torch.tensor([s[3] for s in segs], dtype=torch.long)
         self.seg_lead = torch.tensor([s[4] for s in segs], dtype=torch.bool)
@@ -242,17 +248,34 @@ class LabelledLines:
         out[rows] = out[rows].masked_fill(~allowed, float("-inf"))
         return out
 
+    def _expected_digits(self, rows, scores, free, term, force) -> torch.Tensor:
+        """Force a weight's two digits: at its first digit the model's distribution over ``1``..``9`` gives the
+        expected value ``E`` (1..9), written as ``round(10 E)`` (``0.63`` for E = 6.3); then the terminator."""
+        dev = scores.device
+        digits = self.digit_ids.to(dev)
+        first = rows & (free == 0)
+        if first.any():
+            p = torch.softmax(scores[first][:, digits[1:]].float(), dim=-1)
+            e = (p * torch.arange(1, 10, device=dev, dtype=p.dtype)).sum(-1)
+            self.weight_value[first] = (e * 10).round().long().clamp(10, 90)
+        v = self.weight_value
+        force = torch.where(first, digits[v // 10], force)
+        force = torch.where(rows & (free == 1), digits[v % 10], force)
+        return torch.where(rows & (free >= 2), term, force)
+
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         b, dev = scores.shape[0], scores.device
         if self.state is None:  # the first step: every row starts with the first label
             zeros = torch.zeros(b, dtype=torch.long, device=dev)
             self.state = {"line": zeros, "pos": zeros.clone(), "free": zeros.clone(), "num": zeros.clone()}
+            self.weight_value = torch.full((b,), 10, dtype=torch.long, device=dev)
         else:
             self.state = self._advance(input_ids[:, -1].to(dev))
         line, pos, free = self.state["line"], self.state["pos"], self.state["free"]
         seg = line.clamp(max=self.n_labels - 1)
         term = self.seg_term.to(dev)[seg]
-        is_num = self.seg_number.to(dev)[seg]
+        kind = self.seg_kind.to(dev)[seg]
+        is_num, expected = kind == _NUMBER_KIND, kind == _EXPECTED
         done = line >= self.n_labels
         forcing = (pos >= 0) & ~done
         label_tok = self.label_ids.to(dev)[seg, pos.clamp(min=0)]
@@ -272,10 +295,12 @@ class LabelledLines:
         # free text: no special token (EOS included) before the last line ends, no line break (but a text
         # line's own terminator), no terminator as a value's first token
         out[writing.nonzero(as_tuple=True)[0][:, None], self.special.to(dev)[None, :]] = float("-inf")
+        if expected.any():  # a weight: the digits of the model's expected value, then the terminator
+            force = self._expected_digits(writing & expected, scores, free, term, force)
         num_rows = (writing & is_num).nonzero(as_tuple=True)[0]
         if self.numbers is not None:  # a number value: digit tokens (in 1..max), then its terminator
             out = self._number_mask(out, num_rows, seg, free, self.state["num"], dev)
-        text = writing & ~is_num
+        text = writing & (kind == _TEXT)
         nl_cols = self.newline.to(dev)[: out.shape[1]]
         if text.any():
             term_score = out[r_all, term]

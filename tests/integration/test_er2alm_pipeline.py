@@ -25,13 +25,16 @@ def test_er2alm_end_to_end_serving_tune_objective_and_evaluation(ray_session, da
 
     # the LLM wrote aspects for the first rag.max_items items and a profile per user with a training positive
     assert a["aspects"].read_table().num_rows == cfg.rag.max_items
-    # the engine wrote the labels (rag / profile / augment.force_format): SmolLM2-135M's answers all parse
+    # the engine wrote the labels (rag / profile / augment.force_format): every SmolLM2-135M answer parses. A
+    # value may still clean away to nothing (three free tokens of punctuation): "partial", never "failed"
     from ragrec.llm.prompts_er2alm import parse_aspects, parse_picks, parse_profiles
 
-    assert parse_aspects(a["aspects"].read_table().column("text").to_pylist())[1]["parsed"] == cfg.rag.max_items
+    asp_stats = parse_aspects(a["aspects"].read_table().column("text").to_pylist())[1]
+    assert asp_stats["failed"] == 0 and asp_stats["parsed"] + asp_stats["partial"] == cfg.rag.max_items
+    assert asp_stats["parsed"] >= 1
     prof_texts = a["profiles"].read_table().column("text").to_pylist()
     _, weights, prof_stats = parse_profiles(prof_texts)
-    assert prof_stats["parsed"] == len(prof_texts)
+    assert prof_stats["failed"] == 0 and prof_stats["parsed"] + prof_stats["partial"] == len(prof_texts)
     # profile.force_weights: every aspect of every profile has the model's own weight, none filled or uniform
     assert prof_stats["weight_missing"] == prof_stats["uniform_rows"] == prof_stats["weight_filled"] == 0
     assert len(np.unique(weights)) > 1

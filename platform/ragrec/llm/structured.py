@@ -165,7 +165,6 @@ class LabelledLines:
                 ids = tokenizer.encode(f"{label}:", add_special_tokens=False)
                 segs.append((ids, kind, max_value if max_value is not None else big, nl, True))
         self.numbers = _number_tokens(tokenizer, vocab) if any(s[1] == _NUMBER_KIND for s in segs) else None
-        self.max_value = max_value
         width = max(len(s[0]) for s in segs)
         self.label_ids = torch.tensor([s[0] + [s[0][-1]] * (width - len(s[0])) for s in segs], dtype=torch.long)
         self.label_len = torch.tensor([len(s[0]) for s in segs], dtype=torch.long)

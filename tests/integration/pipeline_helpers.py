@@ -7,6 +7,10 @@ from pathlib import Path
 from ragrec.config import RunConfig, load_config
 
 REPO = Path(__file__).resolve().parents[2]
+IN_PROCESS = ("llm.actors=0", "ray.num_workers=0")
+"""Overrides that run the stages and trainings in the test process (no Ray start-up per stage): for the parts of a
+test that check an evaluation's logic on top of a pipeline the test has already run on Ray; the cache keys are
+the Ray path's (tests/unit/test_stages_in_process.py)."""
 
 
 def slice_config(config: str, artifacts: Path, tmp_path: Path, *extra: str) -> RunConfig:

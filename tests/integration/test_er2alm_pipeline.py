@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from pipeline_helpers import slice_config, stage_keys
+from pipeline_helpers import IN_PROCESS, slice_config, stage_keys
 
 from ragrec.methods import evaluate, evaluate_split, run
 
@@ -90,6 +90,7 @@ def test_er2alm_end_to_end_serving_tune_objective_and_evaluation(ray_session, da
         "eval.bank_sweep=[]",
         "eval.eta_sweep=[]",
         "eval.theta_sweep=[0.3]",
+        *IN_PROCESS,
     )
     ev = evaluate(ev_cfg)
     assert stage_keys(root, LLM_STAGES) == {s: keys[s] for s in LLM_STAGES}

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from pipeline_helpers import IN_PROCESS
 
 from ragrec.config import load_config
 from ragrec.methods import evaluate, run
@@ -30,9 +31,10 @@ def test_evaluate_variants_share_stages_and_match_the_pipeline(ray_session, data
     ]
     cfg = load_config(REPO / "configs" / "rallrec_ml100k_slice.yaml", sets)
     assert cfg.retrieval.k == 5, "the K=5 sweep point must be the reference itself"
-    base = run(cfg)  # the plain pipeline on the same config (shares its stages with the evaluation)
+    base = run(cfg)  # the plain pipeline on the same config, on Ray (shares its stages with the evaluation)
     before = _count(slice_artifacts)
 
+    cfg = load_config(REPO / "configs" / "rallrec_ml100k_slice.yaml", [*sets, *IN_PROCESS])
     res = evaluate(cfg)
     out = res.run_dir
     metrics = json.loads((out / "metrics.json").read_text())

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from pipeline_helpers import slice_config, stage_keys
+from pipeline_helpers import IN_PROCESS, slice_config, stage_keys
 
 from ragrec.methods import run
 from ragrec.methods.score_evaluate import evaluate
@@ -94,7 +94,13 @@ def test_score_end_to_end_cache_and_evaluation(ray_session, data_dir, tmp_path):
     # it reuses SASRec, CAR, the self-assessments and SARE and adds only contexts, prompts, adapters, scores
     out = evaluate(
         slice_config(
-            CONFIG, root, tmp_path, "eval.variants=[score_rerank,score]", "eval.ke_sweep=[]", "eval.ks_sweep=[1]"
+            CONFIG,
+            root,
+            tmp_path,
+            "eval.variants=[score_rerank,score]",
+            "eval.ke_sweep=[]",
+            "eval.ks_sweep=[1]",
+            *IN_PROCESS,
         )
     )
     after = stage_keys(root, STAGES, present_only=True)

@@ -22,6 +22,17 @@ def test_epoch_batches_partition_rows_equally_across_ranks():
     assert everything.min() >= 0 and everything.max() < n
 
 
+def test_balanced_epoch_batches_have_no_small_remainder():
+    plain = rt.epoch_batches(3587, 512, seed=0, epoch=0)
+    assert [len(b) for b in plain][-1] == 3  # 7 x 512 + a last step on 3 rows
+    balanced = rt.epoch_batches(3587, 512, seed=0, epoch=0, balanced=True)
+    assert [len(b) for b in balanced] == [449] * 3 + [448] * 5  # ceil(3587 / 512) = 8 near-equal batches
+    assert torch.equal(torch.cat(balanced), torch.cat(plain))  # the same permutation, cut elsewhere
+    assert [len(b) for b in rt.epoch_batches(1024, 512, seed=0, epoch=0, balanced=True)] == [512, 512]
+    shards = [rt.epoch_batches(103, 10, seed=5, epoch=2, rank=r, world_size=3, balanced=True) for r in range(3)]
+    assert [[len(b) for b in s] for s in shards] == [[9, 9, 8, 8]] * 3  # every rank the same steps (DDP)
+
+
 def test_epoch_batches_depend_on_seed_and_epoch_only():
     a = torch.cat(rt.epoch_batches(50, 7, seed=1, epoch=0))
     b = torch.cat(rt.epoch_batches(50, 7, seed=1, epoch=0))

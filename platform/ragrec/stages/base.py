@@ -9,7 +9,9 @@ per actor. Sampling is seeded per block (``seed + block_index``), so the output 
 how the work was split between runs or actors.
 
 The ``vllm`` engine goes through ``ray.data.llm`` processors instead (``ragrec.llm.vllm_engine``);
-the block bookkeeping is the same.
+the block bookkeeping is the same. With ``llm.actors: 0`` the blocks go through the same
+:class:`LLMWorker` in this process, without Ray, and the engine stays loaded for the next stage
+(:func:`in_process_worker`): the same outputs without an actor's start-up, for small work.
 """
 
 from __future__ import annotations
@@ -95,6 +97,24 @@ class LLMWorker:
         return pa.table({"row": part.column("row"), "block": part.column("block"), "output": col})
 
 
+_IN_PROCESS: dict[tuple, LLMWorker] = {}
+
+
+def in_process_worker(
+    op: Op, llm_cfg: LLMConfig, params: dict, *, adapter_path: str | None = None, encoder: str | None = None
+) -> LLMWorker:
+    """The :class:`LLMWorker` of ``llm.actors: 0``: built once per engine (model config, adapter, encoder) and
+    kept for the next stage, so a run of small stages loads each model once. One is kept at a time."""
+    key = ("encoder", encoder) if op == "embed" and encoder else ("llm", adapter_path)
+    key += (llm_cfg.model_dump_json(),)
+    worker = _IN_PROCESS.get(key)
+    if worker is None:
+        _IN_PROCESS.clear()  # one engine in memory at a time
+        worker = _IN_PROCESS[key] = LLMWorker(op, llm_cfg.model_dump(), params, adapter_path, encoder)
+    worker.op, worker.params = op, params
+    return worker
+
+
 @dataclass
 class StageOutput:
     values: pa.Array
@@ -137,9 +157,13 @@ def run_llm_stage(
     blocks = _blocks(n, block_size)
     done = art.finished_blocks()
     todo = [b for b in blocks if b[0] not in done]
-    if todo:
+    if todo and llm_cfg.actors > 0:
         init()
-        if llm_cfg.engine == "vllm":
+    if todo:
+        if llm_cfg.actors == 0:
+            worker = in_process_worker(op, llm_cfg, params, adapter_path=adapter_path, encoder=encoder)
+            _collect(art, (worker(t) for t in _block_tables(texts, todo)), todo, desc or art.stage)
+        elif llm_cfg.engine == "vllm":
             _run_vllm(art, texts, todo, op=op, llm_cfg=llm_cfg, params=params, adapter_path=adapter_path)
         else:
             _run_actor_pool(

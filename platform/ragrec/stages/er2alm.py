@@ -35,6 +35,7 @@ from .embed import embed_texts_stage, to_numpy
 from .generate import generate_stage
 
 VERSION = "1"
+GNN_VERSION = "2"  # 2: balanced mini-batches (training.ray_train.epoch_batches)
 SYNTHETIC_CORPUS = "synthetic"
 """``data.corpus_file: synthetic``: the synthetic catalog's own corpus (``data.name: synthetic`` only)."""
 FALLBACK_NOTE = (
@@ -544,4 +545,4 @@ def gnn_stage(
         extra = {"extra_pos": 0 if pos is None else len(pos), "extra_neg": 0 if neg is None else len(neg)}
         return {"rows": n_users, "edges": len(u), **extra}
 
-    return store.run("er2alm_gnn", spec, inputs, compute, version=VERSION)
+    return store.run("er2alm_gnn", spec, inputs, compute, version=GNN_VERSION)

@@ -170,7 +170,10 @@ def train_loop(config: dict) -> list[dict]:
         torch.save(rt.unwrap(model).state_dict(), out / "model.pt")
         (out / "meta.json").write_text(json.dumps(meta, indent=1))
 
-    return train_graph_epochs(loop, step, row_u.numel(), cfg.batch_size, seed, adj, users, items, num_users, write)
+    # balanced batches: with |E| / batch_size batches an epoch, a remainder of a few rows made one noisy full step
+    return train_graph_epochs(
+        loop, step, row_u.numel(), cfg.batch_size, seed, adj, users, items, num_users, write, balanced=True
+    )
 
 
 def train_er2alm(

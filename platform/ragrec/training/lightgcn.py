@@ -80,18 +80,22 @@ def train_graph_epochs(
     items: torch.Tensor,
     num_users: int,
     write: Callable[[Path], None] | None = None,
+    balanced: bool = False,
 ) -> list[dict]:
     """The epochs and outputs of a BPR graph ``train_loop`` once its ``loop`` and ``step`` exist.
 
     Each epoch is one :meth:`~ray_train.EpochLoop.train_batches` pass of ``step`` over this rank's shuffled
-    batches of ``num_rows`` rows, then :func:`recall_evaluator` on the graph ``adj`` (train edges ``users`` /
-    ``items``). The propagated embeddings and the history are published (:func:`write_embeddings`) with what
-    ``write(out)`` adds. Returns the history.
+    batches of ``num_rows`` rows (``balanced``: see :func:`~ray_train.epoch_batches`), then
+    :func:`recall_evaluator` on the graph ``adj`` (train edges ``users`` / ``items``). The propagated
+    embeddings and the history are published (:func:`write_embeddings`) with what ``write(out)`` adds.
+    Returns the history.
     """
     model, rank, world = loop.model, rt.world_rank(), rt.world_size()
 
     def train_epoch(epoch: int) -> dict:
-        batches = rt.epoch_batches(num_rows, batch_size, seed=seed, epoch=epoch, rank=rank, world_size=world)
+        batches = rt.epoch_batches(
+            num_rows, batch_size, seed=seed, epoch=epoch, rank=rank, world_size=world, balanced=balanced
+        )
         return {"loss": loop.train_batches(epoch, batches, step)}
 
     history = loop.run(train_epoch, recall_evaluator(loop.config, model, adj, users, items, num_users))

@@ -170,17 +170,31 @@ def unwrap(model):
 
 
 def epoch_batches(
-    num_rows: int, batch_size: int, *, seed: int, epoch: int, rank: int = 0, world_size: int = 1
+    num_rows: int,
+    batch_size: int,
+    *,
+    seed: int,
+    epoch: int,
+    rank: int = 0,
+    world_size: int = 1,
+    balanced: bool = False,
 ) -> list[torch.Tensor]:
     """This rank's shuffled mini-batches of row positions (int64 tensors) for one epoch.
 
     The permutation depends only on (seed, epoch) so all ranks agree; rank r takes every
     ``world_size``-th position, trimmed so that every rank gets the same number of batches (DDP).
+    ``balanced``: ceil(rows / batch_size) batches of near-equal size (each at most ``batch_size``) instead of
+    full batches and a remainder. With few batches per epoch a remainder of a handful of rows is a full
+    optimizer step on a few rows' gradient (Adam normalises its size). On the ER2ALM demo at η = 0.02 (3,587 rows
+    in batches of 512: a last batch of 3), Recall@20 was 0.647 over 3 seeds with the remainder, 0.706 balanced.
     """
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
     perm = torch.randperm(num_rows, generator=g)
     per_rank = num_rows // world_size
-    return list(perm[rank::world_size][:per_rank].split(batch_size))
+    mine = perm[rank::world_size][:per_rank]
+    if balanced:
+        return list(mine.tensor_split(max(1, -(-len(mine) // batch_size))))
+    return list(mine.split(batch_size))
 
 
 def dataset_shard(name: str = "train"):
@@ -363,6 +377,9 @@ def fit(
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from ..runtime import init
+
+    init()  # the config's Ray (address, num_cpus), not the all-CPU default Ray Train would start on its own
     # Ray Train V2's controller polls the workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by default),
     # and every ray.train.report blocks until it is polled: a 15-epoch projector took 46 s instead of 15 s.
     # The controller takes the driver's value (Ray propagates it); a user's own setting wins.
@@ -438,14 +455,15 @@ class TrainOptions:
         *,
         out_dir: str | os.PathLike,
         storage_path: str | None = None,
-        use_ray: bool = True,
+        use_ray: bool | None = None,
         checkpoint_dir: str | os.PathLike | None = None,
         report_every: int | None = None,
     ) -> TrainOptions:
-        """The options of a pipeline stage: ``cfg.ray``'s workers and GPU flag and ``cfg.seed``, on Ray."""
+        """The options of a pipeline stage: ``cfg.ray``'s workers and GPU flag and ``cfg.seed``; on Ray unless
+        ``ray.num_workers`` is 0 (the loop in this process) or ``use_ray`` says otherwise."""
         return cls(
-            use_ray=use_ray,
-            num_workers=cfg.ray.num_workers,
+            use_ray=cfg.ray.num_workers > 0 if use_ray is None else use_ray,
+            num_workers=max(1, cfg.ray.num_workers),
             use_gpu=cfg.ray.use_gpu,
             seed=cfg.seed,
             storage_path=storage_path,
@@ -460,16 +478,17 @@ class TrainOptions:
     ) -> TrainOptions:
         """The options of the pipeline stage that writes artifact ``art``: outputs into ``art.staging / out``,
         Ray Train checkpoints at :func:`stage_storage` (deterministic per artifact, so rerunning a crashed
-        stage resumes from its latest checkpoint), removed once the stage's training has finished."""
-        return replace(
-            cls.from_config(
-                cfg,
-                out_dir=art.staging / out,
-                storage_path=stage_storage(cfg.ray.storage_path, art),
-                report_every=report_every,
-            ),
-            keep_storage=False,
+        stage resumes from its latest checkpoint), removed once the stage's training has finished. In this process
+        (``ray.num_workers: 0``) the loop's own state files take their place, in ``art.staging / "train_state"``."""
+        opts = cls.from_config(
+            cfg,
+            out_dir=art.staging / out,
+            storage_path=stage_storage(cfg.ray.storage_path, art),
+            report_every=report_every,
         )
+        if not opts.use_ray:
+            opts = replace(opts, checkpoint_dir=Path(art.staging) / "train_state")
+        return replace(opts, keep_storage=False)
 
     def loop_config(self, name: str) -> dict[str, Any]:
         """The ``train_loop`` config keys these options set: seed, out_dir, checkpoint_dir, report_every."""
@@ -556,7 +575,10 @@ def run_loop(
         if storage is not None and not opts.keep_storage:
             drop_storage(storage)  # the outputs are in out_dir; the optimizer states are not part of them
         return res["return_value"]
-    return train_loop(config)
+    out = train_loop(config)
+    if opts.checkpoint_dir is not None and not opts.keep_storage:
+        shutil.rmtree(opts.checkpoint_dir, ignore_errors=True)  # a stage's own states: not part of its outputs
+    return out
 
 
 # ----------------------------------------------------------------------------- the epoch loop

@@ -145,7 +145,8 @@ class SweepConfig(_Strict):
     trial_cpus: float = Field(
         0.01,
         gt=0,
-        description="CPUs held by the trial driver itself; its Ray Data actors and Train workers request their own",
+        description="CPUs held by the trial driver itself; its Ray Data actors and Train workers request their own. "
+        "With llm.actors: 0 and ray.num_workers: 0 the trial does that work itself: give it the CPUs it uses",
     )
     seed: int | None = Field(0, description="random state of the search (uniform/choice draws)")
 

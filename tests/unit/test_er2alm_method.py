@@ -17,7 +17,7 @@ from ragrec.evaluation.full_ranking import top_k_items
 from ragrec.llm.prompts_er2alm import parse_picks, pick_prompts
 from ragrec.methods import get_method
 from ragrec.methods.common import write_run_file
-from ragrec.methods.er2alm_evaluate import gain_note
+from ragrec.methods.er2alm_evaluate import _versus_table, gain_note, versus_lightgcn
 from ragrec.methods.full_ranking import format_full_rows, full_row
 from ragrec.serving.recommend import RecommendRequest, RecommendService
 from ragrec.serving.schemas import RequestError
@@ -200,6 +200,14 @@ def test_full_rows_carry_the_seed_interval_the_user_interval_and_the_paired_diff
     assert gain_note({"er2alm": row, "lightgcn": full_row("LightGCN", b, cfg, a, "ER2ALM")})[0].endswith(
         "a measured gain"
     )
+    # every row but LightGCN against LightGCN: the same paired figures as the main table's ER2ALM pairing
+    worse = [_per_user([0.0, 0.0, 0.5, 0.25]), _per_user([0.25, 0.0, 0.25, 0.0])]
+    vs = versus_lightgcn({"er2alm": a, "lightgcn": b, "no_item": worse}, cfg, ["lightgcn", "er2alm", "no_item"])
+    assert [r["key"] for r in vs] == ["er2alm", "no_item"] and all(r["reference"] == "LightGCN" for r in vs)
+    assert vs[0]["delta"] == pytest.approx(row["delta"]) and vs[0]["delta_lo"] == pytest.approx(row["delta_lo"])
+    assert vs[1]["delta"] == pytest.approx(0.15625 - 0.2375) and vs[1]["delta_hi"] <= 0
+    table = _versus_table(vs)
+    assert "| ER2ALM | 0.5000 | +0.2625 [" in table and "| w/o item information | 0.1562 | -0.0812 [" in table
 
 
 # ------------------------------------------------------------------------------------ serving

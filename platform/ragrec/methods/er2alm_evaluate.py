@@ -110,7 +110,8 @@ def evaluate(cfg: RunConfig, force: tuple[str, ...] = ()) -> RunResult:
     run_dir = cfg.run_dir() / "evaluate"  # beside the run's own report, as the other methods' evaluations
 
     def write() -> None:
-        _write(run_dir, cfg, method, pipe, names, rows, pop, sweeps, time.perf_counter() - t0)
+        vs = versus_lightgcn(runs, cfg, names)
+        _write(run_dir, cfg, method, pipe, names, rows, pop, sweeps, time.perf_counter() - t0, vs)
 
     def row(name: str) -> None:
         v = VARIANTS[name]
@@ -142,10 +143,38 @@ def evaluate(cfg: RunConfig, force: tuple[str, ...] = ()) -> RunResult:
         "rows": [rows[n] for n in names if n in rows],
         "sweeps": sweeps,
         "popularity": pop,
+        "vs_lightgcn": versus_lightgcn(runs, cfg, names),
         "wall_seconds": round(time.perf_counter() - t0, 1),
         "table": format_full_rows([*[rows[n] for n in names if n in rows], pop]),  # what `ragrec evaluate` prints
     }
     return RunResult(run_dir, metrics, dict(pipe.arts))
+
+
+def versus_lightgcn(runs: dict[str, list[dict]], cfg: RunConfig, names: list[str]) -> list[dict]:
+    """Every finished row but LightGCN against LightGCN, paired on the same users (and seeds): does the row's LLM
+    part add anything over the collaborative model? (The main table pairs every row with ER2ALM.)"""
+    if "lightgcn" not in runs:
+        return []
+    return [
+        full_row(VARIANTS[n].label, runs[n], cfg, runs["lightgcn"], "LightGCN") | {"key": n}
+        for n in names
+        if n in runs and n != "lightgcn"
+    ]
+
+
+def _versus_table(rows: list[dict]) -> str:
+    out = [
+        "| row | R@20 | ΔR@20 vs LightGCN [95% CI, users] | [95% CI, seeds] |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        star = " *" if r["delta_lo"] > 0 or r["delta_hi"] < 0 else ""
+        seeds = f"[{r['delta_slo']:+.4f}, {r['delta_shi']:+.4f}]" if "delta_slo" in r else "—"
+        out.append(
+            f"| {r['name']} | {r['recall@20']:.4f} | {r['delta']:+.4f} [{r['delta_lo']:+.4f}, {r['delta_hi']:+.4f}]"
+            f"{star} | {seeds} |"
+        )
+    return "\n".join(out)
 
 
 def gain_note(rows: dict[str, dict]) -> list[str]:
@@ -160,13 +189,15 @@ def gain_note(rows: dict[str, dict]) -> list[str]:
     return [f"ER2ALM − LightGCN Recall@20 {d:+.4f} [{lo:+.4f}, {hi:+.4f}] (users, paired): {verdict}"]
 
 
-def _write(run_dir, cfg, method, pipe, names, rows: dict, pop: dict, sweeps: dict, wall: float) -> None:
+def _write(run_dir, cfg, method, pipe, names, rows: dict, pop: dict, sweeps: dict, wall: float, vs: list) -> None:
     shown = [rows[n] for n in names if n in rows]
     sections = {}
     for table, heading in (("baselines", "Baselines and ER2ALM (Table 3)"), ("ablations", "Ablations (Table 4)")):
         part = [r for r in shown if r["table"] == table]
         if part:
             sections[heading] = format_full_rows([*part, pop] if table == "baselines" else part)
+    if vs:
+        sections["Against LightGCN (the collaborative model, paired; * = interval excludes 0)"] = _versus_table(vs)
     for field, _, title in SWEEPS:
         if field in sweeps:
             sections[f"Sweep: {title} ({field}, Figure 4)"] = _sweep_table(sweeps[field])
@@ -195,7 +226,7 @@ def _write(run_dir, cfg, method, pipe, names, rows: dict, pop: dict, sweeps: dic
         notes=notes,
         plots=plots,
         sections=sections,
-        extra={"sweeps": sweeps, "popularity": pop, **pipe.report_metrics()},
+        extra={"sweeps": sweeps, "popularity": pop, "vs_lightgcn": vs, **pipe.report_metrics()},
         table=format_full_rows([*shown, pop]),
     )
 

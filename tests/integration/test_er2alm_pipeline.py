@@ -19,7 +19,7 @@ LLM_STAGES = ["er2alm_descriptions", "er2alm_aspects", "er2alm_profiles", "er2al
 
 def test_er2alm_end_to_end_serving_tune_objective_and_evaluation(ray_session, data_dir, tmp_path):
     root = tmp_path / "artifacts"
-    cfg = slice_config(CONFIG, root, tmp_path)
+    cfg = slice_config(CONFIG, root, tmp_path, *IN_PROCESS)  # Ray paths: tests/unit/test_stages_in_process.py
     result = run(cfg)
     a = result.artifacts
 

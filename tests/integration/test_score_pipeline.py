@@ -34,7 +34,7 @@ PINNED = [("SCoRe", 0.78125, 0.666205), ("item_rate", 0.617188, 0.697126), ("ite
 
 def test_score_end_to_end_cache_and_evaluation(ray_session, data_dir, tmp_path):
     root = tmp_path / "artifacts"
-    cfg = slice_config(CONFIG, root, tmp_path)
+    cfg = slice_config(CONFIG, root, tmp_path, *IN_PROCESS)  # Ray paths: tests/unit/test_stages_in_process.py
     result = run(cfg)
     a = result.artifacts
 

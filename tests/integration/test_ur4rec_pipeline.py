@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from pipeline_helpers import slice_config, stage_keys
+from pipeline_helpers import IN_PROCESS, slice_config, stage_keys
 
 from ragrec.methods import evaluate_split, run
 
@@ -29,7 +29,7 @@ STAGES = [
 
 def test_ur4rec_end_to_end_cache_and_tune_objective(ray_session, data_dir, tmp_path):
     root = tmp_path / "artifacts"
-    cfg = slice_config(CONFIG, root, tmp_path)
+    cfg = slice_config(CONFIG, root, tmp_path, *IN_PROCESS)  # Ray paths: tests/unit/test_stages_in_process.py
     result = run(cfg)
     a = result.artifacts
 

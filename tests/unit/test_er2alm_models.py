@@ -347,3 +347,19 @@ def test_train_er2alm_input_checks(tmp_path):
             extra_pos=np.array([[0, 99]]),
             opts=TrainOptions(out_dir=tmp_path),
         )
+
+
+def test_ray_train_equals_the_in_process_loop(ray_session, tmp_path):
+    """The pipeline trains this GNN on Ray Train workers (``ray.num_workers`` >= 1) or in the calling process
+    (0): same loop, seed and single worker, so the same embeddings and history."""
+    tr_u, tr_i, _ = toy_graph()
+    us, its = side_inputs()
+    cfg = GNN.model_copy(update={"epochs": 3})
+    extra = {"extra_pos": np.array([[0, 20]]), "extra_neg": np.array([[15, 20]]), "user_side": us, "item_side": its}
+    local = train_er2alm(tr_u, tr_i, U, NI, cfg, opts=TrainOptions(seed=3, out_dir=tmp_path / "local"), **extra)
+    on_ray = TrainOptions(use_ray=True, seed=3, out_dir=tmp_path / "ray", storage_path=str(tmp_path / "rs"))
+    res = train_er2alm(tr_u, tr_i, U, NI, cfg, opts=on_ray, **extra)
+    assert [h["epoch"] for h in res.history] == [0, 1, 2]
+    np.testing.assert_allclose(res.user_emb, local.user_emb, atol=1e-5)
+    np.testing.assert_allclose(res.item_emb, local.item_emb, atol=1e-5)
+    assert [h["loss"] for h in res.history] == pytest.approx([h["loss"] for h in local.history], rel=1e-5)

@@ -231,6 +231,30 @@ def test_joint_training_with_an_augmenter(tmp_path):
         train_reranker("setrank", parity_data(20, 0), valid, I, L, cfg, opts=opts, augmenter=augmenter)
 
 
+def test_joint_training_under_ray_train_equals_the_in_process_loop(ray_session, tmp_path):
+    """UR4Rec's augmented rerankers: the augmenter goes to the Ray Train worker and its trained weights come back
+    into the caller's module, as in the in-process loop."""
+    import sys
+
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # ToyAugmenter travels by value to the worker
+    train, valid = parity_data(120, 0), parity_data(40, 1)
+    train["users"], valid["users"] = np.arange(120) % 20, np.arange(40) % 20
+    cfg = RerankerConfig(dim=16, heads=2, layers=1, dropout=0.0, epochs=1, lr=1e-2, batch_size=32)
+    results = {}
+    for side, use_ray in (("local", False), ("ray", True)):
+        torch.manual_seed(0)
+        augmenter = ToyAugmenter(20)
+        opts = rt.TrainOptions(use_ray=use_ray, out_dir=tmp_path / side, storage_path=str(tmp_path / f"{side}_rs"))
+        res = train_reranker("setrank", train, valid, I, L, cfg, opts=opts, augmenter=augmenter)
+        results[side] = (res, augmenter.state_dict())
+    (local, local_aug), (on_ray, ray_aug) = results["local"], results["ray"]
+    assert on_ray.metrics == pytest.approx(local.metrics, rel=1e-5)
+    for k in local_aug:
+        torch.testing.assert_close(ray_aug[k], local_aug[k], atol=1e-5, rtol=1e-5)
+
+
 def test_input_checks_name_the_array(tmp_path):
     opts = rt.TrainOptions(out_dir=tmp_path)
     valid = parity_data(10, 1)

@@ -390,3 +390,22 @@ def test_block_without_z_skips_cross_attention():
         a = blk(x)
         blk.cross_attn.query.weight.add_(1.0)
         assert torch.equal(blk(x), a)
+
+
+def test_ray_train_equals_the_in_process_loop(ray_session, tmp_path):
+    """Under Ray Train (one worker) the retriever's loop gives the in-process weights and history."""
+    ut, it, ir, tr, va = synthetic()
+    cfg = CFG.model_copy(update={"epochs": 1})
+    kw = {"valid": va, "init_encoder": None, "hidden": 16, "heads": 2, "ffn": 32}
+    local = train_retriever(ut, it, ir, tr, cfg, opts=TrainOptions(out_dir=tmp_path / "local", seed=0), **kw)
+    on_ray = TrainOptions(use_ray=True, out_dir=tmp_path / "ray", seed=0, storage_path=str(tmp_path / "rs"))
+    res = train_retriever(ut, it, ir, tr, cfg, opts=on_ray, **kw)
+    a, b = torch.load(tmp_path / "ray" / "model.pt"), torch.load(tmp_path / "local" / "model.pt")
+    assert a.keys() == b.keys()
+    # an attention key's bias shifts every logit of a query alike: softmax ignores it, its gradient is rounding
+    # noise and Adam turns that into full steps, so it drifts with the summation order; it changes no output
+    inert = [k for k in a if k.endswith("key.bias")]
+    differ = {k: float((a[k] - b[k]).abs().max()) for k in a if not torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-5)}
+    assert set(differ) <= set(inert), differ
+    assert res.metrics["valid_auc"] == pytest.approx(local.metrics["valid_auc"], abs=1e-6)
+    assert res.history[0]["loss"] == pytest.approx(local.history[0]["loss"], rel=1e-5)

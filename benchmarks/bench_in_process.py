@@ -11,9 +11,13 @@ store, so every stage is computed.
 * reference: the defaults: each LLM stage starts a Ray Data actor that loads the engine, each training starts
   a Ray Train worker group (a local Ray with the machine's CPUs, started before the timing).
 
-The in-process side runs first, so warm file caches favour the reference. Verified: the same stages with the
-same cache keys, and the test predictions equal (within 1e-3 in bfloat16, 1e-5 in float32). Units: the
-computed stages.
+The in-process side runs first, so warm file caches favour the reference. Verified: the same stages were
+computed on both sides and the test predictions are equal (within 1e-3 in bfloat16, 1e-5 in float32). Cache keys
+are not compared across the two stores: a key holds the content digests of the stage's inputs, and a training's
+history records its wall times, so separately computed stores differ in the keys below the first training even
+when every array is equal (``tests/unit/test_stages_in_process.py`` checks that the same stage on the same inputs
+gets the same key either way). Units: the computed stages. Only wall time is compared: on the reference side the
+work runs in Ray's worker processes, outside this process's CPU time.
 """
 
 from __future__ import annotations
@@ -79,9 +83,9 @@ def run(quick: bool = False, config: str | None = None) -> list[Result]:
     cols = [c for c in p_ray.column_names if c == "prob"] or [p_ray.column_names[-1]]
     diff = max(float(np.max(np.abs(p_local[c].to_numpy() - p_ray[c].to_numpy()))) for c in cols)
     notes = []
-    if keys_local != keys_ray:
-        differ = sorted(s for s in keys_local.keys() | keys_ray.keys() if keys_local.get(s) != keys_ray.get(s))
-        notes.append(f"cache keys differ in the stages {differ}")
+    counts = ({s: len(k) for s, k in keys.items()} for keys in (keys_local, keys_ray))
+    if next(counts) != next(counts):
+        notes.append(f"different stages computed: {sorted(keys_local)} vs {sorted(keys_ray)}")
     if diff > tol:
         notes.append(f"test predictions differ by up to {diff:.2e} (tolerance {tol:g})")
     return [
@@ -89,8 +93,8 @@ def run(quick: bool = False, config: str | None = None) -> list[Result]:
             BENCH,
             f"ragrec run {path.name}" + (" --quick" if quick else ""),
             "stages",
-            Measurement.of("Ray Data actors + Ray Train workers", stages, t_ray),
-            Measurement.of("in this process", stages, t_local),
+            Measurement("Ray Data actors + Ray Train workers", stages, t_ray.wall),
+            Measurement("in this process", stages, t_local.wall),
             verified=not notes,
             details={
                 "machine": machine(),

@@ -83,8 +83,7 @@ def run(quick: bool = False, config: str | None = None) -> list[Result]:
     cols = [c for c in p_ray.column_names if c == "prob"] or [p_ray.column_names[-1]]
     diff = max(float(np.max(np.abs(p_local[c].to_numpy() - p_ray[c].to_numpy()))) for c in cols)
     notes = []
-    counts = ({s: len(k) for s, k in keys.items()} for keys in (keys_local, keys_ray))
-    if next(counts) != next(counts):
+    if {s: len(k) for s, k in keys_local.items()} != {s: len(k) for s, k in keys_ray.items()}:
         notes.append(f"different stages computed: {sorted(keys_local)} vs {sorted(keys_ray)}")
     if diff > tol:
         notes.append(f"test predictions differ by up to {diff:.2e} (tolerance {tol:g})")

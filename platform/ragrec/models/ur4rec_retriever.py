@@ -240,16 +240,11 @@ class PreferenceRetriever(nn.Module):
 
     # -- pieces
 
-    def encode(
-        self,
-        x: torch.Tensor,
-        z: torch.Tensor | None = None,
-        self_mask: torch.Tensor | None = None,
-        cross: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """The blocks over a direct input x (B, L, H) (already projected / normalised)."""
+    def encode(self, x: torch.Tensor, *context: torch.Tensor | None) -> torch.Tensor:
+        """The blocks over a direct input x (B, L, H) (already projected / normalised); ``context`` is what
+        :meth:`RetrieverBlock.forward` takes after x (z, self_mask, cross), passed to every block."""
         for block in self.blocks:
-            x = block(x, z, self_mask, cross)
+            x = block(x, *context)
         return x
 
     def _proxy_input(self, batch: int) -> torch.Tensor:

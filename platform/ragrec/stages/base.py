@@ -157,13 +157,12 @@ def run_llm_stage(
     blocks = _blocks(n, block_size)
     done = art.finished_blocks()
     todo = [b for b in blocks if b[0] not in done]
-    if todo and llm_cfg.actors > 0:
+    if todo and llm_cfg.actors == 0:  # in this process: no Ray
+        worker = in_process_worker(op, llm_cfg, params, adapter_path=adapter_path, encoder=encoder)
+        _collect(art, (worker(t) for t in _block_tables(texts, todo)), todo, desc or art.stage)
+    elif todo:
         init()
-    if todo:
-        if llm_cfg.actors == 0:
-            worker = in_process_worker(op, llm_cfg, params, adapter_path=adapter_path, encoder=encoder)
-            _collect(art, (worker(t) for t in _block_tables(texts, todo)), todo, desc or art.stage)
-        elif llm_cfg.engine == "vllm":
+        if llm_cfg.engine == "vllm":
             _run_vllm(art, texts, todo, op=op, llm_cfg=llm_cfg, params=params, adapter_path=adapter_path)
         else:
             _run_actor_pool(

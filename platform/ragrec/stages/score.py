@@ -18,10 +18,10 @@ def score_stage(
     name: str,
     rows: pa.Table,
     *,
+    adapter: Artifact | None,
+    llm_cfg: LLMConfig,
     key: str,
     prompt: str,
-    llm_cfg: LLMConfig,
-    adapter: Artifact | None,
     block_size: int = 64,
     inputs: Iterable[Artifact] = (),
 ) -> Artifact:

@@ -75,3 +75,39 @@ def test_validate_interactions_names_field_and_position():
 def test_unique_pairs_drops_duplicates():
     u, i = lg.unique_pairs(np.array([1, 0, 1, 1]), np.array([2, 3, 2, 0]), num_items=4)
     assert list(zip(u.tolist(), i.tolist())) == [(0, 3), (1, 0), (1, 2)]
+
+
+def test_symmetric_spmm_backward_is_torchs_csr_backward_and_csr_lightgcn_trains_like_pyg():
+    """The backward that reuses the symmetric matrix gives torch's CSR gradients (up to summation order), and a
+    CSRLightGCN follows PyG's LightGCN step for step; a non-symmetric matrix would not (the reuse is what matters)."""
+    g = torch.Generator().manual_seed(0)
+    U, I = 30, 40
+    draw = lambda n: torch.randint(0, n, (300,), generator=g).numpy()
+    u, i = lg.unique_pairs(draw(U), draw(I), I)
+    u, i = torch.as_tensor(u), torch.as_tensor(i)
+    adj = lg.normalized_adjacency(lg.bipartite_edge_index(u, i, U), U + I)
+    x = torch.randn(U + I, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(U + I, 8, generator=g, dtype=torch.float64)
+    adj64 = adj.to(torch.float64)
+    (gx_torch,) = torch.autograd.grad((adj64 @ x * w).sum(), x)
+    (gx_sym,) = torch.autograd.grad((lg.symmetric_spmm(adj64, x) * w).sum(), x)
+    torch.testing.assert_close(gx_sym, gx_torch, rtol=1e-12, atol=1e-12)
+    upper = torch.triu(adj64.to_dense()).to_sparse_csr()  # not symmetric: reusing it in the backward is wrong
+    (gx_up,) = torch.autograd.grad((upper @ x * w).sum(), x)
+    assert not torch.allclose(torch.autograd.grad((lg.symmetric_spmm(upper, x) * w).sum(), x)[0], gx_up)
+
+    torch.manual_seed(0)
+    reference = lg.build_model(U, I, 8, 3)  # PyG's LightGCN: LGConv over the same CSR matrix
+    fast = lg.CSRLightGCN(U + I, 8, 3)
+    fast.load_state_dict(reference.state_dict())
+    start = fast.embedding.weight.detach().clone()
+    opts = [torch.optim.Adam(m.parameters(), lr=0.05) for m in (reference, fast)]
+    for _ in range(30):
+        idx = torch.randint(0, len(u), (64,), generator=g)
+        label = lg.sample_bpr_batch(torch.stack([u[idx], i[idx] + U]), U, I, generator=g)
+        for m, opt in zip((reference, fast), opts):
+            opt.zero_grad()
+            lg.bpr_step(m, adj, label, 1e-4).backward()
+            opt.step()
+    torch.testing.assert_close(fast.get_embedding(adj), reference.get_embedding(adj), rtol=1e-4, atol=1e-5)
+    assert (fast.embedding.weight - start).abs().max() > 0.1  # it trained

@@ -4,8 +4,9 @@ side embeddings.
 ``x0[u] = id[u] + P_u s_u`` with ``s_u`` the user profile (Eq. 5: ``sum_k w_k e_k``, :func:`user_side_features`);
 ``x0[i] = id[i] + P_i s_i`` with ``s_i`` the item's basic-attribute embedding and its kept aspects
 (:func:`item_side_features`); ``P_u``, ``P_i`` are learned linear maps (no bias), side rows are L2-normalised.
-The layers are PyG's LightGCN (:class:`ER2ALMGNN` subclasses it: same graph convention, propagation,
-``forward`` scores and ``recommendation_loss``), so ``r(u, i) = e_u · e_i`` (Eq. 13) and BPR (Eq. 14) come from
+The layers are PyG's LightGCN (:class:`ER2ALMGNN` subclasses it through
+:class:`~ragrec.models.lightgcn.CSRLightGCN`: same graph convention, propagation, ``forward`` scores and
+``recommendation_loss``), so ``r(u, i) = e_u · e_i`` (Eq. 13) and BPR (Eq. 14) come from
 :mod:`ragrec.models.lightgcn`. Flags: ``side=False`` is plain LightGCN; ``use_users`` / ``use_items`` False drop
 that side (the w/o user / item information ablations).
 """
@@ -16,7 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch_geometric.nn.models import LightGCN
+
+from ragrec.models.lightgcn import CSRLightGCN
 
 
 def user_side_features(profile: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
@@ -57,7 +59,7 @@ def item_side_features(
     raise ValueError(f"item_side_features: mode must be 'concat' or 'mean', got {mode!r}")
 
 
-class ER2ALMGNN(LightGCN):
+class ER2ALMGNN(CSRLightGCN):
     """LightGCN over ``num_users + num_items`` nodes (users first) with side embeddings added at layer 0.
 
     Use with the pre-normalised CSR adjacency of :func:`ragrec.models.lightgcn.normalized_adjacency`.
@@ -78,7 +80,7 @@ class ER2ALMGNN(LightGCN):
         use_users: bool = True,
         use_items: bool = True,
     ):
-        super().__init__(num_nodes=num_users + num_items, embedding_dim=dim, num_layers=num_layers, normalize=False)
+        super().__init__(num_users + num_items, dim, num_layers)
         self.num_users, self.num_items = int(num_users), int(num_items)
         self.uses_users, self.uses_items = bool(side and use_users), bool(side and use_items)
         self.user_proj = self._side("user", user_side, self.num_users, dim) if self.uses_users else None
@@ -112,10 +114,4 @@ class ER2ALMGNN(LightGCN):
         """LightGCN's layer combination ``sum_l alpha_l x_l`` from ``x_0 = id + side``: (U + I, dim)."""
         x = self.embedding.weight
         s = self.side_embedding()
-        if s is not None:
-            x = x + s
-        out = x * self.alpha[0]
-        for i in range(self.num_layers):
-            x = self.convs[i](x, edge_index, edge_weight)
-            out = out + x * self.alpha[i + 1]
-        return out
+        return self.propagate_from(x if s is None else x + s, edge_index, edge_weight)

@@ -35,7 +35,7 @@ from .embed import embed_texts_stage, to_numpy
 from .generate import generate_stage
 
 VERSION = "1"
-GNN_VERSION = "2"  # 2: balanced mini-batches (training.ray_train.epoch_batches)
+GNN_VERSION = "3"  # 2: balanced mini-batches (training.ray_train.epoch_batches); 3: symmetric_spmm backward
 SYNTHETIC_CORPUS = "synthetic"
 """``data.corpus_file: synthetic``: the synthetic catalog's own corpus (``data.name: synthetic`` only)."""
 FALLBACK_NOTE = (

@@ -51,6 +51,7 @@ bench: install
 	$(PY) benchmarks/bench_samples.py
 	$(PY) benchmarks/bench_retrieval.py
 	$(PY) benchmarks/bench_lightgcn.py
+	$(PY) benchmarks/bench_gnn_step.py
 	$(PY) benchmarks/bench_scoring.py
 	$(PY) benchmarks/bench_generation.py
 	$(PY) benchmarks/bench_lora.py
@@ -59,6 +60,7 @@ bench-quick: install
 	$(PY) benchmarks/bench_samples.py --quick --no-write
 	$(PY) benchmarks/bench_retrieval.py --quick --no-write
 	$(PY) benchmarks/bench_lightgcn.py --quick --no-write
+	$(PY) benchmarks/bench_gnn_step.py --quick --no-write
 	$(PY) benchmarks/bench_scoring.py --quick --no-write
 	$(PY) benchmarks/bench_generation.py --quick --no-write
 	$(PY) benchmarks/bench_lora.py --quick --no-write

@@ -15,7 +15,7 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root holds `benchmarks`
 
-from benchmarks import bench_retrieval, bench_samples
+from benchmarks import bench_gnn_step, bench_retrieval, bench_samples
 from ragrec.config import DataConfig, RetrievalConfig, SyntheticConfig
 from ragrec.data import rallrec_samples
 from ragrec.data.synthetic import make_synthetic
@@ -72,3 +72,12 @@ def test_dyadic_embeddings_give_exact_dot_products_and_compare_catches_differenc
     b = select_history(samples, RetrievalConfig(k=3, strategy="recent"), emb)
     assert bench_retrieval.compare_context(a, a) == []
     assert len(bench_retrieval.compare_context(a, b)) == 2  # items and ratings both differ
+
+
+def test_gnn_step_benchmark_quick_verifies_and_the_symmetric_backward_is_faster():
+    results = bench_gnn_step.run(quick=True)
+    assert [r.case for r in results] == ["LightGCN (side=False)", "with side inputs (ER2ALM row)"]
+    for r in results:
+        assert r.verified, r.details
+        assert r.ragrec.units == r.reference.units == bench_gnn_step.QUICK["steps"]
+    assert results[0].ratio > 1.0  # ~1.9x alone; the side case's ~1.4x is left to the full run

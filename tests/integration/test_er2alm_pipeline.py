@@ -2,6 +2,7 @@
 equal to the offline ranking, the Tune objective and a small evaluation reusing the cached stages."""
 
 import json
+import logging
 
 import numpy as np
 import pyarrow.compute as pc
@@ -17,7 +18,7 @@ CONFIG = "er2alm_ml100k_slice.yaml"
 LLM_STAGES = ["er2alm_descriptions", "er2alm_aspects", "er2alm_profiles", "er2alm_picks"]
 
 
-def test_er2alm_end_to_end_serving_tune_objective_and_evaluation(ray_session, data_dir, tmp_path):
+def test_er2alm_end_to_end_serving_tune_objective_and_evaluation(ray_session, data_dir, tmp_path, caplog):
     root = tmp_path / "artifacts"
     cfg = slice_config(CONFIG, root, tmp_path, *IN_PROCESS)  # Ray paths: tests/unit/test_stages_in_process.py
     result = run(cfg)
@@ -92,13 +93,15 @@ def test_er2alm_end_to_end_serving_tune_objective_and_evaluation(ray_session, da
         "eval.theta_sweep=[0.3]",
         *IN_PROCESS,
     )
-    ev = evaluate(ev_cfg)
+    with caplog.at_level(logging.INFO, logger="ragrec.evaluate"):
+        ev = evaluate(ev_cfg)
     assert stage_keys(root, LLM_STAGES) == {s: keys[s] for s in LLM_STAGES}
     ev_rows = {r["key"]: r for r in ev.metrics["rows"]}
     assert list(ev_rows) == ["lightgcn", "er2alm", "no_item"]
     assert ev_rows["er2alm"]["recall@20"] == pytest.approx(er["recall@20"])  # the run's model, reused
     assert ev_rows["lightgcn"]["delta"] == pytest.approx(rows["LightGCN"]["recall@20"] - er["recall@20"])
-    assert len(ev.metrics["sweeps"]["noise.theta"]) == 1
+    (point,) = ev.metrics["sweeps"]["noise.theta"]
+    assert "sweep noise.theta=0.3" in caplog.text and f"Recall@20 {point['recall@20']:.4f}" in caplog.text
     assert ev.run_dir == ev_cfg.run_dir() / "evaluate"  # beside a run's report, never over it
     text = (ev.run_dir / "report.md").read_text()
     assert "Baselines and ER2ALM (Table 3)" in text and "Ablations (Table 4)" in text and "sanity anchor" in text

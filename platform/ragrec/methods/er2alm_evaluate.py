@@ -135,6 +135,7 @@ def evaluate(cfg: RunConfig, force: tuple[str, ...] = ()) -> RunResult:
             v = ModelVariant(f"{field}={value}", f"{field}={value}", "sweep", overrides={field: value})
             r = full_row(v.label, _runs(pipe, v, cfg, mats, cfg.eval.sweep_seeds), cfg) | {"value": value}
             sweeps.setdefault(field, []).append(r)
+            log.info("sweep %-34s Recall@20 %.4f  NDCG@20 %.4f", v.label, r["recall@20"], r["ndcg@20"])
             write()
     for name in last:  # rows with LLM generations of their own: an interrupted evaluation has the rest already
         row(name)

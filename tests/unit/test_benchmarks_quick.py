@@ -75,7 +75,7 @@ def test_dyadic_embeddings_give_exact_dot_products_and_compare_catches_differenc
 
 
 def test_gnn_step_benchmark_quick_verifies_and_the_symmetric_backward_is_faster():
-    results = bench_gnn_step.run(quick=True)
+    results = bench_gnn_step.run(quick=True, threads=1)  # one thread: no waiting on threads another job holds
     assert [r.case for r in results] == ["LightGCN (side=False)", "with side inputs (ER2ALM row)"]
     for r in results:
         assert r.verified, r.details

@@ -435,7 +435,8 @@ def test_a_resumed_stage_records_the_time_of_every_attempt(tmp_path):
     art = store.run("lora", {"a": 1}, [], lambda art: time.sleep(0.1) or 1)
     m = art.manifest()
     assert m["attempts"] == 2 and 0.1 <= m["seconds"] < 0.3
-    assert 0.4 <= m["seconds_total"] < 0.6  # 0.1 now + 0.3 up to the checkpoint of the killed attempt
+    # 0.1 now + 0.3 up to the checkpoint of the killed attempt (its file time: a few ms coarse, so 0.39)
+    assert 0.39 <= m["seconds_total"] < 0.6
     assert lc.artifact_seconds(art) == m["seconds_total"]
     assert not (art.path / "attempts.json").exists()
     plain = store.run("x", {}, [], lambda art: 1).manifest()

@@ -719,10 +719,17 @@ class GNNConfig(_Strict):
 
     dim: int = Field(64, ge=1)
     num_layers: int = Field(3, ge=0, description="propagation layers (0: no propagation, i.e. BPR-MF)")
-    epochs: int = Field(200, ge=1)
+    epochs: int = Field(200, ge=1, description="training epochs (the most, with patience)")
     lr: float = Field(5e-4, gt=0, description="paper (MovieLens): 2.5e-4 .. 9.5e-4")
     batch_size: int = Field(2048, ge=1)
     weight_decay: float = Field(1e-4, ge=0)
+    patience: int | None = Field(
+        None,
+        ge=1,
+        description="model selection on the validation split (RecBole-style): keep the epoch with the best "
+        "validation Recall@20 and stop after this many epochs without a new best; null: train every epoch and "
+        "keep the last",
+    )
     side: bool = Field(True, description="False: no side embeddings (plain LightGCN / BPR-MF baselines)")
     use_items: bool = Field(True, description="False: the w/o item information ablation")
     use_users: bool = Field(True, description="False: the w/o user information ablation")

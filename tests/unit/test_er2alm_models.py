@@ -333,6 +333,23 @@ def test_side_embeddings_learn_the_preference_and_place_cold_items(with_side):
     assert res.user_emb.shape == (U, 16) and res.item_emb.shape == (NI, 16)
 
 
+def test_patience_keeps_the_best_validation_epoch(tmp_path):
+    """gnn.patience: Recall@20 on the validation pairs every epoch. With 24 items, top-20 holds every held-out
+    item from the first epoch on (Recall 1.0 throughout), so epoch 0 stays the best: training stops after
+    ``patience`` more epochs and keeps epoch 0's weights, the same embeddings as a 1-epoch training."""
+    tr_u, tr_i, held = toy_graph()
+    valid = (np.repeat(np.arange(U), 3), np.concatenate([held[u] for u in range(U)]))
+    cfg = GNN.model_copy(update={"side": False, "patience": 4})
+    res = train_er2alm(tr_u, tr_i, U, NI, cfg, eval_pairs=valid, opts=TrainOptions(seed=3, out_dir=tmp_path / "p"))
+    assert [h["recall@20"] for h in res.history] == [1.0] * 5 and res.history[-1]["best_epoch"] == 0
+    one = cfg.model_copy(update={"epochs": 1, "patience": None})
+    ref = train_er2alm(tr_u, tr_i, U, NI, one, opts=TrainOptions(seed=3, out_dir=tmp_path / "one"))
+    np.testing.assert_array_equal(res.user_emb, ref.user_emb)
+    np.testing.assert_array_equal(res.item_emb, ref.item_emb)
+    with pytest.raises(ValueError, match="eval_pairs"):
+        train_er2alm(tr_u, tr_i, U, NI, cfg, opts=TrainOptions(out_dir=tmp_path / "x"))
+
+
 def test_train_er2alm_input_checks(tmp_path):
     tr_u, tr_i, _ = toy_graph()
     with pytest.raises(ValueError, match="user_side is required"):

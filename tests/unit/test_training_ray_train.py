@@ -160,3 +160,34 @@ def test_epoch_loop_early_stop_and_train_options(tmp_path):
     assert opts == rt.TrainOptions(
         use_ray=True, num_workers=2, use_gpu=True, seed=7, storage_path="s3://b/x", out_dir=tmp_path
     )
+
+
+def _scripted_selection(config: dict, values: list[float], patience: int | None) -> tuple[list[dict], float]:
+    """EpochLoop with ``select``: epoch e sets the weight to e and 'validates' to ``values[e]``."""
+    model = torch.nn.Linear(1, 1, bias=False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    loop = rt.EpochLoop("scripted", config, model, optimizer, epochs=len(values), select=("valid", patience))
+
+    def train_epoch(epoch: int) -> dict:
+        with torch.no_grad():
+            model.weight.fill_(float(epoch))
+        return {}
+
+    history = loop.run(train_epoch, evaluate=lambda epoch: {"valid": values[epoch]})
+    return history, float(model.weight.detach())
+
+
+def test_epoch_loop_select_keeps_the_best_epoch_and_stops_after_patience(tmp_path, kill_after_epoch):
+    config = rt.TrainOptions(seed=0, out_dir=tmp_path / "o").loop_config("scripted")
+    values = [0.1, 0.3, 0.2, 0.3, 0.25, 0.5, 0.9]  # a tie (epoch 3) is not a new best
+    history, weight = _scripted_selection(config, values, patience=3)
+    assert [h["epoch"] for h in history] == [0, 1, 2, 3, 4]  # 3 epochs without a new best after epoch 1
+    assert (history[-1]["best_epoch"], weight) == (1, 1.0)  # the best epoch's weights, not the last
+    history, weight = _scripted_selection(config, [0.1, 0.3, float("nan"), 0.2, 0.4], patience=None)
+    assert (len(history), history[-1]["best_epoch"], weight) == (5, 4, 4.0)  # no patience: every epoch, NaN no best
+
+    # the best so far survives a restart from a checkpoint taken after it
+    ckpt = {**config, "checkpoint_dir": str(tmp_path / "ckpt"), "report_every": 1}
+    kill_after_epoch(lambda: _scripted_selection(ckpt, values, patience=3), epoch=2)
+    history, weight = _scripted_selection(ckpt, values, patience=3)
+    assert ([h["epoch"] for h in history], history[-1]["best_epoch"], weight) == ([0, 1, 2, 3, 4], 1, 1.0)

@@ -249,6 +249,26 @@ def plot_curve(
             ax.legend()
 
 
+def plot_histories(
+    histories: Mapping[str, Sequence[Mapping]], metric: str, path: str | os.PathLike, ylabel: str | None = None
+) -> None:
+    """Per-epoch ``metric`` of training histories, one line each (e.g. validation Recall@20 of every row), with
+    a dot at each history's ``best_epoch`` (the weights it kept); epochs without the metric are skipped."""
+    with png_figure(path, (6, 3.8)) as ax:
+        for name, history in histories.items():
+            pts = [(h["epoch"], h[metric]) for h in history if h.get(metric) is not None]
+            if not pts:
+                continue
+            line = ax.plot([p[0] for p in pts], [p[1] for p in pts], label=name, linewidth=1)[0]
+            best = history[-1].get("best_epoch") if history else None
+            hit = [p for p in pts if p[0] == best]
+            if hit:
+                ax.plot([hit[0][0]], [hit[0][1]], "o", color=line.get_color())
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel or metric)
+        ax.legend(fontsize="small")
+
+
 def plot_sweep(
     xs: Sequence[float],
     rows: Sequence[Mapping],

@@ -20,8 +20,9 @@ import logging
 import time
 from dataclasses import dataclass
 
+from ..artifacts import Artifact
 from ..config import RunConfig
-from ..evaluation.report import plot_curve, plot_ranking_bars, write_report
+from ..evaluation.report import plot_curve, plot_histories, plot_ranking_bars, write_report
 from .base import get_method
 from .common import RunResult
 from .er2alm import BPR_MF, LIGHTGCN, MAIN
@@ -78,10 +79,21 @@ LIGHTGCN_ANCHOR = (
 )
 
 
-def _runs(pipe, v: ModelVariant, cfg: RunConfig, mats, seeds: int | None = None) -> list[dict]:
+def _runs(pipe, v: ModelVariant, cfg: RunConfig, mats, seeds: int | None = None) -> tuple[list[dict], list[Artifact]]:
+    """The per-user metrics of ``v``'s models (one per seed) and the models."""
     vcfg = variant_config(cfg, v.overrides) if v.overrides else cfg
     arts = pipe.models(vcfg, v.kind, seeds)
-    return per_user_runs([embedding_scorer(a) for a in arts], mats)
+    return per_user_runs([embedding_scorer(a) for a in arts], mats), arts
+
+
+def kept_epochs(arts: list[Artifact]) -> list[int]:
+    """Per model, how many epochs its kept weights trained: up to the best validation epoch (gnn.patience) or
+    all of them."""
+    out = []
+    for a in arts:
+        last = a.read_json("history")[-1]
+        out.append(int(last.get("best_epoch", last["epoch"])) + 1)
+    return out
 
 
 OWN_LLM_STAGES = ("llmrec",)  # rows whose variant needs LLM generations of its own (aspects, profiles w/o RAG)
@@ -105,21 +117,24 @@ def evaluate(cfg: RunConfig, force: tuple[str, ...] = ()) -> RunResult:
     names = cfg.eval.variants_for("er2alm")
     pop = full_row(POPULARITY, per_user_runs([popularity_scorer(mats["train"])], mats), cfg)
     runs: dict[str, list[dict]] = {}
+    curves: dict[str, list[dict]] = {}  # each row's first model's training history (validation Recall@20)
     rows: dict[str, dict] = {}
     sweeps: dict[str, list[dict]] = {}
     run_dir = cfg.run_dir() / "evaluate"  # beside the run's own report, as the other methods' evaluations
 
     def write() -> None:
         vs = versus_lightgcn(runs, cfg, names)
-        _write(run_dir, cfg, method, pipe, names, rows, pop, sweeps, time.perf_counter() - t0, vs)
+        _write(run_dir, cfg, method, pipe, names, rows, pop, sweeps, time.perf_counter() - t0, vs, curves)
 
     def row(name: str) -> None:
         v = VARIANTS[name]
-        runs[name] = _runs(pipe, v, cfg, mats)
+        runs[name], arts = _runs(pipe, v, cfg, mats)
+        curves[v.label] = arts[0].read_json("history")
         ref = runs.get("er2alm") if name != "er2alm" else None
         rows[name] = full_row(v.label, runs[name], cfg, ref, "ER2ALM" if ref is not None else None) | {
             "key": name,
             "table": v.table,
+            "epochs": kept_epochs(arts),
         }
         r = rows[name]
         log.info(
@@ -133,7 +148,8 @@ def evaluate(cfg: RunConfig, force: tuple[str, ...] = ()) -> RunResult:
     for field, attr, _ in SWEEPS:
         for value in getattr(cfg.eval, attr):
             v = ModelVariant(f"{field}={value}", f"{field}={value}", "sweep", overrides={field: value})
-            r = full_row(v.label, _runs(pipe, v, cfg, mats, cfg.eval.sweep_seeds), cfg) | {"value": value}
+            pt_runs, arts = _runs(pipe, v, cfg, mats, cfg.eval.sweep_seeds)
+            r = full_row(v.label, pt_runs, cfg) | {"value": value, "epochs": kept_epochs(arts)}
             sweeps.setdefault(field, []).append(r)
             log.info("sweep %-34s Recall@20 %.4f  NDCG@20 %.4f", v.label, r["recall@20"], r["ndcg@20"])
             write()
@@ -190,7 +206,20 @@ def gain_note(rows: dict[str, dict]) -> list[str]:
     return [f"ER2ALM − LightGCN Recall@20 {d:+.4f} [{lo:+.4f}, {hi:+.4f}] (users, paired): {verdict}"]
 
 
-def _write(run_dir, cfg, method, pipe, names, rows: dict, pop: dict, sweeps: dict, wall: float, vs: list) -> None:
+def epochs_note(cfg: RunConfig, shown: list[dict]) -> str:
+    """How many epochs each row's kept models trained (per seed), and by which rule."""
+    rule = (
+        f"the best validation Recall@20 of at most {cfg.gnn.epochs} (gnn.patience={cfg.gnn.patience})"
+        if cfg.gnn.patience is not None
+        else f"all {cfg.gnn.epochs}, the last kept (gnn.patience: null)"
+    )
+    per_row = "; ".join(f"{r['name']} {'/'.join(map(str, r['epochs']))}" for r in shown if r.get("epochs"))
+    return f"epochs kept per seed ({rule}): {per_row}"
+
+
+def _write(
+    run_dir, cfg, method, pipe, names, rows: dict, pop: dict, sweeps: dict, wall: float, vs: list, curves: dict
+) -> None:
     shown = [rows[n] for n in names if n in rows]
     sections = {}
     for table, heading in (("baselines", "Baselines and ER2ALM (Table 3)"), ("ablations", "Ablations (Table 4)")):
@@ -208,12 +237,14 @@ def _write(run_dir, cfg, method, pipe, names, rows: dict, pop: dict, sweeps: dic
         PROTOCOL_NOTE,
         *pipe.report_notes(),
         *gain_note(rows),
+        epochs_note(cfg, shown),
         *trivial_notes([*shown, pop]),
         LIGHTGCN_ANCHOR + (f"; LightGCN here: Recall@20 {lg['recall@20']:.4f}" if lg else ""),
     ]
     plots = {}
     if shown:
         plots["recall"] = lambda p: plot_ranking_bars([*shown, pop], p, CI_METRIC)
+        plots["valid_curves"] = lambda p: plot_histories(curves, "recall@20", p, "validation Recall@20 (first seed)")
     for field, pts in sweeps.items():
         plots[f"sweep_{field.replace('.', '_')}"] = lambda p, pts=pts, field=field: plot_curve(
             [pt["value"] for pt in pts], {m: [pt[m] for pt in pts] for m in SWEEP_METRICS}, p, field, "metric"

@@ -35,7 +35,8 @@ from .embed import embed_texts_stage, to_numpy
 from .generate import generate_stage
 
 VERSION = "1"
-GNN_VERSION = "3"  # 2: balanced mini-batches (training.ray_train.epoch_batches); 3: symmetric_spmm backward
+GNN_VERSION = "4"  # 2: balanced mini-batches (training.ray_train.epoch_batches); 3: symmetric_spmm backward;
+# 4: Recall@20 on the validation pairs in every epoch's history (and gnn.patience's model selection)
 SYNTHETIC_CORPUS = "synthetic"
 """``data.corpus_file: synthetic``: the synthetic catalog's own corpus (``data.name: synthetic`` only)."""
 FALLBACK_NOTE = (
@@ -55,10 +56,10 @@ def sizes(ds_art: Artifact) -> tuple[int, int]:
     return int(users), int(m["items"])
 
 
-def train_pairs(samples_art: Artifact) -> tuple[np.ndarray, np.ndarray]:
-    """``(users, items)`` int64 of the ``full_ranking`` split's training positives."""
+def train_pairs(samples_art: Artifact, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """``(users, items)`` int64 of the ``full_ranking`` split's positives of ``split`` (train, valid, test)."""
     s = samples_art.read_table("samples")
-    t = s.filter(pc.equal(s.column("split"), "train"))
+    t = s.filter(pc.equal(s.column("split"), split))
     return t.column("user_id").to_numpy().astype(np.int64), t.column("item_id").to_numpy().astype(np.int64)
 
 
@@ -537,6 +538,7 @@ def gnn_stage(
             item_side=item_side,
             extra_pos=pos,
             extra_neg=neg,
+            eval_pairs=train_pairs(samples_art, "valid"),
             opts=opts,
         )
         np.save(art.staging / "user_emb.npy", res.user_emb.astype(np.float32))

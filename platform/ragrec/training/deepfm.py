@@ -10,7 +10,6 @@ LogLoss, seconds, and ``best_epoch``).
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -84,16 +83,9 @@ def train_loop(config: dict) -> list[dict]:
     torch.manual_seed(seed)  # same init and dropout stream on every rank / every run
     model = rt.prepare_model(build_model(spec, cfg), dev)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    best: dict[str, Any] = {"auc": -np.inf, "epoch": -1, "state": None, "bad": 0}  # early stopping
-
-    def save() -> dict:
-        return {"model": rt.unwrap(model).state_dict(), "best": best}
-
-    def load(state: dict) -> None:
-        rt.unwrap(model).load_state_dict(state["model"])
-        best.update(state["best"])
-
-    loop = rt.EpochLoop("deepfm", config, model, optimizer, cfg.epochs, save=save, load=load)
+    # early stopping on the validation AUC; the best epoch's weights are restored when the loop ends
+    select = ("valid_auc", cfg.patience) if has_valid else None
+    loop = rt.EpochLoop("deepfm", config, model, optimizer, cfg.epochs, select=select)
 
     def step(idx: torch.Tensor) -> tuple[torch.Tensor, int]:
         logits = model({k: v[idx].to(dev) for k, v in x.items()})
@@ -106,17 +98,12 @@ def train_loop(config: dict) -> list[dict]:
             probs = torch.sigmoid(predict_logits(model, vx, cfg.eval_batch_size)).numpy()
             m = ctr_metrics(vy, probs)
             row |= {"valid_auc": m["auc"], "valid_logloss": m["logloss"]}
-            if m["auc"] > best["auc"]:
-                best.update(auc=m["auc"], epoch=epoch, state=copy.deepcopy(rt.unwrap(model).state_dict()), bad=0)
-            else:
-                best["bad"] += 1
-                loop.stop = best["bad"] >= cfg.patience
         return row
 
     history = loop.run(train_epoch)
-    final_state = best["state"] if best["state"] is not None else rt.unwrap(model).state_dict()
-    if history:
-        history[-1]["best_epoch"] = best["epoch"] if has_valid else history[-1]["epoch"]
+    final_state = rt.unwrap(model).state_dict()
+    if history and not has_valid:
+        history[-1]["best_epoch"] = history[-1]["epoch"]
 
     def write(out: Path) -> None:
         torch.save(final_state, out / MODEL_FILE)

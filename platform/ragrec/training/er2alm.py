@@ -35,7 +35,7 @@ from ragrec.models.lightgcn import (
     validate_interactions,
 )
 from ragrec.training import ray_train as rt
-from ragrec.training.lightgcn import run_graph_loop, train_graph_epochs
+from ragrec.training.lightgcn import EVAL_K, run_graph_loop, train_graph_epochs
 
 
 @dataclass
@@ -138,7 +138,8 @@ def train_loop(config: dict) -> list[dict]:
     )
     model = rt.prepare_model(model, dev)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    loop = rt.EpochLoop("er2alm", config, model, optimizer, cfg.epochs)
+    select = (f"recall@{EVAL_K}", cfg.patience) if cfg.patience is not None else None
+    loop = rt.EpochLoop("er2alm", config, model, optimizer, cfg.epochs, select=select)
     gen = torch.Generator(device=dev).manual_seed(seed * 7919 + rank)
 
     def step(idx: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -194,8 +195,11 @@ def train_er2alm(
 
     ``user_side`` (U, d_u) / ``item_side`` (I, d_i): see :class:`ER2ALMGNN` (needed only when ``cfg`` uses them).
     ``extra_pos`` / ``extra_neg``: (n, 2) (user, item) pairs, e.g. from :func:`augmented_pairs`.
-    ``eval_pairs=(users, items)``: Recall@20 per epoch. ``opts``: :class:`ray_train.TrainOptions`.
+    ``eval_pairs=(users, items)``: Recall@20 per epoch, the validation pairs that ``cfg.patience`` selects the
+    epoch on (required then). ``opts``: :class:`ray_train.TrainOptions`.
     """
+    if cfg.patience is not None and eval_pairs is None:
+        raise ValueError("train_er2alm: gnn.patience selects the epoch on validation pairs: pass eval_pairs")
     for who, feats, rows in (("user", user_side, num_users), ("item", item_side, num_items)):
         used = cfg.side and (cfg.use_users if who == "user" else cfg.use_items)
         if used and feats is None:

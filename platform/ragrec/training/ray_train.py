@@ -26,6 +26,7 @@ the right thing in both cases:
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import sys
@@ -595,6 +596,11 @@ class EpochLoop:
 
     ``step_history``: the epoch body appends one row per step to ``history`` itself and the epoch rows
     are only reported (LoRA); otherwise each epoch row is appended to ``history``.
+
+    ``select=(metric, patience)``: model selection on a validation metric of the epoch rows (higher is
+    better), as RecBole's early stopping: the weights of the best epoch are kept (and restored when
+    :meth:`run` ends), training stops after ``patience`` epochs without a new best (None: never early), and
+    the last history row gets ``best_epoch``. The best so far is part of every saved state.
     """
 
     def __init__(
@@ -608,6 +614,7 @@ class EpochLoop:
         save: Callable[[], dict[str, Any]] | None = None,
         load: Callable[[dict[str, Any]], None] | None = None,
         step_history: bool = False,
+        select: tuple[str, int | None] | None = None,
     ):
         self.name, self.config, self.model, self.optimizer, self.epochs = name, config, model, optimizer, int(epochs)
         self.checkpoint_dir = config.get("checkpoint_dir")
@@ -617,12 +624,15 @@ class EpochLoop:
         self.start_epoch, self.resume_batch, self.history = 0, 0, []
         self.attempt = 0  # how many times this run was resumed from a checkpoint (0: a fresh start)
         self.stop = False  # an epoch body sets it to end training after its epoch (early stopping)
+        self.select = select
+        self.best: dict[str, Any] = {"value": -math.inf, "epoch": -1, "state": None, "bad": 0}
         state = load_state(self.checkpoint_dir)
         if state is not None:
             if load is None:
                 unwrap(model).load_state_dict(state["model"])
             else:
                 load(state)
+            self.best.update(state.get("best", {}))
             optimizer.load_state_dict(state["optimizer"])
             self.start_epoch, self.resume_batch = state["epoch"] + 1, state.get("batch", 0)
             self.history = state["history"]
@@ -656,12 +666,30 @@ class EpochLoop:
             if not self.step_history:
                 self.history.append(row)
             self.last_row = row
+            if self.select is not None:
+                self._track(row, epoch)
             bar.set_postfix(**{k: f"{v:.4f}" for k, v in row.items() if isinstance(v, float) and k != "seconds"})
             if self.stop:
                 break
             if report_due(epoch, self.epochs, self.report_every):
                 self.save(row, epoch)
+        if self.select is not None and self.best["state"] is not None:
+            unwrap(self.model).load_state_dict(self.best["state"])
+            if self.history:
+                self.history[-1]["best_epoch"] = self.best["epoch"]
         return self.history
+
+    def _track(self, row: dict[str, Any], epoch: int) -> None:
+        """``select``: a new best keeps a copy of the weights; ``patience`` epochs without one set :attr:`stop`."""
+        metric, patience = self.select
+        value = row.get(metric)
+        if value is not None and value > self.best["value"]:  # NaN or missing: not an improvement
+            state = {k: v.detach().clone() for k, v in unwrap(self.model).state_dict().items()}
+            self.best.update(value=float(value), epoch=epoch, state=state, bad=0)
+            return
+        self.best["bad"] += 1
+        if patience is not None and self.best["bad"] >= patience:
+            self.stop = True
 
     def train_batches(
         self, epoch: int, batches: Sequence[Any], step: Callable[[Any], tuple[torch.Tensor, int] | None]
@@ -688,6 +716,7 @@ class EpochLoop:
         """:func:`report_state` of ``metrics`` with the state after ``epoch`` and ``batch`` batches of the next."""
         state = {
             **self._save(),
+            **({"best": self.best} if self.select is not None else {}),
             "optimizer": self.optimizer.state_dict(),
             "epoch": epoch,
             "batch": batch,

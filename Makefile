@@ -54,6 +54,7 @@ bench: install
 	$(PY) benchmarks/bench_gnn_step.py
 	$(PY) benchmarks/bench_scoring.py
 	$(PY) benchmarks/bench_generation.py
+	$(PY) benchmarks/bench_prefill.py
 	$(PY) benchmarks/bench_lora.py
 
 bench-quick: install
@@ -63,6 +64,7 @@ bench-quick: install
 	$(PY) benchmarks/bench_gnn_step.py --quick --no-write
 	$(PY) benchmarks/bench_scoring.py --quick --no-write
 	$(PY) benchmarks/bench_generation.py --quick --no-write
+	$(PY) benchmarks/bench_prefill.py --quick --no-write
 	$(PY) benchmarks/bench_lora.py --quick --no-write
 
 clean:

@@ -354,7 +354,14 @@ class LLMConfig(_Strict):
     engine: Literal["hf", "vllm"] = "hf"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: str = Field("auto", description="auto | cpu | cuda")
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, description="prompts decoded together (hf: sorted by length, left-padded)")
+    prefill_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="hf engine: padded prompt tokens per forward pass. A batch's prompts are read (prefilled, "
+        "scored, embedded) in row chunks under this budget, then decoded together; null = 4096 on CPU (its "
+        "attention slows down per token past a few thousand), no limit on GPU",
+    )
     max_prompt_tokens: int = Field(1024, ge=16, description="prompts are truncated from the left")
     num_gpus_per_actor: float = Field(0.0, ge=0)
     actors: int = Field(

@@ -169,3 +169,29 @@ def test_lora_adapter_is_applied_and_merged(engine, tmp_path):
     np.testing.assert_allclose(got, expected, atol=1e-4)
     assert np.abs(got - engine.score_yes_no(PROMPTS)).max() > 1e-3
     assert base is engine.model
+
+
+def test_chunked_prefill_gives_the_batchs_outputs(engine):
+    """llm.prefill_tokens: prompts read in row chunks under the budget, then decoded as one batch. Outputs equal
+    the unchunked engine's (greedy and seeded sampling, scores, embeddings); the chunks are really there."""
+    chunked = HFEngine(LLMConfig(model=TINY_LLAMA, batch_size=5, max_prompt_tokens=512, prefill_tokens=150))
+    whole = HFEngine(LLMConfig(model=TINY_LLAMA, batch_size=5, max_prompt_tokens=512, prefill_tokens=10_000))
+    widths = [len(x) for x in chunked._prompt_ids(PROMPTS)]
+    assert chunked.chunk_rows(max(widths), 5) == 150 // max(widths) < 5 and whole.chunk_rows(max(widths), 5) == 5
+    assert chunked.chunk_rows(1_000, 5) == 1  # at least one row, however long
+
+    rows = []  # rows of each forward pass, from a hook (a wrapped forward would hide its signature from generate)
+    hook = chunked.model.register_forward_pre_hook(
+        lambda module, args, kwargs: rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
+    try:
+        greedy = chunked.generate(PROMPTS, Sampling(6))
+        prefill, decode = rows[:-6], rows[-6:]
+        assert max(prefill) < 5 and sum(prefill) == 5 and decode == [5] * 6  # chunked prefill, one decode batch
+    finally:
+        hook.remove()
+    assert greedy == whole.generate(PROMPTS, Sampling(6))
+    kw = dict(max_new_tokens=6, temperature=1.0, top_p=0.9, seed=3)
+    assert chunked.generate(PROMPTS, Sampling(**kw)) == whole.generate(PROMPTS, Sampling(**kw))
+    np.testing.assert_allclose(chunked.score_yes_no(PROMPTS), whole.score_yes_no(PROMPTS), atol=1e-5)
+    np.testing.assert_allclose(chunked.embed(PROMPTS), whole.embed(PROMPTS), atol=1e-5)

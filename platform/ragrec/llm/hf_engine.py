@@ -10,10 +10,9 @@ On 2 CPU cores, SmolLM2-135M (bfloat16) reads a 1,200-token prompt at 383 ms a r
 640 ms a row in one forward of 16 (600-token prompts: about 210 ms a row either way). So ``generate`` fills
 the KV cache of a batch chunk by chunk (every prompt token but the last), joins the chunks and decodes the
 whole batch at once; ``score_yes_no`` and ``embed`` run their forwards chunk by chunk.
-``benchmarks/bench_prefill.py``: 1.14x and 1.21x (two runs) on 64 prompts of 600-1,200 tokens with 32 new tokens
-at batch 16. Larger
-decoding batches did not pay on CPU: batch 64 measured 0.8x there (a batch spans more prompt lengths, so
-more padding).
+``benchmarks/bench_prefill.py``: 1.14x and 1.21x (two runs) on 64 prompts of 600-1,200 tokens with 32 new
+tokens at batch 16. Larger decoding batches did not pay on CPU: batch 64 measured 0.8x there (a batch spans
+more prompt lengths, so more padding).
 """
 
 from __future__ import annotations

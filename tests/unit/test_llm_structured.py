@@ -15,7 +15,7 @@ from ragrec.llm.engine import Sampling
 from ragrec.llm.hf_engine import HFEngine
 from ragrec.llm.prompts_er2alm import ASPECT_LABELS, PICK_LABELS, parse_aspects, parse_picks
 from ragrec.llm.registry import TINY_LLAMA, load_tokenizer
-from ragrec.llm.structured import LabelledLines, labelled_lines_regex, line_budget
+from ragrec.llm.structured import FORMAT_VERSION, LabelledLines, labelled_lines_regex, line_budget
 
 LABELS = list(ASPECT_LABELS.values())
 
@@ -72,6 +72,23 @@ def test_a_model_that_only_wants_eos_or_line_breaks_still_writes_every_labelled_
     assert tok.decode(seqs[2]).count("drama") == budget * len(LABELS)
     # the row that wants line breaks gets them right after its one (forced non-break) value token
     assert parse_aspects([tok.decode(seqs[1])])[1]["parsed"] == 1
+
+
+def test_a_blank_token_does_not_open_the_line_break(tok):
+    """A model that writes a space, then wants the line break (SmolLM2-135M's ``plot/theme: \\n``, 5 of 1,682
+    ML-100K aspect answers under format version 1) must write a real token first: no blank value."""
+    vocab = len(tok)
+    nl = tok.encode("\n", add_special_tokens=False)[-1]
+    (space,) = [i for i in range(vocab) if tok.decode([i]) == " "][:1]
+    filler = tok.encode(" story", add_special_tokens=False)[0]
+    proc = LabelledLines(tok, LABELS, 4, vocab)
+    steps = sum(LabelledLines.label_token_counts(tok, LABELS)) + len(LABELS) * 5 + 1
+    # row 0: a space whenever the last token was not one, then a line break; row 1: a space only
+    seqs = _run(proc, lambda r, s: nl if r == 0 and s % 2 else space, steps, 2, vocab, filler)
+    for seq in seqs:
+        text = tok.decode(seq[: seq.index(tok.eos_token_id)]).strip()
+        values = [ln.split(":", 1)[1] for ln in text.split("\n")]
+        assert len(values) == len(LABELS) and all(v.strip() for v in values), text
 
 
 def test_budget_fits_the_labels_in_the_token_limit_or_names_the_fix(tok):
@@ -154,15 +171,20 @@ def test_er2alm_stages_check_the_label_budget_before_any_llm_starts():
         ValueError, match=r"^profile\.max_new_tokens: .*raise it to at least \d+ \(or set profile\.force_format"
     ):
         _labels(cfg, "profile", ASPECT_LABELS.values())
-    assert _labels(cfg, "augment", PICK_LABELS, "number") == {"line_labels": list(PICK_LABELS), "line_values": "number"}
-    assert _labels(cfg, "rag", ASPECT_LABELS.values()) == {"line_labels": LABELS}
+    fmt = {"line_format": FORMAT_VERSION}  # the processor's version: answers of another one are not reused
+    assert _labels(cfg, "augment", PICK_LABELS, "number") == {
+        "line_labels": list(PICK_LABELS),
+        "line_values": "number",
+        **fmt,
+    }
+    assert _labels(cfg, "rag", ASPECT_LABELS.values()) == {"line_labels": LABELS, **fmt}
     weighted = _labels(
         cfg.model_copy(update={"profile": cfg.profile.model_copy(update={"max_new_tokens": 200})}),
         "profile",
         ASPECT_LABELS.values(),
         "weighted",
     )
-    assert weighted == {"line_labels": LABELS, "line_values": "weighted"}
+    assert weighted == {"line_labels": LABELS, "line_values": "weighted", **fmt}
     off = load_config("configs/er2alm_ml100k_slice.yaml", ["profile.max_new_tokens=12", "profile.force_format=false"])
     assert _labels(off, "profile", ASPECT_LABELS.values()) == {}  # free text: the stage's cache key is unchanged
 
@@ -176,6 +198,7 @@ def test_regex_accepts_the_forced_shape_and_nothing_else():
     assert num.fullmatch("liked: 3\ndisliked:12") and not num.fullmatch("liked: the one\ndisliked: 7")
     assert not rx.fullmatch("disliked: 7\nliked: 3")
     assert not rx.fullmatch("liked:\ndisliked: 7")  # empty value
+    assert not rx.fullmatch("liked: \ndisliked: 7") and not rx.fullmatch("liked:\t \ndisliked: 7")  # blank
     assert not rx.fullmatch("liked: 3")
     w = re.compile(labelled_lines_regex(["genre", "director"], values="weighted"))
     assert w.fullmatch("genre: crime [weight: 0.7]\ndirector: Hitchcock, Lang [weight: 0.35]")

@@ -5,8 +5,9 @@ Small models (SmolLM2-135M on a laptop) rarely follow a fixed output format such
 ``line_labels`` the engine forces the format while the model writes only the values:
 
 * the answer opens with the tokens of ``"<labels[0]>:"``;
-* the model then writes free text without special tokens; its first token may not be a line break (no
-  empty values);
+* the model then writes free text without special tokens; the line break is allowed only once the value
+  has a non-blank token, and at most one blank token may come before it (no empty or all-blank values:
+  SmolLM2-135M wrote ``plot/theme: \n`` when only the first token was checked);
 * the plain line-break token ends the line (other tokens containing a line break are not allowed); the
   next label's tokens are forced after it;
 * a line that reaches ``max_line_tokens`` free tokens is ended with a forced line break, so every label
@@ -64,6 +65,10 @@ def line_budget(max_new_tokens: int, label_token_counts: Sequence[int]) -> int:
     return free
 
 
+FORMAT_VERSION = 2  # 2: a line break only after a non-blank token (1: not as a value's first token)
+"""Part of a forced-format stage's cache key (``line_format`` in its sampling spec): answers written under
+another version are not reused."""
+
 VALUE_KINDS = ("text", "number", "weighted")
 _TEXT, _NUMBER_KIND, _EXPECTED = 0, 1, 2  # a segment's value: free text, a sampled number, an expected weight
 _NUMBER = re.compile(r"\s*\d+")
@@ -75,11 +80,13 @@ WEIGHT_DIGITS_MAX = 99
 
 @lru_cache(maxsize=8)
 def _token_masks(tokenizer: Any, vocab: int) -> dict[str, torch.Tensor]:
-    """Per token: ``newline`` (contains a line break), ``number`` (digits, optionally after whitespace),
-    ``lead_space`` (a number token that starts with whitespace), ``digits_value`` and ``digits_scale`` (the
-    digits' value and 10 ** their count: appending the token to a number ``n`` gives ``n * scale + value``)."""
+    """Per token: ``newline`` (contains a line break), ``blank`` (only whitespace, or nothing), ``number``
+    (digits, optionally after whitespace), ``lead_space`` (a number token that starts with whitespace),
+    ``digits_value`` and ``digits_scale`` (the digits' value and 10 ** their count: appending the token to a
+    number ``n`` gives ``n * scale + value``)."""
     pieces = tokenizer.batch_decode([[i] for i in range(min(len(tokenizer), vocab))], skip_special_tokens=False)
-    out = {k: torch.zeros(vocab, dtype=torch.bool) for k in ("newline", "number", "lead_space")}
+    out = {k: torch.zeros(vocab, dtype=torch.bool) for k in ("newline", "blank", "number", "lead_space")}
+    out["blank"][[i for i, p in enumerate(pieces) if not p.strip()]] = True
     out["digits_value"] = torch.zeros(vocab, dtype=torch.long)
     out["digits_scale"] = torch.ones(vocab, dtype=torch.long)
     out["newline"][[i for i, p in enumerate(pieces) if "\n" in p]] = True
@@ -147,6 +154,7 @@ class LabelledLines:
         if max_value is not None and (values != "number" or max_value < 1):
             raise ValueError(f"max_value {max_value}: only for number values, and at least 1")
         self.newline = newline_token_mask(tokenizer, vocab)
+        self.blank = _token_masks(tokenizer, int(vocab))["blank"]
         (self.newline_id,) = tokenizer.encode("\n", add_special_tokens=False)[-1:]
         nl = int(self.newline_id)
         big = 10**9
@@ -198,7 +206,7 @@ class LabelledLines:
         """The state after the token ``last`` (B,) was emitted."""
         s = self.state
         dev = last.device
-        line, pos, free, num = s["line"], s["pos"], s["free"], s["num"]
+        line, pos, free, num, inked = s["line"], s["pos"], s["free"], s["num"], s["inked"]
         seg = line.clamp(max=self.n_labels - 1)
         forcing = pos >= 0
         pos = torch.where(forcing, pos + 1, pos)
@@ -206,9 +214,11 @@ class LabelledLines:
         pos = torch.where(label_done, torch.full_like(pos, -1), pos)
         free = torch.where(label_done, torch.zeros_like(free), free)
         num = torch.where(label_done, torch.zeros_like(num), num)
+        inked = inked & ~label_done
         was_free = ~forcing & (line < self.n_labels)
         broke = was_free & (last == self.seg_term.to(dev)[seg])
         free = torch.where(was_free & ~broke, free + 1, free)
+        inked = inked | (was_free & ~broke & ~self.blank.to(dev)[last])
         if self.numbers is not None:  # the running value of the segment's number
             _, value, scale, _ = self._number_tables(dev)
             v, sc = self._full(value, dev)[last], self._full(scale, dev)[last]
@@ -218,7 +228,8 @@ class LabelledLines:
         pos = torch.where(next_label, torch.zeros_like(pos), pos)
         free = torch.where(next_label, torch.zeros_like(free), free)
         num = torch.where(next_label, torch.zeros_like(num), num)
-        return {"line": line, "pos": pos, "free": free, "num": num}
+        inked = inked & ~next_label
+        return {"line": line, "pos": pos, "free": free, "num": num, "inked": inked}
 
     def _number_tables(self, dev) -> tuple[torch.Tensor, ...]:
         return tuple(t.to(dev) for t in self.numbers)
@@ -267,6 +278,7 @@ class LabelledLines:
         if self.state is None:  # the first step: every row starts with the first label
             zeros = torch.zeros(b, dtype=torch.long, device=dev)
             self.state = {"line": zeros, "pos": zeros.clone(), "free": zeros.clone(), "num": zeros.clone()}
+            self.state["inked"] = torch.zeros(b, dtype=torch.bool, device=dev)  # the value has a non-blank token
             self.weight_value = torch.full((b,), 10, dtype=torch.long, device=dev)
         else:
             self.state = self._advance(input_ids[:, -1].to(dev))
@@ -292,7 +304,7 @@ class LabelledLines:
             rows = moved.nonzero(as_tuple=True)[0]
             out[rows, term[rows]] = torch.logaddexp(out[rows, term[rows]], out[rows, self.newline_id])
         # free text: no special token (EOS included) before the last line ends, no line break (but a text
-        # line's own terminator), no terminator as a value's first token
+        # line's own terminator), no terminator before the value's first non-blank token
         out[writing.nonzero(as_tuple=True)[0][:, None], self.special.to(dev)[None, :]] = float("-inf")
         if expected.any():  # a weight: the digits of the model's expected value, then the terminator
             force = self._expected_digits(writing & expected, scores, free, term, force)
@@ -304,10 +316,15 @@ class LabelledLines:
         if text.any():
             term_score = out[r_all, term]
             out[text] = out[text].masked_fill(nl_cols, float("-inf"))
-            keep_term = text & (free > 0)
+            inked = self.state["inked"]
+            keep_term = text & inked
             out[keep_term, term[keep_term]] = term_score[keep_term]  # the line break, or the moved terminator
-            empty = text & (free == 0)
+            empty = text & ~inked
             out[empty, term[empty]] = float("-inf")
+            # one leading blank token at most (two when the line has room for no more), so every value gets
+            # a non-blank token within its budget
+            spaced = empty & ((free >= 1) | (free >= self.max_line - 1))
+            out[spaced] = out[spaced].masked_fill(self.blank.to(dev)[: out.shape[1]], float("-inf"))
         rows = (force >= 0).nonzero(as_tuple=True)[0]
         if len(rows):
             keep = out[rows, force[rows]].clone()
@@ -317,12 +334,14 @@ class LabelledLines:
 
 
 def labelled_lines_regex(labels: Sequence[str], max_line_chars: int = 400, values: str = "text") -> str:
-    """The same answer shape as a regex (vLLM structured outputs): ``label:`` + 1..max chars (``values``
+    """The same answer shape as a regex (vLLM structured outputs): ``label:`` + a non-blank value of at most
+    ``max_line_chars`` chars after its leading blanks (``values``
     ``number``: an optional space and 1-4 digits; ``weighted``: text, then `` [weight: 0.`` and 1-2 digits and
     ``]``), one line per label."""
+    text = f"[ \\t]*[^\\s][^\\n]{{0,{max_line_chars - 1}}}"  # not blank
     if values == "weighted":
         weight = f"{re.escape(WEIGHT_OPEN + WEIGHT_PREFIX)}[1-9][0-9]?{re.escape(WEIGHT_CLOSE)}"
-        value = f"[^\\n]{{1,{max_line_chars}}}{weight}"
+        value = f"{text}{weight}"
     else:
-        value = " ?[0-9]{1,4}" if values == "number" else f"[^\\n]{{1,{max_line_chars}}}"
+        value = " ?[0-9]{1,4}" if values == "number" else text
     return "\n".join(f"{re.escape(label)}:{value}" for label in labels)

@@ -89,7 +89,7 @@ def _labels(cfg: RunConfig, section: str, labels, values: str = "text", max_valu
     (the cache key of a free-text stage stays what it was). ValueError naming ``<section>.max_new_tokens`` when
     the labels leave no room for the values, before any LLM starts."""
     from ..llm.registry import load_tokenizer
-    from ..llm.structured import LabelledLines, line_budget
+    from ..llm.structured import FORMAT_VERSION, LabelledLines, line_budget
 
     sec = getattr(cfg, section)
     if not sec.force_format:
@@ -99,7 +99,7 @@ def _labels(cfg: RunConfig, section: str, labels, values: str = "text", max_valu
         line_budget(sec.max_new_tokens, LabelledLines.fixed_token_counts(load_tokenizer(cfg.llm.model), labels, values))
     except ValueError as e:
         raise ValueError(f"{section}.max_new_tokens: {e} (or set {section}.force_format: false)") from None
-    out = {"line_labels": labels}
+    out = {"line_labels": labels, "line_format": FORMAT_VERSION}
     if values != "text":
         out["line_values"] = values
     if max_value is not None:

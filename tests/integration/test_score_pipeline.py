@@ -47,8 +47,8 @@ def test_score_end_to_end_cache_and_evaluation(ray_session, data_dir, tmp_path):
     # behaviour pinned across refactors: the slice's numbers on the same machine type as CI, re-pinned when the
     # slice moved to llm.dtype bfloat16 (2026-12-02; float32 gave SCoRe 0.75 / 0.667529); with 16 samples one
     # flipped pair of ~64 moves AUC by ~0.016. SCoRe re-measured later that day (AUC 0.78125 -> 0.664062,
-    # LogLoss 0.666205 -> 0.680624)
-    # when a fresh install of newer dependencies moved it at 7f80a56 too: the versions are now constraints.txt's
+    # LogLoss 0.666205 -> 0.680624) when a fresh install of newer dependencies moved it at 7f80a56 too: the
+    # versions are now constraints.txt's
     for name, auc, logloss in PINNED:
         assert rows[name]["auc"] == pytest.approx(auc, abs=0.02), name
         assert rows[name]["logloss"] == pytest.approx(logloss, abs=0.01), name

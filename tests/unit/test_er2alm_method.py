@@ -382,3 +382,31 @@ def test_evaluation_runs_rows_with_their_own_llm_generations_last():
     assert evaluation_order(["lightgcn", "no_aug"]) == ([], ["lightgcn", "no_aug"], [])
     # the rows kept in `cheap` share ER2ALM's LLM stages: none of them turns retrieval (rag.enabled) off
     assert all("rag.enabled" not in VARIANTS[n].overrides for n in cheap)
+
+
+def test_the_report_lists_the_epochs_each_row_kept_and_plots_the_validation_curves(tmp_path):
+    """gnn.patience: a row's models keep their best validation epoch; the notes say how many epochs each seed's
+    kept weights trained (best_epoch + 1, or every epoch without patience) and the plot draws the curves."""
+    from ragrec.evaluation.report import plot_histories
+    from ragrec.methods.er2alm_evaluate import epochs_note, kept_epochs
+
+    class Art:  # what kept_epochs reads of a GNN artifact: its history
+        def __init__(self, history):
+            self.history = history
+
+        def read_json(self, name):
+            assert name == "history"
+            return self.history
+
+    curve = [{"epoch": e, "loss": 1.0 / (e + 1), "recall@20": r} for e, r in enumerate([0.1, 0.3, 0.2, 0.25])]
+    selected = [*curve[:-1], {**curve[-1], "best_epoch": 1}]
+    assert kept_epochs([Art(selected), Art(curve)]) == [2, 4]  # with patience: up to the best; without: all
+    cfg = load_config("configs/er2alm_ml100k_slice.yaml", ["gnn.patience=3", "gnn.epochs=4"])
+    rows = [{"name": "ER2ALM", "epochs": [2, 4]}, {"name": "LightGCN", "epochs": [4]}]
+    note = epochs_note(cfg, rows)
+    assert "best validation Recall@20 of at most 4 (gnn.patience=3)" in note and note.endswith("ER2ALM 2/4; LightGCN 4")
+    plain = epochs_note(load_config("configs/er2alm_ml100k_slice.yaml", ["gnn.patience=null"]), rows)
+    assert "the last kept (gnn.patience: null)" in plain
+    png = tmp_path / "curves.png"
+    plot_histories({"ER2ALM": selected, "no metric": [{"epoch": 0, "loss": 1.0}]}, "recall@20", png)
+    assert png.read_bytes()[:4] == b"\x89PNG"

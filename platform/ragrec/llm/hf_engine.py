@@ -17,6 +17,7 @@ more prompt lengths, so more padding).
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from collections.abc import Iterator, Sequence
@@ -36,6 +37,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("ragrec.llm.hf")
 
 PREFILL_TOKENS_CPU = 4096  # llm.prefill_tokens when null on CPU
+
+
+@functools.cache
+def cache_kwarg() -> str:
+    """``generate``'s name for a prefilled KV cache: ``cache`` from transformers 5 (``past_key_values`` is
+    deprecated there), ``past_key_values`` before (the project allows transformers >= 4.56)."""
+    import transformers
+
+    return "cache" if int(transformers.__version__.split(".")[0]) >= 5 else "past_key_values"
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
@@ -168,11 +178,12 @@ class HFEngine:
             for b, (idx, input_ids, mask) in enumerate(self._batches(self._prompt_ids(prompts), "generate")):
                 with torch.random.fork_rng(devices=devices):
                     torch.manual_seed(seed + b)
+                    cache = self._prefill(input_ids, mask)
                     tokens = self.model.generate(
                         input_ids=input_ids,
                         attention_mask=mask,
-                        cache=self._prefill(input_ids, mask),
                         pad_token_id=self.tokenizer.pad_token_id,
+                        **({} if cache is None else {cache_kwarg(): cache}),
                         **kwargs,
                         **self._structure(sampling),
                     )

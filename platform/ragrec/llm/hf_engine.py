@@ -5,11 +5,12 @@ Batching: prompts are tokenised once, sorted by length (longest first) and cut i
 the left, and ``position_ids`` are computed from the attention mask, so a prompt gets the same
 logits alone or in a batch. Threads: whatever ``torch.get_num_threads()`` says (set it outside).
 
-Chunked prefill: a forward pass reads at most ``llm.prefill_tokens`` padded tokens (default 4,096 on CPU).
-On 2 CPU cores, SmolLM2-135M (bfloat16) reads a 1,200-token prompt at 383 ms a row in chunks of 4 rows and
-640 ms a row in one forward of 16 (600-token prompts: about 210 ms a row either way). So ``generate`` fills
-the KV cache of a batch chunk by chunk (every prompt token but the last), joins the chunks and decodes the
-whole batch at once; ``score_yes_no`` and ``embed`` run their forwards chunk by chunk.
+Chunked prefill: a forward pass reads at most ``llm.prefill_tokens`` padded tokens (default 4,096 on CPU),
+because on CPU the cost per prompt token of one forward grows with the rows x width it holds (an ad-hoc probe
+on 2 cores, not kept: 1,200-token prompts cost SmolLM2-135M about 1.7x as much a row in one forward of 16 as
+in chunks of 4; at 600 tokens, about the same). So ``generate`` fills the KV cache of a batch chunk by chunk
+(every prompt token but the last), joins the chunks and decodes the whole batch at once; ``score_yes_no`` and
+``embed`` run their forwards chunk by chunk.
 ``benchmarks/bench_prefill.py``: 1.14x and 1.21x (two runs) on 64 prompts of 600-1,200 tokens with 32 new
 tokens at batch 16. Larger decoding batches did not pay on CPU: batch 64 measured 0.8x there (a batch spans
 more prompt lengths, so more padding).

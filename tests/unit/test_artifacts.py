@@ -74,7 +74,8 @@ def test_blocks_survive_a_failed_attempt_and_are_dropped_on_commit(store):
     assert json.loads((art.path / "manifest.json").read_text())["rows"] == 3
 
 
-def test_llm_stage_keys_change_with_precision_but_not_with_throughput_settings():
+def test_llm_stage_keys_change_with_precision_but_not_with_throughput_settings(monkeypatch):
+    monkeypatch.setattr("ragrec.runtime.cpu_has_native_bf16", lambda: True)  # else bf16 is keyed as float32
     from ragrec.config import LLMConfig
     from ragrec.stages.generate import _engine_spec
 

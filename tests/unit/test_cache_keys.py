@@ -57,10 +57,33 @@ def test_rallrec_slice_lightgcn_key_is_the_one_existing_caches_hold(tmp_path, mo
     assert lightgcn_stage(store, cfg, ds, samples).key == "9a95cbb26146067b"
 
 
-def test_a_late_field_enters_the_spec_only_away_from_its_default():
+def test_a_late_field_enters_the_spec_only_away_from_its_default(monkeypatch):
+    monkeypatch.setattr("ragrec.runtime.cpu_has_native_bf16", lambda: True)
     base = LLMConfig(model="m", max_prompt_tokens=64)
     assert _engine_spec(base) == {"model": "m", "max_prompt_tokens": 64}
     assert _engine_spec(base.model_copy(update={"dtype": "bfloat16"}))["dtype"] == "bfloat16"
     assert _engine_spec(base.model_copy(update={"load_in_8bit": True}))["load_in_8bit"] is True
     assert _engine_spec(base.model_copy(update={"batch_size": 3})) == _engine_spec(base)  # not an output field
     assert spec_fields(base, ["model", "dtype"]) == {"model": "m", "dtype": "auto"}  # not late: always in
+
+
+def test_bfloat16_on_a_cpu_without_native_bf16_is_keyed_and_run_as_float32(monkeypatch, caplog):
+    """Such a CPU runs bf16 matmuls through reference kernels (~100x float32's time): the engine runs float32
+    there, so the artifact must carry float32's key (shared with a float32 config), while a GPU actor keeps bf16."""
+    import torch
+
+    from ragrec import runtime
+    from ragrec.llm.registry import resolve_dtype
+
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(runtime, "_warned_bf16", False)
+    bf16 = LLMConfig(model="m", dtype="bfloat16", device="cpu")
+    with caplog.at_level("WARNING", logger="ragrec"):
+        assert _engine_spec(bf16) == _engine_spec(LLMConfig(model="m", dtype="float32"))
+        assert resolve_dtype("bfloat16", "cpu") is torch.float32
+    assert sum("no native bf16" in r.message for r in caplog.records) == 1  # once per process
+    gpu = LLMConfig(model="m", dtype="bfloat16", actors=2, num_gpus_per_actor=1)
+    assert _engine_spec(gpu)["dtype"] == "bfloat16" and resolve_dtype("bfloat16", "cuda") is torch.bfloat16
+    assert resolve_dtype("auto", "cpu") is torch.float32 and resolve_dtype("float16", "cpu") is torch.float16
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    assert _engine_spec(bf16)["dtype"] == "bfloat16" and resolve_dtype("bfloat16", "cpu") is torch.bfloat16

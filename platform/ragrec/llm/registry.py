@@ -251,15 +251,16 @@ def model_path(name: str) -> str:
 # loaders
 # ---------------------------------------------------------------------------------------------
 def resolve_dtype(dtype: str, device: str) -> Any:
-    """``"auto"`` = float32 on CPU, bfloat16 on GPU; else the named torch dtype."""
+    """The torch dtype of ``llm.dtype`` on ``device`` (:func:`ragrec.runtime.engine_dtype`: ``"auto"`` = float32
+    on CPU, bfloat16 on GPU; bfloat16 on a CPU without native bf16 = float32); else the named torch dtype."""
     import torch
 
-    if dtype == "auto":
-        return torch.float32 if device == "cpu" else torch.bfloat16
-    try:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    except KeyError:
-        raise ValueError(f"llm.dtype must be auto|float32|bfloat16|float16, got '{dtype}'") from None
+    from ..runtime import engine_dtype
+
+    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype != "auto" and dtype not in table:
+        raise ValueError(f"llm.dtype must be auto|float32|bfloat16|float16, got '{dtype}'")
+    return table[engine_dtype(dtype, device)]
 
 
 def load_tokenizer(name: str) -> Any:

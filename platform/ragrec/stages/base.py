@@ -211,8 +211,22 @@ def _engine_spec(llm_cfg: LLMConfig) -> dict:
     """The parts of the LLM config that change outputs (not batch size, actors or devices).
 
     ``dtype`` and ``load_in_8bit`` enter only when set away from their defaults, so that the keys of
-    artifacts computed before they were part of the spec stay valid.
+    artifacts computed before they were part of the spec stay valid. ``bfloat16`` enters as ``float32`` where
+    the engine will run on a CPU without native bf16 (:func:`ragrec.runtime.engine_dtype` runs it in float32
+    there), judged from this process: ``llm.device``, else a GPU per actor or none, else (``llm.actors: 0``)
+    this machine's device; a cluster whose CPU workers differ from the driver in bf16 support should set
+    ``llm.dtype`` explicitly.
     """
+    from ..runtime import device, engine_dtype
+
+    if llm_cfg.dtype == "bfloat16":
+        if llm_cfg.device != "auto":
+            where = llm_cfg.device
+        elif llm_cfg.actors > 0:
+            where = "cuda" if llm_cfg.num_gpus_per_actor > 0 else "cpu"
+        else:
+            where = device("auto")
+        llm_cfg = llm_cfg.model_copy(update={"dtype": engine_dtype("bfloat16", where)})
     fields = ("model", "max_prompt_tokens", "dtype", "load_in_8bit")
     return spec_fields(llm_cfg, fields, late=("dtype", "load_in_8bit"))
 

@@ -40,6 +40,7 @@ import torch
 
 from ragrec.config import LoRAConfig
 from ragrec.llm.chat import add_special_tokens, fit_prompts
+from ragrec.runtime import cpu_has_native_bf16
 from ragrec.training import ray_train as rt
 
 log = logging.getLogger("ragrec.training.lora")
@@ -223,15 +224,6 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     if device.type == "cpu":
         return torch.bfloat16 if cpu_has_native_bf16() else None
     return None
-
-
-def cpu_has_native_bf16() -> bool:
-    """True on CPUs with AVX512-BF16 or AMX (where oneDNN runs bf16 matmuls natively)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
-    return any(f in flags for f in (" avx512_bf16", " amx_bf16"))
 
 
 # ----------------------------------------------------------------------------- loop

@@ -142,7 +142,7 @@ def cpu_has_native_bf16() -> bool:
     return any(f in flags for f in (" avx512_bf16", " amx_bf16"))
 
 
-_warned_bf16 = False
+_WARNED: set[str] = set()  # warnings given once per process
 
 
 def engine_dtype(dtype: str, device_name: str) -> str:
@@ -152,18 +152,17 @@ def engine_dtype(dtype: str, device_name: str) -> str:
     (:func:`cpu_has_native_bf16`): float32, with a warning once per process: the run would otherwise be two
     orders of magnitude slower, and the results (and cache keys, :func:`ragrec.stages.base._engine_spec`) are
     float32's. Anything else as named."""
-    global _warned_bf16
     on_cpu = device_name == "cpu"
     if dtype == "auto":
         return "float32" if on_cpu else "bfloat16"
     if dtype == "bfloat16" and on_cpu and not cpu_has_native_bf16():
-        if not _warned_bf16:
+        if "bf16" not in _WARNED:
             log.warning(
                 "llm.dtype bfloat16: this CPU has no native bf16 (AVX512-BF16 or AMX), where bf16 matmuls run "
                 "~100x slower than float32; the engine runs float32 instead (results and cache keys are float32's; "
                 "set llm.dtype: float32 to silence this)"
             )
-            _warned_bf16 = True
+            _WARNED.add("bf16")
         return "float32"
     return dtype
 

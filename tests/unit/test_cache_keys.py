@@ -76,7 +76,7 @@ def test_bfloat16_on_a_cpu_without_native_bf16_is_keyed_and_run_as_float32(monke
     from ragrec.llm.registry import resolve_dtype
 
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
-    monkeypatch.setattr(runtime, "_warned_bf16", False)
+    monkeypatch.setattr(runtime, "_WARNED", set())
     bf16 = LLMConfig(model="m", dtype="bfloat16", device="cpu")
     with caplog.at_level("WARNING", logger="ragrec"):
         assert _engine_spec(bf16) == _engine_spec(LLMConfig(model="m", dtype="float32"))

@@ -14,6 +14,24 @@ other methods' pipelines and every evaluation run in-process, whose outputs and 
 (tests/unit/test_stages_in_process.py, and a Ray-equality unit test per trainer)."""
 
 
+def cpu_kind() -> str:
+    """The numeric platform a pinned slice figure was measured on: ``"bf16"`` (a CPU with AVX512-BF16 / AMX: bf16
+    configs run bf16, float32 through AVX-512 kernels) or ``"avx2"`` (no native bf16: bf16 configs run float32,
+    :func:`ragrec.runtime.engine_dtype`). The two sample different tokens from the same seed, so every later figure
+    of a slice differs between them; a pin is per kind."""
+    from ragrec.runtime import cpu_has_native_bf16
+
+    return "bf16" if cpu_has_native_bf16() else "avx2"
+
+
+def pinned(table: dict[str, list[tuple[str, float, float]]]) -> list[tuple[str, float, float]]:
+    """This machine's :func:`cpu_kind` row of a pin table (an error naming the kind when none was measured)."""
+    kind = cpu_kind()
+    if kind not in table:
+        raise AssertionError(f"no pinned figures measured on a '{kind}' CPU: measure them and add them to the table")
+    return table[kind]
+
+
 def slice_config(config: str, artifacts: Path, tmp_path: Path, *extra: str) -> RunConfig:
     """``configs/<config>`` with ``artifacts_dir=artifacts``, ``output_dir=<tmp_path>/runs`` and the ``extra``
     overrides."""

@@ -16,7 +16,8 @@ on CPU (``--quick``: tiny-random-llama on a small synthetic catalog).
   ``llm.batch_size``, one forward per batch, logits of the last position only), and
   ``ragrec.stages.score_stage`` end to end (Ray Data, one actor; includes starting the actor, loading
   the model in it and writing the artifact: the row shows the overhead of the stage machinery).
-* bfloat16 row (``llm.dtype: bfloat16``; skip with ``--no-bf16``): the engine and the reference loop,
+* bfloat16 row (``llm.dtype: bfloat16``; skip with ``--no-bf16``; none on a CPU without native bf16):
+  the engine and the reference loop,
   both on the model loaded in bfloat16 (the ratio is batching alone, at equal dtype); the details give
   the engine's rate against the float32 reference loop (dtype + batching), the accuracy cost against the
   float32 probabilities (max difference, Spearman rank correlation), and the fraction of the measured
@@ -256,17 +257,22 @@ def compare(
     batch_size: int | None = None,
     model: str | None = None,
     with_stage: bool = True,
-    with_bf16: bool = True,
+    with_bf16: bool | None = None,
 ) -> Scoring:
     """Score the same prompts with the reference loop, the engine, (``with_stage``) the Ray stage and
-    (``with_bf16``) the reference loop and the engine on the model loaded in bfloat16.
+    (``with_bf16``) the reference loop and the engine on the model loaded in bfloat16. ``with_bf16=None``: where
+    this CPU runs bf16 natively (elsewhere ``llm.dtype: bfloat16`` runs float32, :func:`ragrec.runtime.engine_dtype`,
+    so the row would compare float32 with itself).
 
     Untimed warm-ups first (one prompt through the reference, one batch through the engine), so lazy
     initialisation is charged to neither side. The Ray stage needs Ray: it is started here
     (``ragrec.runtime.init(num_cpus=2)``: 2 CPUs, dashboard on) unless already initialised.
     """
     from ragrec.llm.hf_engine import HFEngine
+    from ragrec.runtime import cpu_has_native_bf16
 
+    if with_bf16 is None:
+        with_bf16 = cpu_has_native_bf16()
     n = n_prompts or (QUICK_PROMPTS if quick else FULL_PROMPTS)
     name = model or (QUICK_MODEL if quick else FULL_MODEL)
     llm_cfg = LLMConfig(model=name, device="cpu", **({"batch_size": batch_size} if batch_size else {}))
@@ -436,7 +442,7 @@ def run(
     batch_size: int | None = None,
     model: str | None = None,
     with_stage: bool = True,
-    with_bf16: bool = True,
+    with_bf16: bool | None = None,
 ) -> list[Result]:
     """:func:`compare` then :func:`to_results`."""
     return to_results(compare(quick, n_prompts, batch_size, model, with_stage, with_bf16))
@@ -455,10 +461,15 @@ def main(argv: list[str] | None = None) -> None:
             "--batch-size": {"type": int, "default": None, "help": "llm.batch_size (default: the config default)"},
             "--model": {"default": None, "help": f"registry name (default {FULL_MODEL}, quick {QUICK_MODEL})"},
             "--no-stage": {"action": "store_true", "help": "skip the Ray Data score_stage row"},
-            "--no-bf16": {"action": "store_true", "help": "skip the bfloat16 row"},
+            "--no-bf16": {
+                "action": "store_true",
+                "help": "skip the bfloat16 row (skipped anyway on a CPU without native bf16)",
+            },
         },
     )
-    results = run(args.quick, args.prompts, args.batch_size, args.model, not args.no_stage, not args.no_bf16)
+    results = run(
+        args.quick, args.prompts, args.batch_size, args.model, not args.no_stage, False if args.no_bf16 else None
+    )
     for r in results:
         print(f"{r.case}: {r.ratio:.2f}x the reference prompts/s; {r.details['verified']}")
     report(results, args)

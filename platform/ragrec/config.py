@@ -352,7 +352,11 @@ class LLMConfig(_Strict):
 
     model: str = Field("smollm2-135m-instruct", description="registry name, HF id or local path")
     engine: Literal["hf", "vllm"] = "hf"
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="auto = float32 on CPU, bfloat16 on GPU; bfloat16 on a CPU without native bf16 (no AVX512-BF16 "
+        "or AMX) runs, and is cached, as float32 with a warning: reference bf16 kernels are ~100x slower there",
+    )
     device: str = Field("auto", description="auto | cpu | cuda")
     batch_size: int = Field(8, ge=1, description="prompts decoded together (hf: sorted by length, left-padded)")
     prefill_tokens: int | None = Field(

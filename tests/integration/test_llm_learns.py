@@ -16,6 +16,7 @@ from ragrec.evaluation.learnability import check_learnability
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # 854 s on a 2-core AVX2 EPYC (no native bf16: tuning and scoring in float32)
 def test_tuning_learns_a_task_the_prompt_states():
     res = check_learnability(
         LLMConfig(model="smollm2-135m-instruct", batch_size=16, dtype="bfloat16"), n_train=256, n_test=160

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -127,6 +128,7 @@ def device(preferred: str = "auto") -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+@functools.cache  # read once: every LLM stage's cache key asks (stages/base.py: _engine_spec)
 def cpu_has_native_bf16() -> bool:
     """True on CPUs with AVX512-BF16 or AMX (where oneDNN runs bf16 matmuls natively). Elsewhere (AVX2 laptops,
     older servers) torch runs bfloat16 through reference kernels: measured 180x slower than float32 for a

@@ -300,3 +300,29 @@ def test_engine_weighted_answers_always_give_every_aspect_a_weight(engine):
     _, w, stats = parse_profiles(out)
     assert stats["parsed"] == len(prompts) and stats["weight_missing"] == stats["uniform_rows"] == 0, out
     assert np.all((w >= 0.1) & (w <= 0.95)) and len(np.unique(w)) > 1
+
+
+def test_llm_worker_threads_come_from_ragrec_torch_threads_unless_given(monkeypatch):
+    """``llm.actors: 0`` builds the worker without a thread count: RAGREC_TORCH_THREADS (as the training loops)
+    sets it, so two 1-thread runs can share 2 cores; unset, every core; an explicit count wins."""
+    import os
+
+    import torch
+
+    import ragrec.llm as llm
+    from ragrec.stages.base import LLMWorker
+
+    monkeypatch.setattr(llm, "load_engine", lambda cfg, adapter_path=None: object())
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("RAGREC_TORCH_THREADS", "1")
+        LLMWorker("generate", {"model": TINY_LLAMA}, {"max_new_tokens": 1})
+        assert torch.get_num_threads() == 1
+        monkeypatch.delenv("RAGREC_TORCH_THREADS")
+        LLMWorker("generate", {"model": TINY_LLAMA}, {"max_new_tokens": 1})
+        assert torch.get_num_threads() == (os.cpu_count() or 1)
+        monkeypatch.setenv("RAGREC_TORCH_THREADS", "1")
+        LLMWorker("generate", {"model": TINY_LLAMA}, {"max_new_tokens": 1}, threads=2)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -326,3 +326,9 @@ def test_llm_worker_threads_come_from_ragrec_torch_threads_unless_given(monkeypa
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_cpu_actors_share_the_free_cores():
+    from ragrec.stages.base import actor_threads
+
+    assert [actor_threads(2, 1), actor_threads(2, 2), actor_threads(8, 3), actor_threads(1, 4)] == [2, 1, 2, 1]

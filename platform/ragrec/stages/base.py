@@ -43,6 +43,12 @@ def torch_threads() -> int:
     return int(os.environ.get("RAGREC_TORCH_THREADS") or 0) or os.cpu_count() or 1
 
 
+def actor_threads(cpus: int, actors: int) -> int:
+    """Torch threads of each of ``actors`` CPU actors sharing ``cpus`` free cores: a share each, at least one
+    (every actor taking all cores oversubscribes them)."""
+    return max(1, cpus // max(1, actors))
+
+
 class LLMWorker:
     """Ray Data actor: loads the engine once, then maps blocks of texts to outputs."""
 
@@ -285,7 +291,7 @@ def _run_actor_pool(art, texts, todo, *, op, llm_cfg, params, adapter_path, enco
             params=params,
             adapter_path=adapter_path,
             encoder=encoder,
-            threads=cpus if llm_cfg.num_gpus_per_actor == 0 else None,
+            threads=actor_threads(cpus, llm_cfg.actors) if llm_cfg.num_gpus_per_actor == 0 else None,
         ),
         batch_size=None,  # one checkpoint block = one Ray block = one call
         batch_format="pyarrow",

@@ -175,3 +175,9 @@ def cpus_available() -> int:
     if ray.is_initialized():
         return int(ray.available_resources().get("CPU", 1))
     return os.cpu_count() or 1
+
+
+def torch_threads(share: int = 1) -> int:
+    """Torch threads of a CPU job that was given none: ``RAGREC_TORCH_THREADS``, else this machine's cores / ``share``
+    (at least one). The LLM workers and the training loops both read it, so side-by-side jobs can split the cores."""
+    return int(os.environ.get("RAGREC_TORCH_THREADS") or 0) or max(1, (os.cpu_count() or 1) // max(1, share))

@@ -37,13 +37,6 @@ log = logging.getLogger("ragrec.stages")
 Op = Literal["generate", "score", "embed"]
 
 
-def torch_threads() -> int:
-    """Torch threads of an LLM worker that was given none: ``RAGREC_TORCH_THREADS`` (as the training loops), else
-    every core. (SmolLM2-135M, 64 short prompts x 48 new tokens in one bf16 batch on a 2-core AVX512-BF16 EPYC:
-    22.1 s with 1 thread, 16.6 s with 2, so two 1-thread processes can out-generate one 2-thread one.)"""
-    return int(os.environ.get("RAGREC_TORCH_THREADS") or 0) or os.cpu_count() or 1
-
-
 def actor_threads(cpus: int, actors: int) -> int:
     """Torch threads of each of ``actors`` CPU actors sharing ``cpus`` free cores: a share each, at least one
     (every actor taking all cores oversubscribes them)."""
@@ -63,6 +56,8 @@ class LLMWorker:
         threads: int | None = None,
     ):
         import torch
+
+        from ..runtime import torch_threads
 
         torch.set_num_threads(threads or torch_threads())
         self.op = op

@@ -96,8 +96,9 @@ def torch_device(preferred: str = "auto"):
 
         dev = torch.device(device(preferred))
     if dev.type == "cpu":
-        threads = int(os.environ.get("RAGREC_TORCH_THREADS") or 0) or max(1, (os.cpu_count() or 1) // world_size())
-        torch.set_num_threads(threads)
+        from ragrec.runtime import torch_threads
+
+        torch.set_num_threads(torch_threads(world_size()))
     return dev
 
 

@@ -52,9 +52,11 @@ def test_rallrec_end_to_end_and_cache(ray_session, data_dir, slice_artifacts, tm
     # AUC re-measured 2026-12-02 (0.603922 -> 0.596078, two pairs) when a fresh install of newer dependencies
     # moved it at 7f80a56 too, before any change of that session: the versions are now constraints.txt's. The
     # "avx2" row: measured 2026-12-02 on a 2-core EPYC without AVX-512 (float32 kernels differ, so sampled
-    # descriptions differ)
+    # descriptions differ). Tolerance two pairs (0.0078) and a margin: CI on the bf16 kind measured 0.603922 again
+    # at 9c352f5 (logloss 0.9555) with the same constraints.txt versions, so RALLRec's slice AUC takes both values
+    # between fresh installs
     for name, auc, logloss in pinned(PINNED):
-        assert rows[name]["auc"] == pytest.approx(auc, abs=0.005), name
+        assert rows[name]["auc"] == pytest.approx(auc, abs=0.01), name
         assert rows[name]["logloss"] == pytest.approx(logloss, abs=0.01), name
     report = (run_dir / "report.md").read_text()
     assert "RALLRec" in report and "AUC" in report

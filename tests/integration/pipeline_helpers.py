@@ -32,6 +32,19 @@ def pinned(table: dict[str, list[tuple[str, float, float]]]) -> list[tuple[str, 
     return table[kind]
 
 
+def check_pinned(rows: dict[str, dict], table: dict, auc_abs: float, logloss_abs: float = 0.01) -> None:
+    """Each pinned row's ``(auc, logloss)`` matches one of the outcomes measured for it on this CPU kind. A row
+    may have more than one: an LLM row's sampled text follows the float kernels (torch threads, the CPU model
+    behind the kind), and each outcome listed was measured on CI's machine type with ``make test``."""
+    outcomes: dict[str, list[tuple[float, float]]] = {}
+    for name, auc, logloss in pinned(table):
+        outcomes.setdefault(name, []).append((auc, logloss))
+    for name, known in outcomes.items():
+        got = (rows[name]["auc"], rows[name]["logloss"])
+        match = any(abs(got[0] - a) <= auc_abs and abs(got[1] - ll) <= logloss_abs for a, ll in known)
+        assert match, f"{name}: AUC {got[0]:.6f} LogLoss {got[1]:.6f}, none of the pinned outcomes {known}"
+
+
 def slice_config(config: str, artifacts: Path, tmp_path: Path, *extra: str) -> RunConfig:
     """``configs/<config>`` with ``artifacts_dir=artifacts``, ``output_dir=<tmp_path>/runs`` and the ``extra``
     overrides."""

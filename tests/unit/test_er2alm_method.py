@@ -173,6 +173,8 @@ def test_pick_prompts_number_the_candidates_and_parse_picks_maps_them_back():
     )
     assert liked.tolist() == [1, -1, 1, 0, -1] and disliked.tolist() == [0, 1, 0, -1, -1]
     assert stats["out_of_range"] == 1 and stats["unlabelled"] == 1 and stats["same"] == 1 and stats["parsed"] == 2
+    # per candidate number, usable picks only: liked 2, 2, 1 (row 2's 9 is out of range), disliked 1, 2, 1
+    assert stats["liked_by_position"] == [1, 2] and stats["disliked_by_position"] == [2, 1]
 
 
 # --------------------------------------------------------------------------------------- the rows

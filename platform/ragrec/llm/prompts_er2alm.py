@@ -563,6 +563,11 @@ def parse_picks(texts: Sequence[str | None], n_candidates: int) -> tuple[np.ndar
     * ``same``: liked == disliked (the disliked pick is dropped);
     * ``missing_liked`` / ``missing_disliked``: no usable pick (-1 in the output).
 
+    ``stats`` also holds ``liked_by_position`` / ``disliked_by_position``: how many answers picked each candidate
+    number (1..C; the candidates come in the base model's order, best first). A small LLM that answers by
+    position shows as one dominant count: SmolLM2-135M on ML-100K picked liked = 1 for 861 and disliked = 2 for
+    880 of 942 users, so its "disliked" pairs are the base model's second-best items (README, ER2ALM).
+
     Returns:
         ``(liked, disliked, stats)``: ``(n,)`` int64 positions in ``0..C-1`` or -1.
     """
@@ -605,4 +610,6 @@ def parse_picks(texts: Sequence[str | None], n_candidates: int) -> tuple[np.ndar
     stats["missing_liked"] = int((liked < 0).sum())
     stats["missing_disliked"] = int((disliked < 0).sum())
     stats["parsed"] = int(((liked >= 0) & (disliked >= 0)).sum())
+    stats["liked_by_position"] = np.bincount(liked[liked >= 0], minlength=n_candidates).tolist()
+    stats["disliked_by_position"] = np.bincount(disliked[disliked >= 0], minlength=n_candidates).tolist()
     return liked, disliked, stats

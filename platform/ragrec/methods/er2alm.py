@@ -190,8 +190,7 @@ class Pipeline(FullRankingPipeline):
             if by_pos:
                 notes.append(
                     "augmentation picks per candidate number (1 = the base model's best; one dominant count means "
-                    "the LLM answers by position): "
-                    + "; ".join(f"{k.split('_')[0]} {v}" for k, v in by_pos.items())
+                    "the LLM answers by position): " + "; ".join(f"{k.split('_')[0]} {v}" for k, v in by_pos.items())
                 )
         return notes
 

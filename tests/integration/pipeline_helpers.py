@@ -35,7 +35,7 @@ def pinned(table: dict[str, list[tuple[str, float, float]]]) -> list[tuple[str, 
 def check_pinned(rows: dict[str, dict], table: dict, auc_abs: float, logloss_abs: float = 0.01) -> None:
     """Each pinned row's ``(auc, logloss)`` matches one of the outcomes measured for it on this CPU kind. A row
     may have more than one: an LLM row's sampled text follows the float kernels (torch threads, the CPU model
-    behind the kind), and each outcome listed was measured on CI's machine type with ``make test``."""
+    behind the kind); the test's comment says where each outcome was measured."""
     outcomes: dict[str, list[tuple[float, float]]] = {}
     for name, auc, logloss in pinned(table):
         outcomes.setdefault(name, []).append((auc, logloss))

@@ -184,14 +184,13 @@ class Pipeline(FullRankingPipeline):
                 "noise control kept / present per aspect: " + ", ".join(f"{k} {kept[k]}/{present[k]}" for k in kept)
             )
         if "picks" in m:
-            pk = dict(m["picks"])
-            by_pos = {k: pk.pop(k) for k in ("liked_by_position", "disliked_by_position") if k in pk}
+            pk = dict(m["picks"])  # parse_picks always counts the positions
+            liked, disliked = pk.pop("liked_by_position"), pk.pop("disliked_by_position")
             notes.append(f"augmentation picks: {pk}")
-            if by_pos:
-                notes.append(
-                    "augmentation picks per candidate number (1 = the base model's best; one dominant count means "
-                    "the LLM answers by position): " + "; ".join(f"{k.split('_')[0]} {v}" for k, v in by_pos.items())
-                )
+            notes.append(
+                "augmentation picks per candidate number (1 = the base model's best; one dominant count means the "
+                f"LLM answers by position): liked {liked}; disliked {disliked}"
+            )
         return notes
 
     @classmethod

@@ -718,10 +718,30 @@ class AugmentConfig(_Strict):
     enabled: bool = Field(True, description="False: the w/o augmentation ablation")
     eta: float = Field(0.02, ge=0, description="extra training pairs = ceil(eta * |training edges|)")
     candidates: int = Field(10, ge=2, description="base-model candidates shown to the LLM per user")
+    order: Literal["ranked", "shuffled"] = Field(
+        "ranked",
+        description="the candidates' order in the prompt: the base model's (best first) or a seeded random "
+        "permutation per user, so a small LLM that answers by position picks no particular rank",
+    )
+    rounds: int = Field(
+        1,
+        ge=1,
+        description="with order: shuffled, how many permutations the LLM answers; a pick counts only when every "
+        "round names the same item (the position-bias filter of LLM rankers)",
+    )
     max_new_tokens: int = Field(48, ge=1)
     force_format: bool = Field(True, description=_FORCE_FORMAT)
     temperature: float = Field(0.0, ge=0)
     block_size: int = Field(64, ge=1)
+
+    @model_validator(mode="after")
+    def _rounds_need_shuffling(self):
+        if self.rounds > 1 and self.order != "shuffled":
+            raise ValueError(
+                f"augment.rounds: {self.rounds} rounds of the same ranked order ask the same prompt; set "
+                "augment.order: shuffled or augment.rounds: 1"
+            )
+        return self
 
 
 class GNNConfig(_Strict):

@@ -11,17 +11,25 @@ import scipy.sparse as sp
 from pydantic import ValidationError
 
 from ragrec.artifacts import ArtifactStore
-from ragrec.config import ER2ALM_ASPECTS, GNNConfig, SyntheticConfig, load_config
+from ragrec.config import ER2ALM_ASPECTS, ConfigError, GNNConfig, SyntheticConfig, load_config
 from ragrec.data.schemas import FULL_RANKING
 from ragrec.evaluation.full_ranking import top_k_items
 from ragrec.llm.prompts_er2alm import parse_picks, pick_prompts
 from ragrec.methods import get_method
 from ragrec.methods.common import write_run_file
+from ragrec.methods.er2alm import picks_notes
 from ragrec.methods.er2alm_evaluate import _versus_table, gain_note, versus_lightgcn
 from ragrec.methods.full_ranking import format_full_rows, full_row
 from ragrec.serving.recommend import RecommendRequest, RecommendService
 from ragrec.serving.schemas import RequestError
-from ragrec.stages.er2alm import FALLBACK_NOTE, corpus_source, corpus_stage, side_inputs
+from ragrec.stages.er2alm import (
+    FALLBACK_NOTE,
+    candidate_orders,
+    corpus_source,
+    corpus_stage,
+    picked_pairs,
+    side_inputs,
+)
 
 K = len(ER2ALM_ASPECTS)
 
@@ -175,6 +183,68 @@ def test_pick_prompts_number_the_candidates_and_parse_picks_maps_them_back():
     assert stats["out_of_range"] == 1 and stats["unlabelled"] == 1 and stats["same"] == 1 and stats["parsed"] == 2
     # per candidate number, usable picks only: liked 2, 2, 1 (row 2's 9 is out of range), disliked 1, 2, 1
     assert stats["liked_by_position"] == [1, 2] and stats["disliked_by_position"] == [2, 1]
+
+
+def _cands(store, users, items):
+    def compute(art):
+        np.save(art.staging / "users.npy", np.asarray(users, np.int64))
+        np.save(art.staging / "candidates.npy", np.asarray(items, np.int64))
+        return len(users)
+
+    return store.run("er2alm_candidates", {}, [], compute)
+
+
+def _picks(store, users, texts, r):
+    def compute(art):
+        art.write_table(pa.table({"user_id": pa.array(users, pa.int64()), "text": texts}))
+        return len(users)
+
+    return store.run("er2alm_picks", {"round": r}, [], compute)
+
+
+def test_candidate_orders_are_seeded_permutations_per_round_and_user():
+    o = candidate_orders(50, 6, 3, seed=7)
+    assert o.shape == (3, 50, 6) and (np.sort(o, axis=-1) == np.arange(6)).all()
+    assert (o == candidate_orders(50, 6, 3, seed=7)).all() and not (o == candidate_orders(50, 6, 3, seed=8)).all()
+    assert not (o[0] == o[1]).all()  # rounds differ; round r does not depend on how many rounds are asked
+    assert (candidate_orders(50, 6, 1, seed=7)[0] == o[0]).all()
+    first = np.bincount(o[0, :, 0], minlength=6)  # which rank each user sees as candidate 1: spread, not fixed
+    assert (first > 0).sum() >= 5
+
+
+def test_picked_pairs_map_numbers_through_the_shown_order_and_keep_only_agreed_picks(tmp_path):
+    store = ArtifactStore(tmp_path)
+    users, items = [3, 5], [[30, 31, 32], [50, 51, 52]]  # base-model ranks 1, 2, 3
+    ranked = _cands(store, users, items)
+    liked, disliked, st = picked_pairs(ranked, [_picks(store, [5, 3], ["liked: 3\ndisliked: 1", "liked: 1"], 0)])
+    assert liked.tolist() == [[3, 30], [5, 52]] and disliked.tolist() == [[5, 50]]
+    assert st["liked_by_position"] == st["liked_by_rank"] == [1, 0, 1] and "rounds" not in st
+    # two shuffled rounds: user 3 sees (32, 30, 31) then (31, 32, 30); user 5 sees (51, 52, 50) then (50, 51, 52)
+    shown = np.array([[[2, 0, 1], [1, 2, 0]], [[1, 2, 0], [0, 1, 2]]])
+    r1 = _picks(store, [3, 5], ["liked: 2\ndisliked: 1", "liked: 1\ndisliked: 3"], 1)  # 3: 30 / 32; 5: 51 / 50
+    r2 = _picks(store, [3, 5], ["liked: 3\ndisliked: 1", "liked: 1\ndisliked: 1"], 2)  # 3: 30 / 31; 5: 50 / -
+    liked, disliked, st = picked_pairs(ranked, [r1, r2], shown)
+    assert liked.tolist() == [[3, 30]] and disliked.tolist() == [] and disliked.shape == (0, 2)
+    assert st["rounds"] == 2 and st["agreed_liked"] == 1 and st["agreed_disliked"] == 0 and st["same"] == 1
+    assert st["liked_by_position"] == [2, 1, 1] and st["liked_by_rank"] == [3, 1, 0]  # 30, 51, 30, 50
+    assert st["disliked_by_rank"] == [1, 1, 1]  # 32, 50, 31
+    with pytest.raises(ValueError, match="2 pick artifacts for 1 candidate orders"):
+        picked_pairs(ranked, [r1, r2])
+
+
+def test_augment_rounds_need_shuffled_candidates_and_the_report_flags_answers_by_position(tmp_path):
+    with pytest.raises(ConfigError, match="augment.rounds.*augment.order: shuffled"):
+        _cfg(tmp_path, "augment.rounds=2")
+    assert _cfg(tmp_path, "augment.order=shuffled", "augment.rounds=2").augment.rounds == 2
+    st = {"parsed": 10, "liked_by_position": [8, 1, 1], "disliked_by_position": [2, 4, 4]}
+    notes = picks_notes(st, "ranked")
+    warn = [n for n in notes if n.startswith("warning")]
+    assert len(warn) == 1 and "candidate 1 is 80% of its liked picks" in warn[0] and "rank-1" in warn[0]
+    assert "augmentation picks: {'parsed': 10}" in notes
+    st |= {"liked_by_rank": [3, 3, 4], "disliked_by_rank": [4, 3, 3]}
+    notes = picks_notes(st, "shuffled")
+    assert any("per base-model rank (1 = best): liked [3, 3, 4]" in n for n in notes)
+    assert any("augment.rounds: 2 or more" in n for n in notes if n.startswith("warning"))
 
 
 # --------------------------------------------------------------------------------------- the rows

@@ -36,6 +36,7 @@ from ..stages.er2alm import (
     gnn_stage,
     noise_stage,
     passages_stage,
+    pick_orders,
     picked_pairs,
     picks_stage,
     profiles_stage,
@@ -50,6 +51,51 @@ MAIN, LIGHTGCN, BPR_MF = "ER2ALM", "LightGCN", "BPR-MF"
 def seeds_of(cfg: RunConfig, n: int | None = None) -> list[int]:
     """The GNN seeds of a row: ``seed, seed + 1, ...`` (``gnn.seeds`` of them unless ``n`` is given)."""
     return [cfg.seed + s for s in range(n or cfg.gnn.seeds)]
+
+
+def position_bias(counts: list[int]) -> tuple[int, float]:
+    """``(number, share)``: the candidate number (1-based) the LLM wrote most often and its share of the picks."""
+    c = np.asarray(counts)
+    return int(c.argmax()) + 1, float(c.max() / max(c.sum(), 1))
+
+
+def picks_notes(stats: dict, order: str) -> list[str]:
+    """Report lines on the augmentation picks (:func:`~ragrec.stages.er2alm.picked_pairs`' stats): counts, picks
+    per candidate number and per base-model rank, and a warning when one number holds half of a pick's answers
+    (a small LLM answering by position rather than by item)."""
+    pk = {k: v for k, v in stats.items() if not k.endswith(("_by_position", "_by_rank"))}
+    out = [
+        f"augmentation picks: {pk}",
+        f"augmentation picks per candidate number in the prompt (candidates {order}): liked "
+        f"{stats['liked_by_position']}; disliked {stats['disliked_by_position']}",
+    ]
+    if order != "ranked":
+        out.append(
+            f"augmentation picks per base-model rank (1 = best): liked {stats['liked_by_rank']}; "
+            f"disliked {stats['disliked_by_rank']}"
+        )
+    for what in ("liked", "disliked"):
+        counts = stats[f"{what}_by_position"]
+        k, share = position_bias(counts)
+        if len(counts) >= 3 and share >= 0.5:
+            then = (
+                f"so its {what} pairs are the base model's rank-{k} items (augment.order: shuffled spreads them)"
+                if order == "ranked"
+                else "so those picks carry little item preference (augment.rounds: 2 or more keeps only the "
+                "picks that survive a reordering)"
+            )
+            out.append(
+                f"warning: the LLM answers by position: candidate {k} is {share:.0%} of its {what} picks, {then}"
+            )
+    return out
+
+
+def pick_rounds(arts: dict[str, Artifact]) -> list[Artifact]:
+    """The picks artifacts of every round: ``picks``, ``picks_2``, ... (``augment.rounds``)."""
+    out = [arts["picks"]]
+    while f"picks_{len(out) + 1}" in arts:
+        out.append(arts[f"picks_{len(out) + 1}"])
+    return out
 
 
 class Pipeline(FullRankingPipeline):
@@ -87,7 +133,8 @@ class Pipeline(FullRankingPipeline):
         if cfg.augment.enabled:
             base = self.gnn(cfg, cfg.seed, LIGHTGCN)
             a["candidates"] = candidates_stage(store, cfg, a["samples"], base)
-            a["picks"] = picks_stage(store, cfg, a["dataset"], a["samples"], a["candidates"])
+            rounds = picks_stage(store, cfg, a["dataset"], a["samples"], a["candidates"])
+            a.update({"picks" if r == 0 else f"picks_{r + 1}": art for r, art in enumerate(rounds)})
         return a
 
     def _data(self, cfg: RunConfig) -> tuple[Artifact, Artifact]:
@@ -108,7 +155,7 @@ class Pipeline(FullRankingPipeline):
             return gnn_stage(store, cfg, ds, samples, seed, g)
         up = self.upstream(cfg)
         noise = noise_stage(store, cfg, up["features"], seed) if cfg.gnn.side and cfg.gnn.use_items else None
-        aug = (up["candidates"], up["picks"]) if cfg.augment.enabled else None
+        aug = (up["candidates"], *pick_rounds(up)) if cfg.augment.enabled else None
         return gnn_stage(store, cfg, ds, samples, seed, cfg.gnn, features=up["features"], noise=noise, augment=aug)
 
     def models(self, cfg: RunConfig | None = None, kind: str = MAIN, seeds: int | None = None) -> list[Artifact]:
@@ -149,7 +196,9 @@ class Pipeline(FullRankingPipeline):
         out: dict[str, Any] = {"corpus_source": a["corpus"].manifest()["source"] if "corpus" in a else "none (rag off)"}
         out.update(a["features"].read_json("stats"))
         if "picks" in a:
-            liked, disliked, stats = picked_pairs(a["candidates"], a["picks"])
+            liked, disliked, stats = picked_pairs(
+                a["candidates"], pick_rounds(a), pick_orders(self.cfg, a["candidates"])
+            )
             out["picks"] = {**stats, "liked_pairs": len(liked), "disliked_pairs": len(disliked)}
         if "noise" in a:
             s = a["noise"].read_json("stats")
@@ -184,13 +233,7 @@ class Pipeline(FullRankingPipeline):
                 "noise control kept / present per aspect: " + ", ".join(f"{k} {kept[k]}/{present[k]}" for k in kept)
             )
         if "picks" in m:
-            pk = dict(m["picks"])  # parse_picks always counts the positions
-            liked, disliked = pk.pop("liked_by_position"), pk.pop("disliked_by_position")
-            notes.append(f"augmentation picks: {pk}")
-            notes.append(
-                "augmentation picks per candidate number (1 = the base model's best; one dominant count means the "
-                f"LLM answers by position): liked {liked}; disliked {disliked}"
-            )
+            notes.extend(picks_notes(m["picks"], self.cfg.augment.order))
         return notes
 
     @classmethod

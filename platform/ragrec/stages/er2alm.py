@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -412,9 +414,16 @@ def noise_stage(store: ArtifactStore, cfg: RunConfig, features: Artifact, seed: 
 # ---------------------------------------------------------------------------------------------------
 # LLM augmentation (§3.5): candidates of the base model, liked / disliked picks
 # ---------------------------------------------------------------------------------------------------
+def candidate_orders(n_users: int, n_candidates: int, rounds: int, seed: int) -> np.ndarray:
+    """``(rounds, n_users, n_candidates)`` int64: row ``[r, u]`` is the permutation of user ``u``'s ranked
+    candidates that round ``r`` shows (``shown = candidates[u, order[r, u]]``), seeded by ``seed``."""
+    rng = np.random.default_rng([seed, n_candidates])
+    return np.argsort(rng.random((rounds, n_users, n_candidates)), axis=-1).astype(np.int64)
+
+
 def candidates_stage(store: ArtifactStore, cfg: RunConfig, samples_art: Artifact, base: Artifact) -> Artifact:
     """``users.npy`` (n,) every user with a training positive and ``candidates.npy`` (n, C): the base model's
-    top ``augment.candidates`` items the user has no training positive of."""
+    top ``augment.candidates`` items the user has no training positive of, best first."""
     from ..data.full_ranking import split_matrices
     from ..evaluation.full_ranking import top_k_items
 
@@ -430,38 +439,82 @@ def candidates_stage(store: ArtifactStore, cfg: RunConfig, samples_art: Artifact
     return store.run("er2alm_candidates", {"candidates": cfg.augment.candidates}, [samples_art, base], compute)
 
 
+def pick_orders(cfg: RunConfig, cands: Artifact) -> np.ndarray:
+    """``(rounds, n, C)``: the candidates' prompt order of each pick round: the base model's ranking (one
+    round) with ``augment.order: ranked``, else :func:`candidate_orders` seeded by ``seed`` (round r's order
+    does not depend on ``augment.rounds``, so adding rounds reuses the answers of the first ones)."""
+    n, c = np.load(cands.path / "candidates.npy", mmap_mode="r").shape
+    if cfg.augment.order == "ranked":
+        return np.broadcast_to(np.arange(c, dtype=np.int64), (1, n, c))
+    return candidate_orders(n, c, cfg.augment.rounds, cfg.seed)
+
+
 def picks_stage(
     store: ArtifactStore, cfg: RunConfig, ds_art: Artifact, samples_art: Artifact, cands: Artifact
-) -> Artifact:
-    """The LLM's liked / disliked pick among each user's candidates: ``(user_id, text)``."""
+) -> list[Artifact]:
+    """The LLM's liked / disliked pick among each user's candidates, one ``(user_id, text)`` artifact per round
+    (``augment.rounds``), the candidates in the round's order (:func:`pick_orders`)."""
     from ..llm.prompts_er2alm import pick_prompts
 
     users, items = np.load(cands.path / "users.npy"), np.load(cands.path / "candidates.npy")
     hist = train_histories(ds_art, samples_art).take(pa.array(users))
     a = cfg.augment
-    prompts = pick_prompts(
-        ds_art.read_table("items"), hist, np.where(items < 0, 0, items), cfg.profile.max_history_items
-    )
-    rows = pa.table({"user_id": pa.array(users, pa.int64()), "prompt": prompts})
     sampling = {"max_new_tokens": a.max_new_tokens, "temperature": a.temperature, "top_p": 1.0}
     sampling |= _labels(cfg, "augment", PICK_LABELS, "number", items.shape[1])
-    return _generate(store, cfg, "er2alm_picks", rows, sampling, a.block_size, [cands])
+    items_table = ds_art.read_table("items")
+    out = []
+    for order in pick_orders(cfg, cands):
+        shown = np.take_along_axis(items, order, axis=1)
+        prompts = pick_prompts(items_table, hist, np.where(shown < 0, 0, shown), cfg.profile.max_history_items)
+        rows = pa.table({"user_id": pa.array(users, pa.int64()), "prompt": prompts})
+        out.append(_generate(store, cfg, "er2alm_picks", rows, sampling, a.block_size, [cands]))
+    return out
 
 
-def picked_pairs(cands: Artifact, picks: Artifact) -> tuple[np.ndarray, np.ndarray, dict]:
-    """``(liked (n, 2), disliked (m, 2), parse stats)`` (user, item) pairs of the picks."""
+def picked_pairs(
+    cands: Artifact, picks: Sequence[Artifact], orders: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """``(liked (n, 2), disliked (m, 2), parse stats)``: the (user, item) pairs the LLM picked.
+
+    ``picks``: one artifact per round, asked with the candidates in ``orders[r]`` (:func:`pick_orders`; None =
+    the ranked order, one round). With several rounds a user's pick counts only when every round names the same
+    item. ``stats``: :func:`~ragrec.llm.prompts_er2alm.parse_picks`' counts summed over rounds (``*_by_position``:
+    the number the LLM wrote), ``*_by_rank`` (the picked item's rank in the base model's list, 1 = best) and,
+    with several rounds, ``rounds`` and ``agreed_liked`` / ``agreed_disliked``."""
     from ..llm.prompts_er2alm import parse_picks
 
     users, items = np.load(cands.path / "users.npy"), np.load(cands.path / "candidates.npy")
-    t = picks.read_table()
-    row = np.searchsorted(users, t.column("user_id").to_numpy())
-    liked, disliked, stats = parse_picks(t.column("text").to_pylist(), items.shape[1])
+    if orders is None:
+        orders = np.broadcast_to(np.arange(items.shape[1], dtype=np.int64), (1, *items.shape))
+    if len(picks) != len(orders):
+        raise ValueError(f"picked_pairs: {len(picks)} pick artifacts for {len(orders)} candidate orders")
+    n, c = items.shape
+    ranks = {"liked": [], "disliked": []}  # (rounds, n) base rank of each round's pick, -1 = none
+    stats: dict[str, Any] = {}
+    for order, art in zip(orders, picks):
+        t = art.read_table()
+        row = np.searchsorted(users, t.column("user_id").to_numpy())
+        liked, disliked, s = parse_picks(t.column("text").to_pylist(), c)
+        for k, v in s.items():  # counts and per-position lists, summed over rounds
+            stats[k] = (np.asarray(v) + stats.get(k, 0)).tolist()
+        for what, pos in (("liked", liked), ("disliked", disliked)):
+            r = np.full(n, -1, np.int64)
+            ok = pos >= 0
+            r[row[ok]] = order[row[ok], pos[ok]]
+            ranks[what].append(r)
     out = []
-    for pos in (liked, disliked):
-        ok = pos >= 0
-        item = items[row[ok], pos[ok]]
+    for what in ("liked", "disliked"):
+        r = np.stack(ranks[what])
+        agreed = (r[0] >= 0) & (r == r[0]).all(axis=0)
+        stats[f"{what}_by_rank"] = np.bincount(r[r >= 0], minlength=c).tolist()
+        if len(orders) > 1:
+            stats[f"agreed_{what}"] = int(agreed.sum())
+        rows = np.flatnonzero(agreed)
+        item = items[rows, r[0, rows]]
         good = item >= 0
-        out.append(np.stack([users[row[ok]][good], item[good]], axis=1).astype(np.int64))
+        out.append(np.stack([users[rows][good], item[good]], axis=1).astype(np.int64))
+    if len(orders) > 1:
+        stats["rounds"] = len(orders)
     return out[0], out[1], stats
 
 
@@ -495,11 +548,12 @@ def gnn_stage(
     *,
     features: Artifact | None = None,
     noise: Artifact | None = None,
-    augment: tuple[Artifact, Artifact] | None = None,
+    augment: tuple[Artifact, ...] | None = None,
 ) -> Artifact:
     """Train the GNN of ``gnn`` with ``seed`` on the training positives (+ ``ceil(augment.eta |E|)`` picked pairs
-    when ``augment`` = (candidates, picks) is given): ``user_emb.npy``, ``item_emb.npy``, ``history.json``.
-    ``features`` / ``noise`` feed the side embeddings (Eq. 5 user vectors, kept aspects zeroed otherwise)."""
+    when ``augment`` = (candidates, picks of each round) is given): ``user_emb.npy``, ``item_emb.npy``,
+    ``history.json``. ``features`` / ``noise`` feed the side embeddings (Eq. 5 user vectors, kept aspects zeroed
+    otherwise)."""
     from ..training.er2alm import augmented_pairs, train_er2alm
     from ..training.ray_train import TrainOptions
 
@@ -524,7 +578,7 @@ def gnn_stage(
         user_side, item_side = side_inputs(f, kept, gnn)
         pos = neg = None
         if augment is not None:
-            liked, disliked, _ = picked_pairs(*augment)
+            liked, disliked, _ = picked_pairs(augment[0], augment[1:], pick_orders(cfg, augment[0]))
             if len(liked) + len(disliked):
                 pos, neg = augmented_pairs(liked, disliked, len(u), cfg.augment.eta, seed=seed)
         opts = dataclasses.replace(TrainOptions.for_stage(cfg, art, out="model"), seed=seed)  # the row's seed

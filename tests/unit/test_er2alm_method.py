@@ -3,6 +3,7 @@ and its fallback, the synthetic corpus, the augmentation prompt and parser, the 
 ``POST /recommend`` (the offline lists, 4xx on bad input). No Ray, no model: tiny hand-made artifacts."""
 
 import json
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -230,6 +231,39 @@ def test_picked_pairs_map_numbers_through_the_shown_order_and_keep_only_agreed_p
     assert st["disliked_by_rank"] == [1, 1, 1]  # 32, 50, 31
     with pytest.raises(ValueError, match="2 pick artifacts for 1 candidate orders"):
         picked_pairs(ranked, [r1, r2])
+
+
+def test_picks_stage_shows_each_round_its_own_permutation_and_round_one_is_the_same_for_any_rounds(
+    tmp_path, monkeypatch
+):
+    import ragrec.stages.er2alm as st
+
+    store = ArtifactStore(tmp_path / "s")
+    titles = [f"T{i} (1990)" for i in range(8)]
+    items = pa.table({"item_id": list(range(8)), "title": titles, "genres": [["G"]] * 8})
+    ds = store.run("dataset", {}, [], lambda art: (art.write_table(items, "items"), 8)[1])
+    ranked = [[4, 5, 6, 7], [7, 6, 5, 4]]
+    cands = _cands(store, [0, 1], ranked)
+    monkeypatch.setattr(st, "train_histories", lambda *_: pa.array([[0], [1]], pa.list_(pa.int64())))
+    asked = []
+    monkeypatch.setattr(st, "_generate", lambda store, cfg, name, rows, *a: asked.append(rows) or len(asked))
+
+    def shown(rows):  # the item ids in each prompt's candidate list, in the order shown
+        return [[int(t) for t in re.findall(r'\[\d+\] "T(\d+)', p)] for p in rows.column("prompt").to_pylist()]
+
+    base = ["augment.candidates=4", "augment.force_format=false"]
+    cfg = _cfg(tmp_path, *base, "augment.order=shuffled", "augment.rounds=3")
+    assert st.picks_stage(store, cfg, ds, None, cands) == [1, 2, 3]
+    orders = st.pick_orders(cfg, cands)
+    for r, rows in enumerate(asked):
+        assert rows.column("user_id").to_pylist() == [0, 1]
+        assert shown(rows) == np.take_along_axis(np.array(ranked), orders[r], axis=1).tolist()
+    assert shown(asked[0]) != shown(asked[1])
+    one = _cfg(tmp_path, *base, "augment.order=shuffled")
+    st.picks_stage(store, one, ds, None, cands)
+    assert shown(asked[3]) == shown(asked[0])  # the same prompts: a cached first round is reused
+    st.picks_stage(store, _cfg(tmp_path, *base), ds, None, cands)
+    assert shown(asked[4]) == ranked and st.pick_orders(_cfg(tmp_path, *base), cands).shape == (1, 2, 4)
 
 
 def test_augment_rounds_need_shuffled_candidates_and_the_report_flags_answers_by_position(tmp_path):

@@ -142,9 +142,10 @@ class HFEngine:
                 position_ids=position_ids_from_mask(m[s : s + step]),
                 use_cache=True,
                 logits_to_keep=1,
-            ).past_key_values
+            )
             for s in range(0, len(ids), step)
         ]
+        parts = [o["cache"] if "cache" in o.keys() else o["past_key_values"] for o in parts]  # transformers 5 / 4
         cache = DynamicCache(config=self.model.config)
         for layer in range(len(parts[0].layers)):
             keys = torch.cat([p.layers[layer].keys for p in parts])

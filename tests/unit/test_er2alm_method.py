@@ -18,7 +18,7 @@ from ragrec.evaluation.full_ranking import top_k_items
 from ragrec.llm.prompts_er2alm import parse_picks, pick_prompts
 from ragrec.methods import get_method
 from ragrec.methods.common import write_run_file
-from ragrec.methods.er2alm import picks_notes
+from ragrec.methods.er2alm import picks_notes, plot_picks
 from ragrec.methods.er2alm_evaluate import _versus_table, gain_note, versus_lightgcn
 from ragrec.methods.full_ranking import format_full_rows, full_row
 from ragrec.serving.recommend import RecommendRequest, RecommendService
@@ -266,7 +266,7 @@ def test_picks_stage_shows_each_round_its_own_permutation_and_round_one_is_the_s
     assert shown(asked[4]) == ranked and st.pick_orders(_cfg(tmp_path, *base), cands).shape == (1, 2, 4)
 
 
-def test_augment_rounds_need_shuffled_candidates_and_the_report_flags_answers_by_position(tmp_path):
+def test_augment_rounds_need_shuffled_candidates_and_the_report_flags_answers_by_position(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="augment.rounds.*augment.order: shuffled"):
         _cfg(tmp_path, "augment.rounds=2")
     assert _cfg(tmp_path, "augment.order=shuffled", "augment.rounds=2").augment.rounds == 2
@@ -279,6 +279,16 @@ def test_augment_rounds_need_shuffled_candidates_and_the_report_flags_answers_by
     notes = picks_notes(st, "shuffled")
     assert any("per base-model rank (1 = best): liked [3, 3, 4]" in n for n in notes)
     assert any("augment.rounds: 2 or more" in n for n in notes if n.startswith("warning"))
+    # the report's picks.png: one panel ranked, two (by number, by rank) shuffled; the bars are the counts
+    import matplotlib.pyplot as plt
+
+    drawn, bar = [], plt.Axes.bar
+    monkeypatch.setattr(plt.Axes, "bar", lambda ax, x, h, **kw: drawn.append(list(h)) or bar(ax, x, h, **kw))
+    plot_picks(st, "ranked", tmp_path / "ranked.png")
+    assert drawn == [[8, 1, 1], [2, 4, 4]]
+    plot_picks(st, "shuffled", tmp_path / "shuffled.png")
+    assert drawn[2:] == [[8, 1, 1], [2, 4, 4], [3, 3, 4], [4, 3, 3]]
+    assert (tmp_path / "ranked.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "shuffled.png").stat().st_size
 
 
 # --------------------------------------------------------------------------------------- the rows

@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -158,10 +159,11 @@ def _auc_interval(r: Mapping) -> tuple:
 
 
 @contextmanager
-def png_figure(path: str | os.PathLike, figsize: tuple[float, float]) -> Iterator[plt.Axes]:
-    """The axes of a new figure of ``figsize``; when the block ends, the figure is laid out tight and written
-    as a PNG (120 dpi) to ``path``. It is closed in any case, also when the block raises (nothing written)."""
-    fig, ax = plt.subplots(figsize=figsize)
+def png_figure(path: str | os.PathLike, figsize: tuple[float, float], ncols: int = 1) -> Iterator[Any]:
+    """The axes of a new figure of ``figsize`` (an array of ``ncols`` side by side when ``ncols`` > 1); when the
+    block ends, the figure is laid out tight and written as a PNG (120 dpi) to ``path``. It is closed in any
+    case, also when the block raises (nothing written)."""
+    fig, ax = plt.subplots(1, ncols, figsize=figsize)
     try:
         yield ax
         fig.tight_layout()

@@ -139,6 +139,10 @@ class MethodPipeline(ABC):
         """Method-specific entries for the run's ``metrics.json``."""
         return {}
 
+    def report_plots(self) -> dict:
+        """Method-specific plots of the run's report: ``{name: write(path)}`` (``<name>.png`` in the run folder)."""
+        return {}
+
 
 class ListScorer(ABC):
     """Scores one user's candidate list the way a finished ranking run scored its offline lists."""

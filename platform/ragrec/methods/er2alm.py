@@ -90,6 +90,26 @@ def picks_notes(stats: dict, order: str) -> list[str]:
     return out
 
 
+def plot_picks(stats: dict, order: str, path) -> None:
+    """Grouped bars of the liked / disliked picks per candidate number in the prompt and, with shuffled
+    candidates, per base-model rank: a model that reads the items spreads them, one answering by position
+    stacks them on one number."""
+    from ..evaluation.report import png_figure
+
+    panels = [("by_position", "candidate number in the prompt")]
+    panels += [("by_rank", "base-model rank (1 = best)")] if order != "ranked" else []
+    with png_figure(path, (5.5 * len(panels), 3.4), ncols=len(panels)) as axes:
+        for a, (key, label) in zip(np.atleast_1d(axes), panels):
+            liked, disliked = np.asarray(stats[f"liked_{key}"]), np.asarray(stats[f"disliked_{key}"])
+            x = np.arange(1, len(liked) + 1)
+            a.bar(x - 0.2, liked, width=0.4, label="liked", color="tab:green")
+            a.bar(x + 0.2, disliked, width=0.4, label="disliked", color="tab:red")
+            a.set_xticks(x)
+            a.set_xlabel(label)
+            a.set_ylabel("picks")
+            a.legend(fontsize="small")
+
+
 def pick_rounds(arts: dict[str, Artifact]) -> list[Artifact]:
     """The picks artifacts of every round: ``picks``, ``picks_2``, ... (``augment.rounds``)."""
     out = [arts["picks"]]
@@ -235,6 +255,13 @@ class Pipeline(FullRankingPipeline):
         if "picks" in m:
             notes.extend(picks_notes(m["picks"], self.cfg.augment.order))
         return notes
+
+    def report_plots(self) -> dict:
+        """``picks.png``: the augmentation picks per candidate number (and per base-model rank when shuffled)."""
+        m = self.report_metrics()["er2alm"]
+        if "picks" not in m:
+            return {}
+        return {"picks": lambda p: plot_picks(m["picks"], self.cfg.augment.order, p)}
 
     @classmethod
     def recommender(cls, run) -> Recommender:

@@ -11,7 +11,8 @@ Intervals of a row (``docs/architecture.md`` §7):
   Recall@20 on the same users (user-level bootstrap) and, with two or more seeds, its t interval over the seeds
   paired by seed index.
 
-The run folder is the other runners': ``report.md`` (+ ``recall.png``, the loss plot), ``metrics.json``,
+The run folder is the other runners': ``report.md`` (+ ``recall.png``, the loss plot and the method's ``report_plots``,
+e.g. ER2ALM's ``picks.png``), ``metrics.json``,
 ``predictions.parquet`` (each test user's top 50 of the method's first seed) and ``run.json``.
 """
 
@@ -176,6 +177,7 @@ def run_full_ranking(method, pipe, cfg: RunConfig, t0: float) -> RunResult:
         artifacts_note(pipe.arts),
     ]
     plots = {"recall": lambda p: plot_ranking_bars(rows, p, CI_METRIC), **loss_plots(pipe.arts, pipe.loss_stages)}
+    plots |= pipe.report_plots()
     extra = pipe.report_metrics()
     table = format_full_rows(rows)
     metrics = finish_report(run_dir, method, cfg, counts, rows, wall, extra, notes=notes, plots=plots, table=table)

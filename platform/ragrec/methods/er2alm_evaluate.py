@@ -241,7 +241,7 @@ def _write(
         *trivial_notes([*shown, pop]),
         LIGHTGCN_ANCHOR + (f"; LightGCN here: Recall@20 {lg['recall@20']:.4f}" if lg else ""),
     ]
-    plots = {}
+    plots = pipe.report_plots()
     if shown:
         plots["recall"] = lambda p: plot_ranking_bars([*shown, pop], p, CI_METRIC)
         plots["valid_curves"] = lambda p: plot_histories(curves, "recall@20", p, "validation Recall@20 (first seed)")

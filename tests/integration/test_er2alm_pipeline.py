@@ -68,6 +68,8 @@ def test_er2alm_end_to_end_serving_tune_objective_and_evaluation(ray_session, da
     report = (result.run_dir / "report.md").read_text()
     assert "the RAG source fell back to the dataset's own metadata" in report
     assert "noise control kept / present per aspect" in report and "R@20 [95% CI, users]" in report
+    assert "augmentation picks per candidate number in the prompt (candidates ranked)" in report
+    assert (result.run_dir / "picks.png").read_bytes()[:4] == b"\x89PNG"
 
     # serving: POST /recommend's logic gives predictions.parquet's lists and scores
     _check_serving(result.run_dir)

@@ -279,6 +279,8 @@ def test_augment_rounds_need_shuffled_candidates_and_the_report_flags_answers_by
     notes = picks_notes(st, "shuffled")
     assert any("per base-model rank (1 = best): liked [3, 3, 4]" in n for n in notes)
     assert any("augment.rounds: 2 or more" in n for n in notes if n.startswith("warning"))
+    notes = picks_notes(st | {"rounds": 2, "agreed_liked": 1, "agreed_disliked": 0}, "shuffled")
+    assert any("1 users' liked picks agreed across the 2 orders (about 1 in 3 by chance)" in n for n in notes)
     # the report's picks.png: one panel ranked, two (by number, by rank) shuffled; the bars are the counts
     import matplotlib.pyplot as plt
 

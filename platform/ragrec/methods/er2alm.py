@@ -78,12 +78,19 @@ def picks_notes(stats: dict, order: str) -> list[str]:
         counts = stats[f"{what}_by_position"]
         k, share = position_bias(counts)
         if len(counts) >= 3 and share >= 0.5:
-            then = (
-                f"so its {what} pairs are the base model's rank-{k} items (augment.order: shuffled spreads them)"
-                if order == "ranked"
-                else "so those picks carry little item preference (augment.rounds: 2 or more keeps only the "
-                "picks that survive a reordering)"
-            )
+            if order == "ranked":
+                then = f"so its {what} pairs are the base model's rank-{k} items (augment.order: shuffled spreads them)"
+            elif "rounds" in stats:
+                then = (
+                    f"so those picks carry little item preference; {stats[f'agreed_{what}']} users' {what} picks "
+                    f"agreed across the {stats['rounds']} orders (about 1 in {len(counts)} by chance) and only "
+                    "those are used"
+                )
+            else:
+                then = (
+                    "so those picks carry little item preference (augment.rounds: 2 or more keeps only the "
+                    "picks that survive a reordering)"
+                )
             out.append(
                 f"warning: the LLM answers by position: candidate {k} is {share:.0%} of its {what} picks, {then}"
             )

@@ -133,6 +133,7 @@ class Pipeline(FullRankingPipeline):
     def __init__(self, cfg: RunConfig, force: tuple[str, ...] = ()):
         super().__init__(cfg, force)
         self._variants: dict[str, dict[str, Artifact]] = {}  # upstream artifacts of variant configs
+        self._picks_cache: tuple[tuple[str, ...], dict] | None = None  # (pick artifact keys, their stats)
 
     def upstream(self, cfg: RunConfig | None = None) -> dict[str, Artifact]:
         """Every stage before the per-seed ones; ``cfg`` other than the pipeline's (a variant) gets its own
@@ -223,10 +224,7 @@ class Pipeline(FullRankingPipeline):
         out: dict[str, Any] = {"corpus_source": a["corpus"].manifest()["source"] if "corpus" in a else "none (rag off)"}
         out.update(a["features"].read_json("stats"))
         if "picks" in a:
-            liked, disliked, stats = picked_pairs(
-                a["candidates"], pick_rounds(a), pick_orders(self.cfg, a["candidates"])
-            )
-            out["picks"] = {**stats, "liked_pairs": len(liked), "disliked_pairs": len(disliked)}
+            out["picks"] = self._picks_stats()
         if "noise" in a:
             s = a["noise"].read_json("stats")
             out["noise"] = {
@@ -262,6 +260,18 @@ class Pipeline(FullRankingPipeline):
         if "picks" in m:
             notes.extend(picks_notes(m["picks"], self.cfg.augment.order))
         return notes
+
+    def _picks_stats(self) -> dict:
+        """:func:`picked_pairs`' stats and pair counts of the pipeline's picks, parsed once per set of pick
+        artifacts (the run's notes, metrics and plots all read them)."""
+        a = self.arts
+        key = tuple(p.key for p in pick_rounds(a))
+        if self._picks_cache is None or self._picks_cache[0] != key:
+            liked, disliked, stats = picked_pairs(
+                a["candidates"], pick_rounds(a), pick_orders(self.cfg, a["candidates"])
+            )
+            self._picks_cache = (key, {**stats, "liked_pairs": len(liked), "disliked_pairs": len(disliked)})
+        return self._picks_cache[1]
 
     def report_plots(self) -> dict:
         """``picks.png``: the augmentation picks per candidate number (and per base-model rank when shuffled)."""

@@ -439,13 +439,18 @@ def candidates_stage(store: ArtifactStore, cfg: RunConfig, samples_art: Artifact
     return store.run("er2alm_candidates", {"candidates": cfg.augment.candidates}, [samples_art, base], compute)
 
 
+def ranked_orders(n_users: int, n_candidates: int) -> np.ndarray:
+    """``(1, n_users, n_candidates)``: one round showing every user's candidates in the base model's order."""
+    return np.broadcast_to(np.arange(n_candidates, dtype=np.int64), (1, n_users, n_candidates))
+
+
 def pick_orders(cfg: RunConfig, cands: Artifact) -> np.ndarray:
     """``(rounds, n, C)``: the candidates' prompt order of each pick round: the base model's ranking (one
     round) with ``augment.order: ranked``, else :func:`candidate_orders` seeded by ``seed`` (round r's order
     does not depend on ``augment.rounds``, so adding rounds reuses the answers of the first ones)."""
     n, c = np.load(cands.path / "candidates.npy", mmap_mode="r").shape
     if cfg.augment.order == "ranked":
-        return np.broadcast_to(np.arange(c, dtype=np.int64), (1, n, c))
+        return ranked_orders(n, c)
     return candidate_orders(n, c, cfg.augment.rounds, cfg.seed)
 
 
@@ -485,7 +490,7 @@ def picked_pairs(
 
     users, items = np.load(cands.path / "users.npy"), np.load(cands.path / "candidates.npy")
     if orders is None:
-        orders = np.broadcast_to(np.arange(items.shape[1], dtype=np.int64), (1, *items.shape))
+        orders = ranked_orders(*items.shape)
     if len(picks) != len(orders):
         raise ValueError(f"picked_pairs: {len(picks)} pick artifacts for {len(orders)} candidate orders")
     n, c = items.shape
